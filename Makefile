@@ -1,0 +1,39 @@
+# Two commands for a fresh machine (each installs what it needs):
+#   make demo   compress the default reference model and print the before/after table
+#   make test   run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install data lint clean
+
+demo: install data
+	$(VENV)/bin/nncompress demo --overwrite
+
+test: install data
+	$(PY) -m pytest
+
+install: $(STAMP)
+
+# torch is pinned to the local CPU wheel first, so the package's torch range never pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST ships as a Debian package; skipped when present or when NNCOMPRESS_FMNIST_DIR is set.
+data:
+	@if [ -z "$$NNCOMPRESS_FMNIST_DIR" ] && [ ! -f $(FMNIST) ]; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

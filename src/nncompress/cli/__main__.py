@@ -1,0 +1,5 @@
+import sys
+
+from nncompress.cli.main import main
+
+sys.exit(main())

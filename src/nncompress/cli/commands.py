@@ -1,0 +1,165 @@
+"""Each CLI subcommand as a plain function of the parsed arguments; returns what to print."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nncompress.measure.report import MeasureConfig
+
+
+def _measure_config(args: argparse.Namespace) -> MeasureConfig:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    return MeasureConfig(latency=not args.no_latency, batch_size_large=args.batch_size)
+
+
+def _run(args: argparse.Namespace, recipe_spec: str) -> Any:
+    from nncompress.core.compress import compress
+    from nncompress.core.recipe import load_recipe
+    from nncompress.io.run import REPORT_NAME, check_out_dir, write_run
+    from nncompress.measure.table import comparison_table
+    from nncompress.tasks import get
+
+    out = check_out_dir(args.out, overwrite=args.overwrite)
+    recipe = load_recipe(recipe_spec)  # validate before any slow work
+    task = get(args.task, data_dir=args.data_dir)
+    model = task.baseline()
+    result = compress(model, recipe, task, seed=args.seed, measure_config=_measure_config(args))
+    created = not out.exists()
+    try:
+        artifact, report_path = write_run(result, out)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if args.json:
+        return json.loads(report_path.read_text())
+    rep = result.report
+    lines = [comparison_table([rep.baseline, rep.final], ["baseline", "compressed"]), "",
+             "steps: " + " -> ".join(f"{s.kind} ({s.seconds:.1f}s)" for s in rep.steps),
+             f"wrote {artifact} ({os.path.getsize(artifact)} bytes) and {out / REPORT_NAME}"]
+    return "\n".join(lines)
+
+
+def demo(args: argparse.Namespace) -> Any:
+    """Compress a reference model with the default recipe; print the before/after table."""
+    return _run(args, args.recipe)
+
+
+def compress(args: argparse.Namespace) -> Any:
+    """Run a recipe on a task's baseline model and write the run folder."""
+    return _run(args, args.recipe)
+
+
+def _load_artifact_for(args: argparse.Namespace):
+    from nncompress.io.artifact import load
+    from nncompress.tasks import get
+
+    task = get(args.task, data_dir=args.data_dir)  # first: a file task defines the model's classes
+    return task, load(args.artifact)
+
+
+def evaluate(args: argparse.Namespace) -> Any:
+    """Measure a saved artifact on a task; print the report as JSON."""
+    from nncompress.measure.report import measure
+
+    task, model = _load_artifact_for(args)
+    report = measure(model, task, config=_measure_config(args),
+                     size_bytes=os.path.getsize(args.artifact))
+    return report.to_dict()
+
+
+def measure_cmd(args: argparse.Namespace) -> Any:
+    """Measure the task's baseline (or a given artifact) and print a table or JSON."""
+    from nncompress.measure.report import measure
+    from nncompress.measure.table import comparison_table
+    from nncompress.tasks import get
+
+    if args.artifact:
+        task, model = _load_artifact_for(args)
+        size = os.path.getsize(args.artifact)
+    else:
+        task = get(args.task, data_dir=args.data_dir)
+        model, size = task.baseline(), None
+    report = measure(model, task, config=_measure_config(args), size_bytes=size)
+    if args.json:
+        return report.to_dict()
+    return comparison_table([report], [args.artifact or f"{task.name} baseline"])
+
+
+def zoo_list(args: argparse.Namespace) -> Any:
+    """The reference models with their measured baseline metric."""
+    from nncompress.tasks.zoo import ENTRIES, checkpoint_info
+
+    rows = []
+    for name, e in ENTRIES.items():
+        info = checkpoint_info(name) or {}
+        rows.append({"name": name, "description": e.description, "target": e.target,
+                     "test_accuracy": info.get("test_accuracy"),
+                     "train_seconds": info.get("train_seconds"),
+                     "checkpoint": info.get("path", "not trained yet (`nncompress zoo train NAME`)")})
+    if args.json:
+        return rows
+    width = max(len(r["name"]) for r in rows)
+    lines = [f"{'name'.ljust(width)}  test acc  target  train s  description"]
+    for r in rows:
+        acc = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
+        secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        lines.append(f"{r['name'].ljust(width)}  {acc:>8}  {r['target']:.3f}  {secs:>7}  {r['description']}")
+    return "\n".join(lines)
+
+
+def zoo_train(args: argparse.Namespace) -> Any:
+    """Train a reference model from its fixed seed and cache the checkpoint."""
+    from nncompress.tasks.zoo import entry, train_baseline
+
+    entry(args.name)  # validate the name before loading data
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    _, info = train_baseline(args.name, data_dir=args.data_dir, out_dir=out_dir)
+    if args.json:
+        return info
+    status = "meets" if info["test_accuracy"] >= info["target"] else "MISSES"
+    return (f"{args.name}: test accuracy {info['test_accuracy']:.4f} ({status} target "
+            f"{info['target']}), val {info['val_accuracy']:.4f}, trained in {info['train_seconds']}s")
+
+
+def steps(args: argparse.Namespace) -> Any:
+    """The registered steps with their settings and defaults."""
+    from nncompress.core.step import STEPS
+
+    rows = []
+    for kind, cls in sorted(STEPS.items()):
+        settings = {}
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            settings[f.name] = default
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        rows.append({"kind": kind, "family": cls.family, "summary": doc, "settings": settings})
+    if args.json:
+        return rows
+    return "\n".join(
+        f"{r['kind']:<18} {r['family']:<9} {r['summary']}\n"
+        + "".join(f"    {k} = {json.dumps(v)}\n" for k, v in r["settings"].items())
+        for r in rows
+    ).rstrip()
+
+
+def report(args: argparse.Namespace) -> Any:
+    """Print the table of a run folder's report.json."""
+    from nncompress.core.compress import CompressionReport
+    from nncompress.measure.table import comparison_table
+
+    path = Path(args.dir) / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no report.json in {args.dir} (give a folder written by `compress`)")
+    try:
+        rep = CompressionReport.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a valid nncompress report: {e}") from e
+    return comparison_table([rep.baseline, rep.final], ["baseline", "compressed"])

@@ -1,0 +1,122 @@
+"""The ``nncompress`` command: thin wrappers over the Python API.
+
+User errors (bad paths, names, settings, corrupt artifacts, models that do not run) print one
+line ``nncompress: error: ...`` naming what was wrong and what is accepted, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from nncompress.cli import commands
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nncompress",
+        description="Compress trained PyTorch models and report what each step cost and gained.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=None,
+                       help="folder with the Fashion-MNIST IDX files (default: $NNCOMPRESS_FMNIST_DIR "
+                            "or /usr/share/datasets/fashion-mnist)")
+
+    def task_arg(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
+        p.add_argument("--task", required=required, default=default,
+                       help="reference task name (see `nncompress zoo list`) or path/to/file.py:factory")
+        data_dir(p)
+
+    def latency_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-latency", action="store_true", help="skip latency timing (faster)")
+        p.add_argument("--batch-size", type=int, default=64, help="larger batch for batch-N latency")
+
+    p = add("demo", commands.demo, "Compress a reference model with the default recipe and "
+            "print a before/after table (writes report.json and model.ncz).")
+    task_arg(p, required=False, default="fmnist-mlp")
+    p.add_argument("--recipe", default="prune-finetune", help="recipe file or shipped recipe name")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+    latency_args(p)
+
+    p = add("compress", commands.compress, "Run a recipe on a task's baseline model; write "
+            "DIR/model.ncz and DIR/report.json.")
+    task_arg(p)
+    p.add_argument("--recipe", required=True, help="recipe file (.toml/.json) or shipped recipe name")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+    latency_args(p)
+
+    p = add("evaluate", commands.evaluate, "Measure a saved artifact on a task and print the "
+            "report as JSON.")
+    p.add_argument("artifact", help="a .ncz file written by nncompress")
+    task_arg(p)
+    p.add_argument("--json", action="store_true", help="(default) print JSON")
+    latency_args(p)
+
+    p = add("measure", commands.measure_cmd, "Measure a task's baseline model (or an artifact) "
+            "and print a table.")
+    p.add_argument("artifact", nargs="?", default=None, help="optional .ncz file; default: the baseline")
+    task_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    latency_args(p)
+
+    p = add("zoo", commands.zoo_list, "Reference models: `zoo list`, `zoo train NAME`.")
+    zoo = p.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
+    pl = zoo.add_parser("list", help="list reference models with their measured baseline metric")
+    pl.add_argument("--json", action="store_true", help="print JSON")
+    pl.set_defaults(func=commands.zoo_list)
+    pt = zoo.add_parser("train", help="train a reference model from its fixed seed and cache it")
+    pt.add_argument("name", help="reference model name (see `zoo list`)")
+    pt.add_argument("--out-dir", default=None, help="where to write the checkpoint (default: the cache)")
+    pt.add_argument("--json", action="store_true", help="print JSON")
+    data_dir(pt)
+    pt.set_defaults(func=commands.zoo_train)
+
+    p = add("steps", commands.steps, "List the registered compression steps and their settings.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("report", commands.report, "Print the before/after table of a run folder's report.json.")
+    p.add_argument("dir", help="a folder written by `compress` or `demo`")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from nncompress.io.artifact import ArtifactError
+    from nncompress.measure.metric import ModelCallError
+
+    try:
+        out = args.func(args)
+    except (ArtifactError, ModelCallError, *USER_ERRORS) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, FileNotFoundError) and e.filename and not str(e).startswith("no "):
+            message = f"{e.strerror}: {e.filename}"
+        print(f"nncompress: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nncompress: interrupted", file=sys.stderr)
+        return 130
+    if out is not None:
+        print(out if isinstance(out, str) else json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

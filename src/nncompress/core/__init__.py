@@ -1,0 +1,1 @@
+"""Core: the Step base class, its registry, recipes and the compress() driver."""

@@ -1,0 +1,95 @@
+"""Step: a frozen dataclass of settings whose ``apply`` transforms a model, plus the registry.
+
+Registering a step (``@register_step``) makes it available to the Python API, recipe files,
+the CLI (``nncompress steps``) and the registry-wide contract tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from nncompress.tasks.task import Task
+
+
+@dataclass
+class StepContext:
+    """What a step may use besides the model: the task, the original model, shared state.
+
+    ``masks`` maps parameter names to boolean keep-masks; every step that trains re-applies them,
+    so weights pruned earlier stay zero. ``teacher`` is the model before compression began.
+    """
+
+    task: Task
+    teacher: nn.Module | None = None
+    seed: int = 0
+    masks: dict[str, Any] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Base class of every compression step. Subclasses are frozen dataclasses of settings.
+
+    ``kind`` is the step's stable name in recipes and reports; ``family`` groups steps
+    (prune, quantize, distill, lowrank, train).
+    """
+
+    kind: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        """Return the transformed model (may modify ``model`` in place and return it)."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """The step's settings as plain JSON-able values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def describe(self) -> dict[str, Any]:
+        """``{"kind": ..., "settings": {...}}`` as written into reports and artifacts."""
+        return {"kind": self.kind, "settings": self.settings()}
+
+
+STEPS: dict[str, type[Step]] = {}
+S = TypeVar("S", bound=type[Step])
+
+
+def register_step(kind: str, family: str) -> Callable[[S], S]:
+    """Class decorator: give the step its recipe name and add it to the registry."""
+
+    def deco(cls: S) -> S:
+        if kind in STEPS:
+            raise ValueError(f"step kind {kind!r} is already registered by {STEPS[kind].__name__}")
+        cls.kind, cls.family = kind, family
+        STEPS[kind] = cls
+        return cls
+
+    return deco
+
+
+def step_from_dict(data: dict[str, Any]) -> Step:
+    """Build a step from ``{"kind": name, **settings}`` (the form used in recipe files)."""
+    data = dict(data)
+    kind = data.pop("kind", None) or data.pop("type", None)
+    if kind is None:
+        raise ValueError(f"a step needs a 'kind' (one of: {', '.join(sorted(STEPS))}); got {data}")
+    if kind not in STEPS:
+        raise ValueError(f"unknown step kind {kind!r}; known: {', '.join(sorted(STEPS))}")
+    cls = STEPS[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(
+            f"step {kind!r} has no setting(s) {', '.join(sorted(unknown))}; "
+            f"accepted: {', '.join(sorted(names)) or '(none)'}"
+        )
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ValueError(f"step {kind!r}: {e}") from e

@@ -1,0 +1,134 @@
+"""Per-tensor storage encodings for artifacts: dense, bitmask-sparse, index-sparse.
+
+Each encoding turns one tensor into named parts (tensors stored in safetensors) plus a small
+JSON header, and back. ``encode_smallest`` picks, per tensor, whichever candidate is smallest in
+bytes, so a pruned layer's file shrinks with its sparsity and a dense one pays nothing extra.
+Later families (packed low-bit, codebooks, factorized) register further encodings here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+Parts = dict[str, torch.Tensor]
+Header = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A named pair of functions: ``encode(t) -> (parts, header)`` and ``decode(parts, header)``."""
+
+    name: str
+    encode: Callable[[torch.Tensor], tuple[Parts, Header] | None]
+    decode: Callable[[Parts, Header], torch.Tensor]
+
+
+ENCODINGS: dict[str, Encoding] = {}
+
+
+def register_encoding(encoding: Encoding) -> Encoding:
+    """Add an encoding to the registry (its name must be new)."""
+    if encoding.name in ENCODINGS:
+        raise ValueError(f"encoding {encoding.name!r} is already registered")
+    ENCODINGS[encoding.name] = encoding
+    return encoding
+
+
+def parts_nbytes(parts: Parts) -> int:
+    """Bytes the parts occupy as stored (element size x count)."""
+    return sum(p.numel() * p.element_size() for p in parts.values())
+
+
+def _encode_dense(t: torch.Tensor) -> tuple[Parts, Header]:
+    return {"data": t.contiguous()}, {}
+
+
+def _decode_dense(parts: Parts, header: Header) -> torch.Tensor:
+    return parts["data"]
+
+
+def _index_dtype(numel: int) -> torch.dtype:
+    """The smallest signed integer type that can hold a flat index into ``numel`` elements."""
+    if numel <= 2**7:
+        return torch.int8
+    if numel <= 2**15:
+        return torch.int16
+    if numel <= 2**31:
+        return torch.int32
+    return torch.int64
+
+
+def _is_sparse_candidate(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.numel() >= 64
+
+
+def _encode_bitmask(t: torch.Tensor) -> tuple[Parts, Header] | None:
+    if not _is_sparse_candidate(t):
+        return None
+    flat = t.contiguous().reshape(-1)
+    mask = flat != 0
+    packed = np.packbits(mask.numpy(), bitorder="little")
+    return {"mask": torch.from_numpy(packed), "values": flat[mask].clone()}, {}
+
+
+def _decode_bitmask(parts: Parts, header: Header) -> torch.Tensor:
+    numel = int(np.prod(header["shape"]))
+    mask_np = np.unpackbits(parts["mask"].numpy(), count=numel, bitorder="little")
+    mask = torch.from_numpy(mask_np.astype(bool))
+    values = parts["values"]
+    if int(mask.sum()) != values.numel():
+        raise ValueError("bitmask and values disagree in count")
+    flat = torch.zeros(numel, dtype=values.dtype)
+    flat[mask] = values
+    return flat
+
+
+def _encode_indices(t: torch.Tensor) -> tuple[Parts, Header] | None:
+    if not _is_sparse_candidate(t):
+        return None
+    flat = t.contiguous().reshape(-1)
+    idx = torch.nonzero(flat, as_tuple=True)[0]
+    return {"indices": idx.to(_index_dtype(flat.numel())), "values": flat[idx].clone()}, {}
+
+
+def _decode_indices(parts: Parts, header: Header) -> torch.Tensor:
+    numel = int(np.prod(header["shape"]))
+    values, idx = parts["values"], parts["indices"].long()
+    if idx.numel() != values.numel() or (idx.numel() and (idx.min() < 0 or idx.max() >= numel)):
+        raise ValueError("sparse indices out of range or inconsistent with values")
+    flat = torch.zeros(numel, dtype=values.dtype)
+    flat[idx] = values
+    return flat
+
+
+DENSE = register_encoding(Encoding("dense", _encode_dense, _decode_dense))
+BITMASK = register_encoding(Encoding("sparse-bitmask", _encode_bitmask, _decode_bitmask))
+INDICES = register_encoding(Encoding("sparse-indices", _encode_indices, _decode_indices))
+DEFAULT_CANDIDATES = ("dense", "sparse-bitmask", "sparse-indices")
+
+
+def encode_smallest(
+    t: torch.Tensor, candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+) -> tuple[str, Parts, Header]:
+    """Encode ``t`` with whichever candidate encoding stores it in the fewest bytes."""
+    best: tuple[str, Parts, Header] | None = None
+    for name in candidates:
+        out = ENCODINGS[name].encode(t)
+        if out is None:
+            continue
+        if best is None or parts_nbytes(out[0]) < parts_nbytes(best[1]):
+            best = (name, out[0], out[1])
+    assert best is not None, "the dense encoding always applies"
+    return best
+
+
+def decode(name: str, parts: Parts, header: Header) -> torch.Tensor:
+    """Rebuild a tensor of ``header['shape']`` from its parts."""
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown tensor encoding {name!r}; known: {', '.join(ENCODINGS)}")
+    return ENCODINGS[name].decode(parts, header).reshape(header["shape"])

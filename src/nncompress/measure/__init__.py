@@ -1,0 +1,15 @@
+"""Measurement: every report figure comes from here."""
+
+from nncompress.measure.energy import EnergyEstimate, estimate_energy
+from nncompress.measure.flops import count_macs
+from nncompress.measure.latency import LatencyStats, measure_latency
+from nncompress.measure.metric import ModelCallError, evaluate, predict
+from nncompress.measure.report import MeasureConfig, Report, measure
+from nncompress.measure.size import artifact_bytes, count_nonzero, count_params, dense_fp32_bytes
+from nncompress.measure.table import comparison_table
+
+__all__ = [
+    "EnergyEstimate", "LatencyStats", "MeasureConfig", "ModelCallError", "Report",
+    "artifact_bytes", "comparison_table", "count_macs", "count_nonzero", "count_params",
+    "dense_fp32_bytes", "estimate_energy", "evaluate", "measure", "measure_latency", "predict",
+]

@@ -1,0 +1,75 @@
+"""Wall-clock latency: warm-up, then repeated timed forward passes; median and spread reported."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.tasks.task import call_model
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-forward latency in milliseconds over ``runs`` timed passes at ``batch_size``."""
+
+    batch_size: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    runs: int
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_latency(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    batch_size: int,
+    warmup: int = 5,
+    runs: int = 30,
+    min_seconds: float = 0.0,
+) -> LatencyStats:
+    """Time ``model(inputs)`` in inference mode: ``warmup`` untimed calls, then ``runs`` timed.
+
+    Keeps timing beyond ``runs`` until ``min_seconds`` have passed, so that very fast models
+    still get a stable median.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    was_training = model.training
+    model.eval()
+    times: list[float] = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                call_model(model, inputs)
+            start = time.perf_counter()
+            while len(times) < runs or (time.perf_counter() - start) < min_seconds:
+                t0 = time.perf_counter()
+                call_model(model, inputs)
+                times.append((time.perf_counter() - t0) * 1e3)
+                if len(times) >= 100 * runs:
+                    break
+    finally:
+        model.train(was_training)
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return LatencyStats(
+        batch_size=batch_size,
+        median_ms=statistics.median(times),
+        p10_ms=q[0],
+        p90_ms=q[-1],
+        mean_ms=statistics.fmean(times),
+        std_ms=statistics.pstdev(times),
+        runs=len(times),
+        threads=torch.get_num_threads(),
+    )

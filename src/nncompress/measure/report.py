@@ -1,0 +1,108 @@
+"""Report: every figure about one model on one task, measured, never assumed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.measure.energy import estimate_energy
+from nncompress.measure.flops import count_macs
+from nncompress.measure.latency import measure_latency
+from nncompress.measure.metric import evaluate
+from nncompress.measure.size import artifact_bytes, count_nonzero, count_params
+from nncompress.tasks.task import Task, repeat_batch
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """What to measure and how hard: latency repetitions and the larger batch size."""
+
+    latency: bool = True
+    batch_size_large: int = 64
+    warmup: int = 5
+    runs: int = 30
+    min_seconds: float = 0.5
+
+
+@dataclass
+class Report:
+    """Measured figures of one model on one task (the ``baseline``/``final`` objects of report.json).
+
+    ``latency_ms`` is the batch-1 median; ``latency`` holds medians and spreads for batch 1 and
+    ``batch_size_large``; ``energy`` is an estimate (see measure/energy.py), labelled so.
+    """
+
+    task: str
+    metric: dict[str, Any]
+    params: int
+    nonzero_params: int
+    size_bytes: int
+    dense_fp32_bytes: int
+    macs: int
+    latency_ms: float | None
+    latency: dict[str, Any] = field(default_factory=dict)
+    energy: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def measure(
+    model: nn.Module,
+    task: Task,
+    *,
+    config: MeasureConfig | None = None,
+    size_bytes: int | None = None,
+    steps: list[dict[str, Any]] | None = None,
+) -> Report:
+    """Measure ``model`` on ``task``: metric on the test split, counts, artifact bytes, MACs, latency.
+
+    ``size_bytes`` may be given when the artifact was already written (its real file size);
+    otherwise the model is saved to a temporary file and that file's size is taken.
+
+    Example:
+        >>> report = nncompress.measure(model, task)  # doctest: +SKIP
+    """
+    config = config or MeasureConfig()
+    metric_value = evaluate(model, task.test, task.metric_fn)
+    one = task.single_example()
+    macs = count_macs(model, one)
+    params, size = count_params(model), size_bytes if size_bytes is not None else artifact_bytes(model)
+    latency: dict[str, Any] = {}
+    latency_ms = None
+    if config.latency:
+        b1 = measure_latency(model, one, batch_size=1, warmup=config.warmup, runs=config.runs,
+                             min_seconds=config.min_seconds)
+        big = measure_latency(model, repeat_batch(one, config.batch_size_large),
+                              batch_size=config.batch_size_large, warmup=config.warmup,
+                              runs=max(5, config.runs // 3), min_seconds=config.min_seconds)
+        latency = {"batch_1": b1.to_dict(), f"batch_{config.batch_size_large}": big.to_dict(),
+                   "threads": torch.get_num_threads()}
+        latency_ms = b1.median_ms
+    energy = estimate_energy(macs, size).to_dict()
+    return Report(
+        task=task.name,
+        metric={"name": task.metric_name, "value": metric_value},
+        params=params,
+        nonzero_params=count_nonzero(model),
+        size_bytes=size,
+        dense_fp32_bytes=4 * params,
+        macs=macs,
+        latency_ms=latency_ms,
+        latency=latency,
+        energy=energy,
+        steps=list(steps or []),
+    )

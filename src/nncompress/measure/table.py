@@ -1,0 +1,79 @@
+"""Side-by-side comparison tables of reports, as plain text for terminals and logs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nncompress.measure.report import Report
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _human_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _rows(report: Report) -> dict[str, str]:
+    lat = "-" if report.latency_ms is None else f"{report.latency_ms:.3f}"
+    big = next((v for k, v in report.latency.items() if k.startswith("batch_") and k != "batch_1"), None)
+    return {
+        f"{report.metric['name']} (test)": f"{report.metric['value']:.4f}",
+        "params": _human_count(report.params),
+        "non-zero params": _human_count(report.nonzero_params),
+        "size on disk": _human_bytes(report.size_bytes),
+        "dense fp32 size": _human_bytes(report.dense_fp32_bytes),
+        "MACs (batch 1)": _human_count(report.macs),
+        "latency b=1 (ms, median)": lat,
+        f"latency b={big['batch_size']} (ms, median)" if big else "latency batch-N": (
+            f"{big['median_ms']:.3f}" if big else "-"
+        ),
+        "energy estimate (uJ)": f"{report.energy.get('total_uj', float('nan')):.1f}",
+    }
+
+
+def comparison_table(reports: Sequence[Report], names: Sequence[str]) -> str:
+    """A text table with one column per report and, for two, a ratio column (first / second)."""
+    rows = [_rows(r) for r in reports]
+    keys = list(rows[0])
+    header = ["", *names]
+    if len(reports) == 2:
+        header.append("change")
+    lines = [header]
+    for key in keys:
+        line = [key, *(r.get(key, "-") for r in rows)]
+        if len(reports) == 2:
+            line.append(_change(key, reports[0], reports[1]))
+        lines.append(line)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w)
+                             for j, (c, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _change(key: str, a: Report, b: Report) -> str:
+    if key.endswith("(test)"):
+        return f"{(b.metric['value'] - a.metric['value']) * 100:+.2f} pts"
+    pairs = {
+        "params": (a.params, b.params),
+        "non-zero params": (a.nonzero_params, b.nonzero_params),
+        "size on disk": (a.size_bytes, b.size_bytes),
+        "MACs (batch 1)": (a.macs, b.macs),
+        "latency b=1 (ms, median)": (a.latency_ms, b.latency_ms),
+    }
+    if key in pairs and pairs[key][0] and pairs[key][1]:
+        before, after = pairs[key]
+        return f"{before / after:.2f}x smaller" if before >= after else f"{after / before:.2f}x larger"
+    return ""

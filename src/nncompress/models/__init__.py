@@ -1,0 +1,7 @@
+"""Reference architectures used by the built-in tasks."""
+
+from nncompress.models.lenet import LeNet5, LeNet300100
+from nncompress.models.resnet import BasicBlock, ResNet
+from nncompress.models.vit import VisionTransformer
+
+__all__ = ["BasicBlock", "LeNet5", "LeNet300100", "ResNet", "VisionTransformer"]

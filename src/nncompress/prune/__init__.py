@@ -1,0 +1,5 @@
+"""Pruning steps."""
+
+from nncompress.prune.magnitude import MagnitudePrune
+
+__all__ = ["MagnitudePrune"]

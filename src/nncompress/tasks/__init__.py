@@ -1,0 +1,8 @@
+"""Tasks: data, loss, metric and baseline model; the built-in reference tasks and their zoo."""
+
+from nncompress.tasks.batches import TensorBatches
+from nncompress.tasks.fmnist import DatasetNotFoundError
+from nncompress.tasks.loading import get, names, task_from_file
+from nncompress.tasks.task import Task
+
+__all__ = ["DatasetNotFoundError", "Task", "TensorBatches", "get", "names", "task_from_file"]

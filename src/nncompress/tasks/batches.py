@@ -1,0 +1,92 @@
+"""In-memory mini-batch iterables: the cheap, reproducible DataLoader for tensors already in RAM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class TensorBatches:
+    """Iterates ``(inputs, targets)`` batches over two tensors, optionally shuffled and augmented.
+
+    Each epoch's shuffle order comes from ``seed`` and the epoch number, so a run is reproducible
+    however many times the iterable is consumed (unlike a DataLoader with a global generator).
+
+    Example:
+        >>> batches = TensorBatches(torch.zeros(10, 3), torch.zeros(10), batch_size=4)
+        >>> [len(x) for x, _ in batches]
+        [4, 4, 2]
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Augment | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(
+                f"inputs and targets differ in length ({len(inputs)} vs {len(targets)})"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.augment, self.drop_last = augment, drop_last
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.inputs)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.inputs)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch)
+        self._epoch += 1
+        n = len(self.inputs)
+        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+            idx = order[sl] if order is not None else None
+            x = self.inputs[idx] if idx is not None else self.inputs[sl]
+            y = self.targets[idx] if idx is not None else self.targets[sl]
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            yield x, y
+
+    def reset(self) -> None:
+        """Restart the epoch counter, so the next pass repeats the first epoch's order."""
+        self._epoch = 0
+
+    def subset(self, count: int) -> TensorBatches:
+        """The first ``count`` samples as unshuffled, unaugmented batches (for calibration)."""
+        return TensorBatches(
+            self.inputs[:count], self.targets[:count], batch_size=self.batch_size
+        )
+
+
+def random_crop_flip(padding: int = 2, flip: bool = True) -> Augment:
+    """Batch-level random translation (pad + crop) and horizontal flip for image tensors (N,C,H,W)."""
+
+    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+        dy, dx = torch.randint(0, 2 * padding + 1, (2,), generator=gen).tolist()
+        out = padded[:, :, dy : dy + h, dx : dx + w]
+        if flip:
+            mask = torch.rand(n, generator=gen) < 0.5
+            out = torch.where(mask[:, None, None, None], out.flip(3), out)
+        return out.contiguous()
+
+    return apply

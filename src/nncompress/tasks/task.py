@@ -1,0 +1,101 @@
+"""Task: everything compression needs besides the model (data, loss, metric, example inputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nncompress.tasks.metrics import MetricFn, resolve_metric
+
+Batch = tuple[Any, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Task:
+    """A model's data and how to score it.
+
+    Args:
+        name: how reports refer to the task (a reference name or ``file.py:factory``).
+        train, val, test: iterables of ``(inputs, targets)`` batches (DataLoaders work).
+        baseline: zero-argument callable that returns the trained model to compress.
+        metric: a registered name (``"accuracy"``, ``"top5"``, ``"neg_mse"``) or a callable
+            ``(outputs, targets) -> float`` over the whole split; higher is better.
+        loss: ``(outputs, targets) -> scalar tensor`` used by every training step.
+        example_inputs: a batch of inputs for tracing and MACs (default: first test batch).
+
+    Example:
+        >>> task = Task("mine", train=train_loader, val=val_loader, test=test_loader,
+        ...             baseline=lambda: my_trained_model)  # doctest: +SKIP
+    """
+
+    name: str
+    train: Iterable[Batch]
+    val: Iterable[Batch]
+    test: Iterable[Batch]
+    baseline: Callable[[], nn.Module]
+    metric: str | MetricFn = "accuracy"
+    loss: LossFn = F.cross_entropy
+    example_inputs: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            if not hasattr(getattr(self, split), "__iter__"):
+                raise TypeError(
+                    f"Task.{split} must be an iterable of (inputs, targets) batches, "
+                    f"got {type(getattr(self, split)).__name__}"
+                )
+        if not callable(self.baseline):
+            raise TypeError("Task.baseline must be a zero-argument callable returning a model")
+        self.metric_name, self.metric_fn = resolve_metric(self.metric)
+
+    def inputs_example(self) -> Any:
+        """The example inputs (first test batch's inputs when none were given)."""
+        if self.example_inputs is None:
+            first = next(iter(self.test), None)
+            if first is None:
+                raise ValueError(f"task {self.name!r} has an empty test split")
+            self.example_inputs = first[0]
+        return self.example_inputs
+
+    def single_example(self) -> Any:
+        """A batch-1 slice of the example inputs, for latency and MACs."""
+        return slice_batch(self.inputs_example(), 1)
+
+
+def slice_batch(inputs: Any, n: int) -> Any:
+    """The first ``n`` samples of a tensor, or of each tensor in a tuple/list/dict batch."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:n]
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(slice_batch(x, n) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: slice_batch(v, n) for k, v in inputs.items()}
+    raise TypeError(f"cannot slice inputs of type {type(inputs).__name__}")
+
+
+def repeat_batch(inputs: Any, n: int) -> Any:
+    """A batch of ``n`` samples built by repeating the given batch (for batch-N latency)."""
+    if isinstance(inputs, torch.Tensor):
+        reps = -(-n // len(inputs))
+        return inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:n]
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(repeat_batch(x, n) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: repeat_batch(v, n) for k, v in inputs.items()}
+    raise TypeError(f"cannot repeat inputs of type {type(inputs).__name__}")
+
+
+def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """Call the model on a batch's inputs: a tensor, a tuple of positional args, or kwargs."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)

@@ -1,0 +1,160 @@
+"""The model zoo: reference architectures, how each is trained, and its cached checkpoint.
+
+A checkpoint is looked up in the user cache (written by ``nncompress zoo train``), then among the
+checkpoints shipped with the package (trained here by the same code); one whose training
+fingerprint does not match the current recipe is ignored. When none is found, training runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from nncompress.io.atomic import atomic_path, atomic_write_text
+from nncompress.measure.metric import evaluate
+from nncompress.models import LeNet5, LeNet300100, ResNet, VisionTransformer
+from nncompress.paths import cache_dir
+from nncompress.tasks.batches import TensorBatches, random_crop_flip
+from nncompress.tasks.fmnist import Splits, load_splits
+from nncompress.tasks.metrics import accuracy
+from nncompress.train.loop import TrainConfig, fit
+
+PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
+EVAL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A reference model: architecture, training recipe, and the accuracy it must reach."""
+
+    name: str
+    description: str
+    architecture: str
+    build: Callable[[], nn.Module]
+    train: TrainConfig
+    batch_size: int
+    augment: bool
+    target: float
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the trained weights (architecture and recipe)."""
+        data = {"architecture": self.architecture, "train": asdict(self.train),
+                "batch_size": self.batch_size, "augment": self.augment, "data": "fmnist-v1"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+ENTRIES: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry(
+            "fmnist-mlp", "LeNet-300-100 (784-300-100-10 MLP) on Fashion-MNIST",
+            "LeNet300100()", LeNet300100,
+            TrainConfig(epochs=12, lr=2e-3, weight_decay=0.05, schedule="onecycle"),
+            batch_size=128, augment=False, target=0.89,
+        ),
+        ZooEntry(
+            "fmnist-lenet5", "LeNet-5 (2 conv + 3 fc) on Fashion-MNIST",
+            "LeNet5()", LeNet5,
+            TrainConfig(epochs=12, lr=3e-3, weight_decay=0.05, schedule="onecycle"),
+            batch_size=128, augment=False, target=0.905,
+        ),
+        ZooEntry(
+            "fmnist-resnet", "ResNet-8 (16/32/64 channels, BatchNorm, projection shortcuts)",
+            "ResNet(widths=(16,32,64), blocks_per_stage=1)", ResNet,
+            TrainConfig(epochs=10, lr=3e-3, weight_decay=0.05, schedule="onecycle"),
+            batch_size=128, augment=True, target=0.92,
+        ),
+        ZooEntry(
+            "fmnist-vit", "ViT (patch 4, dim 64, depth 4, 4 heads, class token)",
+            "VisionTransformer(patch=4,dim=64,depth=4,heads=4,mlp=128)", VisionTransformer,
+            TrainConfig(epochs=12, lr=2e-3, weight_decay=0.05, schedule="onecycle"),
+            batch_size=128, augment=False, target=0.88,
+        ),
+    ]
+}
+
+
+def entry(name: str) -> ZooEntry:
+    """The zoo entry called ``name``, or a ValueError listing the names."""
+    if name not in ENTRIES:
+        raise ValueError(f"unknown reference model {name!r}; known: {', '.join(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def train_batches(e: ZooEntry, splits: Splits, seed: int = 0) -> TensorBatches:
+    """The shuffled (and, where the entry says so, augmented) training batches."""
+    return TensorBatches(*splits.train, batch_size=e.batch_size, shuffle=True, seed=seed,
+                         augment=random_crop_flip() if e.augment else None)
+
+
+def eval_batches(pair: tuple[torch.Tensor, torch.Tensor]) -> TensorBatches:
+    """Unshuffled batches for evaluation."""
+    return TensorBatches(*pair, batch_size=EVAL_BATCH)
+
+
+def _find_checkpoint(e: ZooEntry) -> tuple[Path, dict[str, Any]] | None:
+    for folder in (cache_dir("zoo"), PACKAGED_DIR):
+        weights, info = folder / f"{e.name}.safetensors", folder / f"{e.name}.json"
+        if weights.is_file() and info.is_file():
+            meta = json.loads(info.read_text())
+            if meta.get("fingerprint") == e.fingerprint():
+                return weights, meta
+    return None
+
+
+def checkpoint_info(name: str) -> dict[str, Any] | None:
+    """The metadata (measured metrics, training time) of the checkpoint in use, if any."""
+    found = _find_checkpoint(entry(name))
+    return None if found is None else {**found[1], "path": str(found[0])}
+
+
+def load_baseline(name: str, data_dir: str | None = None) -> nn.Module:
+    """The trained reference model: from a checkpoint, or trained now (and cached) if none fits."""
+    e = entry(name)
+    found = _find_checkpoint(e)
+    if found is None:
+        model, _ = train_baseline(name, data_dir=data_dir)
+        return model
+    model = e.build()
+    model.load_state_dict(safetensors.torch.load_file(found[0]))
+    return model.eval()
+
+
+def train_baseline(
+    name: str, *, data_dir: str | None = None, out_dir: Path | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a reference model from its fixed seed, save it to ``out_dir`` (the cache), return it."""
+    e = entry(name)
+    splits = load_splits(data_dir)
+    torch.manual_seed(e.train.seed)
+    model = e.build()
+    start = time.perf_counter()
+    history = fit(model, train_batches(e, splits, e.train.seed), e.train, description=name)
+    seconds = time.perf_counter() - start
+    info = {
+        "name": name,
+        "fingerprint": e.fingerprint(),
+        "architecture": e.architecture,
+        "test_accuracy": evaluate(model, eval_batches(splits.test), accuracy),
+        "val_accuracy": evaluate(model, eval_batches(splits.val), accuracy),
+        "target": e.target,
+        "train_seconds": round(seconds, 1),
+        "train_steps": history.steps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "trained_by": "nncompress zoo train (on this project's machines, from a fixed seed)",
+    }
+    folder = out_dir or cache_dir("zoo")
+    with atomic_path(folder / f"{name}.safetensors") as tmp:
+        safetensors.torch.save_file(model.state_dict(), tmp)
+    atomic_write_text(folder / f"{name}.json", json.dumps(info, indent=2) + "\n")
+    return model.eval(), info

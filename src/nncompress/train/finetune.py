@@ -1,0 +1,52 @@
+"""FineTune: the recovery step; trains on the task's train split keeping earlier masks fixed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nncompress.core.step import Step, StepContext, register_step
+from nncompress.train.loop import TrainConfig, fit
+from nncompress.train.masks import mask_hooks
+
+
+@register_step("finetune", family="train")
+@dataclass(frozen=True)
+class FineTune(Step):
+    """Train the compressed model on the task's data; pruned weights stay exactly zero.
+
+    Example:
+        >>> FineTune(epochs=2, lr=5e-4)
+        FineTune(epochs=2.0, lr=0.0005, optimizer='adamw', weight_decay=0.0, max_steps=None)
+    """
+
+    epochs: float = 1.0
+    lr: float = 5e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epochs", float(self.epochs))
+        self.config(0)  # validates the settings now, not mid-recipe
+
+    def config(self, seed: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, max_steps=self.max_steps, seed=seed)
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        task = ctx.task
+
+        def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            from nncompress.tasks.task import call_model
+
+            return task.loss(call_model(m, x), y)
+
+        before, after = mask_hooks(model, ctx.masks)
+        history = fit(model, task.train, self.config(ctx.seed), loss_fn=loss,
+                      before_step=before, after_step=after, description="finetune")
+        ctx.log.append(f"finetune: {history.steps} steps in {history.seconds:.1f}s, "
+                       f"last loss {history.losses[-1]:.4f}")
+        return model

@@ -1,0 +1,153 @@
+"""The one training loop that fine-tuning, QAT, distillation and baseline training all reuse.
+
+Gradient hooks (``before_step``) and post-step hooks (``after_step``) let compression steps keep
+their invariants while training: pruning masks re-applied, fake-quant ranges updated, and so on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nncompress.train.progress import progress
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Hook = Callable[[nn.Module], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimizer, schedule, length. Defaults suit fine-tuning a small model."""
+
+    epochs: float = 1.0
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # adamw | sgd
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | onecycle | constant
+    warmup_fraction: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "onecycle", "constant"):
+            raise ValueError(
+                f"schedule must be 'cosine', 'onecycle' or 'constant', got {self.schedule!r}"
+            )
+
+
+@dataclass
+class TrainHistory:
+    """What happened: loss per logged interval, steps taken, seconds spent."""
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum (nesterov), per the config."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, nesterov=True,
+        )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``total`` (warmup, then the schedule)."""
+    warmup = int(total * (0.3 if config.schedule == "onecycle" else config.warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "constant":
+        return 1.0
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    """The default loss: cross-entropy of the model's outputs against integer targets."""
+
+    def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(
+            model(inputs), targets, label_smoothing=label_smoothing
+        )
+
+    return loss
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    config: TrainConfig,
+    *,
+    loss_fn: LossFn | None = None,
+    before_step: Hook | None = None,
+    after_step: Hook | None = None,
+    params: Iterable[nn.Parameter] | None = None,
+    description: str = "train",
+) -> TrainHistory:
+    """Train ``model`` in place for ``config.epochs`` passes over ``batches``.
+
+    Example:
+        >>> fit(model, task.train, TrainConfig(epochs=1, lr=1e-3))  # doctest: +SKIP
+    """
+    torch.manual_seed(config.seed)
+    loss_fn = loss_fn or cross_entropy_loss(config.label_smoothing)
+    trainable = [p for p in (params or model.parameters()) if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    optimizer = make_optimizer(trainable, config)
+    per_epoch = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    if per_epoch is None and config.max_steps is None:
+        raise ValueError("batches has no len(); give TrainConfig.max_steps")
+    total = config.max_steps or math.ceil(config.epochs * per_epoch)  # type: ignore[operator]
+    if config.max_steps is not None and per_epoch is not None:
+        total = min(total, math.ceil(config.epochs * per_epoch))
+    history, start, step = TrainHistory(), time.perf_counter(), 0
+    model.train()
+    bar = progress(total=total, desc=description)
+    running = 0.0
+    while step < total:
+        for inputs, targets in batches:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(step, total, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, inputs, targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+            loss.backward()
+            if before_step is not None:
+                before_step(model)
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            if after_step is not None:
+                after_step(model)
+            running += loss.item()
+            step += 1
+            bar.update(1)
+            if step % 50 == 0 or step == total:
+                history.losses.append(running / (50 if step % 50 == 0 else step % 50))
+                bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+                running = 0.0
+            if step >= total:
+                break
+    bar.close()
+    model.eval()
+    history.steps, history.seconds = step, time.perf_counter() - start
+    return history
