@@ -40,10 +40,11 @@ class ResNet(nn.Module):
         blocks_per_stage: int = 1,
         in_channels: int = 1,
         num_classes: int = 10,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
         )
@@ -60,5 +61,5 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(prev, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, 28, 28)
-        x = self.stages(self.stem(x))  # (B, widths[-1], 7, 7)
+        x = self.stages(self.stem(x))  # (B, widths[-1], 28 / (stem_stride * 2^(stages-1)), ...)
         return self.fc(self.flatten(self.pool(x)))
