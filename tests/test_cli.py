@@ -14,7 +14,9 @@ from test_tasks import TASK_FILE
 from nncompress.cli.main import main
 from nncompress.tasks import fmnist
 
-needs_fmnist = pytest.mark.skipif(not fmnist.DEBIAN_DIR.is_dir(), reason="Fashion-MNIST not installed")
+needs_fmnist = pytest.mark.skipif(
+    not fmnist.DEBIAN_DIR.is_dir(), reason="Fashion-MNIST not installed"
+)
 QUICK_RECIPE = """
 [[steps]]
 kind = "magnitude-prune"
@@ -36,21 +38,33 @@ def test_compress_then_evaluate_reproduces_the_report(tmp_path, capsys):
     recipe = tmp_path / "quick.toml"
     recipe.write_text(QUICK_RECIPE)
     out = tmp_path / "run"
-    code, stdout, err = run(["compress", "--task", "fmnist-mlp", "--recipe", recipe, "--out", out,
-                             "--no-latency"], capsys)
+    code, stdout, err = run(
+        ["compress", "--task", "fmnist-mlp", "--recipe", recipe, "--out", out, "--no-latency"],
+        capsys,
+    )
     assert code == 0, err
     assert "baseline" in stdout and "compressed" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "fmnist-mlp"
     for side in ("baseline", "final"):
-        for key in ("metric", "params", "nonzero_params", "size_bytes", "dense_fp32_bytes", "macs",
-                    "latency_ms", "steps"):
+        for key in (
+            "metric",
+            "params",
+            "nonzero_params",
+            "size_bytes",
+            "dense_fp32_bytes",
+            "macs",
+            "latency_ms",
+            "steps",
+        ):
             assert key in report[side]
     assert report["final"]["size_bytes"] == os.path.getsize(out / "model.ncz")
     assert [s["kind"] for s in report["final"]["steps"]] == ["magnitude-prune", "finetune"]
     assert report["baseline"]["metric"]["value"] >= 0.89  # the shipped LeNet-300-100
 
-    code, stdout, err = run(["evaluate", out / "model.ncz", "--task", "fmnist-mlp", "--no-latency"], capsys)
+    code, stdout, err = run(
+        ["evaluate", out / "model.ncz", "--task", "fmnist-mlp", "--no-latency"], capsys
+    )
     assert code == 0, err
     measured = json.loads(stdout)
     assert measured["metric"] == report["final"]["metric"]  # exactly, not approximately
@@ -58,7 +72,9 @@ def test_compress_then_evaluate_reproduces_the_report(tmp_path, capsys):
     assert measured["nonzero_params"] == report["final"]["nonzero_params"]
 
     # refusing to overwrite an earlier run
-    code, _, err = run(["compress", "--task", "fmnist-mlp", "--recipe", recipe, "--out", out], capsys)
+    code, _, err = run(
+        ["compress", "--task", "fmnist-mlp", "--recipe", recipe, "--out", out], capsys
+    )
     assert code == 2 and "--overwrite" in err
 
     code, stdout, _ = run(["report", out], capsys)
@@ -100,8 +116,10 @@ def test_missing_artifact(tmp_path, file_task, capsys):
 
 
 def test_wrong_task_name(tmp_path, capsys):
-    code, _, err = run(["compress", "--task", "mnist-huge", "--recipe", "prune-finetune",
-                        "--out", tmp_path / "o"], capsys)
+    code, _, err = run(
+        ["compress", "--task", "mnist-huge", "--recipe", "prune-finetune", "--out", tmp_path / "o"],
+        capsys,
+    )
     assert_one_line_error(code, err, "mnist-huge", "fmnist-mlp", "file.py:factory")
     assert not (tmp_path / "o").exists()
 
@@ -118,7 +136,9 @@ def test_model_whose_forward_fails(tmp_path, file_task, capsys):
     from nncompress.models import LeNet5
 
     artifact = nc.save(LeNet5(), tmp_path / "lenet.ncz")  # expects images, the task gives vectors
-    code, _, err = run(["evaluate", artifact, "--task", f"{file_task}:make", "--no-latency"], capsys)
+    code, _, err = run(
+        ["evaluate", artifact, "--task", f"{file_task}:make", "--no-latency"], capsys
+    )
     assert_one_line_error(code, err, "forward failed", "(8, 6)")
 
 
@@ -126,7 +146,9 @@ def test_bad_recipe_leaves_no_output(tmp_path, file_task, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text('[[steps]]\nkind = "magnitude-prune"\nsparsity = 2.0\n')
     out = tmp_path / "out"
-    code, _, err = run(["compress", "--task", f"{file_task}:make", "--recipe", recipe, "--out", out], capsys)
+    code, _, err = run(
+        ["compress", "--task", f"{file_task}:make", "--recipe", recipe, "--out", out], capsys
+    )
     assert_one_line_error(code, err, "sparsity")
     assert not out.exists()
 
@@ -135,19 +157,42 @@ def test_failing_forward_in_compress_leaves_no_output(tmp_path, capsys):
     path = tmp_path / "broken.py"
     path.write_text(textwrap.dedent(TASK_FILE).replace("nn.Linear(6, 16)", "nn.Linear(7, 16)"))
     out = tmp_path / "out"
-    code, _, err = run(["compress", "--task", f"{path}:make", "--recipe", "prune-finetune",
-                        "--out", out, "--no-latency"], capsys)
+    code, _, err = run(
+        [
+            "compress",
+            "--task",
+            f"{path}:make",
+            "--recipe",
+            "prune-finetune",
+            "--out",
+            out,
+            "--no-latency",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "forward failed")
     assert not out.exists()
 
 
 def test_file_task_compress_and_evaluate(tmp_path, file_task, capsys):
     out = tmp_path / "run"
-    code, _, err = run(["compress", "--task", f"{file_task}:make", "--recipe", "prune-finetune",
-                        "--out", out, "--no-latency"], capsys)
+    code, _, err = run(
+        [
+            "compress",
+            "--task",
+            f"{file_task}:make",
+            "--recipe",
+            "prune-finetune",
+            "--out",
+            out,
+            "--no-latency",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, stdout, err = run(["evaluate", out / "model.ncz", "--task", f"{file_task}:make",
-                             "--no-latency"], capsys)
+    code, stdout, err = run(
+        ["evaluate", out / "model.ncz", "--task", f"{file_task}:make", "--no-latency"], capsys
+    )
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert json.loads(stdout)["metric"] == report["final"]["metric"]

@@ -31,12 +31,14 @@ def test_global_magnitude_prune_hits_the_sparsity(task):
 
 def test_layerwise_and_threshold_modes(task):
     model = task.baseline()
-    out = nc.compress(model, [nc.MagnitudePrune(sparsity=0.5, scope="layer")], task,
-                      measure_config=FAST).model
+    out = nc.compress(
+        model, [nc.MagnitudePrune(sparsity=0.5, scope="layer")], task, measure_config=FAST
+    ).model
     for w in (out.fc1.weight, out.fc2.weight):
         assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
-    out = nc.compress(model, [nc.MagnitudePrune(threshold=0.01, sparsity=None)], task,
-                      measure_config=FAST).model
+    out = nc.compress(
+        model, [nc.MagnitudePrune(threshold=0.01, sparsity=None)], task, measure_config=FAST
+    ).model
     assert out.fc1.weight.abs()[out.fc1.weight != 0].min() > 0.01
 
 
@@ -64,8 +66,12 @@ def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="epochs"):
         nc.FineTune(epochs=0)
     with pytest.raises(ValueError, match="exclude names no module"):
-        nc.compress(make_task().baseline(), [nc.MagnitudePrune(exclude=("fc9",))], make_task(),
-                    measure_config=FAST)
+        nc.compress(
+            make_task().baseline(),
+            [nc.MagnitudePrune(exclude=("fc9",))],
+            make_task(),
+            measure_config=FAST,
+        )
 
 
 def test_empty_recipe_and_non_steps_are_rejected(task):

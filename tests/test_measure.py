@@ -10,7 +10,12 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.measure import (
-    artifact_bytes, count_macs, count_nonzero, count_params, dense_fp32_bytes, estimate_energy,
+    artifact_bytes,
+    count_macs,
+    count_nonzero,
+    count_params,
+    dense_fp32_bytes,
+    estimate_energy,
     measure_latency,
 )
 from nncompress.measure.energy import PJ_PER_DRAM_BYTE, PJ_PER_MAC
@@ -89,8 +94,16 @@ def test_measure_report_fields(task):
     model = task.baseline()
     report = nc.measure(model, task, config=nc.MeasureConfig(runs=3, min_seconds=0))
     d = report.to_dict()
-    for key in ("metric", "params", "nonzero_params", "size_bytes", "dense_fp32_bytes", "macs",
-                "latency_ms", "steps"):
+    for key in (
+        "metric",
+        "params",
+        "nonzero_params",
+        "size_bytes",
+        "dense_fp32_bytes",
+        "macs",
+        "latency_ms",
+        "steps",
+    ):
         assert key in d
     assert d["metric"]["name"] == "accuracy" and 0 <= d["metric"]["value"] <= 1
     assert d["macs"] == 784 * 300 + 300 * 100 + 100 * 4

@@ -104,7 +104,7 @@ def test_unknown_task_name_lists_accepted():
         get("cifar-99")
 
 
-TASK_FILE = '''
+TASK_FILE = """
 import torch
 from torch import nn
 import nncompress as nc
@@ -127,7 +127,7 @@ def make():
 
 def not_a_task():
     return 42
-'''
+"""
 
 
 def test_task_from_file(tmp_path):

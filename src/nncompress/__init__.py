@@ -20,7 +20,22 @@ from nncompress.tasks.task import Task
 from nncompress.train.finetune import FineTune
 
 __all__ = [
-    "STEPS", "ArtifactError", "CompressionReport", "FineTune", "MagnitudePrune", "MeasureConfig",
-    "Report", "Result", "Step", "StepContext", "Task", "compress", "load", "load_recipe",
-    "measure", "register_step", "save", "tasks",
+    "STEPS",
+    "ArtifactError",
+    "CompressionReport",
+    "FineTune",
+    "MagnitudePrune",
+    "MeasureConfig",
+    "Report",
+    "Result",
+    "Step",
+    "StepContext",
+    "Task",
+    "compress",
+    "load",
+    "load_recipe",
+    "measure",
+    "register_step",
+    "save",
+    "tasks",
 ]

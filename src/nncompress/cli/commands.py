@@ -41,9 +41,12 @@ def _run(args: argparse.Namespace, recipe_spec: str) -> Any:
     if args.json:
         return json.loads(report_path.read_text())
     rep = result.report
-    lines = [comparison_table([rep.baseline, rep.final], ["baseline", "compressed"]), "",
-             "steps: " + " -> ".join(f"{s.kind} ({s.seconds:.1f}s)" for s in rep.steps),
-             f"wrote {artifact} ({os.path.getsize(artifact)} bytes) and {out / REPORT_NAME}"]
+    lines = [
+        comparison_table([rep.baseline, rep.final], ["baseline", "compressed"]),
+        "",
+        "steps: " + " -> ".join(f"{s.kind} ({s.seconds:.1f}s)" for s in rep.steps),
+        f"wrote {artifact} ({os.path.getsize(artifact)} bytes) and {out / REPORT_NAME}",
+    ]
     return "\n".join(lines)
 
 
@@ -70,8 +73,9 @@ def evaluate(args: argparse.Namespace) -> Any:
     from nncompress.measure.report import measure
 
     task, model = _load_artifact_for(args)
-    report = measure(model, task, config=_measure_config(args),
-                     size_bytes=os.path.getsize(args.artifact))
+    report = measure(
+        model, task, config=_measure_config(args), size_bytes=os.path.getsize(args.artifact)
+    )
     return report.to_dict()
 
 
@@ -100,10 +104,16 @@ def zoo_list(args: argparse.Namespace) -> Any:
     rows = []
     for name, e in ENTRIES.items():
         info = checkpoint_info(name) or {}
-        rows.append({"name": name, "description": e.description, "target": e.target,
-                     "test_accuracy": info.get("test_accuracy"),
-                     "train_seconds": info.get("train_seconds"),
-                     "checkpoint": info.get("path", "not trained yet (`nncompress zoo train NAME`)")})
+        rows.append(
+            {
+                "name": name,
+                "description": e.description,
+                "target": e.target,
+                "test_accuracy": info.get("test_accuracy"),
+                "train_seconds": info.get("train_seconds"),
+                "checkpoint": info.get("path", "not trained yet (`nncompress zoo train NAME`)"),
+            }
+        )
     if args.json:
         return rows
     width = max(len(r["name"]) for r in rows)
@@ -111,7 +121,9 @@ def zoo_list(args: argparse.Namespace) -> Any:
     for r in rows:
         acc = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
         secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
-        lines.append(f"{r['name'].ljust(width)}  {acc:>8}  {r['target']:.3f}  {secs:>7}  {r['description']}")
+        lines.append(
+            f"{r['name'].ljust(width)}  {acc:>8}  {r['target']:.3f}  {secs:>7}  {r['description']}"
+        )
     return "\n".join(lines)
 
 
@@ -125,8 +137,10 @@ def zoo_train(args: argparse.Namespace) -> Any:
     if args.json:
         return info
     status = "meets" if info["test_accuracy"] >= info["target"] else "MISSES"
-    return (f"{args.name}: test accuracy {info['test_accuracy']:.4f} ({status} target "
-            f"{info['target']}), val {info['val_accuracy']:.4f}, trained in {info['train_seconds']}s")
+    return (
+        f"{args.name}: test accuracy {info['test_accuracy']:.4f} ({status} target "
+        f"{info['target']}), val {info['val_accuracy']:.4f}, trained in {info['train_seconds']}s"
+    )
 
 
 def steps(args: argparse.Namespace) -> Any:
@@ -157,7 +171,9 @@ def report(args: argparse.Namespace) -> Any:
 
     path = Path(args.dir) / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no report.json in {args.dir} (give a folder written by `compress`)")
+        raise FileNotFoundError(
+            f"no report.json in {args.dir} (give a folder written by `compress`)"
+        )
     try:
         rep = CompressionReport.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as e:

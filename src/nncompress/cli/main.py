@@ -29,49 +29,81 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def data_dir(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", default=None,
-                       help="folder with the Fashion-MNIST IDX files (default: $NNCOMPRESS_FMNIST_DIR "
-                            "or /usr/share/datasets/fashion-mnist)")
+        p.add_argument(
+            "--data-dir",
+            default=None,
+            help="folder with the Fashion-MNIST IDX files (default: $NNCOMPRESS_FMNIST_DIR "
+            "or /usr/share/datasets/fashion-mnist)",
+        )
 
-    def task_arg(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
-        p.add_argument("--task", required=required, default=default,
-                       help="reference task name (see `nncompress zoo list`) or path/to/file.py:factory")
+    def task_arg(
+        p: argparse.ArgumentParser, required: bool = True, default: str | None = None
+    ) -> None:
+        p.add_argument(
+            "--task",
+            required=required,
+            default=default,
+            help="reference task name (see `nncompress zoo list`) or path/to/file.py:factory",
+        )
         data_dir(p)
 
     def latency_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-latency", action="store_true", help="skip latency timing (faster)")
-        p.add_argument("--batch-size", type=int, default=64, help="larger batch for batch-N latency")
+        p.add_argument(
+            "--batch-size", type=int, default=64, help="larger batch for batch-N latency"
+        )
 
-    p = add("demo", commands.demo, "Compress a reference model with the default recipe and "
-            "print a before/after table (writes report.json and model.ncz).")
+    p = add(
+        "demo",
+        commands.demo,
+        "Compress a reference model with the default recipe and "
+        "print a before/after table (writes report.json and model.ncz).",
+    )
     task_arg(p, required=False, default="fmnist-mlp")
     p.add_argument("--recipe", default="prune-finetune", help="recipe file or shipped recipe name")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run's files in --out"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     latency_args(p)
 
-    p = add("compress", commands.compress, "Run a recipe on a task's baseline model; write "
-            "DIR/model.ncz and DIR/report.json.")
+    p = add(
+        "compress",
+        commands.compress,
+        "Run a recipe on a task's baseline model; write DIR/model.ncz and DIR/report.json.",
+    )
     task_arg(p)
-    p.add_argument("--recipe", required=True, help="recipe file (.toml/.json) or shipped recipe name")
+    p.add_argument(
+        "--recipe", required=True, help="recipe file (.toml/.json) or shipped recipe name"
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run's files in --out"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     latency_args(p)
 
-    p = add("evaluate", commands.evaluate, "Measure a saved artifact on a task and print the "
-            "report as JSON.")
+    p = add(
+        "evaluate",
+        commands.evaluate,
+        "Measure a saved artifact on a task and print the report as JSON.",
+    )
     p.add_argument("artifact", help="a .ncz file written by nncompress")
     task_arg(p)
     p.add_argument("--json", action="store_true", help="(default) print JSON")
     latency_args(p)
 
-    p = add("measure", commands.measure_cmd, "Measure a task's baseline model (or an artifact) "
-            "and print a table.")
-    p.add_argument("artifact", nargs="?", default=None, help="optional .ncz file; default: the baseline")
+    p = add(
+        "measure",
+        commands.measure_cmd,
+        "Measure a task's baseline model (or an artifact) and print a table.",
+    )
+    p.add_argument(
+        "artifact", nargs="?", default=None, help="optional .ncz file; default: the baseline"
+    )
     task_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     latency_args(p)
@@ -83,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=commands.zoo_list)
     pt = zoo.add_parser("train", help="train a reference model from its fixed seed and cache it")
     pt.add_argument("name", help="reference model name (see `zoo list`)")
-    pt.add_argument("--out-dir", default=None, help="where to write the checkpoint (default: the cache)")
+    pt.add_argument(
+        "--out-dir", default=None, help="where to write the checkpoint (default: the cache)"
+    )
     pt.add_argument("--json", action="store_true", help="print JSON")
     data_dir(pt)
     pt.set_defaults(func=commands.zoo_train)
@@ -91,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("steps", commands.steps, "List the registered compression steps and their settings.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("report", commands.report, "Print the before/after table of a run folder's report.json.")
+    p = add(
+        "report", commands.report, "Print the before/after table of a run folder's report.json."
+    )
     p.add_argument("dir", help="a folder written by `compress` or `demo`")
     return parser
 

@@ -85,8 +85,12 @@ def versions() -> dict[str, str]:
     """Library and platform versions, recorded so that any result can be rerun exactly."""
     from nncompress import __version__
 
-    return {"nncompress": __version__, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "nncompress": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def check_runs(model: nn.Module, task: Task) -> None:
@@ -138,16 +142,28 @@ def compress(
         log_start = len(ctx.log)
         work = step.apply(work, ctx)
         seconds = time.perf_counter() - t0
-        records.append(StepRecord(
-            kind=step.kind, settings=step.settings(), seconds=seconds,
-            metric=evaluate(work, task.test, task.metric_fn), params=count_params(work),
-            nonzero_params=count_nonzero(work), size_bytes=artifact_bytes(work),
-            notes=ctx.log[log_start:],
-        ))
+        records.append(
+            StepRecord(
+                kind=step.kind,
+                settings=step.settings(),
+                seconds=seconds,
+                metric=evaluate(work, task.test, task.metric_fn),
+                params=count_params(work),
+                nonzero_params=count_nonzero(work),
+                size_bytes=artifact_bytes(work),
+                notes=ctx.log[log_start:],
+            )
+        )
     described = describe_recipe(recipe)
     final = measure(work, task, config=measure_config, steps=described)
     report = CompressionReport(
-        task=task.name, baseline=baseline, final=final, steps=records, recipe=described,
-        seed=seed, versions=versions(), seconds=time.perf_counter() - start,
+        task=task.name,
+        baseline=baseline,
+        final=final,
+        steps=records,
+        recipe=described,
+        seed=seed,
+        versions=versions(),
+        seconds=time.perf_counter() - start,
     )
     return Result(work.eval(), report)

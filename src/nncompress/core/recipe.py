@@ -66,7 +66,9 @@ def load_recipe(spec: str | Path) -> list[Step]:
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from e
+        raise ValueError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}"
+        ) from e
     return parse_recipe(data, source=str(path))
 
 

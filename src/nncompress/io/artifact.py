@@ -61,7 +61,9 @@ def _skeleton(model: nn.Module) -> nn.Module:
     for t, _, _ in _persistent_tensors(model).values():
         if id(t) not in memo:
             meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
-            memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+            memo[id(t)] = (
+                nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+            )
     return copy.deepcopy(model, memo)
 
 
@@ -81,8 +83,12 @@ def save(
     first_name_of: dict[tuple[int, int, tuple[int, ...]], str] = {}
     for name, (t, kind, requires_grad) in tensors.items():
         t = t.detach().cpu()
-        entry: dict[str, Any] = {"kind": kind, "requires_grad": requires_grad,
-                                 "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "requires_grad": requires_grad,
+            "shape": list(t.shape),
+            "dtype": str(t.dtype).removeprefix("torch."),
+        }
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if t.numel() and key in first_name_of:
             entry["alias_of"] = first_name_of[key]
@@ -106,10 +112,14 @@ def save(
     torch.save(_skeleton(model), skeleton)
     target = Path(path)
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as zf:
-        zf.writestr("manifest.json", json.dumps(manifest, sort_keys=True),
-                    compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr("tensors.safetensors", safetensors.torch.save(stored),
-                    compress_type=zipfile.ZIP_STORED)
+        zf.writestr(
+            "manifest.json",
+            json.dumps(manifest, sort_keys=True),
+            compress_type=zipfile.ZIP_DEFLATED,
+        )
+        zf.writestr(
+            "tensors.safetensors", safetensors.torch.save(stored), compress_type=zipfile.ZIP_STORED
+        )
         zf.writestr("skeleton.pt", skeleton.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
     return target
 
@@ -138,7 +148,9 @@ def _manifest(zf: zipfile.ZipFile, path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path} has a corrupt manifest: {e}") from e
     if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not an nncompress artifact (format {manifest.get('format')!r})")
+        raise ArtifactError(
+            f"{path} is not an nncompress artifact (format {manifest.get('format')!r})"
+        )
     if manifest.get("version", 0) > VERSION:
         raise ArtifactError(
             f"{path} has artifact version {manifest['version']}; this nncompress reads up to "
@@ -186,7 +198,7 @@ def load(path: str | os.PathLike) -> nn.Module:
         if "alias_of" in entry:
             continue
         prefix = f"{name}::"
-        parts = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
+        parts = {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}
         try:
             t = decode(entry["encoding"], parts, {**entry["header"], "shape": entry["shape"]})
         except (KeyError, ValueError, RuntimeError) as e:

@@ -35,10 +35,16 @@ def write_run(result: Result, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = result.report
-    artifact = save(result.model, out / ARTIFACT_NAME, metadata={
-        "task": report.task, "recipe": report.recipe, "seed": report.seed,
-        "versions": report.versions,
-    })
+    artifact = save(
+        result.model,
+        out / ARTIFACT_NAME,
+        metadata={
+            "task": report.task,
+            "recipe": report.recipe,
+            "seed": report.seed,
+            "versions": report.versions,
+        },
+    )
     report.final.size_bytes = os.path.getsize(artifact)
     report.final.energy = estimate_energy(report.final.macs, report.final.size_bytes).to_dict()
     report_path = out / REPORT_NAME

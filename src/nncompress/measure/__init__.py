@@ -9,7 +9,20 @@ from nncompress.measure.size import artifact_bytes, count_nonzero, count_params,
 from nncompress.measure.table import comparison_table
 
 __all__ = [
-    "EnergyEstimate", "LatencyStats", "MeasureConfig", "ModelCallError", "Report",
-    "artifact_bytes", "comparison_table", "count_macs", "count_nonzero", "count_params",
-    "dense_fp32_bytes", "estimate_energy", "evaluate", "measure", "measure_latency", "predict",
+    "EnergyEstimate",
+    "LatencyStats",
+    "MeasureConfig",
+    "ModelCallError",
+    "Report",
+    "artifact_bytes",
+    "comparison_table",
+    "count_macs",
+    "count_nonzero",
+    "count_params",
+    "dense_fp32_bytes",
+    "estimate_energy",
+    "evaluate",
+    "measure",
+    "measure_latency",
+    "predict",
 ]

@@ -16,7 +16,9 @@ class ModelCallError(RuntimeError):
     """The model could not run on the task's inputs; the message names both sides."""
 
 
-def predict(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All outputs and targets of ``model`` over ``batches`` in eval/inference mode."""
     was_training = model.training
     model.eval()
@@ -27,7 +29,11 @@ def predict(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]]) -> tu
                 try:
                     out = call_model(model, inputs)
                 except Exception as e:
-                    shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+                    shape = (
+                        tuple(inputs.shape)
+                        if isinstance(inputs, torch.Tensor)
+                        else type(inputs).__name__
+                    )
                     raise ModelCallError(
                         f"the model's forward failed on the task's inputs of shape {shape}: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -41,7 +47,9 @@ def predict(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]]) -> tu
     return torch.cat(outputs), torch.cat(targets)
 
 
-def evaluate(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], metric: MetricFn) -> float:
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], metric: MetricFn
+) -> float:
     """The metric of ``model`` over the whole split."""
     outputs, targets = predict(model, batches)
     return float(metric(outputs, targets))

@@ -80,17 +80,34 @@ def measure(
     metric_value = evaluate(model, task.test, task.metric_fn)
     one = task.single_example()
     macs = count_macs(model, one)
-    params, size = count_params(model), size_bytes if size_bytes is not None else artifact_bytes(model)
+    params, size = (
+        count_params(model),
+        size_bytes if size_bytes is not None else artifact_bytes(model),
+    )
     latency: dict[str, Any] = {}
     latency_ms = None
     if config.latency:
-        b1 = measure_latency(model, one, batch_size=1, warmup=config.warmup, runs=config.runs,
-                             min_seconds=config.min_seconds)
-        big = measure_latency(model, repeat_batch(one, config.batch_size_large),
-                              batch_size=config.batch_size_large, warmup=config.warmup,
-                              runs=max(5, config.runs // 3), min_seconds=config.min_seconds)
-        latency = {"batch_1": b1.to_dict(), f"batch_{config.batch_size_large}": big.to_dict(),
-                   "threads": torch.get_num_threads()}
+        b1 = measure_latency(
+            model,
+            one,
+            batch_size=1,
+            warmup=config.warmup,
+            runs=config.runs,
+            min_seconds=config.min_seconds,
+        )
+        big = measure_latency(
+            model,
+            repeat_batch(one, config.batch_size_large),
+            batch_size=config.batch_size_large,
+            warmup=config.warmup,
+            runs=max(5, config.runs // 3),
+            min_seconds=config.min_seconds,
+        )
+        latency = {
+            "batch_1": b1.to_dict(),
+            f"batch_{config.batch_size_large}": big.to_dict(),
+            "threads": torch.get_num_threads(),
+        }
         latency_ms = b1.median_ms
     energy = estimate_energy(macs, size).to_dict()
     return Report(

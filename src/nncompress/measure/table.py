@@ -24,7 +24,9 @@ def _human_count(n: float) -> str:
 
 def _rows(report: Report) -> dict[str, str]:
     lat = "-" if report.latency_ms is None else f"{report.latency_ms:.3f}"
-    big = next((v for k, v in report.latency.items() if k.startswith("batch_") and k != "batch_1"), None)
+    big = next(
+        (v for k, v in report.latency.items() if k.startswith("batch_") and k != "batch_1"), None
+    )
     return {
         f"{report.metric['name']} (test)": f"{report.metric['value']:.4f}",
         "params": _human_count(report.params),
@@ -56,8 +58,12 @@ def comparison_table(reports: Sequence[Report], names: Sequence[str]) -> str:
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for i, line in enumerate(lines):
-        out.append("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w)
-                             for j, (c, w) in enumerate(zip(line, widths))))
+        out.append(
+            "  ".join(
+                str(c).ljust(w) if j == 0 else str(c).rjust(w)
+                for j, (c, w) in enumerate(zip(line, widths))
+            )
+        )
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -75,5 +81,15 @@ def _change(key: str, a: Report, b: Report) -> str:
     }
     if key in pairs and pairs[key][0] and pairs[key][1]:
         before, after = pairs[key]
-        return f"{before / after:.2f}x smaller" if before >= after else f"{after / before:.2f}x larger"
+        if before == after:
+            return "same"
+        if key.startswith("latency"):
+            return (
+                f"{before / after:.2f}x faster"
+                if before > after
+                else f"{after / before:.2f}x slower"
+            )
+        return (
+            f"{before / after:.2f}x smaller" if before > after else f"{after / before:.2f}x larger"
+        )
     return ""

@@ -35,7 +35,9 @@ def wanda(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
     """|W| scaled by the L2 norm of each input feature (Linear: (out, in); Conv: per in-channel)."""
     w = weight.detach().abs()
     if input_norm.numel() != w.shape[1]:
-        raise ValueError(f"input_norm has {input_norm.numel()} entries, weight has {w.shape[1]} inputs")
+        raise ValueError(
+            f"input_norm has {input_norm.numel()} entries, weight has {w.shape[1]} inputs"
+        )
     shape = [1, -1] + [1] * (w.dim() - 2)
     return w * input_norm.reshape(shape).to(w.dtype)
 
@@ -60,7 +62,9 @@ def reduce_groups(scores: torch.Tensor, dim: int = 0, reduce: str = "sum") -> to
 
 
 def collect_input_norms(
-    model: nn.Module, modules: dict[str, nn.Module], batches: Iterable[tuple[Any, Any]],
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    batches: Iterable[tuple[Any, Any]],
     max_batches: int = 8,
 ) -> dict[str, torch.Tensor]:
     """L2 norm over calibration samples of each input feature/channel of each given module."""
@@ -92,8 +96,11 @@ def collect_input_norms(
 
 
 def collect_gradients(
-    model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable[tuple[Any, Any]],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], max_batches: int = 8,
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    batches: Iterable[tuple[Any, Any]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    max_batches: int = 8,
 ) -> dict[str, torch.Tensor]:
     """Gradients of the loss summed over a few batches, for Taylor importance."""
     accum = {n: torch.zeros_like(p) for n, p in params.items()}

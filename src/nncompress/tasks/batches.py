@@ -71,9 +71,7 @@ class TensorBatches:
 
     def subset(self, count: int) -> TensorBatches:
         """The first ``count`` samples as unshuffled, unaugmented batches (for calibration)."""
-        return TensorBatches(
-            self.inputs[:count], self.targets[:count], batch_size=self.batch_size
-        )
+        return TensorBatches(self.inputs[:count], self.targets[:count], batch_size=self.batch_size)
 
 
 def random_crop_flip(padding: int = 2, flip: bool = True) -> Augment:

@@ -120,7 +120,10 @@ def load_splits(data_dir: str | os.PathLike | None = None) -> Splits:
         x = torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # astype copies: writable
         return (x - MEAN) / STD
 
-    x_train, y_train = images(raw["train_images"]), torch.from_numpy(raw["train_labels"].copy()).long()
+    x_train, y_train = (
+        images(raw["train_images"]),
+        torch.from_numpy(raw["train_labels"].copy()).long(),
+    )
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(SPLIT_SEED))
     val_idx, train_idx = order[:VAL_SIZE], order[VAL_SIZE:]
     return Splits(

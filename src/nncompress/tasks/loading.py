@@ -24,7 +24,9 @@ def task_from_file(spec: str) -> Task:
     file_part, _, factory_name = spec.rpartition(":")
     path = Path(file_part)
     if not path.is_file():
-        raise FileNotFoundError(f"task file {path} does not exist (expected path/to/file.py:factory)")
+        raise FileNotFoundError(
+            f"task file {path} does not exist (expected path/to/file.py:factory)"
+        )
     name = _module_name(path)
     module = sys.modules.get(name)
     if module is None:
@@ -61,7 +63,9 @@ def get(spec: str, *, data_dir: str | None = None) -> Task:
         return task_from_file(spec)
     if spec in reference_names():
         return reference_task(spec, data_dir=data_dir)
-    raise ValueError(f"unknown task {spec!r}; accepted: " + ACCEPTED.format(names=", ".join(reference_names())))
+    raise ValueError(
+        f"unknown task {spec!r}; accepted: " + ACCEPTED.format(names=", ".join(reference_names()))
+    )
 
 
 def names() -> list[str]:

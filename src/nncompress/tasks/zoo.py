@@ -47,8 +47,13 @@ class ZooEntry:
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the trained weights (architecture and recipe)."""
-        data = {"architecture": self.architecture, "train": asdict(self.train),
-                "batch_size": self.batch_size, "augment": self.augment, "data": "fmnist-v1"}
+        data = {
+            "architecture": self.architecture,
+            "train": asdict(self.train),
+            "batch_size": self.batch_size,
+            "augment": self.augment,
+            "data": "fmnist-v1",
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -56,28 +61,44 @@ ENTRIES: dict[str, ZooEntry] = {
     e.name: e
     for e in [
         ZooEntry(
-            "fmnist-mlp", "LeNet-300-100 (784-300-100-10 MLP) on Fashion-MNIST",
-            "LeNet300100()", LeNet300100,
+            "fmnist-mlp",
+            "LeNet-300-100 (784-300-100-10 MLP) on Fashion-MNIST",
+            "LeNet300100()",
+            LeNet300100,
             TrainConfig(epochs=12, lr=2e-3, weight_decay=0.05, schedule="onecycle"),
-            batch_size=128, augment=False, target=0.89,
+            batch_size=128,
+            augment=False,
+            target=0.89,
         ),
         ZooEntry(
-            "fmnist-lenet5", "LeNet-5 (2 conv + 3 fc) on Fashion-MNIST",
-            "LeNet5()", LeNet5,
+            "fmnist-lenet5",
+            "LeNet-5 (2 conv + 3 fc) on Fashion-MNIST",
+            "LeNet5()",
+            LeNet5,
             TrainConfig(epochs=12, lr=3e-3, weight_decay=0.05, schedule="onecycle"),
-            batch_size=128, augment=False, target=0.905,
+            batch_size=128,
+            augment=False,
+            target=0.905,
         ),
         ZooEntry(
-            "fmnist-resnet", "ResNet-8 (16/32/64 channels, BatchNorm, projection shortcuts)",
-            "ResNet(widths=(16,32,64), blocks_per_stage=1)", ResNet,
+            "fmnist-resnet",
+            "ResNet-8 (16/32/64 channels, BatchNorm, projection shortcuts)",
+            "ResNet(widths=(16,32,64), blocks_per_stage=1)",
+            ResNet,
             TrainConfig(epochs=10, lr=3e-3, weight_decay=0.05, schedule="onecycle"),
-            batch_size=128, augment=True, target=0.92,
+            batch_size=128,
+            augment=True,
+            target=0.92,
         ),
         ZooEntry(
-            "fmnist-vit", "ViT (patch 4, dim 64, depth 4, 4 heads, class token)",
-            "VisionTransformer(patch=4,dim=64,depth=4,heads=4,mlp=128)", VisionTransformer,
+            "fmnist-vit",
+            "ViT (patch 4, dim 64, depth 4, 4 heads, class token)",
+            "VisionTransformer(patch=4,dim=64,depth=4,heads=4,mlp=128)",
+            VisionTransformer,
             TrainConfig(epochs=12, lr=2e-3, weight_decay=0.05, schedule="onecycle"),
-            batch_size=128, augment=False, target=0.88,
+            batch_size=128,
+            augment=False,
+            target=0.88,
         ),
     ]
 }
@@ -92,8 +113,13 @@ def entry(name: str) -> ZooEntry:
 
 def train_batches(e: ZooEntry, splits: Splits, seed: int = 0) -> TensorBatches:
     """The shuffled (and, where the entry says so, augmented) training batches."""
-    return TensorBatches(*splits.train, batch_size=e.batch_size, shuffle=True, seed=seed,
-                         augment=random_crop_flip() if e.augment else None)
+    return TensorBatches(
+        *splits.train,
+        batch_size=e.batch_size,
+        shuffle=True,
+        seed=seed,
+        augment=random_crop_flip() if e.augment else None,
+    )
 
 
 def eval_batches(pair: tuple[torch.Tensor, torch.Tensor]) -> TensorBatches:

@@ -33,8 +33,14 @@ class FineTune(Step):
         self.config(0)  # validates the settings now, not mid-recipe
 
     def config(self, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
-                           weight_decay=self.weight_decay, max_steps=self.max_steps, seed=seed)
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            max_steps=self.max_steps,
+            seed=seed,
+        )
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         task = ctx.task
@@ -45,8 +51,17 @@ class FineTune(Step):
             return task.loss(call_model(m, x), y)
 
         before, after = mask_hooks(model, ctx.masks)
-        history = fit(model, task.train, self.config(ctx.seed), loss_fn=loss,
-                      before_step=before, after_step=after, description="finetune")
-        ctx.log.append(f"finetune: {history.steps} steps in {history.seconds:.1f}s, "
-                       f"last loss {history.losses[-1]:.4f}")
+        history = fit(
+            model,
+            task.train,
+            self.config(ctx.seed),
+            loss_fn=loss,
+            before_step=before,
+            after_step=after,
+            description="finetune",
+        )
+        ctx.log.append(
+            f"finetune: {history.steps} steps in {history.seconds:.1f}s, "
+            f"last loss {history.losses[-1]:.4f}"
+        )
         return model

@@ -62,8 +62,11 @@ def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch
     """AdamW or SGD with momentum (nesterov), per the config."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum,
-            weight_decay=config.weight_decay, nesterov=True,
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=True,
         )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
@@ -83,9 +86,7 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     """The default loss: cross-entropy of the model's outputs against integer targets."""
 
     def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(
-            model(inputs), targets, label_smoothing=label_smoothing
-        )
+        return nn.functional.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
 
     return loss
 

@@ -16,8 +16,11 @@ def mask_hooks(
     Both are needed: zeroing gradients alone is not enough with weight decay or Adam's momentum.
     """
     params = dict(model.named_parameters())
-    pairs = [(params[name], mask) for name, mask in masks.items() if name in params
-             and params[name].shape == mask.shape]
+    pairs = [
+        (params[name], mask)
+        for name, mask in masks.items()
+        if name in params and params[name].shape == mask.shape
+    ]
 
     def before(_: nn.Module) -> None:
         for p, mask in pairs:

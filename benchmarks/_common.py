@@ -1,0 +1,143 @@
+"""Shared benchmark plumbing: run a recipe on a task, save the artifact, emit a contract row.
+
+Each row (see shared DESIGN.md, "Benchmarks") holds ``task``, ``method``, ``settings`` and two
+objects ``baseline`` and ``result`` with ``metric``, ``params``, ``nonzero_params``, ``size_bytes``,
+``dense_fp32_bytes``, ``macs``, ``latency_ms``; ``result.artifact`` is the saved ``.ncz``, whose
+file size is ``result.size_bytes`` and which ``nncompress evaluate`` re-measures to the same metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nncompress as nc
+from nncompress.io.atomic import atomic_write_text
+from nncompress.measure.energy import estimate_energy
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FIELDS = (
+    "metric",
+    "params",
+    "nonzero_params",
+    "size_bytes",
+    "dense_fp32_bytes",
+    "macs",
+    "latency_ms",
+)
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a smaller set, for smoke tests")
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default: benchmarks/results/<family>.json)"
+    )
+    return parser.parse_args(argv)
+
+
+def contract_fields(report: nc.Report) -> dict[str, Any]:
+    d = report.to_dict()
+    out = {k: d[k] for k in FIELDS}
+    out["latency"] = d["latency"]
+    out["energy_estimate_uj"] = d["energy"].get("total_uj")
+    return out
+
+
+def run_recipe(
+    family: str,
+    task: nc.Task,
+    method: str,
+    recipe: list[nc.Step],
+    baseline_report: nc.Report | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compress ``task``'s baseline with ``recipe``; save the artifact; return a contract row."""
+    t0 = time.perf_counter()
+    result = nc.compress(task.baseline(), recipe, task, seed=seed)
+    seconds = time.perf_counter() - t0
+    artifact = RESULTS / "artifacts" / family / f"{task.name}--{method}.ncz"
+    nc.save(
+        result.model,
+        artifact,
+        metadata={
+            "task": task.name,
+            "method": method,
+            "recipe": result.report.recipe,
+            "seed": seed,
+        },
+    )
+    final = result.report.final
+    final.size_bytes = os.path.getsize(artifact)
+    final.energy = estimate_energy(final.macs, final.size_bytes).to_dict()
+    row = {
+        "task": task.name,
+        "method": method,
+        "settings": {"recipe": result.report.recipe, "seed": seed},
+        "baseline": contract_fields(baseline_report or result.report.baseline),
+        "result": {
+            **contract_fields(final),
+            "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+            "compress_seconds": round(seconds, 2),
+        },
+        "steps": [
+            {
+                "kind": s.kind,
+                "metric": s.metric,
+                "nonzero_params": s.nonzero_params,
+                "size_bytes": s.size_bytes,
+                "seconds": round(s.seconds, 2),
+            }
+            for s in result.report.steps
+        ],
+    }
+    return row
+
+
+def write_results(family: str, rows: list[dict[str, Any]], out: str | None = None) -> Path:
+    path = Path(out) if out else RESULTS / f"{family}.json"
+    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
+    return path
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = [
+        "task",
+        "method",
+        "metric",
+        "Δ pts",
+        "size KB",
+        "x smaller",
+        "nonzero",
+        "MACs",
+        "lat ms",
+        "x faster",
+    ]
+    lines = [header]
+    for r in rows:
+        b, res = r["baseline"], r["result"]
+        lines.append(
+            [
+                r["task"],
+                r["method"],
+                f"{res['metric']['value']:.4f}",
+                f"{(res['metric']['value'] - b['metric']['value']) * 100:+.2f}",
+                f"{res['size_bytes'] / 1024:.1f}",
+                f"{b['size_bytes'] / res['size_bytes']:.2f}",
+                f"{res['nonzero_params']}",
+                f"{res['macs']}",
+                f"{res['latency_ms']:.3f}",
+                f"{b['latency_ms'] / res['latency_ms']:.2f}",
+            ]
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("  ".join(str(c).rjust(w) for c, w in zip(line, widths)), file=sys.stdout)
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
