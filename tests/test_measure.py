@@ -110,3 +110,11 @@ def test_measure_report_fields(task):
     assert d["latency"]["batch_1"]["batch_size"] == 1
     assert d["latency"]["batch_64"]["batch_size"] == 64
     assert d["latency_ms"] == d["latency"]["batch_1"]["median_ms"]
+
+
+def test_macs_by_module_matches_layers():
+    from nncompress.measure.flops import macs_by_module
+    from nncompress.models import LeNet300100
+
+    per_layer = macs_by_module(LeNet300100(), torch.randn(1, 1, 28, 28))
+    assert per_layer == {"fc1": 784 * 300, "fc2": 300 * 100, "fc3": 100 * 10}

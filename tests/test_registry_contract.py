@@ -15,7 +15,12 @@ from conftest import SMALL_MODELS, init_model, make_task
 import nncompress as nc
 from nncompress.core.step import STEPS
 
-EXAMPLES: dict[str, dict] = {"finetune": {"max_steps": 3}}
+EXAMPLES: dict[str, dict] = {
+    "finetune": {"max_steps": 3},
+    "gradual-prune": {"max_steps": 2},
+    "iterative-prune": {"rounds": 2, "max_steps": 1},
+    "lottery-ticket": {"rounds": 1, "max_steps": 1},
+}
 
 
 @pytest.mark.parametrize("kind", sorted(STEPS))

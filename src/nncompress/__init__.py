@@ -15,11 +15,22 @@ from nncompress.core.recipe import load_recipe
 from nncompress.core.step import STEPS, Step, StepContext, register_step
 from nncompress.io.artifact import ArtifactError, load, save
 from nncompress.measure.report import MeasureConfig, Report, measure
-from nncompress.prune.magnitude import MagnitudePrune
+from nncompress.prune import (
+    ChannelPrune,
+    GradualPrune,
+    HeadPrune,
+    IterativePrune,
+    LotteryTicket,
+    MagnitudePrune,
+    NMPrune,
+    UnstructuredPrune,
+)
 from nncompress.tasks.task import Task
 from nncompress.train.finetune import FineTune
 
 __all__ = [
+    "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket", "NMPrune",
+    "UnstructuredPrune",
     "STEPS",
     "ArtifactError",
     "CompressionReport",

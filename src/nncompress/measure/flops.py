@@ -29,14 +29,22 @@ def count_macs(model: nn.Module, inputs: Any) -> int:
 
 
 def macs_by_module(model: nn.Module, inputs: Any) -> dict[str, int]:
-    """MACs per module name (leaf modules only), for per-layer reports."""
+    """MACs per leaf module name, for per-layer reports.
+
+    The counter names modules by their path prefixed with the root's class name (or "Global"
+    on older torch); the prefix is stripped so keys match ``named_modules()``.
+    """
+    was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        call_model(model, inputs)
-    names = {name for name, m in model.named_modules() if not list(m.children())}
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            call_model(model, inputs)
+    finally:
+        model.train(was_training)
+    leaves = {name for name, m in model.named_modules() if name and not list(m.children())}
     out = {}
-    for name, counts in counter.get_flop_counts().items():
-        short = name.removeprefix("Global.").removeprefix("Global")
-        if short in names:
-            out[short] = int(sum(counts.values())) // 2
+    for key, counts in counter.get_flop_counts().items():
+        _, _, path = key.partition(".")
+        if path in leaves:
+            out[path] = int(sum(counts.values())) // 2
     return out

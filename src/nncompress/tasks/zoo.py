@@ -82,12 +82,12 @@ ENTRIES: dict[str, ZooEntry] = {
         ),
         ZooEntry(
             "fmnist-resnet",
-            "ResNet-8 (16/32/64 channels, BatchNorm, projection shortcuts)",
-            "ResNet(widths=(16,32,64), blocks_per_stage=1)",
-            ResNet,
+            "ResNet-8 (stride-2 stem, 32/64/128 channels, BatchNorm, projection shortcuts)",
+            "ResNet(widths=(32,64,128), blocks_per_stage=1, stem_stride=2)",
+            lambda: ResNet(widths=(32, 64, 128), blocks_per_stage=1, stem_stride=2),
             TrainConfig(epochs=10, lr=3e-3, weight_decay=0.05, schedule="onecycle"),
             batch_size=128,
-            augment=True,
+            augment=False,
             target=0.92,
         ),
         ZooEntry(

@@ -1,0 +1,106 @@
+"""N:M semi-structured sparsity (Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks"):
+in every group of M consecutive weights along the input dimension keep the N most important.
+
+2:4 is what NVIDIA Ampere-and-later sparse tensor cores run at up to twice the dense speed.
+A Linear weight (out, in) is grouped along each row; a Conv weight (out, in, kh, kw) along each
+filter flattened to in*kh*kw. Layers whose row length is not a multiple of M are left dense
+(a log line says which).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nncompress.core.step import Step, StepContext, register_step
+from nncompress.prune import importance
+from nncompress.prune.magnitude import (
+    apply_masks,
+    check_count,
+    demote_pruned,
+    masked_fraction,
+    weight_scores,
+)
+from nncompress.prune.targets import prunable_weights
+
+
+@register_step("nm-prune", family="prune")
+@dataclass(frozen=True)
+class NMPrune(Step):
+    """Keep the ``n`` highest-scoring weights in every group of ``m`` along the input dimension.
+
+    Args:
+        n: weights kept per group, 1 <= n < m.
+        m: group size (consecutive inputs of one output row / flattened filter).
+        criterion: an importance criterion (``"magnitude"``, ``"wanda"``, ``"taylor"``, ...;
+            see ``UnstructuredPrune``).
+        keep_first_conv: leave the first convolution dense.
+        keep_classifier: leave the last Linear layer dense.
+        exclude: module names to leave dense.
+        calibration_batches: train batches read by the data-driven criteria.
+
+    Example:
+        >>> NMPrune(n=2, m=4, criterion="wanda")  # doctest: +ELLIPSIS
+        NMPrune(n=2, m=4, criterion='wanda', ...)
+    """
+
+    n: int = 2
+    m: int = 4
+    criterion: str = "magnitude"
+    keep_first_conv: bool = True
+    keep_classifier: bool = True
+    exclude: tuple[str, ...] = ()
+    calibration_batches: int = 4
+
+    def __post_init__(self) -> None:
+        check_count("n", self.n)
+        check_count("m", self.m, minimum=2)
+        if self.n >= self.m:
+            raise ValueError(f"n must be smaller than m (n:m sparsity keeps n of every m), "
+                             f"got n={self.n}, m={self.m}")
+        if self.criterion not in importance.CRITERIA:
+            raise ValueError(f"criterion must be one of {', '.join(importance.CRITERIA)}; "
+                             f"got {self.criterion!r}")
+        check_count("calibration_batches", self.calibration_batches)
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        targets = prunable_weights(model, keep_first_conv=self.keep_first_conv,
+                                   keep_classifier=self.keep_classifier, exclude=self.exclude)
+        if not targets:
+            raise ValueError("no Linear or Conv weights left to prune after exclusions")
+        eligible = {}
+        for name, w in targets.items():
+            row = w[0].numel()
+            if row % self.m:
+                ctx.log.append(f"nm-prune: left {name} dense: its {row} inputs per output are "
+                               f"not a multiple of m={self.m}")
+            else:
+                eligible[name] = w
+        if not eligible:
+            ctx.log.append("nm-prune: no layer could be pruned")
+            return model
+        scores = weight_scores(model, eligible, self.criterion, ctx, self.calibration_batches)
+        keep = {n: nm_mask(demote_pruned(s, ctx.masks.get(n)), self.n, self.m)
+                for n, s in scores.items()}
+        apply_masks(eligible, keep, ctx)
+        ctx.log.append(f"nm-prune {self.n}:{self.m} ({self.criterion}) on {len(eligible)} layers: "
+                       f"{masked_fraction(ctx.masks, eligible):.2%} of their weights zero")
+        return model
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask with the ``n`` largest of every ``m`` consecutive scores of each output row.
+
+    ``scores`` has the weight's shape (out, ...); rows are flattened (Conv: in*kh*kw) and must
+    have a length divisible by ``m``.
+    """
+    rows = scores.reshape(scores.shape[0], -1)  # (out, in*kh*kw)
+    if rows.shape[1] % m:
+        raise ValueError(f"row length {rows.shape[1]} is not a multiple of m={m}")
+    groups = rows.reshape(rows.shape[0], -1, m)  # (out, groups, m)
+    top = groups.topk(n, dim=-1).indices  # (out, groups, n)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
+    return keep.reshape(scores.shape)

@@ -1,0 +1,285 @@
+"""Pruning schedules: reach a high sparsity in small steps while training recovers in between.
+
+- ``GradualPrune`` ("gradual-prune"): the cubic ramp of Zhu & Gupta 2017 ("To prune, or not to
+  prune"), s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3, updated every ``frequency``
+  optimizer steps *during* one fine-tuning run, then training on with the masks fixed.
+- ``IterativePrune`` ("iterative-prune"): ``rounds`` rounds of (prune to the next sparsity on a
+  geometric or linear path, then a short fine-tune), as in Han et al. 2015.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.core.step import Step, StepContext, register_step
+from nncompress.prune import importance
+from nncompress.prune.magnitude import (
+    SCOPES,
+    UnstructuredPrune,
+    apply_masks,
+    check_count,
+    check_fraction,
+    masked_fraction,
+)
+from nncompress.tasks.task import Task, call_model
+from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit
+from nncompress.train.masks import mask_hooks
+
+PATHS = ("geometric", "linear")
+
+
+def cubic_sparsity(
+    step: int, *, initial: float, final: float, begin: int, end: int, power: float = 3.0
+) -> float:
+    """Zhu & Gupta's target sparsity at optimizer step ``step``, ramping over [begin, end].
+
+    s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (end - t0))^power, held at s_i before ``begin``
+    and at s_f from ``end`` on (a zero-length ramp jumps straight to s_f).
+
+    Example:
+        >>> cubic_sparsity(25, initial=0.0, final=0.8, begin=0, end=100)
+        0.4625
+    """
+    if end < begin:
+        raise ValueError(f"end ({end}) must not be before begin ({begin})")
+    if step >= end:
+        return final
+    progress = min(1.0, max(0.0, (step - begin) / (end - begin)))
+    return final + (initial - final) * (1.0 - progress) ** power
+
+
+def prune_points(begin: int, end: int, frequency: int) -> list[int]:
+    """Steps at which the masks are updated: begin, begin + frequency, ..., and always end."""
+    return sorted(set(range(begin, end, frequency)) | {end})
+
+
+def round_sparsities(final: float, rounds: int, path: str) -> list[float]:
+    """Sparsity after each of ``rounds`` rounds, ending exactly at ``final``.
+
+    ``"geometric"`` prunes the same fraction of the survivors each round,
+    1 - (1 - s_f)^(r/R); ``"linear"`` adds the same fraction of all weights, s_f * r/R.
+
+    Example:
+        >>> round_sparsities(0.75, 2, "geometric")
+        [0.5, 0.75]
+    """
+    if path == "geometric":
+        return [1.0 - (1.0 - final) ** (r / rounds) if r < rounds else final
+                for r in range(1, rounds + 1)]
+    if path == "linear":
+        return [final * r / rounds for r in range(1, rounds + 1)]
+    raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
+
+
+def task_loss(task: Task) -> LossFn:
+    """The task's loss in the ``(model, inputs, targets)`` form that ``fit`` takes."""
+
+    def loss(model: nn.Module, inputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        return task.loss(call_model(model, inputs), targets)
+
+    return loss
+
+
+def planned_steps(batches: Iterable[Any], config: TrainConfig) -> int:
+    """How many optimizer steps ``fit(model, batches, config)`` will take."""
+    per_epoch = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    if per_epoch is None:
+        if config.max_steps is None:
+            raise ValueError("the train split has no len(); give max_steps")
+        return config.max_steps
+    total = math.ceil(config.epochs * per_epoch)
+    return min(total, config.max_steps) if config.max_steps is not None else total
+
+
+def train_masked(
+    model: nn.Module, ctx: StepContext, config: TrainConfig, description: str,
+    after: Callable[[nn.Module], None] | None = None,
+) -> TrainHistory:
+    """``fit`` on the task's train split with ``ctx.masks`` held fixed; ``after`` runs last."""
+    before_step, after_step = mask_hooks(model, ctx.masks)
+
+    def after_all(m: nn.Module) -> None:
+        after_step(m)
+        if after is not None:
+            after(m)
+
+    return fit(model, ctx.task.train, config, loss_fn=task_loss(ctx.task),
+               before_step=before_step, after_step=after_all, description=description)
+
+
+def train_config(step: Any, seed: int) -> TrainConfig:
+    """The fine-tuning run described by a step's ``epochs``, ``lr``, ``optimizer``, ``max_steps``."""
+    return TrainConfig(epochs=step.epochs, lr=step.lr, optimizer=step.optimizer,
+                       max_steps=step.max_steps, seed=seed)
+
+
+def make_pruner(step: Any, sparsity: float) -> UnstructuredPrune:
+    """An ``UnstructuredPrune`` with a schedule step's targeting and scoring settings."""
+    return UnstructuredPrune(
+        sparsity=sparsity, scope=step.scope, criterion=step.criterion,
+        keep_first_conv=step.keep_first_conv, keep_classifier=step.keep_classifier,
+        exclude=step.exclude, calibration_batches=step.calibration_batches,
+    )
+
+
+def check_training(step: Any) -> None:
+    """Validate a step's shared pruning settings (criterion, scope, calibration, training)."""
+    if step.criterion not in importance.CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(importance.CRITERIA)}; "
+                         f"got {step.criterion!r}")
+    if step.scope not in SCOPES:
+        raise ValueError(f"scope must be 'global' or 'layer', got {step.scope!r}")
+    check_count("calibration_batches", step.calibration_batches)
+    if step.max_steps is not None:
+        check_count("max_steps", step.max_steps)
+    object.__setattr__(step, "exclude", tuple(step.exclude))
+    object.__setattr__(step, "epochs", float(step.epochs))
+    train_config(step, 0)  # validates epochs, lr and optimizer now, not mid-recipe
+
+
+@register_step("gradual-prune", family="prune")
+@dataclass(frozen=True)
+class GradualPrune(Step):
+    """Prune while fine-tuning, along Zhu & Gupta's cubic ramp, then train on with masks fixed.
+
+    Args:
+        sparsity: final sparsity s_f of the targeted weights, in [0, 1).
+        initial_sparsity: s_i, applied when the ramp begins.
+        frequency: optimizer steps between mask updates (dt).
+        begin, end: where the ramp starts and reaches s_f, as fractions of the training steps;
+            the steps after ``end`` fine-tune the final sparse model.
+        epochs, lr, optimizer, max_steps: the fine-tuning run (see ``FineTune``).
+        criterion, scope, keep_first_conv, keep_classifier, exclude, calibration_batches:
+            which weights to prune and how to score them (see ``UnstructuredPrune``).
+
+    Example:
+        >>> GradualPrune(sparsity=0.9, frequency=50, epochs=4)  # doctest: +ELLIPSIS
+        GradualPrune(sparsity=0.9, initial_sparsity=0.0, frequency=50, ...)
+    """
+
+    sparsity: float = 0.9
+    initial_sparsity: float = 0.0
+    frequency: int = 10
+    begin: float = 0.0
+    end: float = 0.75
+    epochs: float = 1.0
+    lr: float = 5e-4
+    optimizer: str = "adamw"
+    max_steps: int | None = None
+    criterion: str = "magnitude"
+    scope: str = "global"
+    keep_first_conv: bool = True
+    keep_classifier: bool = True
+    exclude: tuple[str, ...] = ()
+    calibration_batches: int = 4
+
+    def __post_init__(self) -> None:
+        check_fraction("sparsity", self.sparsity)
+        check_fraction("initial_sparsity", self.initial_sparsity)
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(f"initial_sparsity ({self.initial_sparsity}) must not exceed "
+                             f"sparsity ({self.sparsity})")
+        check_count("frequency", self.frequency)
+        if not 0.0 <= self.begin <= self.end <= 1.0:
+            raise ValueError(f"need 0 <= begin <= end <= 1 (fractions of the training steps), "
+                             f"got begin={self.begin}, end={self.end}")
+        check_training(self)
+
+    def config(self, seed: int) -> TrainConfig:
+        return train_config(self, seed)
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        pruner = make_pruner(self, self.initial_sparsity)
+        targets = pruner.targets(model)
+        config = self.config(ctx.seed)
+        total = planned_steps(ctx.task.train, config)
+        t0, t1 = int(self.begin * total), int(self.end * total)
+        points = set(prune_points(t0, t1, self.frequency))
+
+        def prune_at(step: int) -> None:
+            s = cubic_sparsity(step, initial=self.initial_sparsity, final=self.sparsity,
+                               begin=t0, end=t1)
+            apply_masks(targets, replace(pruner, sparsity=s).keep_masks(model, ctx, targets), ctx)
+            ctx.log.append(f"gradual-prune step {step}: target {s:.4f}, "
+                           f"{masked_fraction(ctx.masks, targets):.4f} zero")
+
+        if 0 in points:
+            prune_at(0)
+        hooks = list(mask_hooks(model, ctx.masks))
+        done = 0
+
+        def after(m: nn.Module) -> None:
+            nonlocal done
+            hooks[1](m)
+            done += 1
+            if done in points:
+                prune_at(done)
+                hooks[:] = mask_hooks(model, ctx.masks)  # the hooks hold the mask tensors
+
+        history = fit(model, ctx.task.train, config, loss_fn=task_loss(ctx.task),
+                      before_step=lambda m: hooks[0](m), after_step=after,
+                      description="gradual-prune")
+        ctx.log.append(f"gradual-prune: {history.steps} steps, ramp {t0}..{t1} every "
+                       f"{self.frequency}, last loss {history.losses[-1]:.4f}")
+        return model
+
+
+@register_step("iterative-prune", family="prune")
+@dataclass(frozen=True)
+class IterativePrune(Step):
+    """Prune in ``rounds`` rounds, each followed by a short fine-tune with the masks fixed.
+
+    Args:
+        sparsity: final sparsity of the targeted weights, in [0, 1).
+        rounds: number of prune-then-fine-tune rounds.
+        path: ``"geometric"`` (the same fraction of survivors each round) or ``"linear"``.
+        epochs, lr, optimizer, max_steps: each round's fine-tuning run.
+        criterion, scope, keep_first_conv, keep_classifier, exclude, calibration_batches:
+            which weights to prune and how to score them (see ``UnstructuredPrune``).
+
+    Example:
+        >>> IterativePrune(sparsity=0.9, rounds=3, path="geometric")  # doctest: +ELLIPSIS
+        IterativePrune(sparsity=0.9, rounds=3, path='geometric', ...)
+    """
+
+    sparsity: float = 0.9
+    rounds: int = 3
+    path: str = "geometric"
+    epochs: float = 1.0
+    lr: float = 5e-4
+    optimizer: str = "adamw"
+    max_steps: int | None = None
+    criterion: str = "magnitude"
+    scope: str = "global"
+    keep_first_conv: bool = True
+    keep_classifier: bool = True
+    exclude: tuple[str, ...] = ()
+    calibration_batches: int = 4
+
+    def __post_init__(self) -> None:
+        check_fraction("sparsity", self.sparsity)
+        check_count("rounds", self.rounds)
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}; got {self.path!r}")
+        check_training(self)
+
+    def config(self, seed: int) -> TrainConfig:
+        return train_config(self, seed)
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        pruner = make_pruner(self, self.sparsity)
+        targets = pruner.targets(model)
+        for r, s in enumerate(round_sparsities(self.sparsity, self.rounds, self.path), start=1):
+            keep = replace(pruner, sparsity=s).keep_masks(model, ctx, targets)
+            apply_masks(targets, keep, ctx)
+            history = train_masked(model, ctx, self.config(ctx.seed), f"iterative-prune {r}")
+            ctx.log.append(f"iterative-prune round {r}: target {s:.4f}, "
+                           f"{masked_fraction(ctx.masks, targets):.4f} zero, "
+                           f"last loss {history.losses[-1]:.4f}")
+        return model

@@ -1,0 +1,398 @@
+"""Structured pruning: remove whole channels, neurons or attention heads so the model shrinks.
+
+Unlike masking, the layers get physically smaller, so parameters, MACs and latency all drop.
+``graph.py`` finds which channels must go together (residual sums, concatenations, grouped
+convs, flatten -> Linear, a transformer's residual stream), an importance criterion scores each
+group's channels, and ``surgery.py`` cuts them from every member layer.
+
+- l1 / l2: norm of the weights that *produce* a channel (Li et al. 2017, "Pruning Filters for
+  Efficient ConvNets"), with a directly following BatchNorm folded in, so a channel whose BN
+  scale and shift are zero scores zero.
+- taylor: |w * dL/dw| summed over the channel's producers and norms (Molchanov et al. 2019).
+- random: the control.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.core.step import Step, StepContext, register_step
+from nncompress.models.vit import MultiHeadSelfAttention
+from nncompress.prune import importance
+from nncompress.prune.graph import ChannelGroup, Member, trace_channels
+from nncompress.prune.surgery import (
+    BATCHNORMS,
+    CONVS,
+    Slicers,
+    channel_counts,
+    cut_heads,
+    cut_module,
+    cut_parameter,
+)
+from nncompress.tasks.task import Task, slice_batch
+
+CRITERIA = ("l1", "l2", "taylor", "random")
+SCOPES = ("layer", "global")
+LAYERS = (*CONVS, *BATCHNORMS, nn.Linear, nn.LayerNorm, nn.Embedding, MultiHeadSelfAttention)
+
+
+def _check_settings(sparsity: float, criterion: str, calibration_batches: int) -> None:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (
+        0.0 <= sparsity < 1.0
+    ):
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
+    if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or (
+        calibration_batches < 1
+    ):
+        raise ValueError(f"calibration_batches must be an integer >= 1, got {calibration_batches!r}")
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` is one of ``patterns`` or lies inside one of them."""
+    return any(name == p or name.startswith(p + ".") for p in patterns)
+
+
+def check_exclude(model: nn.Module, exclude: tuple[str, ...]) -> None:
+    """Every excluded name must be a submodule or parameter of ``model``."""
+    modules = [n for n, _ in model.named_modules() if n]
+    known = set(modules) | {n for n, _ in model.named_parameters()}
+    bad = [e for e in exclude if e not in known]
+    if bad:
+        shown = ", ".join(modules[:15]) + (", ..." if len(modules) > 15 else "")
+        raise ValueError(
+            f"exclude names no module or parameter of {type(model).__name__}: "
+            f"{', '.join(map(repr, bad))}; its modules are: {shown}"
+        )
+
+
+def example_inputs(model: nn.Module, task: Task) -> Any:
+    """Two example samples on the model's device (two, so the batch axis is not size 1)."""
+    inputs = slice_batch(task.inputs_example(), 2)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return type(inputs)(x.to(device) for x in inputs)
+
+
+def gradients(model: nn.Module, ctx: StepContext, batches: int) -> dict[str, torch.Tensor]:
+    """Loss gradients of every parameter, summed over a few training batches (for taylor)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return importance.collect_gradients(model, params, ctx.task.train, ctx.task.loss, batches)
+
+
+def slice_masks(masks: dict[str, Any], prefix: str, slicers: Slicers) -> None:
+    """Cut the masks of earlier steps exactly as their parameters were cut."""
+    for local, fn in slicers.items():
+        key = f"{prefix}.{local}" if prefix else local
+        if key in masks:
+            masks[key] = fn(masks[key])
+
+
+# --- importance -------------------------------------------------------------------------
+def member_tensors(model: nn.Module, member: Member) -> list[tuple[str, torch.Tensor, int]]:
+    """(parameter name, tensor, channel dim) of what a producer or norm member holds per channel."""
+    if member.kind == "param":
+        owner, _, leaf = member.name.rpartition(".")
+        t = getattr(model.get_submodule(owner) if owner else model, leaf)
+        return [(member.name, t, member.axis)]
+    if member.kind not in ("out", "norm"):
+        return []
+    m = model.get_submodule(member.name)
+    prefix, dim = member.name, 0
+    if isinstance(m, MultiHeadSelfAttention):
+        m, prefix = m.proj, f"{member.name}.proj"
+    if isinstance(m, nn.Embedding):
+        dim = 1
+    found = [(f"{prefix}.{k}", getattr(m, k, None), dim) for k in ("weight", "bias")]
+    return [(n, t, d) for n, t, d in found if isinstance(t, torch.Tensor)]
+
+
+def _folded_magnitude(layer: nn.Module, bn: nn.Module, p: int) -> torch.Tensor | None:
+    """Per-row |W|^p and |shift|^p of a Conv/Linear with its BatchNorm folded in (eval maths)."""
+    if bn.running_var is None or bn.running_mean is None:
+        return None
+    scale = (bn.running_var + bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach()
+    bias = layer.bias.detach() if layer.bias is not None else 0.0
+    shift = (bias - bn.running_mean) * scale + (bn.bias.detach() if bn.bias is not None else 0.0)
+    rows = importance.reduce_groups(importance.magnitude(layer.weight, p), 0)
+    return rows * scale.abs().pow(p) + shift.abs().pow(p)
+
+
+def member_scores(
+    model: nn.Module, member: Member, criterion: str, grads: dict[str, torch.Tensor],
+    followers: dict[str, str],
+) -> torch.Tensor | None:
+    """Score of each position along the member's cut axis, or None when it does not vote."""
+    if criterion != "taylor" and member.kind == "norm":
+        return None  # magnitudes of norm layers vote only when folded into their producer
+    if criterion != "taylor" and member.name in followers and member.kind == "out":
+        p = 1 if criterion == "l1" else 2
+        bn = model.get_submodule(followers[member.name])
+        folded = _folded_magnitude(model.get_submodule(member.name), bn, p)
+        if folded is not None:
+            return folded
+    total = None
+    for name, t, dim in member_tensors(model, member):
+        if criterion == "taylor":
+            if name not in grads:
+                continue
+            e = importance.taylor(t, grads[name])
+        else:
+            e = importance.magnitude(t, 1 if criterion == "l1" else 2)
+        s = importance.reduce_groups(e, dim)
+        total = s if total is None else total + s
+    return total
+
+
+def group_scores(
+    model: nn.Module, group: ChannelGroup, criterion: str, grads: dict[str, torch.Tensor],
+    followers: dict[str, str], generator: torch.Generator,
+) -> torch.Tensor:
+    """One score per channel of the group (higher = keep): the sum over its producers."""
+    if criterion == "random":
+        return torch.rand(group.size, generator=generator)
+    total = torch.zeros(group.size)
+    for member in group.members:
+        s = member_scores(model, member, criterion, grads, followers)
+        if s is not None:
+            total += s.detach().float().cpu()[group.positions(member)].sum(-1)
+    return total
+
+
+# --- which channels go ------------------------------------------------------------------
+def keep_count(size: int, remove: int, step: int, min_channels: int) -> int:
+    """Channels to keep: ``size - remove`` rounded up to a multiple of ``step``, at least
+    ``min_channels`` (also rounded up), never more than ``size``."""
+    keep = max(size - remove, min_channels)
+    return min(-(-keep // step) * step, size)
+
+
+def removal_counts(scores: list[torch.Tensor], sparsity: float, scope: str) -> list[int]:
+    """How many channels each group should lose before rounding.
+
+    ``layer``: the same fraction everywhere. ``global``: scores are divided by their group's
+    mean, so groups compete on equal terms, and the lowest ``sparsity`` of all channels go.
+    """
+    if scope == "layer":
+        return [int(sparsity * len(s) + 1e-9) for s in scores]
+    normed = [s / s.mean() if s.mean() > 0 else torch.zeros_like(s) for s in scores]
+    flat = torch.cat(normed)
+    owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
+    k = int(sparsity * len(flat) + 1e-9)
+    lowest = owner[torch.argsort(flat, stable=True)[:k]]
+    return torch.bincount(lowest, minlength=len(scores)).tolist()
+
+
+def lowest_channels(scores: torch.Tensor, blocks: int, keep: int) -> torch.Tensor:
+    """Indices of the channels to remove: the lowest scores, the same number in each block."""
+    width = len(scores) // blocks
+    per_block = width - keep // blocks
+    parts = [torch.argsort(scores[b * width:(b + 1) * width], stable=True)[:per_block] + b * width
+             for b in range(blocks)]
+    return torch.sort(torch.cat(parts)).values
+
+
+# --- surgery ----------------------------------------------------------------------------
+def cut_groups(
+    model: nn.Module, groups: list[ChannelGroup], removed: list[torch.Tensor], ctx: StepContext
+) -> None:
+    """Cut the removed channels of every group from all its members, masks and log included."""
+    cuts: dict[tuple[str, str, int], list[torch.Tensor]] = defaultdict(list)
+    for group, gone in zip(groups, removed, strict=True):
+        for m in group.members:
+            if len(gone):
+                cuts[(m.kind, m.name, m.axis)].append(group.positions(m)[gone].flatten())
+    sides: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    for (kind, name, axis), parts in cuts.items():
+        gone = torch.cat(parts).unique()
+        if kind == "param":
+            _cut_free_parameter(model, name, axis, gone, ctx)
+        else:
+            sides[name]["in" if kind == "in" else kind] = gone
+    for name, side in sides.items():
+        module = model.get_submodule(name)
+        n_out, n_in = channel_counts(module)
+        out_gone = side.get("out", side.get("norm"))
+        out_keep = None if out_gone is None else _complement(out_gone, n_out)
+        in_keep = None if "in" not in side else _complement(side["in"], n_in)
+        slice_masks(ctx.masks, name, cut_module(module, out_keep, in_keep))
+        if "out" in side:
+            ctx.log.append(f"{name}: {n_out} -> {len(out_keep)} channels")
+
+
+def _complement(gone: torch.Tensor, size: int) -> torch.Tensor:
+    keep = torch.ones(size, dtype=torch.bool)
+    keep[gone] = False
+    return keep.nonzero().flatten()
+
+
+def _cut_free_parameter(
+    model: nn.Module, name: str, axis: int, gone: torch.Tensor, ctx: StepContext
+) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    size = getattr(owner, leaf).shape[axis]
+    slice_masks(ctx.masks, owner_name, cut_parameter(owner, leaf, axis, _complement(gone, size)))
+    ctx.log.append(f"{name}: {size} -> {size - len(gone)} along dim {axis}")
+
+
+@register_step("channel-prune", family="prune")
+@dataclass(frozen=True)
+class ChannelPrune(Step):
+    """Remove whole channels and neurons, cutting every layer coupled to them.
+
+    Args:
+        sparsity: fraction of the channels of each prunable group to remove, in [0, 1).
+        criterion: ``"l1"``, ``"l2"``, ``"taylor"`` (uses ``calibration_batches`` training
+            batches) or ``"random"``.
+        scope: ``"layer"`` removes ``sparsity`` of each group; ``"global"`` ranks channels of
+            all groups together by score relative to their group's mean.
+        round_to: keep channel counts multiples of this (hardware-friendly widths).
+        min_channels: never keep fewer channels than this in a group.
+        exclude: module (or parameter) names whose outputs are never pruned; excluded
+            containers are also kept whole when tracing (use it for untraceable submodules).
+        calibration_batches: training batches for the taylor criterion.
+
+    The model's outputs (the classifier) always keep all their channels.
+
+    Example:
+        >>> ChannelPrune(sparsity=0.5, criterion="l1", round_to=8)  # doctest: +ELLIPSIS
+        ChannelPrune(sparsity=0.5, criterion='l1', scope='layer', round_to=8, ...)
+    """
+
+    sparsity: float = 0.5
+    criterion: str = "l1"
+    scope: str = "layer"
+    round_to: int = 1
+    min_channels: int = 1
+    exclude: tuple[str, ...] = ()
+    calibration_batches: int = 4
+
+    def __post_init__(self) -> None:
+        _check_settings(self.sparsity, self.criterion, self.calibration_batches)
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
+        for name in ("round_to", "min_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        check_exclude(model, self.exclude)
+        modules = dict(model.named_modules())
+        opaque = [n for n in self.exclude if n in modules and not isinstance(modules[n], LAYERS)]
+        graph = trace_channels(model, example_inputs(model, ctx.task), opaque=opaque)
+        groups = [g for g in graph.groups if self._may_prune(g)]
+        if not groups:
+            ctx.log.append("channel-prune: no prunable channel groups; model unchanged")
+            return model
+        grads = gradients(model, ctx, self.calibration_batches) if self.criterion == "taylor" else {}
+        gen = torch.Generator().manual_seed(ctx.seed)
+        scores = [group_scores(model, g, self.criterion, grads, graph.followers, gen) for g in groups]
+        removed = []
+        for g, s, n in zip(groups, scores, removal_counts(scores, self.sparsity, self.scope),
+                           strict=True):
+            keep = keep_count(g.size, n, math.lcm(self.round_to, g.blocks), self.min_channels)
+            removed.append(lowest_channels(s, g.blocks, keep))
+        with torch.no_grad():
+            cut_groups(model, groups, removed, ctx)
+        total, gone = sum(g.size for g in groups), sum(len(r) for r in removed)
+        ctx.log.append(f"channel-prune: removed {gone} of {total} channels in {len(groups)} groups")
+        return model
+
+    def _may_prune(self, group: ChannelGroup) -> bool:
+        producers = [m.name for m in group.members if m.kind != "in"]
+        return group.size > self.min_channels and not any(matches(n, self.exclude) for n in producers)
+
+
+def head_scores(
+    attn: MultiHeadSelfAttention, name: str, criterion: str, grads: dict[str, torch.Tensor],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One score per head (higher = keep).
+
+    l1/l2: norm of what the head can write into the model, proj_h @ [W_v,h | b_v,h]; zero when
+    either its values or its output columns are zero. taylor: |w * g| over its q/k/v rows and
+    proj columns.
+    """
+    h, d = attn.num_heads, attn.head_dim
+    if criterion == "random":
+        return torch.rand(h, generator=generator)
+    if criterion == "taylor":
+        total = torch.zeros(h * d)
+        for part in ("q", "k", "v"):
+            for leaf in ("weight", "bias"):
+                key, t = f"{name}.{part}.{leaf}", getattr(getattr(attn, part), leaf)
+                if t is not None and key in grads:
+                    total += importance.reduce_groups(importance.taylor(t, grads[key]), 0).cpu()
+        key = f"{name}.proj.weight"
+        if key in grads:
+            total += importance.reduce_groups(importance.taylor(attn.proj.weight, grads[key]), 1).cpu()
+        return total.view(h, d).sum(1)
+    v = attn.v.weight.detach()  # (h*d, dim)
+    if attn.v.bias is not None:
+        v = torch.cat([v, attn.v.bias.detach()[:, None]], 1)
+    p_h = attn.proj.weight.detach().view(-1, h, d)  # (dim, h, d)
+    ov = torch.einsum("ohk,hkc->hoc", p_h, v.view(h, d, -1))  # (h, dim, dim + 1)
+    return importance.magnitude(ov, 1 if criterion == "l1" else 2).flatten(1).sum(1).float().cpu()
+
+
+@register_step("head-prune", family="prune")
+@dataclass(frozen=True)
+class HeadPrune(Step):
+    """Remove whole attention heads (q/k/v rows and proj columns) of MultiHeadSelfAttention.
+
+    Args:
+        sparsity: fraction of the heads of each attention layer to remove, in [0, 1);
+            at least one head always stays.
+        criterion: ``"l1"``, ``"l2"``, ``"taylor"`` or ``"random"`` (see ``head_scores``).
+        exclude: attention modules (or their parents) to leave whole.
+        calibration_batches: training batches for the taylor criterion.
+
+    Example:
+        >>> HeadPrune(sparsity=0.5)
+        HeadPrune(sparsity=0.5, criterion='l1', exclude=(), calibration_batches=4)
+    """
+
+    sparsity: float = 0.5
+    criterion: str = "l1"
+    exclude: tuple[str, ...] = ()
+    calibration_batches: int = 4
+
+    def __post_init__(self) -> None:
+        _check_settings(self.sparsity, self.criterion, self.calibration_batches)
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        check_exclude(model, self.exclude)
+        layers = {n: m for n, m in model.named_modules()
+                  if isinstance(m, MultiHeadSelfAttention) and not matches(n, self.exclude)}
+        if not layers:
+            ctx.log.append("head-prune: no MultiHeadSelfAttention layers to prune; model unchanged")
+            return model
+        grads = gradients(model, ctx, self.calibration_batches) if self.criterion == "taylor" else {}
+        gen = torch.Generator().manual_seed(ctx.seed)
+        with torch.no_grad():
+            for name, attn in layers.items():
+                scores = head_scores(attn, name, self.criterion, grads, gen)
+                n_remove = min(int(self.sparsity * attn.num_heads + 1e-9), attn.num_heads - 1)
+                if n_remove == 0:
+                    continue
+                keep = torch.sort(torch.argsort(scores, stable=True)[n_remove:]).values
+                old = attn.num_heads
+                slice_masks(ctx.masks, name, cut_heads(attn, keep))
+                ctx.log.append(f"{name}: {old} -> {attn.num_heads} heads")
+        return model
