@@ -17,6 +17,7 @@ import os
 import tempfile
 
 import torch
+import torch.nn.utils.prune as torch_prune
 from _common import contract_fields, parse_args, print_table, run_recipe, write_results
 
 import nncompress as nc
@@ -46,10 +47,10 @@ def torch_prune_peer(quick: bool) -> dict:
     baseline = nc.measure(model, task)
     model = copy.deepcopy(model)
     params = [(m, "weight") for m in (model.fc1, model.fc2)]
-    torch.nn.utils.prune.global_unstructured(params, pruning_method=torch.nn.utils.prune.L1Unstructured, amount=0.9)
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=0.9)
     nc.train.fit(model, task.train, nc.train.TrainConfig(epochs=1 if quick else 4, lr=5e-4))
     for module, name in params:
-        torch.nn.utils.prune.remove(module, name)
+        torch_prune.remove(module, name)
     report = nc.measure(model, task)
     with tempfile.TemporaryDirectory() as d:  # how a torch user saves it: a dense state_dict
         path = os.path.join(d, "m.pt")
