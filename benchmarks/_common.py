@@ -20,17 +20,9 @@ from typing import Any
 import nncompress as nc
 from nncompress.io.atomic import atomic_write_text
 from nncompress.measure.energy import estimate_energy
+from nncompress.measure.report import CONTRACT_FIELDS as FIELDS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FIELDS = (
-    "metric",
-    "params",
-    "nonzero_params",
-    "size_bytes",
-    "dense_fp32_bytes",
-    "macs",
-    "latency_ms",
-)
 
 
 def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,6 +16,9 @@ from nncompress.measure.metric import evaluate
 from nncompress.measure.size import artifact_bytes, count_nonzero, count_params
 from nncompress.tasks.task import Task, repeat_batch
 
+# The figures every report.json side and benchmark row carries (shared DESIGN.md contract).
+CONTRACT_FIELDS = ("metric", "params", "nonzero_params", "size_bytes", "dense_fp32_bytes", "macs", "latency_ms")
+
 
 @dataclass(frozen=True)
 class MeasureConfig:
