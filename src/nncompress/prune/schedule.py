@@ -9,8 +9,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,7 +27,7 @@ from nncompress.prune.magnitude import (
     masked_fraction,
 )
 from nncompress.tasks.task import Task, call_model
-from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit
+from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps
 from nncompress.train.masks import mask_hooks
 
 PATHS = ("geometric", "linear")
@@ -84,17 +83,6 @@ def task_loss(task: Task) -> LossFn:
         return task.loss(call_model(model, inputs), targets)
 
     return loss
-
-
-def planned_steps(batches: Iterable[Any], config: TrainConfig) -> int:
-    """How many optimizer steps ``fit(model, batches, config)`` will take."""
-    per_epoch = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-    if per_epoch is None:
-        if config.max_steps is None:
-            raise ValueError("the train split has no len(); give max_steps")
-        return config.max_steps
-    total = math.ceil(config.epochs * per_epoch)
-    return min(total, config.max_steps) if config.max_steps is not None else total
 
 
 def train_masked(
@@ -198,7 +186,7 @@ class GradualPrune(Step):
         pruner = make_pruner(self, self.initial_sparsity)
         targets = pruner.targets(model)
         config = self.config(ctx.seed)
-        total = planned_steps(ctx.task.train, config)
+        total = total_steps(ctx.task.train, config)
         t0, t1 = int(self.begin * total), int(self.end * total)
         points = set(prune_points(t0, t1, self.frequency))
 

@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +83,17 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
 
 
+def total_steps(batches: Iterable[Any], config: TrainConfig) -> int:
+    """How many optimizer steps ``fit(model, batches, config)`` takes: epochs x len, capped by max_steps."""
+    per_epoch = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    if per_epoch is None:
+        if config.max_steps is None:
+            raise ValueError("batches has no len(); give TrainConfig.max_steps")
+        return config.max_steps
+    total = math.ceil(config.epochs * per_epoch)
+    return min(total, config.max_steps) if config.max_steps is not None else total
+
+
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     """The default loss: cross-entropy of the model's outputs against integer targets."""
 
@@ -113,12 +125,7 @@ def fit(
     if not trainable:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
     optimizer = make_optimizer(trainable, config)
-    per_epoch = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-    if per_epoch is None and config.max_steps is None:
-        raise ValueError("batches has no len(); give TrainConfig.max_steps")
-    total = config.max_steps or math.ceil(config.epochs * per_epoch)  # type: ignore[operator]
-    if config.max_steps is not None and per_epoch is not None:
-        total = min(total, math.ceil(config.epochs * per_epoch))
+    total = total_steps(batches, config)
     history, start, step = TrainHistory(), time.perf_counter(), 0
     model.train()
     bar = progress(total=total, desc=description)
