@@ -104,3 +104,8 @@ def test_model_that_cannot_run_is_reported(task):
 
     with pytest.raises(ModelCallError, match="forward failed"):
         nc.compress(nn.Linear(5, 2), [nc.MagnitudePrune()], task)
+
+
+def test_zero_max_steps_is_rejected():
+    with pytest.raises(ValueError, match="max_steps"):
+        nc.FineTune(max_steps=0)
