@@ -101,6 +101,7 @@ def write_results(family: str, rows: list[dict[str, Any]], out: str | None = Non
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = [
         "task",
+        "tool",
         "method",
         "metric",
         "Δ pts",
@@ -117,6 +118,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         lines.append(
             [
                 r["task"],
+                r.get("tool", "nncompress"),
                 r["method"],
                 f"{res['metric']['value']:.4f}",
                 f"{(res['metric']['value'] - b['metric']['value']) * 100:+.2f}",

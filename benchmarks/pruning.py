@@ -1,13 +1,16 @@
 """Pruning benchmark on the reference tasks: prints a table, writes benchmarks/results/pruning.json.
 
 Rows (method names are stable; see shared DESIGN.md):
-- fmnist-mlp  magnitude-global-90: global unstructured 90% + fine-tune
-- fmnist-resnet channel-50: structured channel pruning (half the channels of every group) + fine-tune
+- fmnist-mlp  magnitude-global-90: one-shot global magnitude 90% + fine-tune
+- fmnist-mlp  magnitude-global-90-gradual: Zhu & Gupta's cubic ramp to 90% while fine-tuning
+- fmnist-resnet channel-macs50: structured channel pruning removing >= 50% of MACs + fine-tune
 - fmnist-vit  2:4: 2:4 on every eligible Linear + fine-tune
-- fmnist-mlp  lottery-80: iterative magnitude pruning with rewinding, 7 rounds of 20%
-- peer: torch.nn.utils.prune global L1 90% + the same fine-tune (masks only: its artifact stays dense)
+- fmnist-mlp  lottery-83: iterative magnitude pruning, 8 rounds of 20%, rewinding to step 200
+- peers at the same settings: torch.nn.utils.prune (global L1 90%, masks only: its saved
+  state_dict stays dense) and Torch-Pruning (DepGraph, L1 group magnitude, to the same MACs)
 
 Usage: python benchmarks/pruning.py [--quick]
+Torch-Pruning is optional: pip install torch-pruning==1.6.1 -c <(echo torch==2.13.0)
 """
 
 from __future__ import annotations
@@ -15,55 +18,124 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import time
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.utils.prune as torch_prune
 from _common import contract_fields, parse_args, print_table, run_recipe, write_results
+from torch import nn
 
 import nncompress as nc
+from nncompress.measure.flops import count_macs
+from nncompress.measure.report import add_latency
 
 FAMILY = "pruning"
+MACS_REDUCTION = 0.5
+
+
+def settings(quick: bool) -> dict[str, nc.FineTune]:
+    """The fine-tuning each row gets (ours and the peers' alike)."""
+    if quick:
+        return {k: nc.FineTune(epochs=1, lr=1e-3) for k in ("mlp", "resnet", "vit")}
+    return {"mlp": nc.FineTune(epochs=8, lr=2e-3), "resnet": nc.FineTune(epochs=6, lr=1e-3),
+            "vit": nc.FineTune(epochs=3, lr=5e-4)}
 
 
 def ours(quick: bool) -> list[dict]:
-    ft = nc.FineTune(epochs=1 if quick else 4, lr=5e-4)
+    ft = settings(quick)
     rows = []
     mlp = nc.tasks.get("fmnist-mlp")
-    rows.append(run_recipe(FAMILY, mlp, "magnitude-global-90", [nc.MagnitudePrune(sparsity=0.9), ft]))
+    rows.append(run_recipe(FAMILY, mlp, "magnitude-global-90", [nc.MagnitudePrune(sparsity=0.9), ft["mlp"]]))
+    gradual = nc.GradualPrune(sparsity=0.9, epochs=ft["mlp"].epochs, lr=ft["mlp"].lr, end=0.5, frequency=50)
+    rows.append(run_recipe(FAMILY, mlp, "magnitude-global-90-gradual", [gradual]))
     resnet = nc.tasks.get("fmnist-resnet")
-    rows.append(run_recipe(FAMILY, resnet, "channel-50", [nc.ChannelPrune(sparsity=0.5), ft]))
+    rows.append(run_recipe(FAMILY, resnet, "channel-macs50",
+                           [nc.ChannelPrune(macs_reduction=MACS_REDUCTION), ft["resnet"]]))
     vit = nc.tasks.get("fmnist-vit")
-    rows.append(run_recipe(FAMILY, vit, "2:4", [nc.NMPrune(n=2, m=4), ft]))
+    rows.append(run_recipe(FAMILY, vit, "2:4", [nc.NMPrune(n=2, m=4), ft["vit"]]))
     rounds = 2 if quick else 8
-    lottery = nc.LotteryTicket(rounds=rounds, rate=0.2, epochs=1 if quick else 3, lr=2e-3, rewind_steps=100)
+    lottery = nc.LotteryTicket(rounds=rounds, rate=0.2, epochs=1 if quick else 8, lr=2e-3, weight_decay=0.05,
+                               rewind_steps=200)
     rows.append(run_recipe(FAMILY, mlp, f"lottery-{round(100 * (1 - 0.8**rounds))}", [lottery]))
     return rows
 
 
+def finetune(model: nn.Module, task: nc.Task, step: nc.FineTune) -> nn.Module:
+    """The same fine-tuning as our rows, on a model pruned by a peer."""
+    return step.apply(model, nc.StepContext(task=task))
+
+
+def peer_row(task: nc.Task, method: str, tool: str, baseline_model: nn.Module, model: nn.Module,
+             save: Any, settings_: dict[str, Any], seconds: float) -> dict:
+    """A contract row for a peer: its model measured by us (timed alternately with the
+    baseline, as our rows are); sizes of both as the peer's users save them."""
+    config = nc.MeasureConfig()
+    baseline, report = (nc.measure(m, task, config=replace(config, latency=False)) for m in (baseline_model, model))
+    add_latency([baseline, report], [baseline_model, model], task, config)
+    with tempfile.TemporaryDirectory() as d:  # both saved the peer's way
+        for i, (m, r) in enumerate(((baseline_model, baseline), (model, report))):
+            path = os.path.join(d, f"model{i}.pt")
+            save(m, path)
+            r.size_bytes = os.path.getsize(path)
+    return {"task": task.name, "method": method, "tool": tool, "settings": settings_,
+            "baseline": contract_fields(baseline),
+            "result": {**contract_fields(report), "compress_seconds": round(seconds, 2)}}
+
+
 def torch_prune_peer(quick: bool) -> dict:
     """torch.nn.utils.prune.global_unstructured (L1, 90%) + the same fine-tune, masks made permanent."""
+    ft = settings(quick)["mlp"]
     task = nc.tasks.get("fmnist-mlp")
-    model = task.baseline()
-    baseline = nc.measure(model, task)
-    model = copy.deepcopy(model)
+    baseline = task.baseline()
+    t0 = time.perf_counter()
+    model = copy.deepcopy(baseline)
     params = [(m, "weight") for m in (model.fc1, model.fc2)]
     torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=0.9)
-    nc.train.fit(model, task.train, nc.train.TrainConfig(epochs=1 if quick else 4, lr=5e-4))
+    finetune(model, task, ft)  # the mask is a forward pre-hook: pruned weights stay zero
     for module, name in params:
         torch_prune.remove(module, name)
-    report = nc.measure(model, task)
-    with tempfile.TemporaryDirectory() as d:  # how a torch user saves it: a dense state_dict
-        path = os.path.join(d, "m.pt")
-        torch.save(model.state_dict(), path)
-        report.size_bytes = os.path.getsize(path)
-    return {"task": task.name, "method": "magnitude-global-90", "tool": "torch.nn.utils.prune",
-            "settings": {"amount": 0.9, "finetune_epochs": 1 if quick else 4},
-            "baseline": contract_fields(baseline), "result": contract_fields(report)}
+    return peer_row(task, "magnitude-global-90", "torch.nn.utils.prune", baseline, model,
+                    lambda m, p: torch.save(m.state_dict(), p),  # how a torch user saves it: dense
+                    {"amount": 0.9, "finetune": ft.settings()}, time.perf_counter() - t0)
+
+
+def torch_pruning_peer(quick: bool) -> dict | None:
+    """Torch-Pruning's MetaPruner (L1 group magnitude, per layer), stepped until >= 50% of MACs go."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        print("Torch-Pruning is not installed: no peer row (pip install torch-pruning==1.6.1)")
+        return None
+    ft = settings(quick)["resnet"]
+    task = nc.tasks.get("fmnist-resnet")
+    baseline = task.baseline()
+    t0 = time.perf_counter()
+    model = copy.deepcopy(baseline).eval()
+    example = task.single_example()
+    dense = count_macs(model, example)
+    steps = 200
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                  pruning_ratio=0.9, iterative_steps=steps, ignored_layers=[model.fc])
+    taken = 0
+    while 1 - count_macs(model, example) / dense < MACS_REDUCTION and taken < steps:
+        pruner.step()
+        taken += 1
+    finetune(model, task, ft)
+    return peer_row(task, "channel-macs50", "Torch-Pruning", baseline, model,
+                    lambda m, p: torch.save(m, p),  # Torch-Pruning's advice: pickle the whole model
+                    {"importance": "GroupMagnitudeImportance(p=1)", "global_pruning": False,
+                     "pruner_steps": taken, "finetune": ft.settings(),
+                     "macs_reduction": round(1 - count_macs(model, example) / dense, 4)},
+                    time.perf_counter() - t0)
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     rows = ours(args.quick) + [torch_prune_peer(args.quick)]
+    tp_row = torch_pruning_peer(args.quick)
+    rows += [tp_row] if tp_row else []
     print_table(rows)
     print(f"wrote {write_results(FAMILY, rows, args.out)}")
 

@@ -79,6 +79,16 @@ def test_compress_then_evaluate_reproduces_the_report(tmp_path, capsys):
 
     code, stdout, _ = run(["report", out], capsys)
     assert code == 0 and "size on disk" in stdout
+    code, measured_table, err = run(["measure", out / "model.ncz", "--task", "fmnist-mlp", "--no-latency"], capsys)
+    assert code == 0 and "non-zero params" in measured_table, err
+    # the per-layer table: fc1 and fc2 pruned globally to 80% overall, the classifier fc3 kept dense
+    layers = {row["name"]: row for row in report["final"]["layers"]}
+    assert set(layers) == {"fc1", "fc2", "fc3"}
+    assert layers["fc3"]["weight_sparsity"] == 0.0
+    pruned = sum(layers[n]["weight_sparsity"] * layers[n]["shape"][0] * layers[n]["shape"][1] for n in ("fc1", "fc2"))
+    total = sum(layers[n]["shape"][0] * layers[n]["shape"][1] for n in ("fc1", "fc2"))
+    assert pruned / total == pytest.approx(0.8, abs=1e-3)
+    assert "per layer" in stdout and "fc1" in stdout.split("per layer")[1]
 
 
 @needs_fmnist

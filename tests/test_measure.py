@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from nncompress.measure import (
     count_params,
     dense_fp32_bytes,
     estimate_energy,
+    interleaved_latency,
+    layer_stats,
     measure_latency,
 )
 from nncompress.measure.energy import PJ_PER_DRAM_BYTE, PJ_PER_MAC
@@ -80,6 +83,31 @@ def test_latency_stats_are_consistent():
         measure_latency(nn.Linear(8, 8), torch.randn(1, 8), batch_size=1, runs=0)
 
 
+class Sleeps(nn.Module):
+    """A forward that takes at least ``ms`` milliseconds."""
+
+    def __init__(self, ms: float) -> None:
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.ms / 1e3)
+        return x
+
+
+def test_interleaved_latency_times_each_model_in_every_round():
+    calls: list[str] = []
+    fast, slow = nn.Identity(), Sleeps(3.0)
+    fast.register_forward_hook(lambda *_: calls.append("fast"))
+    slow.register_forward_hook(lambda *_: calls.append("slow"))
+    stats = interleaved_latency([fast, slow], torch.randn(1, 8), batch_size=1, rounds=3, warmup=0, runs=6)
+    assert [s.runs for s in stats] == [6, 6]  # 2 per round
+    assert calls == ["fast", "fast", "slow", "slow"] * 3  # two passes each, alternating, three rounds
+    assert stats[1].median_ms >= 3.0 > stats[0].median_ms
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_latency([fast], torch.randn(1, 8), batch_size=1, rounds=0)
+
+
 def test_energy_estimate_from_table():
     e = estimate_energy(macs=1_000_000, weight_bytes=4_000)
     assert e.compute_uj == pytest.approx(1e6 * PJ_PER_MAC["fp32"] / 1e6)
@@ -118,3 +146,23 @@ def test_macs_by_module_matches_layers():
 
     per_layer = macs_by_module(LeNet300100(), torch.randn(1, 1, 28, 28))
     assert per_layer == {"fc1": 784 * 300, "fc2": 300 * 100, "fc3": 100 * 10}
+
+
+def test_layer_stats_counts_each_layer_and_its_sparsity():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2, bias=False), nn.LayerNorm(2))
+    with torch.no_grad():
+        model[0].weight[0].zero_()  # 4 of 12 weights
+        model[0].bias.zero_()  # 3 more zeros, counted in non-zeros but not in weight sparsity
+    rows = {row["name"]: row for row in layer_stats(model)}
+    assert list(rows) == ["0", "2", "3"]
+    assert rows["0"] == {"name": "0", "type": "Linear", "shape": [3, 4], "params": 15,
+                         "nonzero_params": 8, "weight_sparsity": pytest.approx(4 / 12)}
+    assert rows["2"]["params"] == 6 and rows["2"]["weight_sparsity"] == 0.0
+    assert rows["3"]["type"] == "LayerNorm" and rows["3"]["params"] == 4
+
+
+def test_layer_stats_lists_tied_weights_once():
+    emb, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    rows = layer_stats(nn.ModuleDict({"emb": emb, "head": head}))
+    assert [row["name"] for row in rows] == ["emb"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import make_task
@@ -188,6 +191,25 @@ def test_macs_of_each_layer_follow_its_channel_counts(name, tmp_path):
     assert layer_shapes(loaded) == new_shapes
 
 
+LOAD_WITHOUT_PRUNING = """
+import sys, torch, nncompress
+model = nncompress.load(sys.argv[1])
+torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
+loaded = sorted(m for m in sys.modules if m.startswith("nncompress.prune") or m == "torch_pruning")
+assert not loaded, loaded
+"""
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit"])
+def test_pruned_artifact_runs_in_a_process_without_pruning_code(name, tmp_path):
+    pruned, _ = run(ChannelPrune(sparsity=0.5), build(name))
+    path = nc.save(pruned, tmp_path / "m.ncz")
+    torch.save(X, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", LOAD_WITHOUT_PRUNING, str(path), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True, capture_output=True, timeout=120)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), out(pruned), rtol=0, atol=0)
+
+
 def test_halving_a_conv_conv_chain_quarters_the_inner_conv():
     model = build("resnet")
     macs = macs_by_module(model, X)
@@ -251,6 +273,22 @@ def test_global_scope_takes_the_weakest_channels_of_all_groups():
     assert (pruned.fc1.out_features, pruned.inp.out_features) == (20, 16)
     torch.testing.assert_close(out(pruned), before, rtol=1e-5, atol=1e-6)
     assert "channel-prune: removed 12 of 48 channels in 2 groups" in ctx.log
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_macs_reduction_target_is_met_with_the_least_sparsity(target):
+    dense = count_macs(build("resnet"), X)
+    pruned, ctx = run(ChannelPrune(macs_reduction=target), build("resnet"))
+    removed = 1 - count_macs(pruned, X) / dense
+    assert removed >= target
+    sparsity = float(ctx.log[-1].split("sparsity ")[1].rstrip(")"))
+    # one channel fewer per group would miss the target: a bit less sparsity does
+    less, _ = run(ChannelPrune(sparsity=max(0.0, sparsity - 1 / 8)), build("resnet"))
+    assert 1 - count_macs(less, X) / dense < target
+    with pytest.raises(ValueError, match=r"macs_reduction must be a fraction in \(0, 1\) or None, got 1.0"):
+        ChannelPrune(macs_reduction=1.0)
+    with pytest.raises(ValueError, match=r"macs_reduction=0.999 is out of reach"):
+        run(ChannelPrune(macs_reduction=0.999, min_channels=4), build("resnet"))
 
 
 @pytest.mark.parametrize("criterion", ["taylor", "l2", "random"])

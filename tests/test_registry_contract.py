@@ -13,7 +13,9 @@ import torch
 from conftest import SMALL_MODELS, init_model, make_task
 
 import nncompress as nc
-from nncompress.core.step import STEPS
+from nncompress.core.step import builtin_steps
+
+STEPS = builtin_steps()  # registers the built-in steps (they load lazily)
 
 EXAMPLES: dict[str, dict] = {
     "finetune": {"max_steps": 3},

@@ -1,5 +1,8 @@
 """nncompress: make trained PyTorch models smaller and faster, and report honestly what it cost.
 
+Step classes are imported on first use (PEP 562), so ``nncompress.load`` runs a saved model without
+importing the compression code (pruning, quantization...) that produced it.
+
 Example:
     >>> import nncompress as nc
     >>> task = nc.tasks.get("fmnist-mlp")  # doctest: +SKIP
@@ -7,46 +10,61 @@ Example:
     >>> nc.save(result.model, "mlp.ncz")  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from nncompress import tasks
-from nncompress.core.compress import CompressionReport, Result, compress
-from nncompress.core.recipe import load_recipe
-from nncompress.core.step import STEPS, Step, StepContext, register_step
-from nncompress.io.artifact import ArtifactError, load, save
-from nncompress.measure.report import MeasureConfig, Report, measure
-from nncompress.prune import (
-    ChannelPrune,
-    GradualPrune,
-    HeadPrune,
-    IterativePrune,
-    LotteryTicket,
-    MagnitudePrune,
-    NMPrune,
-    UnstructuredPrune,
-)
-from nncompress.tasks.task import Task
-from nncompress.train.finetune import FineTune
+from nncompress import tasks  # noqa: E402
+from nncompress.core.compress import CompressionReport, Result, compress  # noqa: E402
+from nncompress.core.recipe import load_recipe  # noqa: E402
+from nncompress.core.step import Step, StepContext, register_step  # noqa: E402
+from nncompress.io.artifact import ArtifactError, load, save  # noqa: E402
+from nncompress.measure.report import MeasureConfig, Report, measure  # noqa: E402
+from nncompress.tasks.task import Task  # noqa: E402
+
+# Step classes, imported on first use (PEP 562): step name -> module that defines it.
+_LAZY_STEPS = {
+    "FineTune": "nncompress.train.finetune",
+    **{name: "nncompress.prune" for name in (
+        "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket",
+        "MagnitudePrune", "NMPrune", "UnstructuredPrune")},
+}
 
 __all__ = [
-    "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket", "NMPrune",
-    "UnstructuredPrune",
-    "STEPS",
-    "ArtifactError",
-    "CompressionReport",
-    "FineTune",
-    "MagnitudePrune",
-    "MeasureConfig",
-    "Report",
-    "Result",
-    "Step",
-    "StepContext",
-    "Task",
-    "compress",
-    "load",
-    "load_recipe",
-    "measure",
-    "register_step",
-    "save",
-    "tasks",
+    "STEPS", "ArtifactError", "ChannelPrune", "CompressionReport", "FineTune", "GradualPrune",
+    "HeadPrune", "IterativePrune", "LotteryTicket", "MagnitudePrune", "MeasureConfig", "NMPrune",
+    "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
+    "load_recipe", "measure", "register_step", "save", "tasks",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "STEPS":
+        from nncompress.core.step import builtin_steps
+
+        return builtin_steps()
+    if name in _LAZY_STEPS:
+        return getattr(importlib.import_module(_LAZY_STEPS[name]), name)
+    raise AttributeError(f"module 'nncompress' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from nncompress.core.step import STEPS
+    from nncompress.prune import (
+        ChannelPrune,
+        GradualPrune,
+        HeadPrune,
+        IterativePrune,
+        LotteryTicket,
+        MagnitudePrune,
+        NMPrune,
+        UnstructuredPrune,
+    )
+    from nncompress.train.finetune import FineTune

@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace, recipe_spec: str) -> Any:
     from nncompress.core.compress import compress
     from nncompress.core.recipe import load_recipe
     from nncompress.io.run import REPORT_NAME, check_out_dir, write_run
-    from nncompress.measure.table import comparison_table
+    from nncompress.measure.table import run_tables
     from nncompress.tasks import get
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace, recipe_spec: str) -> Any:
         return json.loads(report_path.read_text())
     rep = result.report
     lines = [
-        comparison_table([rep.baseline, rep.final], ["baseline", "compressed"]),
+        run_tables(rep.baseline, rep.final),
         "",
         "steps: " + " -> ".join(f"{s.kind} ({s.seconds:.1f}s)" for s in rep.steps),
         f"wrote {artifact} ({os.path.getsize(artifact)} bytes) and {out / REPORT_NAME}",
@@ -145,10 +145,10 @@ def zoo_train(args: argparse.Namespace) -> Any:
 
 def steps(args: argparse.Namespace) -> Any:
     """The registered steps with their settings and defaults."""
-    from nncompress.core.step import STEPS
+    from nncompress.core.step import builtin_steps
 
     rows = []
-    for kind, cls in sorted(STEPS.items()):
+    for kind, cls in sorted(builtin_steps().items()):
         settings = {}
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else None
@@ -167,7 +167,7 @@ def steps(args: argparse.Namespace) -> Any:
 def report(args: argparse.Namespace) -> Any:
     """Print the table of a run folder's report.json."""
     from nncompress.core.compress import CompressionReport
-    from nncompress.measure.table import comparison_table
+    from nncompress.measure.table import run_tables
 
     path = Path(args.dir) / "report.json"
     if not path.is_file():
@@ -178,4 +178,4 @@ def report(args: argparse.Namespace) -> Any:
         rep = CompressionReport.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a valid nncompress report: {e}") from e
-    return comparison_table([rep.baseline, rep.final], ["baseline", "compressed"])
+    return run_tables(rep.baseline, rep.final)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from torch import nn
 from nncompress.core.recipe import describe_recipe
 from nncompress.core.step import Step, StepContext
 from nncompress.measure.metric import ModelCallError, evaluate
-from nncompress.measure.report import MeasureConfig, Report, measure
+from nncompress.measure.report import MeasureConfig, Report, add_latency, measure
 from nncompress.measure.size import artifact_bytes, count_nonzero, count_params
 from nncompress.tasks.task import Task, call_model
 
@@ -129,7 +130,9 @@ def compress(
             raise TypeError(f"recipe items must be Step instances, got {type(step).__name__}")
     start = time.perf_counter()
     check_runs(model, task)
-    baseline = measure(model, task, config=measure_config)
+    config = measure_config or MeasureConfig()
+    untimed = dataclasses.replace(config, latency=False)  # timed at the end, side by side
+    baseline = measure(model, task, config=untimed)
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -155,7 +158,9 @@ def compress(
             )
         )
     described = describe_recipe(recipe)
-    final = measure(work, task, config=measure_config, steps=described)
+    final = measure(work, task, config=untimed, steps=described)
+    if config.latency:
+        add_latency([baseline, final], [teacher, work], task, config)
     report = CompressionReport(
         task=task.name,
         baseline=baseline,

@@ -59,6 +59,19 @@ class Step:
 STEPS: dict[str, type[Step]] = {}
 S = TypeVar("S", bound=type[Step])
 
+# Modules whose import registers the built-in steps. They are imported on first lookup, not
+# with the package, so that loading an artifact does not pull in compression code.
+BUILTIN_STEP_MODULES = ("nncompress.train.finetune", "nncompress.prune")
+
+
+def builtin_steps() -> dict[str, type[Step]]:
+    """The registry with every built-in step registered (imports their modules once)."""
+    import importlib
+
+    for module in BUILTIN_STEP_MODULES:
+        importlib.import_module(module)
+    return STEPS
+
 
 def register_step(kind: str, family: str) -> Callable[[S], S]:
     """Class decorator: give the step its recipe name and add it to the registry."""
@@ -76,6 +89,7 @@ def register_step(kind: str, family: str) -> Callable[[S], S]:
 def step_from_dict(data: dict[str, Any]) -> Step:
     """Build a step from ``{"kind": name, **settings}`` (the form used in recipe files)."""
     data = dict(data)
+    builtin_steps()
     kind = data.pop("kind", None) or data.pop("type", None)
     if kind is None:
         raise ValueError(f"a step needs a 'kind' (one of: {', '.join(sorted(STEPS))}); got {data}")

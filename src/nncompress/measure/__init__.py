@@ -2,10 +2,10 @@
 
 from nncompress.measure.energy import EnergyEstimate, estimate_energy
 from nncompress.measure.flops import count_macs
-from nncompress.measure.latency import LatencyStats, measure_latency
+from nncompress.measure.latency import LatencyStats, interleaved_latency, measure_latency
 from nncompress.measure.metric import ModelCallError, evaluate, predict
 from nncompress.measure.report import MeasureConfig, Report, measure
-from nncompress.measure.size import artifact_bytes, count_nonzero, count_params, dense_fp32_bytes
+from nncompress.measure.size import artifact_bytes, count_nonzero, count_params, dense_fp32_bytes, layer_stats
 from nncompress.measure.table import comparison_table
 
 __all__ = [
@@ -22,7 +22,9 @@ __all__ = [
     "dense_fp32_bytes",
     "estimate_energy",
     "evaluate",
+    "layer_stats",
     "measure",
+    "interleaved_latency",
     "measure_latency",
     "predict",
 ]

@@ -46,6 +46,38 @@ def measure_latency(
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
+    return _stats(_timed_runs(model, inputs, warmup, runs, min_seconds), batch_size)
+
+
+def interleaved_latency(
+    models: list[nn.Module],
+    inputs: Any,
+    *,
+    batch_size: int,
+    rounds: int = 5,
+    warmup: int = 5,
+    runs: int = 30,
+    min_seconds: float = 0.0,
+) -> list[LatencyStats]:
+    """Latency of several models timed in alternating rounds, pooled per model.
+
+    Machine speed drifts over seconds (frequency, other tenants); timing models one after the
+    other turns that drift into a false speed-up. Alternating ``rounds`` times spreads it evenly,
+    so ratios between the returned figures are fair. Each round times ``runs / rounds`` passes
+    (at least one) and ``min_seconds / rounds`` seconds per model.
+    """
+    if runs < 1 or rounds < 1:
+        raise ValueError(f"runs and rounds must be >= 1, got runs={runs}, rounds={rounds}")
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            times[i] += _timed_runs(model, inputs, warmup, max(1, runs // rounds), min_seconds / rounds)
+    return [_stats(t, batch_size) for t in times]
+
+
+def _timed_runs(model: nn.Module, inputs: Any, warmup: int, runs: int, min_seconds: float) -> list[float]:
+    """Milliseconds of each timed pass: ``warmup`` untimed, then at least ``runs`` and
+    ``min_seconds`` (capped at ``100 * runs`` passes)."""
     was_training = model.training
     model.eval()
     times: list[float] = []
@@ -62,6 +94,10 @@ def measure_latency(
                     break
     finally:
         model.train(was_training)
+    return times
+
+
+def _stats(times: list[float], batch_size: int) -> LatencyStats:
     q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
     return LatencyStats(
         batch_size=batch_size,

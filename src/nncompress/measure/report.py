@@ -11,9 +11,9 @@ from torch import nn
 
 from nncompress.measure.energy import estimate_energy
 from nncompress.measure.flops import count_macs
-from nncompress.measure.latency import measure_latency
+from nncompress.measure.latency import interleaved_latency
 from nncompress.measure.metric import evaluate
-from nncompress.measure.size import artifact_bytes, count_nonzero, count_params
+from nncompress.measure.size import artifact_bytes, count_nonzero, count_params, layer_stats
 from nncompress.tasks.task import Task, repeat_batch
 
 # The figures every report.json side and benchmark row carries (shared DESIGN.md contract).
@@ -29,6 +29,7 @@ class MeasureConfig:
     warmup: int = 5
     runs: int = 30
     min_seconds: float = 0.5
+    rounds: int = 5  # alternating timing rounds (see measure.latency.interleaved_latency)
 
 
 @dataclass
@@ -36,7 +37,8 @@ class Report:
     """Measured figures of one model on one task (the ``baseline``/``final`` objects of report.json).
 
     ``latency_ms`` is the batch-1 median; ``latency`` holds medians and spreads for batch 1 and
-    ``batch_size_large``; ``energy`` is an estimate (see measure/energy.py), labelled so.
+    ``batch_size_large``; ``energy`` is an estimate (see measure/energy.py), labelled so;
+    ``layers`` is the per-layer table (shape, parameters, non-zeros, weight sparsity).
     """
 
     task: str
@@ -50,6 +52,7 @@ class Report:
     latency: dict[str, Any] = field(default_factory=dict)
     energy: dict[str, Any] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,33 +90,8 @@ def measure(
         count_params(model),
         size_bytes if size_bytes is not None else artifact_bytes(model),
     )
-    latency: dict[str, Any] = {}
-    latency_ms = None
-    if config.latency:
-        b1 = measure_latency(
-            model,
-            one,
-            batch_size=1,
-            warmup=config.warmup,
-            runs=config.runs,
-            min_seconds=config.min_seconds,
-        )
-        big = measure_latency(
-            model,
-            repeat_batch(one, config.batch_size_large),
-            batch_size=config.batch_size_large,
-            warmup=config.warmup,
-            runs=max(5, config.runs // 3),
-            min_seconds=config.min_seconds,
-        )
-        latency = {
-            "batch_1": b1.to_dict(),
-            f"batch_{config.batch_size_large}": big.to_dict(),
-            "threads": torch.get_num_threads(),
-        }
-        latency_ms = b1.median_ms
     energy = estimate_energy(macs, size).to_dict()
-    return Report(
+    report = Report(
         task=task.name,
         metric={"name": task.metric_name, "value": metric_value},
         params=params,
@@ -121,8 +99,29 @@ def measure(
         size_bytes=size,
         dense_fp32_bytes=4 * params,
         macs=macs,
-        latency_ms=latency_ms,
-        latency=latency,
+        latency_ms=None,
         energy=energy,
         steps=list(steps or []),
+        layers=layer_stats(model),
     )
+    if config.latency:
+        add_latency([report], [model], task, config)
+    return report
+
+
+def add_latency(reports: list[Report], models: list[nn.Module], task: Task, config: MeasureConfig) -> None:
+    """Time ``models`` at batch 1 and ``config.batch_size_large``, in alternating rounds so that
+    their ratios are fair, and write the figures into the matching ``reports``."""
+    one = task.single_example()
+    timing = {"rounds": config.rounds, "warmup": config.warmup, "min_seconds": config.min_seconds}
+    b1 = interleaved_latency(models, one, batch_size=1, runs=config.runs, **timing)
+    big = interleaved_latency(models, repeat_batch(one, config.batch_size_large),
+                              batch_size=config.batch_size_large, runs=max(5, config.runs // 3), **timing)
+    for report, small, large in zip(reports, b1, big, strict=True):
+        report.latency_ms = small.median_ms
+        report.latency = {
+            "batch_1": small.to_dict(),
+            f"batch_{config.batch_size_large}": large.to_dict(),
+            "threads": torch.get_num_threads(),
+            "models_interleaved": len(models),
+        }

@@ -35,3 +35,28 @@ def artifact_bytes(model: nn.Module) -> int:
     with tempfile.TemporaryDirectory(prefix="nncompress-size-") as tmp:
         path = save(model, Path(tmp) / "model.ncz")
         return os.path.getsize(path)
+
+
+def layer_stats(model: nn.Module) -> list[dict]:
+    """Per-layer figures of each module owning a ``weight`` (Linear, Conv, norm, embedding...).
+
+    One row per module: name, type, weight shape, its parameters (weight and bias), non-zeros,
+    and the weight's sparsity — the per-layer table of the report. Tied weights are listed once.
+    """
+    rows, seen = [], set()
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        own = list(module.parameters(recurse=False))
+        w = weight.detach()
+        rows.append({
+            "name": name or "(model)",
+            "type": type(module).__name__,
+            "shape": list(w.shape),
+            "params": sum(p.numel() for p in own),
+            "nonzero_params": sum(int(p.detach().count_nonzero()) for p in own),
+            "weight_sparsity": 1.0 - int(w.count_nonzero()) / max(1, w.numel()),
+        })
+    return rows

@@ -55,18 +55,7 @@ def comparison_table(reports: Sequence[Report], names: Sequence[str]) -> str:
         if len(reports) == 2:
             line.append(_change(key, reports[0], reports[1]))
         lines.append(line)
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    out = []
-    for i, line in enumerate(lines):
-        out.append(
-            "  ".join(
-                str(c).ljust(w) if j == 0 else str(c).rjust(w)
-                for j, (c, w) in enumerate(zip(line, widths))
-            )
-        )
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return _render(lines)
 
 
 def _change(key: str, a: Report, b: Report) -> str:
@@ -93,3 +82,46 @@ def _change(key: str, a: Report, b: Report) -> str:
             f"{before / after:.2f}x smaller" if before > after else f"{after / before:.2f}x larger"
         )
     return ""
+
+
+def layer_table(baseline: Report, final: Report) -> str:
+    """Per-layer table: each layer's weight shape and sparsity before and after compression.
+
+    Layers are matched by name; a layer present on one side only shows ``-`` on the other
+    (e.g. a factorized layer replaced by two).
+    """
+    before = {row["name"]: row for row in baseline.layers}
+    after = {row["name"]: row for row in final.layers}
+    names = list(before) + [n for n in after if n not in before]
+    lines = [["layer", "type", "shape", "params", "sparsity", "-> shape", "params", "non-zero", "sparsity"]]
+    for name in names:
+        b, a = before.get(name), after.get(name)
+        line = [name, (a or b)["type"]]
+        line += [_shape(b["shape"]), _human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3
+        line += ([_shape(a["shape"]), _human_count(a["params"]), _human_count(a["nonzero_params"]),
+                  f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 4)
+        lines.append(line)
+    return _render(lines)
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _render(lines: list[list[str]]) -> str:
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w)
+                             for j, (c, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def run_tables(baseline: Report, final: Report) -> str:
+    """The before/after table of a compression run, then its per-layer table."""
+    text = comparison_table([baseline, final], ["baseline", "compressed"])
+    if baseline.layers and final.layers:
+        text += "\n\nper layer\n" + layer_table(baseline, final)
+    return text

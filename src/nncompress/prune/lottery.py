@@ -57,7 +57,7 @@ class LotteryTicket(Step):
     Args:
         rounds: pruning rounds R (R + 1 trainings).
         rate: fraction of the surviving weights pruned per round, in (0, 1).
-        epochs, lr, optimizer, max_steps: each training run.
+        epochs, lr, optimizer, weight_decay, max_steps: each training run.
         rewind_steps: k; 0 rewinds to the initialization, k > 0 to the weights after k steps
             of round 0's training.
         scope: ``"global"`` magnitude ranking over all targeted layers, or ``"layer"``.
@@ -74,6 +74,7 @@ class LotteryTicket(Step):
     epochs: float = 1.0
     lr: float = 1e-3
     optimizer: str = "adamw"
+    weight_decay: float = 0.0
     max_steps: int | None = None
     rewind_steps: int = 0
     scope: str = "global"

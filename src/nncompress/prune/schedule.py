@@ -102,8 +102,10 @@ def train_masked(
 
 
 def train_config(step: Any, seed: int) -> TrainConfig:
-    """The fine-tuning run described by a step's ``epochs``, ``lr``, ``optimizer``, ``max_steps``."""
+    """The training run a step describes: ``epochs``, ``lr``, ``optimizer``, ``max_steps`` and,
+    where the step has it, ``weight_decay``."""
     return TrainConfig(epochs=step.epochs, lr=step.lr, optimizer=step.optimizer,
+                       weight_decay=getattr(step, "weight_decay", 0.0),
                        max_steps=step.max_steps, seed=seed)
 
 

@@ -14,6 +14,7 @@ group's channels, and ``surgery.py`` cuts them from every member layer.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -264,6 +265,9 @@ class ChannelPrune(Step):
         exclude: module (or parameter) names whose outputs are never pruned; excluded
             containers are also kept whole when tracing (use it for untraceable submodules).
         calibration_batches: training batches for the taylor criterion.
+        macs_reduction: when set, a target instead of ``sparsity``: the smallest channel
+            sparsity (found by bisection, same scores and scope) that removes at least this
+            fraction of the model's MACs, measured on the task's example input.
 
     The model's outputs (the classifier) always keep all their channels.
 
@@ -279,9 +283,15 @@ class ChannelPrune(Step):
     min_channels: int = 1
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 4
+    macs_reduction: float | None = None
 
     def __post_init__(self) -> None:
         _check_settings(self.sparsity, self.criterion, self.calibration_batches)
+        if self.macs_reduction is not None and (
+            isinstance(self.macs_reduction, bool) or not isinstance(self.macs_reduction, (int, float))
+            or not 0.0 < self.macs_reduction < 1.0
+        ):
+            raise ValueError(f"macs_reduction must be a fraction in (0, 1) or None, got {self.macs_reduction!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
         for name in ("round_to", "min_channels"):
@@ -302,16 +312,49 @@ class ChannelPrune(Step):
         grads = gradients(model, ctx, self.calibration_batches) if self.criterion == "taylor" else {}
         gen = torch.Generator().manual_seed(ctx.seed)
         scores = [group_scores(model, g, self.criterion, grads, graph.followers, gen) for g in groups]
-        removed = []
-        for g, s, n in zip(groups, scores, removal_counts(scores, self.sparsity, self.scope),
-                           strict=True):
-            keep = keep_count(g.size, n, math.lcm(self.round_to, g.blocks), self.min_channels)
-            removed.append(lowest_channels(s, g.blocks, keep))
+        sparsity = self.sparsity
+        if self.macs_reduction is not None:
+            sparsity = self._sparsity_for_macs(model, ctx, groups, scores)
+        removed = self._removed(groups, scores, sparsity)
         with torch.no_grad():
             cut_groups(model, groups, removed, ctx)
         total, gone = sum(g.size for g in groups), sum(len(r) for r in removed)
-        ctx.log.append(f"channel-prune: removed {gone} of {total} channels in {len(groups)} groups")
+        ctx.log.append(f"channel-prune: removed {gone} of {total} channels in {len(groups)} groups"
+                       f" (sparsity {sparsity:.4f})")
         return model
+
+    def _removed(self, groups: list[ChannelGroup], scores: list[torch.Tensor], sparsity: float
+                 ) -> list[torch.Tensor]:
+        """The channel indices each group loses at ``sparsity``."""
+        removed = []
+        for g, s, n in zip(groups, scores, removal_counts(scores, sparsity, self.scope), strict=True):
+            keep = keep_count(g.size, n, math.lcm(self.round_to, g.blocks), self.min_channels)
+            removed.append(lowest_channels(s, g.blocks, keep))
+        return removed
+
+    def _sparsity_for_macs(self, model: nn.Module, ctx: StepContext, groups: list[ChannelGroup],
+                           scores: list[torch.Tensor]) -> float:
+        """Bisect the channel sparsity whose cut removes at least ``macs_reduction`` of the MACs."""
+        from nncompress.measure.flops import count_macs
+
+        inputs = example_inputs(model, ctx.task)
+        dense = count_macs(model, inputs)
+
+        def reduction(sparsity: float) -> float:
+            trial = copy.deepcopy(model)
+            scratch = StepContext(task=ctx.task, seed=ctx.seed, masks=dict(ctx.masks))
+            with torch.no_grad():
+                cut_groups(trial, groups, self._removed(groups, scores, sparsity), scratch)
+            return 1.0 - count_macs(trial, inputs) / dense
+
+        lo, hi = 0.0, 0.999
+        if reduction(hi) < self.macs_reduction:
+            raise ValueError(f"macs_reduction={self.macs_reduction} is out of reach: removing "
+                             f"{hi:.1%} of the prunable channels cuts {reduction(hi):.1%} of the MACs")
+        for _ in range(14):  # channel counts are integers: ~1e-4 resolution is plenty
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if reduction(mid) < self.macs_reduction else (lo, mid)
+        return hi
 
     def _may_prune(self, group: ChannelGroup) -> bool:
         producers = [m.name for m in group.members if m.kind != "in"]
@@ -371,9 +414,15 @@ class HeadPrune(Step):
     criterion: str = "l1"
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 4
+    macs_reduction: float | None = None
 
     def __post_init__(self) -> None:
         _check_settings(self.sparsity, self.criterion, self.calibration_batches)
+        if self.macs_reduction is not None and (
+            isinstance(self.macs_reduction, bool) or not isinstance(self.macs_reduction, (int, float))
+            or not 0.0 < self.macs_reduction < 1.0
+        ):
+            raise ValueError(f"macs_reduction must be a fraction in (0, 1) or None, got {self.macs_reduction!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
