@@ -3,8 +3,8 @@
 Rows (method names are stable; see shared DESIGN.md):
 - fmnist-mlp  magnitude-global-90: one-shot global magnitude 90% + fine-tune
 - fmnist-mlp  magnitude-global-90-gradual: Zhu & Gupta's cubic ramp to 90% while fine-tuning
-- fmnist-resnet channel-global-macs60: structured channel pruning (global ranking) removing
-  >= 60% of MACs + fine-tune
+- fmnist-resnet channel-global-macs80: structured channel pruning (global ranking) removing
+  >= 80% of MACs, then distillation from the unpruned model (plain fine-tune as a second row)
 - fmnist-vit  2:4: 2:4 on every eligible Linear + fine-tune
 - fmnist-mlp  lottery-83: iterative magnitude pruning, 8 rounds of 20%, rewinding to step 200
 - peers at the same settings: torch.nn.utils.prune (global L1 90%, masks only: its saved
@@ -33,15 +33,16 @@ from nncompress.measure.flops import count_macs
 from nncompress.measure.report import add_latency
 
 FAMILY = "pruning"
-MACS_REDUCTION = 0.6
+MACS_REDUCTION = 0.8
 
 
 def settings(quick: bool) -> dict[str, nc.FineTune]:
-    """The fine-tuning each row gets (ours and the peers' alike)."""
+    """The recovery training each row gets (ours and the peers' alike)."""
     if quick:
-        return {k: nc.FineTune(epochs=1, lr=1e-3) for k in ("mlp", "resnet", "vit")}
-    return {"mlp": nc.FineTune(epochs=8, lr=2e-3), "resnet": nc.FineTune(epochs=8, lr=1e-3),
-            "vit": nc.FineTune(epochs=3, lr=5e-4)}
+        return {"mlp": nc.FineTune(epochs=1, lr=1e-3), "resnet": nc.Distill(epochs=1, lr=2e-3),
+                "resnet-ft": nc.FineTune(epochs=1, lr=2e-3), "vit": nc.FineTune(epochs=1, lr=5e-4)}
+    return {"mlp": nc.FineTune(epochs=8, lr=2e-3), "resnet": nc.Distill(epochs=10, lr=2e-3),
+            "resnet-ft": nc.FineTune(epochs=10, lr=2e-3), "vit": nc.FineTune(epochs=3, lr=5e-4)}
 
 
 def ours(quick: bool) -> list[dict]:
@@ -52,8 +53,11 @@ def ours(quick: bool) -> list[dict]:
     gradual = nc.GradualPrune(sparsity=0.9, epochs=ft["mlp"].epochs, lr=ft["mlp"].lr, end=0.5, frequency=50)
     rows.append(run_recipe(FAMILY, mlp, "magnitude-global-90-gradual", [gradual]))
     resnet = nc.tasks.get("fmnist-resnet")
-    rows.append(run_recipe(FAMILY, resnet, f"channel-global-macs{round(100 * MACS_REDUCTION)}",
-                           [nc.ChannelPrune(macs_reduction=MACS_REDUCTION, scope="global"), ft["resnet"]]))
+    channel = nc.ChannelPrune(macs_reduction=MACS_REDUCTION, scope="global")
+    name = f"channel-global-macs{round(100 * MACS_REDUCTION)}"
+    rows.append(run_recipe(FAMILY, resnet, name, [channel, ft["resnet"]]))
+    rows.append(run_recipe(FAMILY, resnet, f"{name}-finetune",
+                           [channel, ft["resnet-ft"]]))
     vit = nc.tasks.get("fmnist-vit")
     rows.append(run_recipe(FAMILY, vit, "2:4", [nc.NMPrune(n=2, m=4), ft["vit"]]))
     rounds = 2 if quick else 8
@@ -63,9 +67,11 @@ def ours(quick: bool) -> list[dict]:
     return rows
 
 
-def finetune(model: nn.Module, task: nc.Task, step: nc.FineTune) -> nn.Module:
-    """The same fine-tuning as our rows, on a model pruned by a peer."""
-    return step.apply(model, nc.StepContext(task=task))
+def finetune(model: nn.Module, task: nc.Task, step: nc.FineTune, teacher: nn.Module) -> nn.Module:
+    """The same recovery as our rows (distillation from ``teacher`` where ours distils), on a
+    model pruned by a peer."""
+    teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+    return step.apply(model, nc.StepContext(task=task, teacher=teacher))
 
 
 def peer_row(task: nc.Task, method: str, tool: str, baseline_model: nn.Module, model: nn.Module,
@@ -94,7 +100,7 @@ def torch_prune_peer(quick: bool) -> dict:
     model = copy.deepcopy(baseline)
     params = [(m, "weight") for m in (model.fc1, model.fc2)]
     torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=0.9)
-    finetune(model, task, ft)  # the mask is a forward pre-hook: pruned weights stay zero
+    finetune(model, task, ft, baseline)  # the mask is a forward pre-hook: pruned weights stay zero
     for module, name in params:
         torch_prune.remove(module, name)
     return peer_row(task, "magnitude-global-90", "torch.nn.utils.prune", baseline, model,
@@ -125,7 +131,7 @@ def torch_pruning_peer(quick: bool) -> dict | None:
     while 1 - count_macs(model, example) / dense < MACS_REDUCTION and taken < steps:
         pruner.step()
         taken += 1
-    finetune(model, task, ft)
+    finetune(model, task, ft, baseline)
     return peer_row(task, f"channel-global-macs{round(100 * MACS_REDUCTION)}", "Torch-Pruning", baseline, model,
                     lambda m, p: torch.save(m, p),  # Torch-Pruning's advice: pickle the whole model
                     {"importance": "GroupMagnitudeImportance(p=1)", "global_pruning": True,

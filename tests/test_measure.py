@@ -166,3 +166,14 @@ def test_layer_stats_lists_tied_weights_once():
     head.weight = emb.weight
     rows = layer_stats(nn.ModuleDict({"emb": emb, "head": head}))
     assert [row["name"] for row in rows] == ["emb"]
+
+
+def test_latency_keeps_each_models_fastest_thread_count_and_restores_threads(task):
+    threads = torch.get_num_threads()
+    report = nc.measure(task.baseline(), task, config=nc.MeasureConfig(runs=3, min_seconds=0, thread_counts=(1,)))
+    assert report.latency["threads"] == 1 and report.latency["thread_counts"] == [1]
+    assert report.latency_ms == report.latency["batch_1"]["median_ms"] > 0
+    assert report.latency["batch_64"]["batch_size"] == 64
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match=r"thread_counts must be integers >= 1, got \[0\]"):
+        nc.MeasureConfig(thread_counts=(0,))

@@ -272,7 +272,7 @@ def test_global_scope_takes_the_weakest_channels_of_all_groups():
     pruned, ctx = run(ChannelPrune(sparsity=0.25, scope="global"), model)
     assert (pruned.fc1.out_features, pruned.inp.out_features) == (20, 16)
     torch.testing.assert_close(out(pruned), before, rtol=1e-5, atol=1e-6)
-    assert "channel-prune: removed 12 of 48 channels in 2 groups" in ctx.log
+    assert ctx.log[-1] == "channel-prune: removed 12 of 48 channels in 2 groups (sparsity 0.2500)"
 
 
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7])

@@ -28,13 +28,17 @@ from nncompress.tasks.task import Task  # noqa: E402
 # Step classes, imported on first use (PEP 562): step name -> module that defines it.
 _LAZY_STEPS = {
     "FineTune": "nncompress.train.finetune",
+    "Distill": "nncompress.distill",
+    "StaticInt8Quantize": "nncompress.quantize.int8",
+    "DynamicInt8Quantize": "nncompress.quantize.int8",
     **{name: "nncompress.prune" for name in (
         "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket",
         "MagnitudePrune", "NMPrune", "UnstructuredPrune")},
 }
 
 __all__ = [
-    "STEPS", "ArtifactError", "ChannelPrune", "CompressionReport", "FineTune", "GradualPrune",
+    "STEPS", "ArtifactError", "ChannelPrune", "CompressionReport", "Distill", "DynamicInt8Quantize",
+    "FineTune", "GradualPrune", "StaticInt8Quantize",
     "HeadPrune", "IterativePrune", "LotteryTicket", "MagnitudePrune", "MeasureConfig", "NMPrune",
     "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
     "load_recipe", "measure", "register_step", "save", "tasks",
@@ -57,6 +61,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from nncompress.core.step import STEPS
+    from nncompress.distill import Distill
     from nncompress.prune import (
         ChannelPrune,
         GradualPrune,
@@ -67,4 +72,5 @@ if TYPE_CHECKING:
         NMPrune,
         UnstructuredPrune,
     )
+    from nncompress.quantize.int8 import DynamicInt8Quantize, StaticInt8Quantize
     from nncompress.train.finetune import FineTune

@@ -61,7 +61,9 @@ S = TypeVar("S", bound=type[Step])
 
 # Modules whose import registers the built-in steps. They are imported on first lookup, not
 # with the package, so that loading an artifact does not pull in compression code.
-BUILTIN_STEP_MODULES = ("nncompress.train.finetune", "nncompress.prune")
+BUILTIN_STEP_MODULES = (
+    "nncompress.train.finetune", "nncompress.distill", "nncompress.prune", "nncompress.quantize.int8",
+)
 
 
 def builtin_steps() -> dict[str, type[Step]]:

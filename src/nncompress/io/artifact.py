@@ -23,6 +23,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from nncompress.io import quantized as qio
 from nncompress.io.atomic import atomic_path
 from nncompress.io.encodings import decode, encode_smallest
 
@@ -57,7 +58,7 @@ def _persistent_tensors(model: nn.Module) -> dict[str, tuple[torch.Tensor, str, 
 
 def _skeleton(model: nn.Module) -> nn.Module:
     """A deep copy whose parameters and persistent buffers live on the meta device."""
-    memo: dict[int, Any] = {}
+    memo: dict[int, Any] = qio.skeleton_memo(model)  # int8 packed weights: tiny placeholders
     for t, _, _ in _persistent_tensors(model).values():
         if id(t) not in memo:
             meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
@@ -78,6 +79,7 @@ def save(
     if not isinstance(model, nn.Module):
         raise TypeError(f"save() takes an nn.Module, got {type(model).__name__}")
     tensors = _persistent_tensors(model)
+    tensors.update({n: (t, qio.PACKED, False) for n, t in qio.packed_tensors(model).items()})
     stored: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, Any]] = {}
     first_name_of: dict[tuple[int, int, tuple[int, ...]], str] = {}
@@ -95,7 +97,7 @@ def save(
         else:
             if t.numel():
                 first_name_of[key] = name
-            enc_name, parts, header = encode_smallest(t)
+            enc_name, parts, header = qio.encode_quantized(t) if t.is_quantized else encode_smallest(t)
             entry.update(encoding=enc_name, header=header)
             for part, value in parts.items():
                 stored[f"{name}::{part}"] = value.contiguous()
@@ -206,10 +208,18 @@ def load(path: str | os.PathLike) -> nn.Module:
         if entry["kind"] == "param":
             t = nn.Parameter(t, requires_grad=entry["requires_grad"])
         built[name] = t
+    packed: dict[str, torch.Tensor] = {}
     for name, entry in entries.items():
         tensor = built[entry.get("alias_of", name)]
+        if entry["kind"] == qio.PACKED:
+            packed[name] = tensor
+            continue
         try:
             _assign(model, name, tensor, entry["kind"])
         except AttributeError as e:
             raise ArtifactError(f"{path}: tensor {name!r} has no place in the skeleton") from e
+    try:
+        qio.restore_packed(model, packed)
+    except (ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: int8 packed weights do not fit the skeleton: {e}") from e
     return model.eval()

@@ -11,7 +11,7 @@ from torch import nn
 
 from nncompress.measure.energy import estimate_energy
 from nncompress.measure.flops import count_macs
-from nncompress.measure.latency import interleaved_latency
+from nncompress.measure.latency import LatencyStats, interleaved_latency
 from nncompress.measure.metric import evaluate
 from nncompress.measure.size import artifact_bytes, count_nonzero, count_params, layer_stats
 from nncompress.tasks.task import Task, repeat_batch
@@ -30,6 +30,12 @@ class MeasureConfig:
     runs: int = 30
     min_seconds: float = 0.5
     rounds: int = 5  # alternating timing rounds (see measure.latency.interleaved_latency)
+    thread_counts: tuple[int, ...] = ()  # () = 1 and torch's current count; each model keeps its fastest
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.thread_counts if isinstance(t, bool) or not isinstance(t, int) or t < 1]
+        if bad:
+            raise ValueError(f"thread_counts must be integers >= 1, got {list(self.thread_counts)}")
 
 
 @dataclass
@@ -110,18 +116,34 @@ def measure(
 
 
 def add_latency(reports: list[Report], models: list[nn.Module], task: Task, config: MeasureConfig) -> None:
-    """Time ``models`` at batch 1 and ``config.batch_size_large``, in alternating rounds so that
-    their ratios are fair, and write the figures into the matching ``reports``."""
+    """Time ``models`` at batch 1 and ``config.batch_size_large`` and write the figures into the
+    matching ``reports``.
+
+    Models are timed in alternating rounds, so that their ratios are fair. Each batch size is
+    timed at every thread count in ``config.thread_counts`` (default: 1 and torch's current
+    count) and each model keeps its fastest, with the thread count recorded: a deployment picks
+    its threads, and at batch 1 small models are often faster on one thread than on several.
+    """
     one = task.single_example()
     timing = {"rounds": config.rounds, "warmup": config.warmup, "min_seconds": config.min_seconds}
-    b1 = interleaved_latency(models, one, batch_size=1, runs=config.runs, **timing)
-    big = interleaved_latency(models, repeat_batch(one, config.batch_size_large),
-                              batch_size=config.batch_size_large, runs=max(5, config.runs // 3), **timing)
-    for report, small, large in zip(reports, b1, big, strict=True):
-        report.latency_ms = small.median_ms
-        report.latency = {
-            "batch_1": small.to_dict(),
-            f"batch_{config.batch_size_large}": large.to_dict(),
-            "threads": torch.get_num_threads(),
-            "models_interleaved": len(models),
-        }
+    counts = config.thread_counts or sorted({1, torch.get_num_threads()})
+    sizes = {"batch_1": (one, 1, config.runs),
+             f"batch_{config.batch_size_large}": (repeat_batch(one, config.batch_size_large),
+                                                  config.batch_size_large, max(5, config.runs // 3))}
+    for report in reports:
+        report.latency = {"models_interleaved": len(models), "thread_counts": list(counts)}
+    previous = torch.get_num_threads()
+    try:
+        for key, (inputs, batch_size, runs) in sizes.items():
+            best: list[LatencyStats | None] = [None] * len(models)
+            for threads in counts:
+                torch.set_num_threads(threads)
+                stats = interleaved_latency(models, inputs, batch_size=batch_size, runs=runs, **timing)
+                best = [s if b is None or s.median_ms < b.median_ms else b for b, s in zip(best, stats)]
+            for report, stats in zip(reports, best, strict=True):
+                report.latency[key] = stats.to_dict()
+    finally:
+        torch.set_num_threads(previous)
+    for report in reports:
+        report.latency_ms = report.latency["batch_1"]["median_ms"]
+        report.latency["threads"] = report.latency["batch_1"]["threads"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
+from nncompress.tasks.task import call_model
 from nncompress.train.loop import TrainConfig, fit
 from nncompress.train.masks import mask_hooks
 
@@ -42,26 +45,28 @@ class FineTune(Step):
             seed=seed,
         )
 
-    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+    def loss_fn(self, ctx: StepContext) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
+        """The training loss: the task's own loss on the hard labels."""
         task = ctx.task
 
-        def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            from nncompress.tasks.task import call_model
-
+        def loss(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
             return task.loss(call_model(m, x), y)
 
+        return loss
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         before, after = mask_hooks(model, ctx.masks)
         history = fit(
             model,
-            task.train,
+            ctx.task.train,
             self.config(ctx.seed),
-            loss_fn=loss,
+            loss_fn=self.loss_fn(ctx),
             before_step=before,
             after_step=after,
-            description="finetune",
+            description=self.kind,
         )
         ctx.log.append(
-            f"finetune: {history.steps} steps in {history.seconds:.1f}s, "
+            f"{self.kind}: {history.steps} steps in {history.seconds:.1f}s, "
             f"last loss {history.losses[-1]:.4f}"
         )
         return model

@@ -1,0 +1,175 @@
+"""Artifact support for torch.ao quantized modules (static/dynamic int8 Conv and Linear).
+
+Their int8 weights live in packed-parameter objects, not in ``_parameters``/``_buffers``, so the
+plain artifact code would pickle them whole into the skeleton. Here they are taken out as
+ordinary entries (``<module>.weight`` as int8 values + per-channel scales/zero points,
+``<module>.bias`` as float) that go to safetensors, while the skeleton keeps a copy of each such
+module holding a one-element placeholder weight; loading repacks the real weights.
+
+Example:
+    >>> packed = packed_tensors(qmodel)  # doctest: +SKIP
+    >>> memo = skeleton_memo(qmodel)  # placeholders for copy.deepcopy  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.io.encodings import Encoding, Header, Parts, register_encoding
+
+PACKED = "packed"  # the manifest "kind" of a tensor stored out of a packed-parameter object
+
+
+def _is_packed_module(module: nn.Module) -> bool:
+    """A torch.ao quantized module whose weight sits in packed params (int8 weight only)."""
+    origin = type(module).__module__  # torch.ao.nn.quantized(.dynamic), torch.ao.nn.intrinsic.quantized
+    if not (origin.startswith("torch.ao.nn.") and ".quantized" in origin):
+        return False
+    if not (hasattr(module, "_weight_bias") and hasattr(module, "set_weight_bias")):
+        return False
+    try:
+        weight, _ = module._weight_bias()
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+    return isinstance(weight, torch.Tensor) and weight.dtype == torch.qint8
+
+
+def packed_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> outermost module holding int8 packed weights (inner ``_packed_params`` skipped)."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{outer}.") for outer in found):
+            continue
+        if _is_packed_module(module):
+            found[name] = module
+    return found
+
+
+def packed_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``<module>.weight`` (a quantized tensor) and ``<module>.bias`` (float, when present)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in packed_modules(model).items():
+        prefix = f"{name}." if name else ""
+        weight, bias = module._weight_bias()
+        out[prefix + "weight"] = weight
+        if bias is not None:
+            out[prefix + "bias"] = bias.detach()
+    return out
+
+
+def _placeholder_weight(module: nn.Module, shape_dims: int, per_channel: bool) -> torch.Tensor:
+    """A tiny int8 weight the module can pack: one output channel per group, 1-wide kernel."""
+    groups = int(getattr(module, "groups", 1))
+    shape = (groups,) + (1,) * (shape_dims - 1)
+    if per_channel:
+        scales, zero_points = torch.ones(groups, dtype=torch.double), torch.zeros(groups, dtype=torch.long)
+        return torch.quantize_per_channel(torch.zeros(shape), scales, zero_points, 0, torch.qint8)
+    return torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.qint8)
+
+
+def _rebuild_packed(cls: type, state: dict[str, Any], dims: int, per_channel: bool) -> nn.Module:
+    """Unpickle a packed module without its weights: its attributes plus a placeholder weight."""
+    module = cls.__new__(cls)
+    module.__dict__.update(state)
+    if state.get("_modules", {}).get("_packed_params", False) is None:  # Linear: a fresh packed child
+        from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+        module._modules["_packed_params"] = LinearPackedParams(dtype=torch.qint8)
+    module.set_weight_bias(_placeholder_weight(module, dims, per_channel), None)
+    return module
+
+
+class _WeightlessPacked(nn.Module):
+    """Pickles as a packed module minus its int8 weights (which the artifact stores apart).
+
+    An ``nn.Module`` only so that containers (``GraphModule`` copies) accept it as a child.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        weight, _ = module._weight_bias()
+        state = {k: v for k, v in module.__dict__.items() if k != "_packed_params"}
+        if "_packed_params" in module._modules:  # Linear: packed params are a child module
+            state["_modules"] = {k: v for k, v in module._modules.items() if k != "_packed_params"}
+            state["_modules"]["_packed_params"] = None
+        per_channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        self._args = (type(module), state, weight.dim(), per_channel)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return _rebuild_packed, self._args
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _WeightlessPacked:
+        return self
+
+
+def skeleton_memo(model: nn.Module) -> dict[int, Any]:
+    """``copy.deepcopy`` memo entries that swap each packed module for a weightless stand-in."""
+    return {id(module): _WeightlessPacked(module) for module in packed_modules(model).values()}
+
+
+def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Repack ``<module>.weight``/``<module>.bias`` entries into the skeleton's placeholders."""
+    modules = {f"{name}.weight" if name else "weight": name for name in packed_modules(model)}
+    for key, weight in tensors.items():
+        if not key.endswith("weight") or key not in modules:
+            continue
+        name = modules[key]
+        bias = tensors.get(key[: -len("weight")] + "bias")
+        target = model.get_submodule(name) if name else model
+        target.set_weight_bias(weight, bias)
+    unknown = set(tensors) - set(modules) - {k[: -len("weight")] + "bias" for k in modules}
+    if unknown:
+        raise ValueError(f"packed tensor(s) {', '.join(sorted(unknown))} match no quantized module")
+
+
+# --- the encoding of a quantized tensor: int8 values + scales + zero points -------------------
+
+
+def _encode_quantized(t: torch.Tensor) -> tuple[Parts, Header] | None:
+    if not t.is_quantized:
+        return None
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        scales, zero_points = t.q_per_channel_scales(), t.q_per_channel_zero_points()
+        header = {"qdtype": dtype, "axis": int(t.q_per_channel_axis())}
+        header.update(scales_dtype=str(scales.dtype), zero_points_dtype=str(zero_points.dtype))
+        # fbgemm's scales are float32 values held as float64, zero points small: store them narrow
+        if torch.equal(scales.float().to(scales.dtype), scales):
+            scales = scales.float()
+        if zero_points.numel() and int(zero_points.min()) >= -128 and int(zero_points.max()) <= 127:
+            zero_points = zero_points.to(torch.int8)
+        parts = {"values": t.int_repr().contiguous(), "scales": scales.contiguous(), "zero_points": zero_points}
+        return parts, header
+    if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        header = {"qdtype": dtype, "scale": float(t.q_scale()), "zero_point": int(t.q_zero_point())}
+        return {"values": t.int_repr().contiguous()}, header
+    raise ValueError(f"quantized tensor with qscheme {t.qscheme()} cannot be stored (per-tensor/channel only)")
+
+
+_QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8, "qint32": torch.qint32}
+
+
+def _decode_quantized(parts: Parts, header: Header) -> torch.Tensor:
+    qdtype = header["qdtype"]
+    if qdtype not in _QDTYPES:
+        raise ValueError(f"unknown quantized dtype {qdtype!r}; known: {', '.join(_QDTYPES)}")
+    values = parts["values"].reshape(header["shape"])
+    if "axis" in header:
+        scales = parts["scales"].to(getattr(torch, header["scales_dtype"].removeprefix("torch.")))
+        zero_points = parts["zero_points"].to(getattr(torch, header["zero_points_dtype"].removeprefix("torch.")))
+        return torch._make_per_channel_quantized_tensor(values, scales, zero_points, int(header["axis"]))
+    return torch._make_per_tensor_quantized_tensor(values, float(header["scale"]), int(header["zero_point"]))
+
+
+QUANTIZED = register_encoding(Encoding("quantized-affine", _encode_quantized, _decode_quantized))
+
+
+def encode_quantized(t: torch.Tensor) -> tuple[str, Parts, Header]:
+    """``(encoding name, parts, header)`` of a quantized tensor (what ``encode_smallest`` gives)."""
+    out = _encode_quantized(t)
+    if out is None:
+        raise ValueError(f"encode_quantized() takes a quantized tensor, got dtype {t.dtype}")
+    return QUANTIZED.name, out[0], out[1]

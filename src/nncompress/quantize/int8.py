@@ -1,0 +1,333 @@
+"""Real int8 inference: post-training static quantization (``int8-static``) and dynamic int8 Linears.
+
+``int8-static`` calibrates activation ranges on a few train batches and converts the model to
+int8 kernels. Two backends:
+
+- ``onnxruntime`` (preferred by ``backend="auto"`` when ``onnx``/``onnxruntime`` import): export
+  to ONNX, ``onnxruntime.quantization.quantize_static`` in QDQ form (int8 weights per channel,
+  uint8 activations), run by :class:`~nncompress.quantize.runtime.OnnxRuntimeModule`. On this
+  project's CPUs (AVX2/AVX-512, no VNNI) it was 2-7x faster than torch.ao's int8 kernels at
+  batch 1 and faster at batch 64 (see the step's docstring for the figures).
+- ``torch``: torch.ao FX graph mode (``prepare_fx``/``convert_fx``, x86 backend) with
+  conv-bn(-relu) and linear-relu fused; models FX cannot trace fall back to dynamic int8 Linears.
+
+Either way the result takes the same inputs, returns float outputs, and saves as int8.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.core.step import Step, StepContext, register_step
+
+OBSERVERS = ("minmax", "histogram")
+BACKENDS = ("auto", "onnxruntime", "torch")
+
+
+def _check_choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"{name}={value!r} is not supported; accepted: {', '.join(map(repr, accepted))}")
+
+
+def _as_args(inputs: Any) -> tuple[Any, ...]:
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def calibration_inputs(train: Iterable[Any], batches: int, task_name: str = "") -> list[tuple[Any, ...]]:
+    """The inputs of the first ``batches`` train batches, each as a tuple of positional args."""
+    out = []
+    for batch in train:
+        out.append(_as_args(batch[0]))
+        if len(out) >= batches:
+            break
+    if not out:
+        raise ValueError(
+            f"int8 calibration needs data: task {task_name!r} has no train batches "
+            "(give the Task a non-empty train split)"
+        )
+    return out
+
+
+def _check_exclude(model: nn.Module, exclude: tuple[str, ...]) -> None:
+    names = {n for n, _ in model.named_modules() if n}
+    unknown = [e for e in exclude if e not in names]
+    if unknown:
+        raise ValueError(
+            f"exclude names unknown module(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: module names such as {', '.join(sorted(names)[:8])}"
+        )
+
+
+def _excluded(name: str, exclude: tuple[str, ...]) -> bool:
+    return any(name == e or name.startswith(f"{e}.") for e in exclude)
+
+
+# --- torch.ao backend -------------------------------------------------------------------------
+
+
+def torch_dynamic_int8(model: nn.Module, *, per_channel: bool = True, exclude: tuple[str, ...] = ()) -> nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers (except ``exclude``) run dynamic int8."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    spec = {
+        name: qconfig for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _excluded(name, exclude)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        return quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
+
+
+def torch_static_int8(
+    model: nn.Module,
+    calibration: list[tuple[Any, ...]],
+    *,
+    observer: str = "minmax",
+    per_channel: bool = True,
+    exclude: tuple[str, ...] = (),
+) -> nn.Module:
+    """torch.ao FX static int8 (x86 backend): fuse, observe ``calibration``, convert."""
+    from torch.ao.quantization import (
+        HistogramObserver,
+        MinMaxObserver,
+        PerChannelMinMaxObserver,
+        QConfig,
+        get_default_qconfig_mapping,
+    )
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    # reduce_range: 7-bit activations avoid int16 overflow in AVX2 u8s8 kernels without VNNI.
+    act_cls = HistogramObserver if observer == "histogram" else MinMaxObserver
+    activation = act_cls.with_args(dtype=torch.quint8, reduce_range=True)
+    if per_channel:
+        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    else:
+        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    mapping = get_default_qconfig_mapping("x86").set_global(QConfig(activation=activation, weight=weight))
+    for name in exclude:
+        mapping.set_module_name(name, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, calibration[0])
+        with torch.inference_mode():
+            for args in calibration:
+                prepared(*args)
+        converted = convert_fx(prepared)
+    # Annotations written under `from __future__ import annotations` reach the graph as strings,
+    # which GraphModule cannot pickle; types are not needed to run, so drop them.
+    for node in converted.graph.nodes:
+        node.type = None
+    converted.recompile()
+    return converted
+
+
+# --- ONNX Runtime backend ---------------------------------------------------------------------
+
+
+def _onnx_module_name(model: nn.Module, node_name: str) -> str | None:
+    """The module a node came from: ``/stages/stages.0/stages.0.0/conv1/Conv`` -> ``stages.0.0.conv1``.
+
+    The exporter names each scope after its module, prefixing a container's children with the
+    container's scope (``stages.0`` is child ``0`` of ``stages``).
+    """
+    module, path, prev = model, [], None
+    for part in node_name.strip("/").split("/")[:-1]:
+        child = part[len(prev) + 1 :] if prev is not None and part.startswith(f"{prev}.") else part
+        if child not in module._modules:
+            return ".".join(path) or None
+        module, prev = module._modules[child], part
+        path.append(child)
+    return ".".join(path) or None
+
+
+def onnxruntime_static_int8(
+    model: nn.Module,
+    calibration: list[tuple[Any, ...]],
+    *,
+    observer: str = "minmax",
+    per_channel: bool = True,
+    exclude: tuple[str, ...] = (),
+    threads: int = 0,
+) -> tuple[nn.Module, str]:
+    """Export to ONNX, quantize statically (QDQ, s8 weights, u8 activations); returns (module, summary)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from nncompress.quantize.runtime import OnnxRuntimeModule
+
+    args = calibration[0]
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        raise TypeError("the onnxruntime backend takes tensor inputs only")
+    names = [f"input_{i}" for i in range(len(args))]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calibration)
+
+        def get_next(self) -> dict[str, Any] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {n: a.detach().cpu().numpy() for n, a in zip(names, batch)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre, q = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            torch.onnx.export(
+                copy.deepcopy(model).eval(),
+                tuple(a[:1] for a in args),
+                str(fp32),
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+                opset_version=17,
+                dynamo=False,
+            )
+        try:  # shape inference + graph optimisation, as onnxruntime recommends before quantizing
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001 - optional: quantizing the raw export also works
+            pre = fp32
+        graph = onnx.load(str(pre)).graph
+        weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
+        skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name) or "", exclude)]
+        quantize_static(
+            str(pre),
+            str(q),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Entropy if observer == "histogram" else CalibrationMethod.MinMax,
+            nodes_to_exclude=skip,
+        )
+        module = OnnxRuntimeModule(q.read_bytes(), names, threads=threads)
+    n_q = sum(1 for n in weighted if n.name not in skip)
+    return module, f"onnxruntime QDQ int8, {n_q} of {len(weighted)} Conv/Gemm/MatMul quantized"
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+
+@register_step("int8-static", family="quantize")
+@dataclass(frozen=True)
+class StaticInt8Quantize(Step):
+    """Post-training static int8: calibrate on train batches, convert to real int8 kernels.
+
+    Settings:
+        calibration_batches: train batches used to observe activation ranges (>= 1).
+        observer: ``"minmax"`` (range seen) or ``"histogram"`` (clipped range from a histogram:
+            torch.ao ``HistogramObserver`` / onnxruntime entropy calibration).
+        per_channel: one weight scale per output channel (else one per tensor).
+        backend: ``"auto"`` (onnxruntime when installed, else torch), ``"onnxruntime"``, ``"torch"``.
+        exclude: module names (and their children) kept in fp32.
+        threads: onnxruntime threads for batches above 8 (0: ``torch.get_num_threads()``); smaller
+            batches use one thread.
+
+    Measured on fmnist-lenet5 / fmnist-resnet (2 shared cores, AVX-512 without VNNI): the
+    onnxruntime backend ran batch 1 in 0.06 / 0.09 ms against torch.ao FX int8's 0.24+ ms.
+
+    Example:
+        >>> step = StaticInt8Quantize(calibration_batches=4, exclude=("fc3",))
+        >>> step.kind, step.exclude, step.backend
+        ('int8-static', ('fc3',), 'auto')
+    """
+
+    calibration_batches: int = 8
+    observer: str = "minmax"
+    per_channel: bool = True
+    backend: str = "auto"
+    exclude: tuple[str, ...] = ()
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int):
+            raise ValueError(f"calibration_batches={self.calibration_batches!r} must be an integer >= 1")
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches={self.calibration_batches} must be an integer >= 1")
+        _check_choice("observer", self.observer, OBSERVERS)
+        _check_choice("backend", self.backend, BACKENDS)
+        if not isinstance(self.per_channel, bool):
+            raise ValueError(f"per_channel={self.per_channel!r} must be True or False")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"threads={self.threads!r} must be an integer >= 0 (0: torch's thread count)")
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        _check_exclude(model, self.exclude)
+        calibration = calibration_inputs(ctx.task.train, self.calibration_batches, ctx.task.name)
+        settings = {"observer": self.observer, "per_channel": self.per_channel, "exclude": self.exclude}
+        note = f"calibrated on {len(calibration)} batch(es)"
+        if self.backend in ("auto", "onnxruntime"):
+            try:
+                out, summary = onnxruntime_static_int8(model, calibration, threads=self.threads, **settings)
+            except ImportError as e:
+                if self.backend == "onnxruntime":
+                    raise RuntimeError(
+                        "backend='onnxruntime' needs onnx and onnxruntime (pip install onnx onnxruntime)"
+                    ) from e
+                ctx.log.append(f"int8-static: onnxruntime not installed ({e}); using torch.ao")
+            except Exception as e:  # noqa: BLE001 - export/quantize failures fall back to torch
+                if self.backend == "onnxruntime":
+                    raise
+                ctx.log.append(f"int8-static: onnxruntime path failed ({type(e).__name__}: {e}); using torch.ao")
+            else:
+                ctx.log.append(f"int8-static: {summary}, {note}")
+                return out
+        try:
+            out = torch_static_int8(model, calibration, **settings)
+        except Exception as e:  # noqa: BLE001 - FX cannot trace data-dependent Python control flow
+            ctx.log.append(
+                f"int8-static: torch.ao FX tracing failed ({type(e).__name__}: {e}); "
+                "fell back to dynamic int8 Linear layers"
+            )
+            return torch_dynamic_int8(model, per_channel=self.per_channel, exclude=self.exclude)
+        ctx.log.append(f"int8-static: torch.ao FX x86 int8 (conv-bn-relu fused), {note}")
+        return out
+
+
+@register_step("int8-dynamic", family="quantize")
+@dataclass(frozen=True)
+class DynamicInt8Quantize(Step):
+    """Dynamic int8 for ``nn.Linear`` layers (weights int8, activations quantized per batch).
+
+    Needs no calibration data; helps Linear-heavy models (MLPs, transformers) most.
+
+    Example:
+        >>> DynamicInt8Quantize(exclude=("head",))
+        DynamicInt8Quantize(per_channel=True, exclude=('head',))
+    """
+
+    per_channel: bool = True
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if not isinstance(self.per_channel, bool):
+            raise ValueError(f"per_channel={self.per_channel!r} must be True or False")
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        _check_exclude(model, self.exclude)
+        out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=self.exclude)
+        n = sum(1 for m in out.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"))
+        ctx.log.append(f"int8-dynamic: {n} Linear layer(s) now dynamic int8")
+        return out
