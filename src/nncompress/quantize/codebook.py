@@ -29,33 +29,44 @@ def _init_centroids(values: torch.Tensor, k: int, init: str) -> torch.Tensor:
 
 
 def _assign(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid of each value (centroids sorted ascending)."""
+    """Index of the nearest centroid of each value (centroids sorted ascending; ties go down)."""
     mids = (centroids[1:] + centroids[:-1]) / 2  # (k - 1,) decision boundaries
     return torch.bucketize(values, mids)
 
 
-def _lloyd(values: torch.Tensor, k: int, init: str, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted centroids (k,) and codes for 1-D ``values`` (float64)."""
-    centroids = _init_centroids(values, k, init)
-    codes = _assign(values, centroids)
+def _lloyd(values: torch.Tensor, k: int, init: str, iters: int) -> torch.Tensor:
+    """Sorted centroids (k,) of 1-D ``values`` (float64) after Lloyd iterations.
+
+    In 1-D every cluster is an interval of the sorted values, so after one sort an iteration costs
+    O(k log n): the cluster boundaries come from a binary search of the midpoints between centroids,
+    and the cluster sums from prefix sums.
+    """
+    ordered = values.sort().values
+    prefix = torch.cat([ordered.new_zeros(1), ordered.cumsum(0)])  # (n + 1,)
+    centroids = _init_centroids(ordered, k, init)
+    bounds = None
     for _ in range(iters):
-        sums = torch.zeros(k, dtype=values.dtype).index_add_(0, codes, values)
-        counts = torch.bincount(codes, minlength=k).to(values.dtype)
+        mids = (centroids[1:] + centroids[:-1]) / 2
+        inner = torch.searchsorted(ordered, mids, right=True)  # values <= mid j fall in clusters <= j
+        edges = torch.cat([inner.new_zeros(1), inner, inner.new_full((1,), ordered.numel())])  # (k + 1,)
+        if bounds is not None and torch.equal(edges, bounds):
+            break  # assignments settled
+        bounds = edges
+        counts = (edges[1:] - edges[:-1]).to(values.dtype)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
         new = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
         empty = (counts == 0).nonzero().reshape(-1)
         if empty.numel():  # re-seed empty clusters at the worst-served values, so no level is wasted
-            err = (values - new[codes]).abs()
-            order = err.argsort(descending=True)
-            candidates = values[order[: 4 * empty.numel() + 64]]
-            distinct = [v for v in dict.fromkeys(candidates.tolist()) if v not in set(new.tolist())]
+            codes = torch.repeat_interleave(torch.arange(k), (edges[1:] - edges[:-1]))
+            order = (ordered - new[codes]).abs().argsort(descending=True)
+            taken = set(new.tolist())
+            candidates = ordered[order[: 4 * empty.numel() + 64]].tolist()
+            distinct = [v for v in dict.fromkeys(candidates) if v not in taken]
             for slot, v in zip(empty.tolist(), distinct):
                 new[slot] = v
+            bounds = None  # the re-seeded centroids change the assignment
         centroids = new.sort().values
-        new_codes = _assign(values, centroids)
-        if torch.equal(new_codes, codes) and not empty.numel():
-            break
-        codes = new_codes
-    return centroids, codes
+    return centroids
 
 
 def kmeans_codebook(
@@ -97,14 +108,15 @@ def kmeans_codebook(
         nonzero = values != 0
         free = torch.zeros(k - 1, dtype=values.dtype)
         if nonzero.any():
-            free, free_codes = _lloyd(values[nonzero], k - 1, init, iters)
+            free = _lloyd(values[nonzero], k - 1, init, iters)
         centroids, order = torch.cat([torch.zeros(1, dtype=values.dtype), free]).sort(stable=True)
         position = order.argsort()  # where each (zero, free...) centroid went in the sorted codebook
         codes[~nonzero] = position[0]
         if nonzero.any():
-            codes[nonzero] = position[1:][free_codes]
+            codes[nonzero] = position[1:][_assign(values[nonzero], free)]
     else:
-        centroids, codes = _lloyd(values, k, init, iters)
+        centroids = _lloyd(values, k, init, iters)
+        codes = _assign(values, centroids)
     return centroids.float(), codes.reshape(w.shape).to(_code_dtype(bits))
 
 
@@ -120,19 +132,20 @@ def huffman_code_lengths(codes: torch.Tensor) -> dict[Hashable, int]:
     symbols, counts = symbols.tolist(), counts.tolist()
     if len(symbols) <= 1:
         return dict.fromkeys(symbols, 1)
-    lengths = dict.fromkeys(symbols, 0)
-    # (weight, tiebreak, symbols in the subtree): merging two subtrees adds one bit to each symbol.
-    heap = [(c, i, [s]) for i, (s, c) in enumerate(zip(symbols, counts))]
+    # Heap of (weight, node id); merging two nodes makes a parent, a leaf's code length is its depth.
+    heap = [(c, i) for i, c in enumerate(counts)]
     heapq.heapify(heap)
-    tiebreak = len(heap)
+    parent: list[int] = [0] * len(heap)
     while len(heap) > 1:
-        c1, _, s1 = heapq.heappop(heap)
-        c2, _, s2 = heapq.heappop(heap)
-        for s in s1 + s2:
-            lengths[s] += 1
-        heapq.heappush(heap, (c1 + c2, tiebreak, s1 + s2))
-        tiebreak += 1
-    return lengths
+        (c1, n1), (c2, n2) = heapq.heappop(heap), heapq.heappop(heap)
+        parent[n1] = parent[n2] = len(parent)
+        parent.append(0)
+        heapq.heappush(heap, (c1 + c2, len(parent) - 1))
+    root = len(parent) - 1
+    depth = [0] * len(parent)
+    for node in range(root - 1, -1, -1):  # parents have larger ids than their children
+        depth[node] = depth[parent[node]] + 1
+    return {s: depth[i] for i, s in enumerate(symbols)}
 
 
 def huffman_bits(codes: torch.Tensor) -> int:

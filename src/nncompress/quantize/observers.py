@@ -185,8 +185,9 @@ def _fake_quant_values(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
 class MSEObserver(Observer):
     """Clipping range minimising the quantization MSE, estimated on a ``bins``-bin histogram.
 
-    Candidates shrink the observed [min, max] by ``grid`` ratios r in (0, 1]; each bin's values are
-    represented by its centre. Example: ``MSEObserver().qparams(QuantSpec(bits=4))``.
+    Candidates shrink the observed [min, max] (symmetric specs: [-a, a] with a = max |x|) by ``grid``
+    ratios r in (0, 1]; each bin's values are represented by its centre. The range returned is the
+    best candidate intersected with the observed [min, max]. Example: ``MSEObserver().qparams(QuantSpec(bits=4))``.
     """
 
     def __init__(self, bins: int = 2048, grid: int = 200) -> None:
@@ -202,11 +203,15 @@ class MSEObserver(Observer):
     def _range(self, spec: QuantSpec) -> tuple[float, float]:
         h = self.hist
         ratios = torch.linspace(1.0 / self.grid, 1.0, self.grid, dtype=torch.float64)[:, None]  # (G, 1)
-        lo, hi = h.lo * ratios, h.hi * ratios
+        if spec.symmetric:  # only max(|lo|, |hi|) matters: shrink the symmetric range
+            a = max(-h.lo, h.hi)
+            lo, hi = -a * ratios, a * ratios
+        else:
+            lo, hi = h.lo * ratios, h.hi * ratios
         centers = h.centers()[None, :]  # (1, bins)
         err = ((_fake_quant_values(centers, lo.float(), hi.float(), spec) - centers) ** 2 * h.counts).sum(1)
         best = int(torch.argmin(err))  # the first (smallest) range on ties
-        return float(lo[best]), float(hi[best])
+        return max(float(lo[best]), h.lo), min(float(hi[best]), h.hi)
 
 
 class EntropyObserver(Observer):
@@ -251,7 +256,7 @@ class EntropyObserver(Observer):
         return best_i * width
 
 
-def _kl_clipped(counts: torch.Tensor, i: int, levels: int) -> float:
+def _kl_clipped(counts: torch.Tensor, i: int, levels: int, eps: float = 1e-4) -> float:
     """KL(P || Q) for clipping the histogram ``counts`` after ``i`` bins and quantizing to ``levels``."""
     sliced = counts[:i]
     p = sliced.clone()
@@ -262,11 +267,13 @@ def _kl_clipped(counts: torch.Tensor, i: int, levels: int) -> float:
     totals = torch.zeros(levels, dtype=counts.dtype).index_add_(0, chunk, sliced)
     used = torch.zeros(levels, dtype=counts.dtype).index_add_(0, chunk, nonzero.double())
     q = torch.where(nonzero, totals[chunk] / used[chunk].clamp(min=1), torch.zeros_like(p))
-    p, q = p / p.sum(), q / q.sum().clamp(min=1e-300)
-    pn, qn = p[nonzero], q[nonzero]
-    if (qn == 0).any():  # clipped mass landed where Q has none: infinitely bad
-        return float("inf")
-    return float((pn * (pn / qn).log()).sum())
+    p, q = p[nonzero] / p.sum(), q[nonzero]
+    # Smooth Q where the clipped tail lands on bins it left empty (KL would be infinite), as MXNet's
+    # calibration does: a small eps there, taken proportionally from the rest.
+    empty = q == 0
+    q = q / q.sum()
+    q = torch.where(empty, eps, q * (1 - eps * int(empty.sum())))
+    return float((p * (p / q).log()).sum())
 
 
 OBSERVERS: dict[str, type[Observer]] = {
