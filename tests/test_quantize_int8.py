@@ -162,3 +162,19 @@ def test_steps_round_trip_through_a_recipe():
     step = StaticInt8Quantize(calibration_batches=3, exclude=["fc3"])
     again = nc.core.recipe.parse_recipe({"steps": [{"kind": "int8-static", **step.settings()}]})[0]
     assert again == step and again.exclude == ("fc3",)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int8_models_report_their_weights_and_macs(backend, tmp_path):
+    from nncompress.measure.flops import count_macs
+    from nncompress.measure.size import count_params
+
+    task = make_task(SMALL_MODELS["lenet5"], n_train=128)
+    model = init_model("lenet5")
+    q, _ = _quantize(StaticInt8Quantize(calibration_batches=2, backend=backend), model, task)
+    x = task.inputs_example()
+    loaded = nc.load(nc.save(q, tmp_path / "q.ncz"))
+    for m in (q, loaded):
+        assert count_macs(m, x) == count_macs(model, x)  # the float graph's MACs, per sample x batch
+        # every weight and bias is still counted (ONNX Runtime may add a few int32 helper constants)
+        assert count_params(model) <= count_params(m) <= count_params(model) * 1.02

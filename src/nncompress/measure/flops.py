@@ -16,8 +16,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from nncompress.tasks.task import call_model
 
 
+# Set on a model whose kernels the counter cannot see (int8 kernels, ONNX Runtime): the MACs
+# per sample of the float graph it was converted from; quantization changes the MACs' precision,
+# not their number.
+REFERENCE_MACS_ATTR = "reference_macs_per_sample"
+
+
 def count_macs(model: nn.Module, inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass of ``model`` on ``inputs`` (as batched)."""
+    """Multiply-accumulates of one forward pass of ``model`` on ``inputs`` (as batched).
+
+    A model that carries ``reference_macs_per_sample`` (set by converters to kernels the counter
+    cannot see, fully or partly) is counted as that figure times the batch size.
+    """
+    reference = getattr(model, REFERENCE_MACS_ATTR, None)
+    if reference:
+        return int(reference) * _batch_size(inputs)
     was_training = model.training
     model.eval()
     try:
@@ -26,6 +39,24 @@ def count_macs(model: nn.Module, inputs: Any) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops()) // 2
+
+
+def _batch_size(inputs: Any) -> int:
+    first = inputs
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    if isinstance(first, dict) and first:
+        first = next(iter(first.values()))
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
+
+
+def mark_reference_macs(converted: nn.Module, float_model: nn.Module, example: Any) -> nn.Module:
+    """Record on ``converted`` the float model's MACs per sample (see ``REFERENCE_MACS_ATTR``)."""
+    macs = count_macs(float_model, example) // _batch_size(example)
+    setattr(converted, REFERENCE_MACS_ATTR, macs)
+    if isinstance(converted, torch.fx.GraphModule):  # its deepcopy/pickle keep only these attributes
+        converted.meta.setdefault("_user_preserved_attributes", {})[REFERENCE_MACS_ATTR] = macs
+    return converted
 
 
 def macs_by_module(model: nn.Module, inputs: Any) -> dict[str, int]:

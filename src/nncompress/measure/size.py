@@ -9,18 +9,56 @@ from pathlib import Path
 from torch import nn
 
 
-def _unique_parameters(model: nn.Module) -> list:
-    return list(model.parameters())  # parameters() already skips tied duplicates
+def stored_weight_counts(module: nn.Module) -> tuple[int, int] | None:
+    """(elements, non-zeros) of the weights a module keeps outside ``nn.Parameter``s, or None.
+
+    Quantized modules store weights as packed codes (buffers) or in packed-parameter objects;
+    they are still the model's parameters. A module reports them through a method
+    ``stored_weight_counts() -> (elements, non_zeros)``; torch.ao's int8 Conv/Linear are read
+    directly.
+    """
+    method = getattr(module, "stored_weight_counts", None)
+    if callable(method):
+        return method()
+    from nncompress.io.quantized import _is_packed_module
+
+    if _is_packed_module(module):
+        weight, bias = module._weight_bias()
+        values = [weight.int_repr()] + ([bias.detach()] if bias is not None else [])
+        return sum(v.numel() for v in values), sum(int(v.count_nonzero()) for v in values)
+    return None
+
+
+def _counts(model: nn.Module) -> tuple[int, int]:
+    """(elements, non-zeros) of every parameter, stored-weight modules included, each counted once."""
+    total = nonzero = 0
+    seen: set[int] = set()
+    skip: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in skip):
+            continue
+        stored = stored_weight_counts(module)
+        if stored is not None:
+            total, nonzero = total + stored[0], nonzero + stored[1]
+            skip.append(f"{name}." if name else "")
+            continue
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+                nonzero += int(p.detach().count_nonzero())
+    return total, nonzero
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameter elements (tied parameters counted once)."""
-    return sum(p.numel() for p in _unique_parameters(model))
+    """Number of parameter elements (tied parameters counted once; packed/quantized weights
+    counted as the elements they hold)."""
+    return _counts(model)[0]
 
 
 def count_nonzero(model: nn.Module) -> int:
     """Number of parameter elements that are not exactly zero."""
-    return sum(int(p.detach().count_nonzero()) for p in _unique_parameters(model))
+    return _counts(model)[1]
 
 
 def dense_fp32_bytes(model: nn.Module) -> int:

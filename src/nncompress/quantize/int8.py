@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
+from nncompress.measure.flops import mark_reference_macs
 
 OBSERVERS = ("minmax", "histogram")
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -290,7 +291,7 @@ class StaticInt8Quantize(Step):
                 ctx.log.append(f"int8-static: onnxruntime path failed ({type(e).__name__}: {e}); using torch.ao")
             else:
                 ctx.log.append(f"int8-static: {summary}, {note}")
-                return out
+                return mark_reference_macs(out, model, ctx.task.single_example())
         try:
             out = torch_static_int8(model, calibration, **settings)
         except Exception as e:  # noqa: BLE001 - FX cannot trace data-dependent Python control flow
@@ -298,9 +299,10 @@ class StaticInt8Quantize(Step):
                 f"int8-static: torch.ao FX tracing failed ({type(e).__name__}: {e}); "
                 "fell back to dynamic int8 Linear layers"
             )
-            return torch_dynamic_int8(model, per_channel=self.per_channel, exclude=self.exclude)
+            out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=self.exclude)
+            return mark_reference_macs(out, model, ctx.task.single_example())
         ctx.log.append(f"int8-static: torch.ao FX x86 int8 (conv-bn-relu fused), {note}")
-        return out
+        return mark_reference_macs(out, model, ctx.task.single_example())
 
 
 @register_step("int8-dynamic", family="quantize")
@@ -330,4 +332,4 @@ class DynamicInt8Quantize(Step):
         out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=self.exclude)
         n = sum(1 for m in out.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"))
         ctx.log.append(f"int8-dynamic: {n} Linear layer(s) now dynamic int8")
-        return out
+        return mark_reference_macs(out, model, ctx.task.single_example())

@@ -60,6 +60,7 @@ class OnnxRuntimeModule(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_sessions"] = {}  # sessions are rebuilt from the buffers, never pickled
+        state["_weight_counts"] = None
         return state
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
@@ -69,6 +70,17 @@ class OnnxRuntimeModule(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> OnnxRuntimeModule:
         self._sessions = {}
         return super()._apply(fn, recurse)
+
+    def stored_weight_counts(self) -> tuple[int, int]:
+        """(elements, non-zeros) of the graph's weights and biases: its int8 and int32 initializers
+        (scales and zero points are quantization metadata, not parameters)."""
+        if getattr(self, "_weight_counts", None) is None:
+            from onnx import numpy_helper
+
+            arrays = [numpy_helper.to_array(i) for i in self.model_proto().graph.initializer]
+            kept = [a for a in arrays if a.dtype in (np.int8, np.int32)]
+            self._weight_counts = (sum(a.size for a in kept), sum(int(np.count_nonzero(a)) for a in kept))
+        return self._weight_counts
 
     def model_proto(self) -> Any:
         """The full ``onnx.ModelProto`` (graph plus every initializer)."""
