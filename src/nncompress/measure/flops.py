@@ -15,7 +15,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nncompress.tasks.task import call_model
 
-
 # Set on a model whose kernels the counter cannot see (int8 kernels, ONNX Runtime): the MACs
 # per sample of the float graph it was converted from; quantization changes the MACs' precision,
 # not their number.
