@@ -20,6 +20,9 @@ STEPS = builtin_steps()  # registers the built-in steps (they load lazily)
 EXAMPLES: dict[str, dict] = {
     "finetune": {"max_steps": 3},
     "distill": {"max_steps": 3},
+    "qat": {"max_steps": 3},
+    "binarize": {"max_steps": 3},
+    "kmeans-quantize": {"max_steps": 3},
     "gradual-prune": {"max_steps": 2},
     "iterative-prune": {"rounds": 2, "max_steps": 1},
     "lottery-ticket": {"rounds": 1, "max_steps": 1},

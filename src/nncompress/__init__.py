@@ -31,6 +31,11 @@ _LAZY_STEPS = {
     "Distill": "nncompress.distill",
     "StaticInt8Quantize": "nncompress.quantize.int8",
     "DynamicInt8Quantize": "nncompress.quantize.int8",
+    "WeightQuantize": "nncompress.quantize.ptq",
+    "Float16Weights": "nncompress.quantize.ptq",
+    "KMeansQuantize": "nncompress.quantize.kmeans",
+    "QuantizationAwareTraining": "nncompress.quantize.qat",
+    "Binarize": "nncompress.quantize.binary",
     **{name: "nncompress.prune" for name in (
         "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket",
         "MagnitudePrune", "NMPrune", "UnstructuredPrune")},
@@ -38,7 +43,8 @@ _LAZY_STEPS = {
 
 __all__ = [
     "STEPS", "ArtifactError", "ChannelPrune", "CompressionReport", "Distill", "DynamicInt8Quantize",
-    "FineTune", "GradualPrune", "StaticInt8Quantize",
+    "FineTune", "GradualPrune", "StaticInt8Quantize", "WeightQuantize", "Float16Weights", "KMeansQuantize",
+    "QuantizationAwareTraining", "Binarize",
     "HeadPrune", "IterativePrune", "LotteryTicket", "MagnitudePrune", "MeasureConfig", "NMPrune",
     "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
     "load_recipe", "measure", "register_step", "save", "tasks",
@@ -72,5 +78,9 @@ if TYPE_CHECKING:
         NMPrune,
         UnstructuredPrune,
     )
+    from nncompress.quantize.binary import Binarize
     from nncompress.quantize.int8 import DynamicInt8Quantize, StaticInt8Quantize
+    from nncompress.quantize.kmeans import KMeansQuantize
+    from nncompress.quantize.ptq import Float16Weights, WeightQuantize
+    from nncompress.quantize.qat import QuantizationAwareTraining
     from nncompress.train.finetune import FineTune

@@ -63,6 +63,7 @@ S = TypeVar("S", bound=type[Step])
 # with the package, so that loading an artifact does not pull in compression code.
 BUILTIN_STEP_MODULES = (
     "nncompress.train.finetune", "nncompress.distill", "nncompress.prune", "nncompress.quantize.int8",
+    "nncompress.quantize.ptq", "nncompress.quantize.kmeans", "nncompress.quantize.qat", "nncompress.quantize.binary",
 )
 
 

@@ -1,0 +1,201 @@
+"""Deep Compression weight sharing (Han et al. 2016, "Deep Compression", section 3): ``kmeans-quantize``.
+
+Each targeted layer's weights are clustered with 1-D k-means (linear initialisation) into ``2**bits``
+shared values; a layer already pruned keeps an exact-zero centroid so its zeros stay zero. The
+centroids are then fine-tuned on the task's train split with the codes fixed: during training each
+layer's weight is ``centroids[codes]``, so autograd gives every centroid the sum of the gradients of
+the weights in its cluster, as in the paper. Finally the layers become ``CodebookLinear`` /
+``CodebookConv2d`` (codes packed at ``bits``). The log prices the codes both at fixed width (what
+the artifact stores) and Huffman-coded (the paper's last stage).
+
+Example:
+    >>> KMeansQuantize(bits_conv=5, bits_linear=4, epochs=1)  # doctest: +ELLIPSIS
+    KMeansQuantize(bits_conv=5, bits_linear=4, epochs=1.0, lr=0.0003, ...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nncompress.core.step import Step, StepContext, register_step
+from nncompress.quantize.codebook import huffman_bits, kmeans_codebook
+from nncompress.quantize.layers import codebook_module
+from nncompress.quantize.ptq import (
+    check_patterns,
+    check_supported,
+    is_excluded,
+    normalize_patterns,
+    replace_module,
+    weight_layers,
+)
+from nncompress.tasks.task import call_model
+from nncompress.train.loop import TrainConfig, fit
+
+ZERO_FRACTION = 0.01  # a layer with at least this share of exact zeros counts as pruned
+
+
+class SharedWeight(nn.Module):
+    """Training-time layer whose weight is ``centroids[codes]`` (codes fixed, centroids trained).
+
+    A fixed-zero centroid (``frozen``) stays exactly 0, so pruned weights stay pruned.
+
+    Example:
+        >>> layer = nn.Linear(4, 2)
+        >>> shared = SharedWeight(layer, torch.tensor([-0.1, 0.0, 0.1]), torch.ones(2, 4, dtype=torch.uint8))
+        >>> shared(torch.ones(1, 4)).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self, source: nn.Module, centroids: torch.Tensor, codes: torch.Tensor, frozen: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.source = source  # geometry and bias; its weight is not used while shared
+        self.centroids = nn.Parameter(centroids.detach().float().clone())
+        self.register_buffer("codes", codes.detach().long())
+        self.register_buffer("frozen", frozen if frozen is not None else torch.zeros_like(centroids, dtype=torch.bool))
+
+    def weight(self) -> torch.Tensor:
+        """The shared weight; its gradient w.r.t. centroid k is the sum over the weights coded k."""
+        centroids = self.centroids.masked_fill(self.frozen, 0.0)
+        return centroids[self.codes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        src, w = self.source, self.weight()
+        if isinstance(src, nn.Linear):
+            return F.linear(x, w, src.bias)
+        return F.conv2d(x, w, src.bias, src.stride, src.padding, src.dilation, src.groups)
+
+    def final_centroids(self) -> torch.Tensor:
+        return self.centroids.detach().masked_fill(self.frozen, 0.0)
+
+
+@register_step("kmeans-quantize", family="quantize")
+@dataclass(frozen=True)
+class KMeansQuantize(Step):
+    """Share weights with k-means codebooks, fine-tune the centroids, store packed cluster indices.
+
+    Args:
+        bits_conv: index width of Conv2d layers (``2**bits_conv`` shared values), in [1, 8].
+        bits_linear: index width of Linear layers, in [1, 8].
+        epochs: passes of centroid fine-tuning over the train split (0 = none).
+        lr: learning rate of the centroid fine-tuning (AdamW, cosine schedule).
+        keep_zero: ``"auto"`` keeps an exact-zero centroid for pruned layers (a pruning mask in the
+            context or >= 1% exact zeros), ``"always"`` / ``"never"`` for every layer.
+        exclude: module names or regexes (full match) left in float.
+        max_steps: cap on fine-tuning steps (None: ``epochs`` decides).
+        centroid_dtype: ``"float32"`` or ``"float16"`` storage of the centroids.
+
+    Example:
+        >>> KMeansQuantize(bits_conv=8, bits_linear=5, epochs=0).bits_linear
+        5
+    """
+
+    bits_conv: int = 5
+    bits_linear: int = 4
+    epochs: float = 1.0
+    lr: float = 3e-4
+    keep_zero: str = "auto"
+    exclude: tuple[str, ...] = ()
+    max_steps: int | None = None
+    centroid_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("bits_conv", "bits_linear"):
+            bits = getattr(self, name)
+            if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+                raise ValueError(f"{name} must be an integer in [1, 8], got {bits!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs >= 0:
+            raise ValueError(f"epochs must be a number >= 0 (0 = no centroid fine-tuning), got {self.epochs!r}")
+        object.__setattr__(self, "epochs", float(self.epochs))
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+        if self.keep_zero not in ("auto", "always", "never"):
+            raise ValueError(f"keep_zero must be 'auto', 'always' or 'never', got {self.keep_zero!r}")
+        if self.centroid_dtype not in ("float32", "float16"):
+            raise ValueError(f"centroid_dtype must be 'float32' or 'float16', got {self.centroid_dtype!r}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps must be an integer >= 1 or None, got {self.max_steps!r}")
+        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
+
+    def _keeps_zero(self, name: str, weight: torch.Tensor, ctx: StepContext, bits: int) -> bool:
+        if bits < 2 or self.keep_zero == "never":
+            return False
+        if self.keep_zero == "always":
+            return True
+        mask = ctx.masks.get(f"{name}.weight")
+        pruned = mask is not None and not bool(mask.all())
+        return pruned or float((weight == 0).float().mean()) >= ZERO_FRACTION
+
+    def share(self, model: nn.Module, ctx: StepContext) -> tuple[nn.Module, dict[str, tuple[SharedWeight, int]]]:
+        """Replace each targeted layer by a ``SharedWeight``; returns the model and ``{name: (layer, bits)}``."""
+        check_patterns(model, self.exclude, "exclude")
+        layers = [(n, m) for n, m in weight_layers(model) if not is_excluded(n, self.exclude)]
+        check_supported(layers)
+        if not layers:
+            raise ValueError("kmeans-quantize: no Linear or Conv2d layer left to quantize after exclusions")
+        shared: dict[str, tuple[SharedWeight, int]] = {}
+        for name, module in layers:
+            bits = self.bits_conv if isinstance(module, nn.Conv2d) else self.bits_linear
+            keep_zero = self._keeps_zero(name, module.weight.detach(), ctx, bits)
+            centroids, codes = kmeans_codebook(module.weight, bits, keep_zero=keep_zero)
+            frozen = (centroids == 0) & keep_zero if keep_zero else None
+            layer = SharedWeight(module, centroids.to(module.weight.device), codes.to(module.weight.device), frozen)
+            model = replace_module(model, name, layer)
+            shared[name] = (layer, bits)
+        return model, shared
+
+    def finetune(self, model: nn.Module, shared: dict[str, tuple[SharedWeight, int]], ctx: StepContext) -> Any:
+        """Train the centroids only (every other parameter frozen meanwhile); returns the history.
+
+        The model is in training mode meanwhile, so BatchNorm running statistics follow the
+        shared weights.
+        """
+        centroids = [layer.centroids for layer, _ in shared.values()]
+        ids = {id(p) for p in centroids}
+        frozen = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        task = ctx.task
+
+        def loss(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+            return task.loss(call_model(m, x), y)
+
+        config = TrainConfig(epochs=self.epochs, lr=self.lr, max_steps=self.max_steps, seed=ctx.seed)
+        try:
+            return fit(model, task.train, config, loss_fn=loss, params=centroids, description=self.kind)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        was_training = model.training
+        model, shared = self.share(model, ctx)
+        if self.epochs > 0:
+            history = self.finetune(model, shared, ctx)
+            last = history.losses[-1] if history.losses else float("nan")
+            ctx.log.append(f"{self.kind}: centroids fine-tuned for {history.steps} steps, last loss {last:.4f}")
+        model.train(was_training)
+        dtype = torch.float16 if self.centroid_dtype == "float16" else torch.float32
+        fixed_total = huffman_total = 0
+        for name, (layer, bits) in shared.items():
+            codes = layer.codes.to(torch.uint8)
+            new = codebook_module(layer.source, layer.final_centroids(), codes, bits, centroid_dtype=dtype)
+            model = replace_module(model, name, new)
+            fixed, huff = codes.numel() * bits, huffman_bits(codes)
+            fixed_total, huffman_total = fixed_total + fixed, huffman_total + huff
+            ctx.log.append(
+                f"{name}: codebook {bits}-bit, {fixed} bits fixed-width, {huff} bits Huffman "
+                f"({huff / codes.numel():.2f} bits/weight)"
+            )
+        ctx.log.append(
+            f"{self.kind}: {len(shared)} layers, indices {fixed_total / 8:.0f} B fixed-width (stored), "
+            f"{huffman_total / 8:.0f} B Huffman-coded ({fixed_total / max(1, huffman_total):.2f}x smaller)"
+        )
+        return model

@@ -1,0 +1,292 @@
+"""Weight-only post-training quantization with real packed weights (``weight-quantize``), and float16
+weight storage (``fp16``).
+
+``weight-quantize`` replaces each targeted ``nn.Linear`` / ``nn.Conv2d`` by a ``QuantizedLinear`` /
+``QuantizedConv2d`` (``quantize/layers.py``) holding ``bits``-bit codes packed into uint8 buffers
+plus per-tensor, per-channel or per-group scales, so the artifact is about ``bits / 32`` of the
+float one. Activations stay float; no calibration data is needed. ``method="mse"`` searches, per
+channel or group, the clipping range with the smallest weight reconstruction error.
+
+Example:
+    >>> step = WeightQuantize(bits=4, granularity="group", group_size=32, layer_bits={"fc1": 8})
+    >>> step.layer_bits
+    (('fc1', 8),)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nncompress.core.step import Step, StepContext, register_step
+from nncompress.quantize.layers import half_module, quantize_weight_module
+from nncompress.quantize.primitives import GRANULARITIES, QPARAM_METHODS, QuantSpec
+
+FLOAT_BITS = 32  # a layer_bits value that keeps the layer in float
+FLOAT_FORMATS = ("fp32", "fp16")
+
+
+def check_bits(name: str, bits: object, *, allow_float: bool = False) -> int:
+    """Raise ValueError unless ``bits`` is an integer in [2, 8] (or 32 = keep float, if allowed)."""
+    ok = not isinstance(bits, bool) and isinstance(bits, int) and (2 <= bits <= 8 or (allow_float and bits == 32))
+    if not ok:
+        accepted = "an integer in [2, 8]" + (" or 32 (keep float)" if allow_float else "")
+        raise ValueError(f"{name} must be {accepted}, got {bits!r} (1 bit: use binary quantization)")
+    return bits  # type: ignore[return-value]
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every plain ``nn.Linear`` / ``nn.Conv2d``, in definition order."""
+    return [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+
+
+def check_supported(layers: list[tuple[str, nn.Module]]) -> None:
+    """Raise ValueError for a convolution whose padding mode the packed layers cannot run."""
+    for name, m in layers:
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            raise ValueError(
+                f"layer {name!r} uses padding_mode={m.padding_mode!r}; packed layers support 'zeros' only "
+                "(exclude the layer)"
+            )
+
+
+def check_patterns(model: nn.Module, patterns: tuple[str, ...], setting: str) -> None:
+    """Raise ValueError for a name/regex that names no module of ``model``."""
+    names = [n for n, _ in model.named_modules() if n]
+    for pattern in patterns:
+        if pattern in names or any(re.fullmatch(pattern, n) for n in names):
+            continue
+        layers = ", ".join(n for n, _ in weight_layers(model))
+        raise ValueError(f"{setting} entry {pattern!r} names no module (exact name or regex); layers are: {layers}")
+
+
+def is_excluded(name: str, patterns: tuple[str, ...]) -> bool:
+    """True when ``name`` or one of its parents equals or fully matches a pattern."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(p == pat or re.fullmatch(pat, p) for p in prefixes for pat in patterns)
+
+
+def normalize_patterns(value: object, setting: str) -> tuple[str, ...]:
+    """A tuple of valid regexes from a string or a list of strings."""
+    items = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{setting} takes module names or regexes (strings), got {item!r}")
+        try:
+            re.compile(item)
+        except re.error as e:
+            raise ValueError(f"{setting} entry {item!r} is not a valid regex: {e}") from e
+    return items
+
+
+def normalize_layer_bits(pairs: object) -> tuple[tuple[str, int], ...]:
+    """``layer_bits`` as ``((pattern, bits), ...)``; accepts a dict (TOML table) or pairs."""
+    items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)  # type: ignore[call-overload]
+    out = []
+    for item in items:
+        if isinstance(item, str) or len(item) != 2 or not isinstance(item[0], str):
+            raise ValueError(f"layer_bits entries must be (module name or regex, bits) pairs, got {item!r}")
+        pattern, bits = item
+        normalize_patterns(pattern, "layer_bits")
+        out.append((pattern, check_bits(f"layer_bits[{pattern!r}]", bits, allow_float=True)))
+    return tuple(out)
+
+
+def select_layers(
+    model: nn.Module,
+    *,
+    keep_first_conv: bool,
+    keep_classifier: bool,
+    exclude: tuple[str, ...],
+    layer_bits: tuple[tuple[str, int], ...],
+    default_bits: int,
+) -> dict[str, int]:
+    """``{layer name: bits}`` of the Linear/Conv2d layers to quantize.
+
+    ``exclude`` always wins; a ``layer_bits`` pattern (first match) sets a layer's bits and also
+    selects a first conv / classifier that ``keep_*`` would leave float; bits 32 leaves it float.
+    """
+    check_patterns(model, exclude, "exclude")
+    layers = [(n, m) for n, m in weight_layers(model) if not is_excluded(n, exclude)]
+    check_supported(layers)
+    names = [n for n, _ in layers]
+    for pattern, _ in layer_bits:
+        if not any(n == pattern or re.fullmatch(pattern, n) for n in names):
+            raise ValueError(
+                f"layer_bits pattern {pattern!r} matches no Linear/Conv2d layer left after exclusions; "
+                f"layers: {', '.join(names)}"
+            )
+    kept: set[str] = set()
+    convs = [n for n, m in weight_layers(model) if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in weight_layers(model) if isinstance(m, nn.Linear)]
+    if keep_first_conv and convs:
+        kept.add(convs[0])
+    if keep_classifier and linears:
+        kept.add(linears[-1])
+    chosen: dict[str, int] = {}
+    for name in names:
+        override = next((b for p, b in layer_bits if name == p or re.fullmatch(p, name)), None)
+        bits = override if override is not None else (None if name in kept else default_bits)
+        if bits is not None and bits != FLOAT_BITS:
+            chosen[name] = bits
+    return chosen
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``name`` in ``model`` (a dotted path); returns the model (``new`` for name "")."""
+    if not name:
+        return new
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, new)
+    return model
+
+
+def values_per_channel(module: nn.Module) -> int:
+    """Input values of one output channel: in_features, or in_channels / groups * kh * kw."""
+    return module.weight[0].numel()
+
+
+@register_step("weight-quantize", family="quantize")
+@dataclass(frozen=True)
+class WeightQuantize(Step):
+    """Weight-only post-training quantization to packed ``bits``-bit integer codes.
+
+    Args:
+        bits: code width in [2, 8].
+        granularity: one scale per ``"tensor"``, per output ``"channel"``, or per ``"group"`` of
+            ``group_size`` consecutive input values of each output channel.
+        group_size: values per group (``granularity="group"`` only; None there means 64). Must
+            divide every targeted layer's inputs per output channel.
+        symmetric: signed codes with zero point 0; False: unsigned codes with packed zero points.
+        method: ``"mse"`` (clipping range of least squared error) or ``"minmax"`` (full range).
+        keep_first_conv: leave the first Conv2d in float (it is small and sensitive).
+        keep_classifier: leave the last Linear in float.
+        exclude: module names or regexes (full match) left in float, with their children.
+        layer_bits: ``(name or regex, bits)`` pairs (or a dict) overriding ``bits`` per layer,
+            first match wins; 32 keeps a layer in float, and an override selects a layer that
+            ``keep_first_conv`` / ``keep_classifier`` would keep.
+        float_format: ``"fp32"``, or ``"fp16"`` to also store the biases of packed layers and the
+            Linear/Conv2d layers left float (kept, ``layer_bits`` 32) as float16. Excluded layers and
+            other parameters (norms, embeddings) stay float32.
+
+    Example:
+        >>> WeightQuantize(bits=4, granularity="group", group_size=64)  # doctest: +ELLIPSIS
+        WeightQuantize(bits=4, granularity='group', group_size=64, symmetric=True, method='mse', ...)
+    """
+
+    bits: int = 4
+    granularity: str = "channel"
+    group_size: int | None = None
+    symmetric: bool = True
+    method: str = "mse"
+    keep_first_conv: bool = True
+    keep_classifier: bool = True
+    exclude: tuple[str, ...] = ()
+    layer_bits: tuple[tuple[str, int], ...] = ()
+    float_format: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_bits("bits", self.bits)
+        if self.float_format not in FLOAT_FORMATS:
+            raise ValueError(f"float_format must be one of {', '.join(FLOAT_FORMATS)}; got {self.float_format!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {self.granularity!r}")
+        if self.group_size is not None:
+            if self.granularity != "group":
+                raise ValueError(
+                    f"group_size={self.group_size} is only used with granularity='group', "
+                    f"got granularity={self.granularity!r}"
+                )
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+                raise ValueError(f"group_size must be an integer >= 1 or None, got {self.group_size!r}")
+        if self.method not in QPARAM_METHODS:
+            raise ValueError(f"method must be one of {', '.join(QPARAM_METHODS)}; got {self.method!r}")
+        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
+        object.__setattr__(self, "layer_bits", normalize_layer_bits(self.layer_bits))
+
+    def spec(self, bits: int) -> QuantSpec:
+        """The ``QuantSpec`` of a layer quantized to ``bits``."""
+        group = (self.group_size or 64) if self.granularity == "group" else None
+        return QuantSpec(bits=bits, symmetric=self.symmetric, granularity=self.granularity, group_size=group)
+
+    def plan(self, model: nn.Module) -> dict[str, int]:
+        """``{layer name: bits}`` this step would quantize; raises ValueError for bad settings."""
+        chosen = select_layers(
+            model,
+            keep_first_conv=self.keep_first_conv,
+            keep_classifier=self.keep_classifier,
+            exclude=self.exclude,
+            layer_bits=self.layer_bits,
+            default_bits=self.bits,
+        )
+        if not chosen:
+            raise ValueError("weight-quantize: no Linear or Conv2d layer left to quantize after exclusions")
+        if self.granularity == "group":
+            size = self.spec(self.bits).group_size
+            for name in chosen:
+                n = values_per_channel(model.get_submodule(name))
+                if n % size:
+                    raise ValueError(
+                        f"group_size={size} does not divide the {n} input values per output channel of layer {name!r}; "
+                        f"choose a divisor of {n}, exclude the layer, or use granularity='channel'"
+                    )
+        return chosen
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        chosen = self.plan(model)  # validate everything before touching the model
+        half = self.float_format == "fp16"
+        bias_dtype = torch.float16 if half else torch.float32
+        for name, bits in chosen.items():
+            new = quantize_weight_module(
+                model.get_submodule(name), self.spec(bits), method=self.method, bias_dtype=bias_dtype
+            )
+            model = replace_module(model, name, new)
+            info = new.describe()
+            group = f" group {info['group_size']}" if info["group_size"] else ""
+            ctx.log.append(f"{name}: {info['format']} {info['bits']}-bit per-{info['granularity']}{group}")
+        if half:
+            left = [n for n, _ in weight_layers(model) if not is_excluded(n, self.exclude)]
+            for name in left:
+                model = replace_module(model, name, half_module(model.get_submodule(name)))
+                ctx.log.append(f"{name}: float16")
+        ctx.log.append(f"{self.kind}: {len(chosen)} layers packed ({self.method} ranges)")
+        return model
+
+
+@register_step("fp16", family="quantize")
+@dataclass(frozen=True)
+class Float16Weights(Step):
+    """Store Linear/Conv2d weights and biases as float16; compute stays float32.
+
+    The artifact shrinks to about half; inputs and outputs stay float32 (weights are upcast once
+    and cached). Other parameters (norms, embeddings) stay float32.
+
+    Args:
+        exclude: module names or regexes (full match) left in float32.
+
+    Example:
+        >>> Float16Weights(exclude=("head",))
+        Float16Weights(exclude=('head',))
+    """
+
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        check_patterns(model, self.exclude, "exclude")
+        layers = [(n, m) for n, m in weight_layers(model) if not is_excluded(n, self.exclude)]
+        check_supported(layers)
+        if not layers:
+            raise ValueError("fp16: no Linear or Conv2d layer left to convert after exclusions")
+        for name, module in layers:
+            model = replace_module(model, name, half_module(module))
+        ctx.log.append(f"{self.kind}: {len(layers)} layers store float16 weights")
+        return model
