@@ -556,6 +556,9 @@ class QuantizationAwareTraining(Step):
             weights each step, ``ste_range`` min-max or MSE; straight-through rounding).
         act_bits: bits of simulated input activations in [2, 8], or None (float activations).
         epochs, lr, optimizer, weight_decay, max_steps: training length and optimizer (``train.fit``).
+            The small default lr suits fine-tuning a trained model (LSQ-4 on fmnist-resnet, half an epoch:
+            92.72% at 1e-5, 92.66% at 3e-5; 92.57% at 1e-4 for a full epoch);
+            with AdamW, LSQ's gradient scale does not change the step sizes' updates (it does with SGD).
         distill: mix soft labels from ``ctx.teacher`` (the model before compression) into the loss,
             ``kd_alpha * T^2 KL + (1 - kd_alpha) * task loss`` with ``T = kd_temperature``; without
             a teacher the task loss alone is used.
@@ -569,14 +572,14 @@ class QuantizationAwareTraining(Step):
 
     Example:
         >>> QuantizationAwareTraining(bits=4, method="lsq", epochs=2)  # doctest: +ELLIPSIS
-        QuantizationAwareTraining(bits=4, method='lsq', act_bits=None, epochs=2.0, ...)
+        QuantizationAwareTraining(bits=4, method='lsq', act_bits=None, epochs=2.0, lr=1e-05, ...)
     """
 
     bits: int = 4
     method: str = "lsq"
     act_bits: int | None = None
-    epochs: float = 2.0
-    lr: float = 1e-4
+    epochs: float = 1.0
+    lr: float = 1e-5
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     max_steps: int | None = None
