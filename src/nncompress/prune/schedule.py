@@ -27,7 +27,7 @@ from nncompress.prune.magnitude import (
     masked_fraction,
 )
 from nncompress.tasks.task import Task, call_model
-from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps
+from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps, train_config
 from nncompress.train.masks import mask_hooks
 
 PATHS = ("geometric", "linear")
@@ -99,14 +99,6 @@ def train_masked(
 
     return fit(model, ctx.task.train, config, loss_fn=task_loss(ctx.task),
                before_step=before_step, after_step=after_all, description=description)
-
-
-def train_config(step: Any, seed: int) -> TrainConfig:
-    """The training run a step describes: ``epochs``, ``lr``, ``optimizer``, ``max_steps`` and,
-    where the step has it, ``weight_decay``."""
-    return TrainConfig(epochs=step.epochs, lr=step.lr, optimizer=step.optimizer,
-                       weight_decay=getattr(step, "weight_decay", 0.0),
-                       max_steps=step.max_steps, seed=seed)
 
 
 def make_pruner(step: Any, sparsity: float) -> UnstructuredPrune:

@@ -40,7 +40,7 @@ from nncompress.quantize.qat import (
     train_simulated,
     training_loss,
 )
-from nncompress.train.loop import TrainConfig
+from nncompress.train.loop import TrainConfig, train_config
 
 BINARY = 1  # plan value of a binarized layer
 
@@ -160,8 +160,7 @@ class Binarize(Step):
         object.__setattr__(self, "exclude", normalize_exclude(self.exclude))
 
     def config(self, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
-                           weight_decay=self.weight_decay, max_steps=self.max_steps, seed=seed)
+        return train_config(self, seed)
 
     def plan(self, model: nn.Module) -> dict[str, int]:
         """``{layer name: bits}``: 1 for binarized layers, ``edge_bits`` for kept ones (float ones omitted)."""

@@ -48,7 +48,7 @@ from nncompress.distill.losses import kd_loss
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QPARAM_METHODS, QuantSpec, compute_qparams, fake_quantize, qparams_from_range
 from nncompress.tasks.task import call_model
-from nncompress.train.loop import TrainConfig, TrainHistory, fit
+from nncompress.train.loop import TrainConfig, TrainHistory, fit, train_config
 from nncompress.train.masks import mask_hooks
 
 QAT_METHODS = ("lsq", "ste")
@@ -604,8 +604,7 @@ class QuantizationAwareTraining(Step):
         object.__setattr__(self, "exclude", normalize_exclude(self.exclude))
 
     def config(self, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
-                           weight_decay=self.weight_decay, max_steps=self.max_steps, seed=seed)
+        return train_config(self, seed)
 
     def plan(self, model: nn.Module) -> dict[str, int]:
         """``{layer name: bits}`` this step trains and packs; raises ValueError when it is empty."""

@@ -161,3 +161,11 @@ def fit(
     model.eval()
     history.steps, history.seconds = step, time.perf_counter() - start
     return history
+
+
+def train_config(step: Any, seed: int) -> TrainConfig:
+    """The training run a step describes: ``epochs``, ``lr``, ``optimizer``, ``max_steps`` and,
+    where the step has it, ``weight_decay``."""
+    return TrainConfig(epochs=step.epochs, lr=step.lr, optimizer=step.optimizer,
+                       weight_decay=getattr(step, "weight_decay", 0.0),
+                       max_steps=step.max_steps, seed=seed)
