@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import zipfile
 
 import pytest
@@ -13,6 +15,7 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.io import encodings
+from nncompress.io.artifact import read_manifest
 
 
 @pytest.mark.parametrize("name", list(SMALL_MODELS))
@@ -103,12 +106,12 @@ def _corrupt(path, tmp_path, how):
     elif how == "flipped":
         with zipfile.ZipFile(path) as zin:
             tensors = bytearray(zin.read("tensors.safetensors"))
-            manifest, skeleton = zin.read("manifest.json"), zin.read("skeleton.pt")
+            manifest, skeleton = zin.read("manifest.json"), zin.read("skeleton.pkl")
         tensors[-5] ^= 0xFF
         with zipfile.ZipFile(out, "w") as zout:
             zout.writestr("manifest.json", manifest)
             zout.writestr("tensors.safetensors", bytes(tensors[:-20]))  # shortened payload
-            zout.writestr("skeleton.pt", skeleton)
+            zout.writestr("skeleton.pkl", skeleton)
     elif how == "no-manifest":
         with zipfile.ZipFile(out, "w") as zout:
             zout.writestr("other.txt", "hello")
@@ -153,3 +156,36 @@ def test_save_does_not_touch_the_model():
         nc.save(model, os.path.join(d, "m.ncz"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]) and v.device.type == "cpu"
+
+
+def test_artifacts_with_a_torch_save_skeleton_still_load(tmp_path):
+    """Artifacts written before the plain-pickle skeleton (``skeleton.pt``, torch.save) load."""
+    model = init_model("lenet5").eval()
+    path = nc.save(model, tmp_path / "new.ncz")
+    legacy = tmp_path / "legacy.ncz"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(legacy, "w") as zout:
+        for name in ("manifest.json", "tensors.safetensors"):
+            zout.writestr(name, zin.read(name))
+        buffer = io.BytesIO()
+        torch.save(pickle.loads(zin.read("skeleton.pkl")), buffer)
+        zout.writestr("skeleton.pt", buffer.getvalue())
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(nc.load(legacy)(x), model(x))
+
+
+def test_floats_on_16_bit_and_int8_grids_are_stored_narrow_and_exact(tmp_path):
+    """fp16-exact and power-of-two int8-grid float32 tensors take 2 and 1 bytes, and load bit-exact."""
+    model = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256), nn.Linear(256, 256))
+    with torch.no_grad():
+        model[1].weight.copy_(model[1].weight.half().float())
+        model[2].weight.copy_(torch.randint(-127, 128, (256, 256)).float() * 2.0**-10)
+    manifest_dtypes = {}
+    path = nc.save(model, tmp_path / "m.ncz")
+    for name, entry in read_manifest(path)["tensors"].items():
+        manifest_dtypes[name] = entry["header"].get("narrowed", {}).get("data")
+    assert manifest_dtypes["0.weight"] is None
+    assert manifest_dtypes["1.weight"] == "float16"
+    assert manifest_dtypes["2.weight"] == "int8*2^-10"
+    loaded = nc.load(path)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import pytest
 import torch
@@ -28,10 +29,13 @@ def _quantize(step, model: nn.Module, task: nc.Task) -> tuple[nn.Module, list[st
 
 
 def _is_int8(model: nn.Module) -> bool:
-    """torch.ao int8 modules, or an onnxruntime graph whose weights are int8 buffers."""
+    """torch.ao int8 modules, or an onnxruntime graph whose weights are int8 initializers."""
     if any(".quantized" in type(m).__module__ for m in model.modules()):
         return True
-    return any(b.dtype == torch.int8 for b in model.buffers())
+    from onnx import TensorProto
+
+    graphs = [m.model_proto().graph for m in model.modules() if hasattr(m, "model_proto")]
+    return any(i.data_type == TensorProto.INT8 for g in graphs for i in g.initializer)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -178,3 +182,56 @@ def test_int8_models_report_their_weights_and_macs(backend, tmp_path):
         assert count_macs(m, x) == count_macs(model, x)  # the float graph's MACs, per sample x batch
         # every weight and bias is still counted (ONNX Runtime may add a few int32 helper constants)
         assert count_params(model) <= count_params(m) <= count_params(model) * 1.02
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="no onnxruntime")
+def test_convs_with_few_input_channels_stay_fp32_with_their_activation_and_pool():
+    task = make_task(SMALL_MODELS["lenet5"], n_train=128)
+    model = init_model("lenet5")
+    q, log = _quantize(StaticInt8Quantize(calibration_batches=1), model, task)
+    assert "fp32: /conv1/Conv, /relu1/Relu, /pool1/MaxPool" in log[-1], log
+    ops = {n.name: n.op_type for n in q.model_proto().graph.node}
+    assert ops["/conv1/Conv"] == "Conv" and "/conv1/Conv_quantized" not in str(ops)
+    weights = {i.name for i in q.model_proto().graph.initializer}
+    assert "conv1.weight" in weights and "conv2.weight_quantized" in weights  # conv1 fp32, conv2 int8
+    q_all, log_all = _quantize(StaticInt8Quantize(calibration_batches=1, min_int8_in_channels=1), model, task)
+    assert "fp32:" not in log_all[-1]
+    assert "conv1.weight_quantized" in {i.name for i in q_all.model_proto().graph.initializer}
+    with pytest.raises(ValueError, match="min_int8_in_channels=0 must be an integer >= 1"):
+        StaticInt8Quantize(min_int8_in_channels=0)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="no onnxruntime")
+def test_large_batches_split_across_sessions_give_the_one_session_result():
+    from nncompress.quantize.runtime import OnnxRuntimeModule
+
+    task = make_task(SMALL_MODELS["lenet5"], n_train=128)
+    q, _ = _quantize(StaticInt8Quantize(calibration_batches=1, threads=3), init_model("lenet5"), task)
+    assert isinstance(q, OnnxRuntimeModule)
+    x = torch.randn(37, 1, 28, 28)  # 37 rows: chunks of 12, 12, 13
+    whole = torch.from_numpy(q._session_list(1)[0].run(None, {"input_0": x.numpy()})[0])
+    split = q(x)
+    assert len(q._sessions) == 3 and split.shape == whole.shape
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="no onnxruntime")
+def test_bias_scales_are_recomputed_on_load_not_stored():
+    import onnx
+    from onnx import numpy_helper
+
+    from nncompress.quantize.runtime import OnnxRuntimeModule, derived_bias_scales
+
+    task = make_task(SMALL_MODELS["mlp"], n_train=128)
+    q, _ = _quantize(StaticInt8Quantize(calibration_batches=1), init_model("mlp"), task)
+    assert isinstance(q, OnnxRuntimeModule)
+    assert q.derived_scales  # every Gemm's bias scale is input scale x weight scale
+    graph = onnx.ModelProto()
+    graph.ParseFromString(zlib.decompress(q.graph.numpy().tobytes()))
+    stored = {i.name for i in graph.graph.initializer} | set(q.initializer_names)
+    assert not stored & set(q.derived_scales), "derived scales must not be stored"
+    full = q.model_proto()
+    arrays = {i.name: numpy_helper.to_array(i) for i in full.graph.initializer}
+    assert set(derived_bias_scales(full.graph, arrays)) == set(q.derived_scales)
+    for name, (_, weight_scale) in q.derived_scales.items():
+        assert arrays[name].dtype == arrays[weight_scale].dtype and arrays[name].shape == arrays[weight_scale].shape

@@ -186,7 +186,8 @@ def test_parameter_counts_include_packed_weights():
 def test_artifacts_shrink_to_their_bit_width():
     torch.manual_seed(0)
     layer = nn.Linear(256, 256)
-    fp32 = artifact_bytes(nn.Sequential(layer))
+    fp32 = 4 * (256 * 256 + 256)  # the float32 bytes (the fp32 artifact itself may be DEFLATE-d a few % smaller)
+    assert 0.85 * fp32 <= artifact_bytes(nn.Sequential(layer)) <= fp32 + 4096
     four = artifact_bytes(nn.Sequential(quantize_weight_module(layer, QuantSpec(bits=4, granularity="channel"))))
     group = artifact_bytes(nn.Sequential(
         quantize_weight_module(layer, QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64))

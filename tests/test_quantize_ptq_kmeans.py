@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import SMALL_MODELS, init_model, make_task
@@ -225,3 +227,30 @@ def test_kmeans_artifact_is_small_and_round_trips(tmp_path):
 def test_kmeans_bad_settings_raise(settings, message):
     with pytest.raises(ValueError, match=message):
         KMeansQuantize(**settings)
+
+
+def test_rest_bits_rounds_the_other_parameters_and_the_artifact_stores_them_narrow(tmp_path):
+    from nncompress.io.artifact import read_manifest
+
+    torch.manual_seed(0)
+    model = init_model("vit")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fp32 = artifact_bytes(model)
+    q, _ = _apply(WeightQuantize(bits=4, rest_bits=8), model)
+    rest = {n: p for n, p in q.named_parameters() if p.dtype == torch.float32 and p.dim() != 0}
+    assert any(n.endswith("norm1.weight") for n in rest) and "pos_embed" in rest
+    for name, p in rest.items():
+        absmax = float(before[name].abs().max())
+        if absmax == 0:
+            continue
+        step = 2.0 ** math.ceil(math.log2(absmax / 127))
+        codes = p.detach() / step
+        assert torch.equal(codes, codes.round()) and float(codes.abs().max()) <= 127, name
+        assert float((p.detach() - before[name]).abs().max()) <= step / 2 + 1e-12, name  # round to nearest
+    path = nc.save(q, tmp_path / "q.ncz")
+    narrowed = read_manifest(path)["tensors"]["pos_embed"]["header"]["narrowed"]["data"]
+    assert narrowed.startswith("int8*2^")
+    assert artifact_bytes(q) < artifact_bytes(_apply(WeightQuantize(bits=4), init_model("vit"))[0]) < fp32
+    torch.testing.assert_close(nc.load(path).pos_embed, q.pos_embed, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rest_bits must be one of 32, 16, 8 or None; got 4"):
+        WeightQuantize(rest_bits=4)

@@ -4,10 +4,15 @@ Each encoding turns one tensor into named parts (tensors stored in safetensors) 
 JSON header, and back. ``encode_smallest`` picks, per tensor, whichever candidate is smallest in
 bytes, so a pruned layer's file shrinks with its sparsity and a dense one pays nothing extra.
 Later families (packed low-bit, codebooks, factorized) register further encodings here.
+
+Float32 parts whose every value is exactly a float16 (or bfloat16) value are stored in that
+16-bit type and widened again on load: lossless, and it halves what fp16-rounded parameters
+(``weight-quantize(float_format="fp16")``) and scales cost on disk.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,8 +132,54 @@ def encode_smallest(
     return best
 
 
+def _int8_grid_exponent(part: torch.Tensor) -> int | None:
+    """``e`` when every value of ``part`` is an integer in [-127, 127] times ``2**e`` (then the
+    int8 codes and ``e`` store it exactly), else None."""
+    absmax = float(part.abs().max())
+    if not math.isfinite(absmax) or absmax == 0.0:
+        return None
+    exponent = math.ceil(math.log2(absmax / 127))
+    codes = part * 2.0**-exponent  # exact: a power-of-two scale only shifts exponents
+    if exponent < -126 or not torch.equal(codes, codes.round()) or not torch.equal(codes * 2.0**exponent, part):
+        return None
+    return exponent
+
+
+def narrow_exact_floats(parts: Parts, header: Header) -> tuple[Parts, Header]:
+    """Float32 parts stored narrower where that loses nothing: as int8 codes times a power of two
+    (values on such a grid, e.g. ``weight-quantize(rest_bits=8)``), else as float16/bfloat16.
+    ``header["narrowed"]`` records which (absent when none is)."""
+    narrowed: dict[str, str] = {}
+    out = dict(parts)
+    for key, part in parts.items():
+        if part.dtype != torch.float32 or part.numel() == 0:
+            continue
+        exponent = _int8_grid_exponent(part)
+        if exponent is not None:
+            out[key], narrowed[key] = (part * 2.0**-exponent).to(torch.int8), f"int8*2^{exponent}"
+            continue
+        for dtype in (torch.float16, torch.bfloat16):
+            small = part.to(dtype)
+            if torch.equal(small.float(), part):
+                out[key], narrowed[key] = small, str(dtype).removeprefix("torch.")
+                break
+    return out, ({**header, "narrowed": narrowed} if narrowed else header)
+
+
+def _widen(part: torch.Tensor, how: str) -> torch.Tensor:
+    """Undo ``narrow_exact_floats`` for one part."""
+    if how.startswith("int8*2^"):
+        return part.float() * 2.0 ** int(how.removeprefix("int8*2^"))
+    if how in ("float16", "bfloat16"):
+        return part.float()
+    raise ValueError(f"unknown narrowed storage {how!r}")
+
+
 def decode(name: str, parts: Parts, header: Header) -> torch.Tensor:
     """Rebuild a tensor of ``header['shape']`` from its parts."""
     if name not in ENCODINGS:
         raise ValueError(f"unknown tensor encoding {name!r}; known: {', '.join(ENCODINGS)}")
+    narrowed = header.get("narrowed", {})
+    if narrowed:
+        parts = {k: _widen(v, narrowed[k]) if k in narrowed else v for k, v in parts.items()}
     return ENCODINGS[name].decode(parts, header).reshape(header["shape"])

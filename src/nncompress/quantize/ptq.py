@@ -15,8 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -54,13 +55,19 @@ def check_supported(layers: list[tuple[str, nn.Module]]) -> None:
             )
 
 
-def check_patterns(model: nn.Module, patterns: tuple[str, ...], setting: str) -> None:
-    """Raise ValueError for a name/regex that names no module of ``model``."""
+def check_patterns(
+    model: nn.Module,
+    patterns: tuple[str, ...],
+    setting: str,
+    *,
+    list_layers: Callable[[nn.Module], list[tuple[str, nn.Module]]] = weight_layers,
+) -> None:
+    """Raise ValueError for a name/regex that names no module of ``model`` (the error lists ``list_layers``)."""
     names = [n for n, _ in model.named_modules() if n]
     for pattern in patterns:
         if pattern in names or any(re.fullmatch(pattern, n) for n in names):
             continue
-        layers = ", ".join(n for n, _ in weight_layers(model))
+        layers = ", ".join(n for n, _ in list_layers(model))
         raise ValueError(f"{setting} entry {pattern!r} names no module (exact name or regex); layers are: {layers}")
 
 
@@ -152,6 +159,37 @@ def values_per_channel(module: nn.Module) -> int:
     return module.weight[0].numel()
 
 
+REST_BITS = (32, 16, 8)
+
+
+def round_to_pow2_int8(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the grid ``k * 2**e`` (integer ``k`` in [-127, 127], the smallest ``e`` that fits
+    ``max |t|``): 8-bit codes with a power-of-two scale, which the artifact stores in one byte."""
+    absmax = float(t.abs().max())
+    if absmax == 0.0:
+        return t.clone()
+    scale = 2.0 ** math.ceil(math.log2(absmax / 127))
+    return (t / scale).round().clamp(-127, 127) * scale
+
+
+def round_other_params(model: nn.Module, bits: int, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Round the float32 parameters outside ``exclude`` (biases, norms, embeddings, position
+    tables) to float16 values (``bits`` 16) or to an 8-bit power-of-two grid per tensor (``bits``
+    8), in place. They keep dtype float32, so computation is unchanged, and the artifact stores
+    them in ``bits`` bits (lossless for such values). Returns the names rounded."""
+    rounded = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            owner = name.rpartition(".")[0]
+            if param.dtype != torch.float32 or (owner and is_excluded(owner, exclude)):
+                continue
+            new = param.half().float() if bits == 16 else round_to_pow2_int8(param)
+            if torch.isfinite(new).all():
+                param.copy_(new)
+                rounded.append(name)
+    return rounded
+
+
 @register_step("weight-quantize", family="quantize")
 @dataclass(frozen=True)
 class WeightQuantize(Step):
@@ -172,8 +210,13 @@ class WeightQuantize(Step):
             first match wins; 32 keeps a layer in float, and an override selects a layer that
             ``keep_first_conv`` / ``keep_classifier`` would keep.
         float_format: ``"fp32"``, or ``"fp16"`` to also store the biases of packed layers and the
-            Linear/Conv2d layers left float (kept, ``layer_bits`` 32) as float16. Excluded layers and
-            other parameters (norms, embeddings) stay float32.
+            Linear/Conv2d layers left float (kept, ``layer_bits`` 32) as float16. Excluded layers
+            stay float32.
+        rest_bits: the float32 parameters left (biases, norms, embeddings, position tables),
+            outside ``exclude``: 32 as they are, 16 rounded to float16 values, 8 rounded to an
+            8-bit grid with a power-of-two scale per tensor; the artifact stores them in that many
+            bits. None: 16 with ``float_format="fp16"``, else 32. On small models these
+            parameters and the per-layer overhead decide whether 4-bit gets under 15% of fp32.
 
     Example:
         >>> WeightQuantize(bits=4, granularity="group", group_size=64)  # doctest: +ELLIPSIS
@@ -190,9 +233,13 @@ class WeightQuantize(Step):
     exclude: tuple[str, ...] = ()
     layer_bits: tuple[tuple[str, int], ...] = ()
     float_format: str = "fp32"
+    rest_bits: int | None = None
 
     def __post_init__(self) -> None:
         check_bits("bits", self.bits)
+        if self.rest_bits is not None and self.rest_bits not in REST_BITS:
+            accepted = ", ".join(map(str, REST_BITS))
+            raise ValueError(f"rest_bits must be one of {accepted} or None; got {self.rest_bits!r}")
         if self.float_format not in FLOAT_FORMATS:
             raise ValueError(f"float_format must be one of {', '.join(FLOAT_FORMATS)}; got {self.float_format!r}")
         if self.granularity not in GRANULARITIES:
@@ -255,6 +302,12 @@ class WeightQuantize(Step):
             for name in left:
                 model = replace_module(model, name, half_module(model.get_submodule(name)))
                 ctx.log.append(f"{name}: float16")
+
+        rest = self.rest_bits or (16 if half else 32)
+        if rest < 32:
+            rounded = round_other_params(model, rest, self.exclude)
+            kind = "float16 values" if rest == 16 else "8-bit power-of-two grids"
+            ctx.log.append(f"{len(rounded)} other float parameters rounded to {kind} ({', '.join(rounded[:3])}, ...)")
         ctx.log.append(f"{self.kind}: {len(chosen)} layers packed ({self.method} ranges)")
         return model
 
