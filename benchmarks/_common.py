@@ -12,15 +12,20 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 import nncompress as nc
 from nncompress.io.atomic import atomic_write_text
 from nncompress.measure.energy import estimate_energy
 from nncompress.measure.report import CONTRACT_FIELDS as FIELDS
+from nncompress.measure.report import add_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -90,6 +95,24 @@ def run_recipe(
         ],
     }
     return row
+
+
+def peer_row(task: nc.Task, method: str, tool: str, baseline_model: nn.Module, model: nn.Module,
+             save: Any, settings_: dict[str, Any], seconds: float,
+             config: nc.MeasureConfig | None = None) -> dict:
+    """A contract row for a peer: its model measured by us (timed alternately with the
+    baseline, as our rows are); sizes of both as the peer's users save them."""
+    config = config or nc.MeasureConfig()
+    baseline, report = (nc.measure(m, task, config=replace(config, latency=False)) for m in (baseline_model, model))
+    add_latency([baseline, report], [baseline_model, model], task, config)
+    with tempfile.TemporaryDirectory() as d:  # both saved the peer's way
+        for i, (m, r) in enumerate(((baseline_model, baseline), (model, report))):
+            path = os.path.join(d, f"model{i}.pt")
+            save(m, path)
+            r.size_bytes = os.path.getsize(path)
+    return {"task": task.name, "method": method, "tool": tool, "settings": settings_,
+            "baseline": contract_fields(baseline),
+            "result": {**contract_fields(report), "compress_seconds": round(seconds, 2)}}
 
 
 def write_results(family: str, rows: list[dict[str, Any]], out: str | None = None) -> Path:

@@ -17,20 +17,15 @@ Torch-Pruning is optional: pip install torch-pruning==1.6.1 -c <(echo torch==2.1
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import time
-from dataclasses import replace
-from typing import Any
 
 import torch
 import torch.nn.utils.prune as torch_prune
-from _common import contract_fields, parse_args, print_table, run_recipe, write_results
+from _common import parse_args, peer_row, print_table, run_recipe, write_results
 from torch import nn
 
 import nncompress as nc
 from nncompress.measure.flops import count_macs
-from nncompress.measure.report import add_latency
 
 FAMILY = "pruning"
 MACS_REDUCTION = 0.8
@@ -72,23 +67,6 @@ def finetune(model: nn.Module, task: nc.Task, step: nc.FineTune, teacher: nn.Mod
     model pruned by a peer."""
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     return step.apply(model, nc.StepContext(task=task, teacher=teacher))
-
-
-def peer_row(task: nc.Task, method: str, tool: str, baseline_model: nn.Module, model: nn.Module,
-             save: Any, settings_: dict[str, Any], seconds: float) -> dict:
-    """A contract row for a peer: its model measured by us (timed alternately with the
-    baseline, as our rows are); sizes of both as the peer's users save them."""
-    config = nc.MeasureConfig()
-    baseline, report = (nc.measure(m, task, config=replace(config, latency=False)) for m in (baseline_model, model))
-    add_latency([baseline, report], [baseline_model, model], task, config)
-    with tempfile.TemporaryDirectory() as d:  # both saved the peer's way
-        for i, (m, r) in enumerate(((baseline_model, baseline), (model, report))):
-            path = os.path.join(d, f"model{i}.pt")
-            save(m, path)
-            r.size_bytes = os.path.getsize(path)
-    return {"task": task.name, "method": method, "tool": tool, "settings": settings_,
-            "baseline": contract_fields(baseline),
-            "result": {**contract_fields(report), "compress_seconds": round(seconds, 2)}}
 
 
 def torch_prune_peer(quick: bool) -> dict:

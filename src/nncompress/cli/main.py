@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--batch-size", type=int, default=64, help="larger batch for batch-N latency"
         )
 
+    def run_args(p: argparse.ArgumentParser) -> None:
+        """Options of the commands that run a recipe: --overwrite, --seed, --json and latency."""
+        p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+        latency_args(p)
+
     p = add(
         "demo",
         commands.demo,
@@ -62,12 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     task_arg(p, required=False, default="fmnist-mlp")
     p.add_argument("--recipe", default="prune-finetune", help="recipe file or shipped recipe name")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier run's files in --out"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
-    latency_args(p)
+    run_args(p)
 
     p = add(
         "compress",
@@ -79,12 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", required=True, help="recipe file (.toml/.json) or shipped recipe name"
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier run's files in --out"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print report.json instead of the table")
-    latency_args(p)
+    run_args(p)
 
     p = add(
         "evaluate",

@@ -44,7 +44,8 @@ class Report:
 
     ``latency_ms`` is the batch-1 median; ``latency`` holds medians and spreads for batch 1 and
     ``batch_size_large``; ``energy`` is an estimate (see measure/energy.py), labelled so;
-    ``layers`` is the per-layer table (shape, parameters, non-zeros, weight sparsity).
+    ``layers`` is the per-layer table (shape, parameters, non-zeros, weight sparsity, storage
+    format and bits; see ``measure.size.layer_stats``).
     """
 
     task: str

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -75,26 +77,86 @@ def artifact_bytes(model: nn.Module) -> int:
         return os.path.getsize(path)
 
 
-def layer_stats(model: nn.Module) -> list[dict]:
-    """Per-layer figures of each module owning a ``weight`` (Linear, Conv, norm, embedding...).
+# every per-layer row carries these keys (measure.table and report.json read them)
+LAYER_DEFAULTS: dict[str, Any] = {"format": None, "bits": None, "granularity": None, "group_size": None}
 
-    One row per module: name, type, weight shape, its parameters (weight and bias), non-zeros,
-    and the weight's sparsity — the per-layer table of the report. Tied weights are listed once.
+
+def _dtype_format(dtype: torch.dtype) -> dict[str, Any]:
+    """Format and bits of a weight stored plainly in ``dtype`` (``torch.float16`` -> float16, 16)."""
+    return {"format": str(dtype).removeprefix("torch."), "bits": dtype.itemsize * 8}
+
+
+def _sparsity(weight: torch.Tensor) -> float:
+    """Fraction of the weight's elements that are exactly zero."""
+    return 1.0 - int(weight.count_nonzero()) / max(1, weight.numel())
+
+
+def _row(name: str, module: nn.Module, weight: torch.Tensor, counts: tuple[int, int], **fmt: Any) -> dict[str, Any]:
+    """One row of the per-layer table: ``fmt`` gives format, bits and (for quantized weights) granularity."""
+    return {
+        "name": name or "(model)",
+        "type": type(module).__name__,
+        "shape": list(weight.shape),
+        "params": counts[0],
+        "nonzero_params": counts[1],
+        "weight_sparsity": _sparsity(weight),
+        **LAYER_DEFAULTS,
+        **fmt,
+    }
+
+
+def _prefixed(path: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows a module reported about itself, named from the model's root and with every layer key."""
+    return [{**LAYER_DEFAULTS, **row, "name": f"{path}.{row['name']}" if path else row["name"]} for row in rows]
+
+
+def _stored_rows(name: str, module: nn.Module) -> list[dict[str, Any]] | None:
+    """Rows of a module whose weights are not ``nn.Parameter``s, or None for an ordinary module.
+
+    Three kinds: modules with ``layer_rows()`` (an ONNX Runtime graph: one row per weighted node),
+    packed layers with ``describe()`` and ``dequantized_weight()`` (quantize/layers.py), and
+    torch.ao int8 modules (weights in packed params).
     """
-    rows, seen = [], set()
+    method = getattr(module, "layer_rows", None)
+    if callable(method):
+        return _prefixed(name, method())
+    if callable(getattr(module, "describe", None)) and callable(getattr(module, "dequantized_weight", None)):
+        counts = stored_weight_counts(module)
+        assert counts is not None, f"{type(module).__name__} has describe() but no stored_weight_counts()"
+        return [_row(name, module, module.dequantized_weight(), counts, **module.describe())]
+    from nncompress.io.quantized import _is_packed_module
+
+    if _is_packed_module(module):
+        weight = module._weight_bias()[0]
+        channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        fmt = {"format": "int8", "bits": 8, "granularity": "channel" if channel else "tensor"}
+        return [_row(name, module, weight.dequantize(), stored_weight_counts(module), **fmt)]
+    return None
+
+
+def layer_stats(model: nn.Module) -> list[dict]:
+    """Per-layer figures of each module owning a weight (Linear, Conv, norm, embedding, quantized...).
+
+    One row per layer: name, type, weight shape, its parameters (weight and bias), non-zeros, the
+    weight's sparsity, and how the weight is stored: ``format`` (float32, float16, bfloat16, int8,
+    int-symmetric, uint-affine, codebook, binary), ``bits`` per weight, ``granularity`` and
+    ``group_size`` of quantization scales (None for float weights) — the per-layer table of the
+    report. Tied weights are listed once; modules inside a quantized module are not listed apart.
+    """
+    rows, seen, skip = [], set(), []
     for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in skip):
+            continue
+        stored = _stored_rows(name, module)
+        if stored is not None:
+            rows += stored
+            skip.append(f"{name}." if name else "")
+            continue
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter) or id(weight) in seen:
             continue
         seen.add(id(weight))
         own = list(module.parameters(recurse=False))
-        w = weight.detach()
-        rows.append({
-            "name": name or "(model)",
-            "type": type(module).__name__,
-            "shape": list(w.shape),
-            "params": sum(p.numel() for p in own),
-            "nonzero_params": sum(int(p.detach().count_nonzero()) for p in own),
-            "weight_sparsity": 1.0 - int(w.count_nonzero()) / max(1, w.numel()),
-        })
+        counts = sum(p.numel() for p in own), sum(int(p.detach().count_nonzero()) for p in own)
+        rows.append(_row(name, module, weight.detach(), counts, **_dtype_format(weight.dtype)))
     return rows

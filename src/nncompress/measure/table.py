@@ -85,7 +85,8 @@ def _change(key: str, a: Report, b: Report) -> str:
 
 
 def layer_table(baseline: Report, final: Report) -> str:
-    """Per-layer table: each layer's weight shape and sparsity before and after compression.
+    """Per-layer table: each layer's weight shape and sparsity before and after compression, and
+    the storage format and bits of the compressed weight (``int4/ch``, ``codebook 5b``, ``float32``).
 
     Layers are matched by name; a layer present on one side only shows ``-`` on the other
     (e.g. a factorized layer replaced by two).
@@ -93,15 +94,42 @@ def layer_table(baseline: Report, final: Report) -> str:
     before = {row["name"]: row for row in baseline.layers}
     after = {row["name"]: row for row in final.layers}
     names = list(before) + [n for n in after if n not in before]
-    lines = [["layer", "type", "shape", "params", "sparsity", "-> shape", "params", "non-zero", "sparsity"]]
+    lines = [["layer", "type", "shape", "params", "sparsity",
+              "-> shape", "format", "bits", "params", "non-zero", "sparsity"]]
     for name in names:
         b, a = before.get(name), after.get(name)
         line = [name, (a or b)["type"]]
         line += [_shape(b["shape"]), _human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3
-        line += ([_shape(a["shape"]), _human_count(a["params"]), _human_count(a["nonzero_params"]),
-                  f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 4)
+        line += ([_shape(a["shape"]), format_label(a), _bits(a), _human_count(a["params"]),
+                  _human_count(a["nonzero_params"]), f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 6)
         lines.append(line)
     return _render(lines)
+
+
+_SHORT_FORMATS = {"int-symmetric": "int", "uint-affine": "uint"}  # uniform codes: the width is in the label
+
+
+def format_label(row: dict) -> str:
+    """Short storage label of a per-layer row: ``int4/ch``, ``uint3/g64``, ``int8/tensor``,
+    ``codebook 5b``, ``binary 1b``, ``float16``; ``-`` for rows written before formats were recorded."""
+    fmt, bits = row.get("format"), row.get("bits")
+    if not fmt:
+        return "-"
+    if fmt in ("codebook", "binary"):
+        return f"{fmt} {bits}b"
+    granularity = row.get("granularity")
+    if granularity is None or fmt.startswith(("float", "bfloat")):  # float weights have no scales
+        return fmt
+    if fmt in _SHORT_FORMATS:
+        fmt = f"{_SHORT_FORMATS[fmt]}{bits}"
+    if granularity == "group":
+        return f"{fmt}/g{row.get('group_size')}"
+    return f"{fmt}/{'ch' if granularity == 'channel' else granularity}"
+
+
+def _bits(row: dict) -> str:
+    """The bits per weight of a row, ``-`` when unknown."""
+    return "-" if row.get("bits") is None else str(row["bits"])
 
 
 def _shape(shape: Sequence[int]) -> str:

@@ -43,7 +43,8 @@ SCOPES = ("layer", "global")
 LAYERS = (*CONVS, *BATCHNORMS, nn.Linear, nn.LayerNorm, nn.Embedding, MultiHeadSelfAttention)
 
 
-def _check_settings(sparsity: float, criterion: str, calibration_batches: int) -> None:
+def _check_settings(sparsity: float, criterion: str, calibration_batches: int, macs_reduction: float | None) -> None:
+    """Raise ValueError for a setting shared by the structured pruning steps that is out of range."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (
         0.0 <= sparsity < 1.0
     ):
@@ -54,6 +55,12 @@ def _check_settings(sparsity: float, criterion: str, calibration_batches: int) -
         calibration_batches < 1
     ):
         raise ValueError(f"calibration_batches must be an integer >= 1, got {calibration_batches!r}")
+    if macs_reduction is not None and (
+        isinstance(macs_reduction, bool)
+        or not isinstance(macs_reduction, (int, float))
+        or not 0.0 < macs_reduction < 1.0
+    ):
+        raise ValueError(f"macs_reduction must be a fraction in (0, 1) or None, got {macs_reduction!r}")
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -286,12 +293,7 @@ class ChannelPrune(Step):
     macs_reduction: float | None = None
 
     def __post_init__(self) -> None:
-        _check_settings(self.sparsity, self.criterion, self.calibration_batches)
-        if self.macs_reduction is not None and (
-            isinstance(self.macs_reduction, bool) or not isinstance(self.macs_reduction, (int, float))
-            or not 0.0 < self.macs_reduction < 1.0
-        ):
-            raise ValueError(f"macs_reduction must be a fraction in (0, 1) or None, got {self.macs_reduction!r}")
+        _check_settings(self.sparsity, self.criterion, self.calibration_batches, self.macs_reduction)
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
         for name in ("round_to", "min_channels"):
@@ -417,12 +419,7 @@ class HeadPrune(Step):
     macs_reduction: float | None = None
 
     def __post_init__(self) -> None:
-        _check_settings(self.sparsity, self.criterion, self.calibration_batches)
-        if self.macs_reduction is not None and (
-            isinstance(self.macs_reduction, bool) or not isinstance(self.macs_reduction, (int, float))
-            or not 0.0 < self.macs_reduction < 1.0
-        ):
-            raise ValueError(f"macs_reduction must be a fraction in (0, 1) or None, got {self.macs_reduction!r}")
+        _check_settings(self.sparsity, self.criterion, self.calibration_batches, self.macs_reduction)
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:

@@ -28,6 +28,7 @@ from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.layers import binary_module
+from nncompress.quantize.ptq import normalize_patterns
 from nncompress.quantize.qat import (
     LSQWeightFakeQuant,
     check_bits,
@@ -35,7 +36,6 @@ from nncompress.quantize.qat import (
     convert_fake_quant,
     edge_layers,
     fake_quant_layer,
-    normalize_exclude,
     plan_layers,
     train_simulated,
     training_loss,
@@ -157,7 +157,7 @@ class Binarize(Step):
         c = self.latent_clip
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0):
             raise ValueError(f"latent_clip must be > 0 or None, got {c!r}")
-        object.__setattr__(self, "exclude", normalize_exclude(self.exclude))
+        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     def config(self, seed: int) -> TrainConfig:
         return train_config(self, seed)

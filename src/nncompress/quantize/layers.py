@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -53,6 +54,12 @@ def _check_source(module: nn.Module) -> None:
         raise ValueError(f"expected an nn.Linear or nn.Conv2d, got {type(module).__name__}")
     if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
         raise ValueError(f"only padding_mode='zeros' convolutions are supported, got {module.padding_mode!r}")
+
+
+def _packed_class(module: nn.Module, linear_cls: type[PackedWeightLayer], conv_cls: type[PackedWeightLayer]) -> type:
+    """``linear_cls`` for an ``nn.Linear``, ``conv_cls`` for an ``nn.Conv2d`` (ValueError for anything else)."""
+    _check_source(module)
+    return linear_cls if isinstance(module, nn.Linear) else conv_cls
 
 
 def _version_key(t: torch.Tensor | None) -> tuple[int, int, str] | None:
@@ -163,6 +170,10 @@ class PackedWeightLayer(nn.Module):
     def _geometry_repr(self) -> str:
         raise NotImplementedError
 
+    def _weight_numel(self) -> int:
+        """Number of weights of the source layer."""
+        return math.prod(self.weight_shape)
+
 
 class _LinearOp(PackedWeightLayer):
     in_features: int
@@ -228,6 +239,20 @@ class _UniformCodes(PackedWeightLayer):
 
     spec: QuantSpec
 
+    def __init__(
+        self,
+        source: WeightLayer,
+        spec: QuantSpec,
+        *,
+        scale: torch.Tensor | None = None,
+        zero_point: torch.Tensor | None = None,
+        method: str = "minmax",
+        scale_dtype: torch.dtype | None = None,
+        bias_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(source, spec.bits, bias_dtype=bias_dtype)
+        self._store_codes(source.weight, spec, scale, zero_point, method, scale_dtype)
+
     def _store_codes(
         self,
         weight: torch.Tensor,
@@ -273,10 +298,7 @@ class _UniformCodes(PackedWeightLayer):
 
     def codes(self) -> torch.Tensor:
         """Integer codes shaped like the weight (signed for symmetric, unsigned for affine)."""
-        numel = 1
-        for d in self.weight_shape:
-            numel *= d
-        codes = unpack_bits(self.packed, self.spec.bits, numel)
+        codes = unpack_bits(self.packed, self.spec.bits, self._weight_numel())
         codes = to_signed(codes, self.spec.bits) if self.spec.symmetric else codes
         return codes.reshape(self.weight_shape)
 
@@ -310,20 +332,6 @@ class QuantizedLinear(_UniformCodes, _LinearOp):
         (64, torch.Size([2, 8]))
     """
 
-    def __init__(
-        self,
-        source: nn.Linear,
-        spec: QuantSpec,
-        *,
-        scale: torch.Tensor | None = None,
-        zero_point: torch.Tensor | None = None,
-        method: str = "minmax",
-        scale_dtype: torch.dtype | None = None,
-        bias_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(source, spec.bits, bias_dtype=bias_dtype)
-        self._store_codes(source.weight, spec, scale, zero_point, method, scale_dtype)
-
 
 class QuantizedConv2d(_UniformCodes, _ConvOp):
     """``nn.Conv2d`` with a packed ``bits``-bit weight; stride, padding, dilation, groups kept.
@@ -333,20 +341,6 @@ class QuantizedConv2d(_UniformCodes, _ConvOp):
         >>> q(torch.randn(1, 3, 8, 8)).shape
         torch.Size([1, 8, 8, 8])
     """
-
-    def __init__(
-        self,
-        source: nn.Conv2d,
-        spec: QuantSpec,
-        *,
-        scale: torch.Tensor | None = None,
-        zero_point: torch.Tensor | None = None,
-        method: str = "minmax",
-        scale_dtype: torch.dtype | None = None,
-        bias_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(source, spec.bits, bias_dtype=bias_dtype)
-        self._store_codes(source.weight, spec, scale, zero_point, method, scale_dtype)
 
 
 def quantize_weight_module(
@@ -377,8 +371,7 @@ def quantize_weight_module(
         >>> q.describe()["format"]
         'uint-affine'
     """
-    _check_source(module)
-    cls = QuantizedLinear if isinstance(module, nn.Linear) else QuantizedConv2d
+    cls = _packed_class(module, QuantizedLinear, QuantizedConv2d)
     return cls(
         module, spec, scale=scale, zero_point=zero_point, method=method, scale_dtype=scale_dtype, bias_dtype=bias_dtype
     )
@@ -389,6 +382,18 @@ def quantize_weight_module(
 
 class _CodebookCodes(PackedWeightLayer):
     """Weight = centroids[codes]; codes packed at ``bits``."""
+
+    def __init__(
+        self,
+        source: WeightLayer,
+        centroids: torch.Tensor,
+        codes: torch.Tensor,
+        bits: int,
+        *,
+        centroid_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(source, bits)
+        self._store_codebook(centroids, codes, bits, centroid_dtype)
 
     def _store_codebook(
         self, centroids: torch.Tensor, codes: torch.Tensor, bits: int, centroid_dtype: torch.dtype
@@ -412,10 +417,7 @@ class _CodebookCodes(PackedWeightLayer):
 
     def codes(self) -> torch.Tensor:
         """Cluster index of every weight, shaped like the weight (uint8)."""
-        numel = 1
-        for d in self.weight_shape:
-            numel *= d
-        return unpack_bits(self.packed, self.bits, numel).reshape(self.weight_shape)
+        return unpack_bits(self.packed, self.bits, self._weight_numel()).reshape(self.weight_shape)
 
     def decode_weight(self) -> torch.Tensor:
         return self.centroids.float()[self.codes().long().to(self.centroids.device)]
@@ -434,18 +436,6 @@ class CodebookLinear(_CodebookCodes, _LinearOp):
         [-0.5, 0.5]
     """
 
-    def __init__(
-        self,
-        source: nn.Linear,
-        centroids: torch.Tensor,
-        codes: torch.Tensor,
-        bits: int,
-        *,
-        centroid_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(source, bits)
-        self._store_codebook(centroids, codes, bits, centroid_dtype)
-
 
 class CodebookConv2d(_CodebookCodes, _ConvOp):
     """``nn.Conv2d`` whose weights share ``2**bits`` values.
@@ -455,18 +445,6 @@ class CodebookConv2d(_CodebookCodes, _ConvOp):
         >>> CodebookConv2d(conv, torch.tensor([0.0, 1.0]), torch.zeros(4, 2, 3, 3, dtype=torch.uint8), 1).bits
         1
     """
-
-    def __init__(
-        self,
-        source: nn.Conv2d,
-        centroids: torch.Tensor,
-        codes: torch.Tensor,
-        bits: int,
-        *,
-        centroid_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(source, bits)
-        self._store_codebook(centroids, codes, bits, centroid_dtype)
 
 
 def codebook_module(
@@ -486,8 +464,7 @@ def codebook_module(
         >>> shared.centroids.numel(), shared.packed.numel()
         (16, 256)
     """
-    _check_source(module)
-    cls = CodebookLinear if isinstance(module, nn.Linear) else CodebookConv2d
+    cls = _packed_class(module, CodebookLinear, CodebookConv2d)
     return cls(module, centroids, codes, bits, centroid_dtype=centroid_dtype)
 
 
@@ -496,6 +473,10 @@ def codebook_module(
 
 class _BinaryCodes(PackedWeightLayer):
     """Weight = alpha * sign; one bit per weight (1 = +1), alpha per output channel."""
+
+    def __init__(self, source: WeightLayer, alpha: torch.Tensor | None = None) -> None:
+        super().__init__(source, 1)
+        self._store_signs(source.weight, alpha)
 
     def _store_signs(self, weight: torch.Tensor, alpha: torch.Tensor | None) -> None:
         signs, default_alpha = binarize(weight.detach(), axis=0)
@@ -513,10 +494,7 @@ class _BinaryCodes(PackedWeightLayer):
 
     def signs(self) -> torch.Tensor:
         """+1 / -1 (float32) shaped like the weight."""
-        numel = 1
-        for d in self.weight_shape:
-            numel *= d
-        bits = unpack_bits(self.packed, 1, numel).reshape(self.weight_shape).float()
+        bits = unpack_bits(self.packed, 1, self._weight_numel()).reshape(self.weight_shape).float()
         return bits * 2 - 1
 
     def decode_weight(self) -> torch.Tensor:
@@ -534,10 +512,6 @@ class BinaryLinear(_BinaryCodes, _LinearOp):
         8
     """
 
-    def __init__(self, source: nn.Linear, alpha: torch.Tensor | None = None) -> None:
-        super().__init__(source, 1)
-        self._store_signs(source.weight, alpha)
-
 
 class BinaryConv2d(_BinaryCodes, _ConvOp):
     """``nn.Conv2d`` with weight ``alpha * sign(w)`` stored in one bit per weight.
@@ -547,10 +521,6 @@ class BinaryConv2d(_BinaryCodes, _ConvOp):
         torch.Size([1, 8, 3, 3])
     """
 
-    def __init__(self, source: nn.Conv2d, alpha: torch.Tensor | None = None) -> None:
-        super().__init__(source, 1)
-        self._store_signs(source.weight, alpha)
-
 
 def binary_module(module: WeightLayer, alpha: torch.Tensor | None = None) -> nn.Module:
     """A ``BinaryLinear`` / ``BinaryConv2d``; ``alpha`` defaults to mean |w| per output channel (XNOR-Net).
@@ -559,9 +529,7 @@ def binary_module(module: WeightLayer, alpha: torch.Tensor | None = None) -> nn.
         >>> binary_module(nn.Linear(8, 2)).describe()["bits"]
         1
     """
-    _check_source(module)
-    cls = BinaryLinear if isinstance(module, nn.Linear) else BinaryConv2d
-    return cls(module, alpha)
+    return _packed_class(module, BinaryLinear, BinaryConv2d)(module, alpha)
 
 
 # --- float16 storage --------------------------------------------------------------------------------
@@ -569,6 +537,10 @@ def binary_module(module: WeightLayer, alpha: torch.Tensor | None = None) -> nn.
 
 class _HalfCodes(PackedWeightLayer):
     """Weight and bias stored as float16 (saturating at +-65504), computed in the input's dtype."""
+
+    def __init__(self, source: WeightLayer) -> None:
+        super().__init__(source, 16, bias_dtype=torch.float16)
+        self._store_half(source.weight)
 
     def _store_half(self, weight: torch.Tensor) -> None:
         self.register_buffer("weight16", to_float16(weight.detach()))
@@ -591,10 +563,6 @@ class HalfLinear(_HalfCodes, _LinearOp):
         torch.float32
     """
 
-    def __init__(self, source: nn.Linear) -> None:
-        super().__init__(source, 16, bias_dtype=torch.float16)
-        self._store_half(source.weight)
-
 
 class HalfConv2d(_HalfCodes, _ConvOp):
     """``nn.Conv2d`` storing weight and bias in float16; takes and returns float32.
@@ -604,10 +572,6 @@ class HalfConv2d(_HalfCodes, _ConvOp):
         torch.float32
     """
 
-    def __init__(self, source: nn.Conv2d) -> None:
-        super().__init__(source, 16, bias_dtype=torch.float16)
-        self._store_half(source.weight)
-
 
 def half_module(module: WeightLayer) -> nn.Module:
     """A ``HalfLinear`` / ``HalfConv2d`` copy of ``module``.
@@ -616,11 +580,16 @@ def half_module(module: WeightLayer) -> nn.Module:
         >>> half_module(nn.Linear(4, 2)).weight16.dtype
         torch.float16
     """
-    _check_source(module)
-    return HalfLinear(module) if isinstance(module, nn.Linear) else HalfConv2d(module)
+    return _packed_class(module, HalfLinear, HalfConv2d)(module)
 
 
 PACKED_LAYERS = (
-    QuantizedLinear, QuantizedConv2d, CodebookLinear, CodebookConv2d, BinaryLinear, BinaryConv2d, HalfLinear,
+    QuantizedLinear,
+    QuantizedConv2d,
+    CodebookLinear,
+    CodebookConv2d,
+    BinaryLinear,
+    BinaryConv2d,
+    HalfLinear,
     HalfConv2d,
 )

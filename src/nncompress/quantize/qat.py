@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ from nncompress.core.step import Step, StepContext, register_step
 from nncompress.distill.losses import kd_loss
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QPARAM_METHODS, QuantSpec, compute_qparams, fake_quantize, qparams_from_range
+from nncompress.quantize.ptq import check_patterns, is_excluded, normalize_patterns
 from nncompress.tasks.task import call_model
 from nncompress.train.loop import TrainConfig, TrainHistory, fit, train_config
 from nncompress.train.masks import mask_hooks
@@ -362,35 +362,6 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def excluded(name: str, patterns: tuple[str, ...]) -> bool:
-    """True when ``name`` or a parent module equals or fully matches one of ``patterns``."""
-    parts = name.split(".")
-    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(p == pat or re.fullmatch(pat, p) for p in prefixes for pat in patterns)
-
-
-def check_exclude(model: nn.Module, patterns: tuple[str, ...]) -> None:
-    """Raise ValueError for an ``exclude`` entry that names no module (exactly or as a regex)."""
-    names = [n for n, _ in model.named_modules() if n]
-    for pat in patterns:
-        if not any(n == pat or re.fullmatch(pat, n) for n in names):
-            layers = ", ".join(n for n, _ in weight_layers(model))
-            raise ValueError(f"exclude entry {pat!r} names no module (exact name or regex); layers are: {layers}")
-
-
-def normalize_exclude(value: object) -> tuple[str, ...]:
-    """``exclude`` as a tuple of valid regexes (accepts one string or a list)."""
-    items = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"exclude takes module names or regexes (strings), got {item!r}")
-        try:
-            re.compile(item)
-        except re.error as e:
-            raise ValueError(f"exclude entry {item!r} is not a valid regex: {e}") from e
-    return items
-
-
 def plan_layers(
     model: nn.Module,
     bits: int,
@@ -401,10 +372,10 @@ def plan_layers(
 ) -> dict[str, int | None]:
     """``{layer name: bits}`` for the layers to train quantized; ``keep`` layers get ``keep_bits``
     (None: they are left float and out of the plan)."""
-    check_exclude(model, exclude)
+    check_patterns(model, exclude, "exclude", list_layers=weight_layers)
     plan: dict[str, int | None] = {}
     for name, _ in weight_layers(model):
-        if excluded(name, exclude):
+        if is_excluded(name, exclude):
             continue
         if name in keep:
             if keep_bits is not None:
@@ -601,7 +572,7 @@ class QuantizationAwareTraining(Step):
         if self.ste_range not in QPARAM_METHODS:
             raise ValueError(f"ste_range must be one of {', '.join(QPARAM_METHODS)}; got {self.ste_range!r}")
         check_training_settings(self)
-        object.__setattr__(self, "exclude", normalize_exclude(self.exclude))
+        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     def config(self, seed: int) -> TrainConfig:
         return train_config(self, seed)
