@@ -103,7 +103,8 @@ def peer_row(task: nc.Task, method: str, tool: str, baseline_model: nn.Module, m
     """A contract row for a peer: its model measured by us (timed alternately with the
     baseline, as our rows are); sizes of both as the peer's users save them."""
     config = config or nc.MeasureConfig()
-    baseline, report = (nc.measure(m, task, config=replace(config, latency=False)) for m in (baseline_model, model))
+    baseline, report = (nc.measure(m, task, config=replace(config, latency=False), size_bytes=0)
+                        for m in (baseline_model, model))  # sizes: the peer's own files, below
     add_latency([baseline, report], [baseline_model, model], task, config)
     with tempfile.TemporaryDirectory() as d:  # both saved the peer's way
         for i, (m, r) in enumerate(((baseline_model, baseline), (model, report))):

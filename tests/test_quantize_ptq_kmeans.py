@@ -254,3 +254,37 @@ def test_rest_bits_rounds_the_other_parameters_and_the_artifact_stores_them_narr
     torch.testing.assert_close(nc.load(path).pos_embed, q.pos_embed, rtol=0, atol=0)
     with pytest.raises(ValueError, match="rest_bits must be one of 32, 16, 8 or None; got 4"):
         WeightQuantize(rest_bits=4)
+
+
+@pytest.mark.parametrize(
+    "layer", [nn.Linear(32, 16), nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.Conv2d(4, 4, 3, groups=2)]
+)
+def test_bias_correction_removes_the_mean_output_shift(layer):
+    """Inputs with a large mean: 3-bit weights shift the mean output; bias correction takes it out."""
+    from nncompress.quantize.bias_correction import correct_bias, input_means
+
+    torch.manual_seed(0)
+    shape = (256, 32) if isinstance(layer, nn.Linear) else (64, 4, 8, 8)
+    x = torch.randn(*shape) + 2.0
+    model = nn.Sequential(layer).eval()
+    means = input_means(model, ["0"], [x])
+    packed = quantize_weight_module(layer, QuantSpec(bits=3, granularity="channel"))
+    dims = (0,) if isinstance(layer, nn.Linear) else (0, 2, 3)
+    with torch.no_grad():
+        ref = layer(x).mean(dims)
+        before = (packed(x).mean(dims) - ref).abs().max()
+        correct_bias(packed, layer.weight, means["0"])
+        after = (packed(x).mean(dims) - ref).abs().max()
+    # Linear: exact; conv: only the zero-padded border keeps a residual shift
+    assert after < (1e-4 if isinstance(layer, nn.Linear) else 0.35 * before), (before, after)
+    assert before > 1e-3
+
+
+def test_weight_quantize_bias_correction_logs_and_validates():
+    model = init_model("lenet5")
+    q, ctx = _apply(WeightQuantize(bits=3, bias_correction=True, calibration_batches=1), model)
+    assert any("bias corrected by up to" in line for line in ctx.log), ctx.log
+    with pytest.raises(ValueError, match="bias_correction='yes' must be True or False"):
+        WeightQuantize(bias_correction="yes")
+    with pytest.raises(ValueError, match="calibration_batches=0 must be an integer >= 1"):
+        WeightQuantize(calibration_batches=0)

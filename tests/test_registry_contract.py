@@ -23,6 +23,7 @@ EXAMPLES: dict[str, dict] = {
     "qat": {"max_steps": 3},
     "binarize": {"max_steps": 3},
     "kmeans-quantize": {"max_steps": 3},
+    "mixed-precision": {"calibration_batches": 1, "bits_options": (2, 4)},
     "gradual-prune": {"max_steps": 2},
     "iterative-prune": {"rounds": 2, "max_steps": 1},
     "lottery-ticket": {"rounds": 1, "max_steps": 1},

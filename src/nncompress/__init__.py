@@ -33,6 +33,7 @@ _LAZY_STEPS = {
     "DynamicInt8Quantize": "nncompress.quantize.int8",
     "WeightQuantize": "nncompress.quantize.ptq",
     "Float16Weights": "nncompress.quantize.ptq",
+    "MixedPrecisionQuantize": "nncompress.quantize.mixed",
     "KMeansQuantize": "nncompress.quantize.kmeans",
     "QuantizationAwareTraining": "nncompress.quantize.qat",
     "Binarize": "nncompress.quantize.binary",
@@ -44,7 +45,7 @@ _LAZY_STEPS = {
 __all__ = [
     "STEPS", "ArtifactError", "ChannelPrune", "CompressionReport", "Distill", "DynamicInt8Quantize",
     "FineTune", "GradualPrune", "StaticInt8Quantize", "WeightQuantize", "Float16Weights", "KMeansQuantize",
-    "QuantizationAwareTraining", "Binarize",
+    "QuantizationAwareTraining", "Binarize", "MixedPrecisionQuantize",
     "HeadPrune", "IterativePrune", "LotteryTicket", "MagnitudePrune", "MeasureConfig", "NMPrune",
     "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
     "load_recipe", "measure", "register_step", "save", "tasks",
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
     from nncompress.quantize.binary import Binarize
     from nncompress.quantize.int8 import DynamicInt8Quantize, StaticInt8Quantize
     from nncompress.quantize.kmeans import KMeansQuantize
+    from nncompress.quantize.mixed import MixedPrecisionQuantize
     from nncompress.quantize.ptq import Float16Weights, WeightQuantize
     from nncompress.quantize.qat import QuantizationAwareTraining
     from nncompress.train.finetune import FineTune

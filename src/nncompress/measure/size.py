@@ -31,6 +31,18 @@ def stored_weight_counts(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def tensor_nonzero(t: torch.Tensor) -> int:
+    """Non-zero elements of ``t``; tensor subclasses without ``count_nonzero`` (torchao's
+    quantized weights) are counted on their ``dequantize()``d values."""
+    t = t.detach()
+    try:
+        return int(t.count_nonzero())
+    except (NotImplementedError, RuntimeError, TypeError):
+        if callable(getattr(t, "dequantize", None)):
+            return int(t.dequantize().count_nonzero())
+        raise
+
+
 def _counts(model: nn.Module) -> tuple[int, int]:
     """(elements, non-zeros) of every parameter, stored-weight modules included, each counted once."""
     total = nonzero = 0
@@ -48,7 +60,7 @@ def _counts(model: nn.Module) -> tuple[int, int]:
             if id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel()
-                nonzero += int(p.detach().count_nonzero())
+                nonzero += tensor_nonzero(p)
     return total, nonzero
 
 
@@ -88,7 +100,7 @@ def _dtype_format(dtype: torch.dtype) -> dict[str, Any]:
 
 def _sparsity(weight: torch.Tensor) -> float:
     """Fraction of the weight's elements that are exactly zero."""
-    return 1.0 - int(weight.count_nonzero()) / max(1, weight.numel())
+    return 1.0 - tensor_nonzero(weight) / max(1, weight.numel())
 
 
 def _row(name: str, module: nn.Module, weight: torch.Tensor, counts: tuple[int, int], **fmt: Any) -> dict[str, Any]:
@@ -157,6 +169,6 @@ def layer_stats(model: nn.Module) -> list[dict]:
             continue
         seen.add(id(weight))
         own = list(module.parameters(recurse=False))
-        counts = sum(p.numel() for p in own), sum(int(p.detach().count_nonzero()) for p in own)
+        counts = sum(p.numel() for p in own), sum(tensor_nonzero(p) for p in own)
         rows.append(_row(name, module, weight.detach(), counts, **_dtype_format(weight.dtype)))
     return rows

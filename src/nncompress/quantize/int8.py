@@ -266,7 +266,7 @@ class StaticInt8Quantize(Step):
         per_channel: one weight scale per output channel (else one per tensor).
         backend: ``"auto"`` (onnxruntime when installed, else torch), ``"onnxruntime"``, ``"torch"``.
         exclude: module names (and their children) kept in fp32.
-        threads: onnxruntime sessions that share batches above 8 (0: ``torch.get_num_threads()``);
+        threads: onnxruntime intra-op threads for batches above 8 (0: ``torch.get_num_threads()``);
             smaller batches use one.
         min_int8_in_channels: onnxruntime backend only: convolutions with fewer input channels
             per group (a first conv on grayscale or RGB input), and the activation/pool chain right
