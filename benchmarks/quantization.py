@@ -11,8 +11,9 @@ Rows (method names are stable; see shared DESIGN.md):
   norms, position table: 6% of its 143k parameters) are rounded to 8-bit grids (rest_bits=8),
   or the small model's overhead keeps it above 15% of fp32. torchao peers on the ViT (int8
   weight-only, int4 weight-only per group of 32)
-- fmnist-resnet  w3, w3-mixed: uniform 3-bit against mixed precision at an average of 3 bits per
-  weight (2/3/4/8 bits per layer by output-error sensitivity, exact knapsack)
+- fmnist-resnet  w3, w3-bias-corrected, w3-mixed: uniform 3-bit, the same with empirical bias
+  correction, and mixed precision at an average of 3 bits per weight (2/3/4/8 bits per layer by
+  task-loss sensitivity, exact knapsack)
 - fmnist-lenet5  kmeans: 5-bit conv / 4-bit linear codebooks, centroids fine-tuned 1 epoch
 - fmnist-mlp  binary: hidden layers 1-bit (XNOR-Net scaling), trained with KD
 - fmnist-resnet  lsq4: LSQ 4-bit QAT at the same layer choice as the w4 row (same run)
@@ -55,6 +56,8 @@ def ours(quick: bool) -> list[dict]:
     rows.append(run_recipe(FAMILY, resnet, "w4", [nc.WeightQuantize(bits=4)]))
     rows.append(run_recipe(FAMILY, vit, "w4", [nc.WeightQuantize(bits=4, rest_bits=8)]))
     rows.append(run_recipe(FAMILY, resnet, "w3", [nc.WeightQuantize(bits=3)]))
+    corrected = nc.WeightQuantize(bits=3, bias_correction=True, calibration_batches=8)
+    rows.append(run_recipe(FAMILY, resnet, "w3-bias-corrected", [corrected]))
     mixed = nc.MixedPrecisionQuantize(avg_bits=3.0, bits_options=(2, 3, 4, 8))
     rows.append(run_recipe(FAMILY, resnet, "w3-mixed", [mixed]))
     qat = nc.QuantizationAwareTraining(bits=4, method="lsq", epochs=0.1 if quick else 1.0)

@@ -261,29 +261,25 @@ def test_rest_bits_rounds_the_other_parameters_and_the_artifact_stores_them_narr
 )
 def test_bias_correction_removes_the_mean_output_shift(layer):
     """Inputs with a large mean: 3-bit weights shift the mean output; bias correction takes it out."""
-    from nncompress.quantize.bias_correction import correct_bias, input_means
+    from nncompress.quantize.bias_correction import empirical_bias_correction, output_means
 
     torch.manual_seed(0)
     shape = (256, 32) if isinstance(layer, nn.Linear) else (64, 4, 8, 8)
     x = torch.randn(*shape) + 2.0
-    model = nn.Sequential(layer).eval()
-    means = input_means(model, ["0"], [x])
-    packed = quantize_weight_module(layer, QuantSpec(bits=3, granularity="channel"))
-    dims = (0,) if isinstance(layer, nn.Linear) else (0, 2, 3)
-    with torch.no_grad():
-        ref = layer(x).mean(dims)
-        before = (packed(x).mean(dims) - ref).abs().max()
-        correct_bias(packed, layer.weight, means["0"])
-        after = (packed(x).mean(dims) - ref).abs().max()
-    # Linear: exact; conv: only the zero-padded border keeps a residual shift
-    assert after < (1e-4 if isinstance(layer, nn.Linear) else 0.35 * before), (before, after)
-    assert before > 1e-3
+    float_model = nn.Sequential(layer).eval()
+    quantized = nn.Sequential(quantize_weight_module(layer, QuantSpec(bits=3, granularity="channel"))).eval()
+    ref = output_means(float_model, ["0"], [x])["0"]
+    before = float((output_means(quantized, ["0"], [x])["0"] - ref).abs().max())
+    applied = empirical_bias_correction(float_model, quantized, ["0"], [x])
+    after = float((output_means(quantized, ["0"], [x])["0"] - ref).abs().max())
+    assert before > 1e-3 and applied["0"] == pytest.approx(before, rel=1e-5)
+    assert after < 1e-5 * max(1.0, float(ref.abs().max())), (before, after)
 
 
 def test_weight_quantize_bias_correction_logs_and_validates():
     model = init_model("lenet5")
     q, ctx = _apply(WeightQuantize(bits=3, bias_correction=True, calibration_batches=1), model)
-    assert any("bias corrected by up to" in line for line in ctx.log), ctx.log
+    assert any(line.startswith("bias correction: 3 layers") for line in ctx.log), ctx.log
     with pytest.raises(ValueError, match="bias_correction='yes' must be True or False"):
         WeightQuantize(bias_correction="yes")
     with pytest.raises(ValueError, match="calibration_batches=0 must be an integer >= 1"):

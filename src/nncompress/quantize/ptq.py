@@ -15,16 +15,18 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.quantize.bias_correction import correct_bias, input_means
+from nncompress.quantize.bias_correction import empirical_bias_correction
 from nncompress.quantize.layers import half_module, quantize_weight_module
 from nncompress.quantize.primitives import GRANULARITIES, QPARAM_METHODS, QuantSpec
 
@@ -218,9 +220,10 @@ class WeightQuantize(Step):
             8-bit grid with a power-of-two scale per tensor; the artifact stores them in that many
             bits. None: 16 with ``float_format="fp16"``, else 32. On small models these
             parameters and the per-layer overhead decide whether 4-bit gets under 15% of fp32.
-        bias_correction: subtract each packed layer's expected output shift, (W_q - W) E[x] with
-            E[x] measured on ``calibration_batches`` train batches, from its bias (Nagel et al.
-            2019; a bias is added where the layer had none).
+        bias_correction: after packing, subtract from each packed layer's bias the shift of its
+            mean output against the float model, measured layer by layer in order on
+            ``calibration_batches`` train batches (empirical bias correction, Nagel et al. 2019;
+            a bias is added where the layer had none).
         calibration_batches: train batches for bias correction (>= 1).
 
     Example:
@@ -270,12 +273,12 @@ class WeightQuantize(Step):
         object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
         object.__setattr__(self, "layer_bits", normalize_layer_bits(self.layer_bits))
 
-    def _input_means(self, model: nn.Module, layers: list[str], ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Each layer's mean input over ``calibration_batches`` train batches (for bias correction)."""
+    def _calibration(self, ctx: StepContext) -> list[Any]:
+        """The inputs of ``calibration_batches`` train batches (for bias correction)."""
         from nncompress.quantize.int8 import calibration_inputs
 
         batches = calibration_inputs(ctx.task.train, self.calibration_batches, ctx.task.name)
-        return input_means(model, layers, [b[0] if len(b) == 1 else b for b in batches])
+        return [b[0] if len(b) == 1 else b for b in batches]
 
     def spec(self, bits: int) -> QuantSpec:
         """The ``QuantSpec`` of a layer quantized to ``bits``."""
@@ -309,17 +312,18 @@ class WeightQuantize(Step):
         chosen = self.plan(model)  # validate everything before touching the model
         half = self.float_format == "fp16"
         bias_dtype = torch.float16 if half else torch.float32
-        means = self._input_means(model, list(chosen), ctx) if self.bias_correction else {}
+        float_model = copy.deepcopy(model) if self.bias_correction else None
         for name, bits in chosen.items():
-            source = model.get_submodule(name)
-            new = quantize_weight_module(source, self.spec(bits), method=self.method, bias_dtype=bias_dtype)
-            correction = ""
-            if means:
-                correction = f", bias corrected by up to {correct_bias(new, source.weight, means[name]):.2g}"
+            new = quantize_weight_module(
+                model.get_submodule(name), self.spec(bits), method=self.method, bias_dtype=bias_dtype
+            )
             model = replace_module(model, name, new)
             info = new.describe()
             group = f" group {info['group_size']}" if info["group_size"] else ""
-            ctx.log.append(f"{name}: {info['format']} {info['bits']}-bit per-{info['granularity']}{group}{correction}")
+            ctx.log.append(f"{name}: {info['format']} {info['bits']}-bit per-{info['granularity']}{group}")
+        if float_model is not None:
+            applied = empirical_bias_correction(float_model, model, list(chosen), self._calibration(ctx))
+            ctx.log.append(f"bias correction: {len(applied)} layers, largest shift removed {max(applied.values()):.3g}")
         if half:
             left = [n for n, _ in weight_layers(model) if not is_excluded(n, self.exclude)]
             for name in left:
