@@ -157,10 +157,9 @@ def narrow_input_convs(graph: Any, min_in_channels: int) -> list[str]:
     """Names of Conv nodes with fewer than ``min_in_channels`` input channels per group, each with
     the chain of activations/pools that alone consumes its output (they stay fp32 with it)."""
     shapes = {i.name: list(i.dims) for i in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    from nncompress.quantize.onnx_layers import consumers_of
+
+    consumers = consumers_of(graph)
     names = []
     for node in graph.node:
         weight = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None

@@ -22,6 +22,15 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 Source = tuple[str, Any]
 
 
+
+def consumers_of(graph: Any) -> dict[str, list[Any]]:
+    """Tensor name -> the nodes of an ONNX graph that read it."""
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
 def _attribute(node: Any, name: str, default: Any) -> Any:
     """The value of ``node``'s attribute ``name``, or ``default`` when it is not set."""
     from onnx import helper
@@ -110,10 +119,7 @@ def onnx_layer_rows(proto: Any) -> list[dict[str, Any]]:
     graph = proto.graph
     arrays = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(graph)
     rows = []
     for node in graph.node:
         source = _source(node.input[1], producer, arrays) if node.op_type in WEIGHTED_OPS else None
