@@ -40,6 +40,7 @@ _LAZY_STEPS = {
     **{name: "nncompress.prune" for name in (
         "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket",
         "MagnitudePrune", "NMPrune", "UnstructuredPrune")},
+    "DistillStudent": "nncompress.distill.assistants",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "HeadPrune", "IterativePrune", "LotteryTicket", "MagnitudePrune", "MeasureConfig", "NMPrune",
     "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
     "load_recipe", "measure", "register_step", "save", "tasks",
+    "DistillStudent",
 ]
 
 
