@@ -249,7 +249,27 @@ class ActivationFakeQuant(nn.Module):
 # --- fake-quant layers ----------------------------------------------------------------------------
 
 
-class FakeQuantLinear(nn.Linear):
+class _FakeQuantCompute:
+    """What the fake-quant Linear and Conv2d share: the simulated weight and the forward pass."""
+
+    weight: nn.Parameter
+    weight_fake_quant: nn.Module
+    input_fake_quant: nn.Module | None
+
+    def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def simulated_weight(self) -> torch.Tensor:
+        """The weight as the packed layer will store it (float32, on the quantization grid)."""
+        return self.weight_fake_quant(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_fake_quant is not None:
+            x = self.input_fake_quant(x)
+        return self._compute(x, self.simulated_weight())
+
+
+class FakeQuantLinear(_FakeQuantCompute, nn.Linear):
     """``nn.Linear`` computing with its fake-quantized weight (and input): a QAT training device.
 
     Holds the very same ``weight`` / ``bias`` parameters as the layer it replaces.
@@ -260,20 +280,11 @@ class FakeQuantLinear(nn.Linear):
         torch.Size([3, 2])
     """
 
-    weight_fake_quant: nn.Module
-    input_fake_quant: nn.Module | None
-
-    def simulated_weight(self) -> torch.Tensor:
-        """The weight as the packed layer will store it (float32, on the quantization grid)."""
-        return self.weight_fake_quant(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_fake_quant is not None:
-            x = self.input_fake_quant(x)
-        return F.linear(x, self.simulated_weight(), self.bias)
+    def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, self.bias)
 
 
-class FakeQuantConv2d(nn.Conv2d):
+class FakeQuantConv2d(_FakeQuantCompute, nn.Conv2d):
     """``nn.Conv2d`` computing with its fake-quantized weight (and input): a QAT training device.
 
     Example:
@@ -282,17 +293,8 @@ class FakeQuantConv2d(nn.Conv2d):
         torch.Size([1, 2, 3, 3])
     """
 
-    weight_fake_quant: nn.Module
-    input_fake_quant: nn.Module | None
-
-    def simulated_weight(self) -> torch.Tensor:
-        """The weight as the packed layer will store it."""
-        return self.weight_fake_quant(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_fake_quant is not None:
-            x = self.input_fake_quant(x)
-        return self._conv_forward(x, self.simulated_weight(), self.bias)
+    def _compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, weight, self.bias)
 
 
 FAKE_QUANT_LAYERS = (FakeQuantLinear, FakeQuantConv2d)
