@@ -26,7 +26,6 @@ import statistics
 import time
 from typing import Any
 
-import torch
 from _common import RESULTS, contract_fields, parse_args, print_table, write_results
 from torch import nn
 
@@ -174,7 +173,6 @@ def main() -> None:
         print(f"wrote {write_results(FAMILY, rows, args.out)}")
         return
     seeds = (0,) if args.quick else (0, 1, 2)
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for name in RECIPES:
         rows += student_rows(name, seeds, args.quick)

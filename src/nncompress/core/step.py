@@ -32,6 +32,12 @@ class StepContext:
     log: list[str] = field(default_factory=list)
 
 
+def check_count(name: str, value: Any, minimum: int = 1) -> None:
+    """Raise ValueError unless ``value`` is an integer >= ``minimum`` (a step setting's check)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Step:
     """Base class of every compression step. Subclasses are frozen dataclasses of settings.

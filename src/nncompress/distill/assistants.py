@@ -15,16 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from nncompress.core.step import StepContext, register_step
+from nncompress.core.step import StepContext, check_count, register_step
 from nncompress.distill.recovery import Distill
 from nncompress.distill.students import INITS, student_for
 from nncompress.measure.size import count_params
 from nncompress.prune.structured import example_inputs as task_example_inputs
-
-
-def _check_count(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def assistant_sizes(teacher_params: float, student_params: float, steps: int = 1) -> list[float]:
@@ -37,7 +32,7 @@ def assistant_sizes(teacher_params: float, student_params: float, steps: int = 1
         >>> assistant_sizes(1_000_000, 10_000, steps=1)
         [100000.0]
     """
-    _check_count("steps", steps, 0)
+    check_count("steps", steps, 0)
     if not 0 < student_params < teacher_params:
         raise ValueError(
             f"need 0 < student_params < teacher_params, got student {student_params!r}, teacher {teacher_params!r}"
@@ -121,7 +116,7 @@ class DistillStudent(Distill):
         r = self.max_param_ratio
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
             raise ValueError(f"max_param_ratio must be a fraction in (0, 1), got {r!r}")
-        _check_count("assistants", self.assistants, 0)
+        check_count("assistants", self.assistants, 0)
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {self.init!r}")
 

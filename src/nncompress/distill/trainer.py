@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nncompress.core.step import check_count
 from nncompress.distill import losses
 from nncompress.distill.features import FeatureCapture, attention_pairs, find_module, resolve_layers
 from nncompress.io.atomic import atomic_path
@@ -135,9 +136,7 @@ class DistillConfig:
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         for name, low in (("checkpoint_every", 0), ("checkpoint_keep", 1), ("log_every", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+            check_count(name, getattr(self, name), low)
         if self.resume and not self.checkpoint_dir:
             raise ValueError("resume=True needs a checkpoint_dir")
 

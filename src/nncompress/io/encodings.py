@@ -132,13 +132,19 @@ def encode_smallest(
     return best
 
 
+def pow2_int8_exponent(absmax: float) -> int:
+    """The smallest ``e`` with ``absmax <= 127 * 2**e``: the grid of 8-bit codes times a power of two
+    that covers values up to ``absmax`` (``weight-quantize(rest_bits=8)`` rounds onto it)."""
+    return math.ceil(math.log2(absmax / 127))
+
+
 def _int8_grid_exponent(part: torch.Tensor) -> int | None:
     """``e`` when every value of ``part`` is an integer in [-127, 127] times ``2**e`` (then the
     int8 codes and ``e`` store it exactly), else None."""
     absmax = float(part.abs().max())
     if not math.isfinite(absmax) or absmax == 0.0:
         return None
-    exponent = math.ceil(math.log2(absmax / 127))
+    exponent = pow2_int8_exponent(absmax)
     codes = part * 2.0**-exponent  # exact: a power-of-two scale only shifts exponents
     if exponent < -126 or not torch.equal(codes, codes.round()) or not torch.equal(codes * 2.0**exponent, part):
         return None

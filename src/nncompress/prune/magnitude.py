@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nncompress.core.step import Step, StepContext, register_step
+from nncompress.core.step import Step, StepContext, check_count, register_step
 from nncompress.prune import importance
 from nncompress.prune.targets import prunable_weights
 
@@ -149,12 +149,6 @@ def check_fraction(name: str, value: float | None) -> None:
     """Raise ValueError unless ``value`` is a number in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-
-
-def check_count(name: str, value: int, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def normalize_overrides(pairs: object) -> tuple[tuple[str, float], ...]:

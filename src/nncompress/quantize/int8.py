@@ -29,6 +29,8 @@ from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.measure.flops import mark_reference_macs
+from nncompress.quantize.onnx_layers import consumers_of
+from nncompress.quantize.ptq import check_setting_count
 
 OBSERVERS = ("minmax", "histogram")
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -43,19 +45,25 @@ def _as_args(inputs: Any) -> tuple[Any, ...]:
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
-def calibration_inputs(train: Iterable[Any], batches: int, task_name: str = "") -> list[tuple[Any, ...]]:
-    """The inputs of the first ``batches`` train batches, each as a tuple of positional args."""
+def first_batches(
+    train: Iterable[Any], count: int, task_name: str = "", purpose: str = "int8 calibration"
+) -> list[Any]:
+    """The first ``count`` ``(inputs, targets)`` batches of ``train``; ValueError when it has none."""
     out = []
     for batch in train:
-        out.append(_as_args(batch[0]))
-        if len(out) >= batches:
+        out.append(batch)
+        if len(out) >= count:
             break
     if not out:
         raise ValueError(
-            f"int8 calibration needs data: task {task_name!r} has no train batches "
-            "(give the Task a non-empty train split)"
+            f"{purpose} needs data: task {task_name!r} has no train batches (give the Task a non-empty train split)"
         )
     return out
+
+
+def calibration_inputs(train: Iterable[Any], batches: int, task_name: str = "") -> list[tuple[Any, ...]]:
+    """The inputs of the first ``batches`` train batches, each as a tuple of positional args."""
+    return [_as_args(batch[0]) for batch in first_batches(train, batches, task_name)]
 
 
 def _check_exclude(model: nn.Module, exclude: tuple[str, ...]) -> None:
@@ -157,8 +165,6 @@ def narrow_input_convs(graph: Any, min_in_channels: int) -> list[str]:
     """Names of Conv nodes with fewer than ``min_in_channels`` input channels per group, each with
     the chain of activations/pools that alone consumes its output (they stay fp32 with it)."""
     shapes = {i.name: list(i.dims) for i in graph.initializer}
-    from nncompress.quantize.onnx_layers import consumers_of
-
     consumers = consumers_of(graph)
     names = []
     for node in graph.node:
@@ -294,9 +300,7 @@ class StaticInt8Quantize(Step):
             object.__setattr__(self, "exclude", (self.exclude,))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for name in ("calibration_batches", "min_int8_in_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+            check_setting_count(name, getattr(self, name))
         _check_choice("observer", self.observer, OBSERVERS)
         _check_choice("backend", self.backend, BACKENDS)
         if not isinstance(self.per_channel, bool):

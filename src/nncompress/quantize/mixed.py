@@ -1,10 +1,10 @@
 """Mixed-precision weight quantization: per-layer sensitivity, then bits that meet a size budget.
 
-Sensitivity of layer ``l`` at ``b`` bits: the mean squared error of the model's outputs on a few
-calibration batches when that layer alone has its weight quantized to ``b`` bits (the others stay
-float), relative to the outputs' mean square. Summing these per-layer errors as the cost of a
-whole assignment is the usual first-order model (HAWQ, Dong et al. 2019, uses Hessian traces in
-the same role). The assignment minimizing the summed cost with ``sum(bits * weights) <=
+Sensitivity of layer ``l`` at ``b`` bits: the increase of the task loss on a few calibration
+batches (or, without labels, the outputs' mean squared error relative to their mean square) when
+that layer alone has its weight quantized to ``b`` bits, the others staying float. Summing these
+per-layer errors as the cost of a whole assignment is the usual first-order model (HAWQ, Dong et
+al. 2019, uses Hessian traces in the same role). The assignment minimizing the summed cost with ``sum(bits * weights) <=
 avg_bits * total weights`` is a multiple-choice knapsack, solved exactly by dynamic programming
 over the budget in units of ``1 / resolution`` of its total.
 """
@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
+from nncompress.quantize.int8 import first_batches
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, fake_quantize
-from nncompress.quantize.ptq import WeightQuantize, check_bits
+from nncompress.quantize.ptq import WeightQuantize, check_bits, check_setting_count
 from nncompress.tasks.task import call_model
 
 CRITERIA = ("loss", "output-mse")
@@ -176,12 +177,7 @@ class MixedPrecisionQuantize(Step):
                 f"avg_bits={self.avg_bits} is below the smallest of bits_options {self.bits_options}; "
                 "add a smaller width or raise avg_bits"
             )
-        if (
-            isinstance(self.calibration_batches, bool)
-            or not isinstance(self.calibration_batches, int)
-            or (self.calibration_batches < 1)
-        ):
-            raise ValueError(f"calibration_batches={self.calibration_batches!r} must be an integer >= 1")
+        check_setting_count("calibration_batches", self.calibration_batches)
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {self.criterion!r}")
         self.weight_quantize({})  # validates the shared settings
@@ -204,13 +200,7 @@ class MixedPrecisionQuantize(Step):
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         base = self.weight_quantize({})
         layers = list(base.plan(model))  # validates exclusions and group sizes first
-        batches = []
-        for batch in ctx.task.train:
-            batches.append(batch)
-            if len(batches) >= self.calibration_batches:
-                break
-        if not batches:
-            raise ValueError(f"mixed-precision needs data: task {ctx.task.name!r} has no train batches")
+        batches = first_batches(ctx.task.train, self.calibration_batches, ctx.task.name, "mixed-precision")
         inputs, targets = [b[0] for b in batches], [b[1] for b in batches]
         by_loss = {"targets": targets, "loss_fn": ctx.task.loss} if self.criterion == "loss" else {}
         sensitivity = layer_sensitivity(model, inputs, layers, self.bits_options, base.spec, self.method, **by_loss)

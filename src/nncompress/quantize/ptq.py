@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
+from nncompress.io.encodings import pow2_int8_exponent
 from nncompress.quantize.bias_correction import empirical_bias_correction
 from nncompress.quantize.layers import half_module, quantize_weight_module
 from nncompress.quantize.primitives import GRANULARITIES, QPARAM_METHODS, QuantSpec
@@ -41,6 +41,12 @@ def check_bits(name: str, bits: object, *, allow_float: bool = False) -> int:
         accepted = "an integer in [2, 8]" + (" or 32 (keep float)" if allow_float else "")
         raise ValueError(f"{name} must be {accepted}, got {bits!r} (1 bit: use binary quantization)")
     return bits  # type: ignore[return-value]
+
+
+def check_setting_count(name: str, value: object) -> None:
+    """Raise ValueError unless a setting such as ``calibration_batches`` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -171,7 +177,7 @@ def round_to_pow2_int8(t: torch.Tensor) -> torch.Tensor:
     absmax = float(t.abs().max())
     if absmax == 0.0:
         return t.clone()
-    scale = 2.0 ** math.ceil(math.log2(absmax / 127))
+    scale = 2.0 ** pow2_int8_exponent(absmax)
     return (t / scale).round().clamp(-127, 127) * scale
 
 
@@ -249,10 +255,7 @@ class WeightQuantize(Step):
         check_bits("bits", self.bits)
         if not isinstance(self.bias_correction, bool):
             raise ValueError(f"bias_correction={self.bias_correction!r} must be True or False")
-        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) or (
-            self.calibration_batches < 1
-        ):
-            raise ValueError(f"calibration_batches={self.calibration_batches!r} must be an integer >= 1")
+        check_setting_count("calibration_batches", self.calibration_batches)
         if self.rest_bits is not None and self.rest_bits not in REST_BITS:
             accepted = ", ".join(map(str, REST_BITS))
             raise ValueError(f"rest_bits must be one of {accepted} or None; got {self.rest_bits!r}")

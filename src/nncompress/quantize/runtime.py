@@ -108,10 +108,6 @@ class OnnxRuntimeModule(nn.Module):
         state["_weight_counts"] = None
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state["_sessions"] = {}
-        self.__dict__.update(state)
-
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._sessions = {}
         super()._load_from_state_dict(*args, **kwargs)
