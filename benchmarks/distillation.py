@@ -2,7 +2,8 @@
 
 Rows (method names are stable; see shared DESIGN.md):
 - fmnist-mlp, fmnist-lenet5, fmnist-resnet: a student of <= 25% of the teacher's parameters
-  (``student_for``: every hidden width scaled by the same factor), trained for the same epochs
+  (``student_for``: the shape within the budget that keeps the most MACs -- every hidden width scaled
+  by one factor, or the first channel groups kept whole and the rest scaled), trained for the same epochs
   and learning rate three ways, over several seeds (mean in ``result.metric``, per-seed values
   and spread in ``settings``):
   ``kd-<student>``: initialized from the teacher's most important channels, then KD (soft labels,
@@ -14,7 +15,8 @@ Rows (method names are stable; see shared DESIGN.md):
   (``recovery-...-kd``) and with plain fine-tuning (``recovery-...-ft``) for the same steps
 
 Usage: python benchmarks/distillation.py [--quick]
-(NNCOMPRESS_BENCH_ONLY=vit reruns the two ViT rows and keeps the other rows of the JSON.)
+(NNCOMPRESS_BENCH_ONLY=fmnist-lenet5,vit reruns those parts -- a task's student rows, ``vit``,
+``recovery`` -- and keeps the other rows of the saved JSON.)
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def student_rows(task_name: str, seeds: tuple[int, ...], quick: bool) -> list[di
             arms[arm]["seconds"] += time.perf_counter() - t0
             arms[arm]["models"].append(student.eval())
             arms[arm]["metrics"].append(evaluate(student, task.test, task.metric_fn))
-    name = description.split(":")[0].replace(" ", "").replace(",", "-") or "student"
+    name = _student_tag(description)
     rows = []
     for arm, data in arms.items():
         settings = {"student": description, "epochs": epochs, "lr": lr,
@@ -102,6 +104,16 @@ def student_rows(task_name: str, seeds: tuple[int, ...], quick: bool) -> list[di
         rows.append(_row(task, f"{arm}-{name}", teacher, teacher_report, data["models"], data["metrics"],
                          settings, data["seconds"] / len(seeds)))
     return rows
+
+
+def _student_tag(description: str) -> str:
+    """A short method-name part for ``student_for``'s description: ``width0.25``, ``width0.20-2-whole``."""
+    shape = description.split(":")[0]
+    tag = "".join(p.replace("width ", "width") for p in shape.split(", ") if p.startswith("width "))
+    whole = [p for p in shape.split(", ") if p.endswith(" whole")]
+    if whole:
+        tag += f"-{len(whole[0].replace(' and ', ', ').split(', '))}-whole"
+    return tag or "student"
 
 
 def half_depth_rows(quick: bool) -> list[dict]:
@@ -154,32 +166,33 @@ def recovery_rows(quick: bool) -> list[dict]:
     return rows
 
 
-def _insert_after_task(rows: list[dict], new: list[dict], task: str) -> list[dict]:
-    """``rows`` with ``new`` placed after the last student row of ``task`` (table order)."""
-    last = max((i for i, r in enumerate(rows) if r["task"] == task and not r["method"].startswith("recovery")),
-               default=len(rows) - 1)
-    return rows[: last + 1] + new + rows[last + 1 :]
+PARTS = (*RECIPES, "vit", "recovery")
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    if os.environ.get("NNCOMPRESS_BENCH_ONLY") == "vit":  # rerun the ViT rows alone, keep the others
-        path = RESULTS / f"{FAMILY}.json"
-        new = half_depth_rows(args.quick)
-        names = {(r["task"], r["method"]) for r in new}
-        old = [r for r in json.loads(path.read_text()) if (r["task"], r["method"]) not in names]
-        rows = _insert_after_task(old, new, "fmnist-resnet")
-        print_table(rows)
-        print(f"wrote {write_results(FAMILY, rows, args.out)}")
-        return
+    only = [p for p in os.environ.get("NNCOMPRESS_BENCH_ONLY", "").split(",") if p]
+    if bad := sorted(set(only) - set(PARTS)):
+        raise SystemExit(f"NNCOMPRESS_BENCH_ONLY: unknown parts {bad}; accepted: {', '.join(PARTS)}")
     seeds = (0,) if args.quick else (0, 1, 2)
-    rows = []
-    for name in RECIPES:
-        rows += student_rows(name, seeds, args.quick)
-    rows += half_depth_rows(args.quick)
-    rows += recovery_rows(args.quick)
+    parts = {name: (lambda name=name: student_rows(name, seeds, args.quick)) for name in RECIPES}
+    parts["vit"] = lambda: half_depth_rows(args.quick)
+    parts["recovery"] = lambda: recovery_rows(args.quick)
+    fresh = {part: make() for part, make in parts.items() if not only or part in only}
+    if only:  # rerun some parts, keep the other rows of the saved JSON in their place
+        old = json.loads((RESULTS / f"{FAMILY}.json").read_text())
+        kept = {part: [r for r in old if _part_of(r) == part] for part in PARTS}
+        fresh = {part: fresh.get(part, kept[part]) for part in PARTS}
+    rows = [r for part in PARTS for r in fresh[part]]
     print_table(rows)
     print(f"wrote {write_results(FAMILY, rows, args.out)}")
+
+
+def _part_of(row: dict) -> str:
+    """Which part of the benchmark made ``row`` (see PARTS)."""
+    if row["method"].startswith("recovery-"):
+        return "recovery"
+    return "vit" if row["task"] == "fmnist-vit" else row["task"]
 
 
 if __name__ == "__main__":

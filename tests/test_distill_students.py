@@ -18,6 +18,7 @@ from nncompress.distill import (
     shallower,
     student_for,
 )
+from nncompress.measure.flops import count_macs
 from nncompress.measure.size import count_params
 from nncompress.models import LeNet5, ResNet, VisionTransformer
 
@@ -150,7 +151,7 @@ def test_narrower_errors():
 @pytest.mark.parametrize("name", list(SMALL_MODELS))
 def test_student_for_fits_the_budget_and_is_the_widest_that_does(name):
     teacher = init_model(name)
-    student, how = student_for(teacher, 0.25, example_inputs=X)
+    student, how = student_for(teacher, 0.25, example_inputs=X, shape="uniform")
     n, total = count_params(student), count_params(teacher)
     assert n <= 0.25 * total
     assert f"{n:,} params" in how
@@ -161,6 +162,22 @@ def test_student_for_fits_the_budget_and_is_the_widest_that_does(name):
     width = float(how.split("width ")[1].split(":")[0])
     # the next width up on the grid would not fit: the search stops at the largest that does
     assert count_params(narrower(base, round(width + 0.05, 2), example_inputs=X)) > 0.25 * total
+
+
+@pytest.mark.parametrize("name", list(SMALL_MODELS))
+def test_student_for_most_macs_keeps_at_least_the_uniform_students_macs(name):
+    teacher = init_model(name)
+    uniform, _ = student_for(teacher, 0.25, example_inputs=X, shape="uniform")
+    student, how = student_for(teacher, 0.25, example_inputs=X)
+    assert count_params(student) <= 0.25 * count_params(teacher)
+    assert count_macs(student, X) >= count_macs(uniform, X)
+    if name == "lenet5":  # conv channels are cheap in parameters: they stay, the fc layers narrow
+        assert "conv1 and conv2 whole" in how
+        assert (student.conv1.out_channels, student.conv2.out_channels) == (6, 16)
+        assert student.fc1.out_features < teacher.fc1.out_features
+        assert count_macs(student, X) > 2 * count_macs(uniform, X)
+    with pytest.raises(ValueError, match="shape must be one of"):
+        student_for(teacher, 0.25, example_inputs=X, shape="deep")
 
 
 def test_student_for_vit_shallower_alone_when_it_fits():

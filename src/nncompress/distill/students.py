@@ -6,7 +6,8 @@
   pruning (``ChannelPrune``, L1 importance, the same fraction of every channel group, plus
   ``HeadPrune`` for attention heads), so ``init="teacher"`` starts from the teacher's most
   important channels; ``init="random"`` keeps the shape and re-initializes the weights.
-- ``student_for``: the largest student within a parameter budget (a fraction of the teacher's).
+- ``student_for``: the student within a parameter budget (a fraction of the teacher's) that keeps
+  the most compute: uniform narrowing, or narrowing only the later layers, whichever keeps more MACs.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def narrower(
     *,
     example_inputs: Any,
     seed: int = 0,
+    keep_whole: Sequence[str] = (),
 ) -> nn.Module:
     """A copy of ``model`` with every hidden width multiplied by ``width`` (rounded up).
 
@@ -159,6 +161,7 @@ def narrower(
             ``"random"``: the same shape with fresh weights (see ``reinitialize``).
         example_inputs: a batch of inputs (batch size >= 2) to trace the model with.
         seed: the seed of the fresh weights when ``init="random"``.
+        keep_whole: modules whose outputs keep their full width (``ChannelPrune``'s ``exclude``).
 
     ValueError when the model cannot be traced or has no hidden width to narrow.
 
@@ -177,7 +180,8 @@ def narrower(
         before = count_params(student)
         try:
             with torch.no_grad():
-                student = ChannelPrune(sparsity=1.0 - width, criterion="l1", scope="layer").apply(student, ctx)
+                student = ChannelPrune(sparsity=1.0 - width, criterion="l1", scope="layer",
+                                       exclude=tuple(keep_whole)).apply(student, ctx)
                 if any(isinstance(m, MultiHeadSelfAttention) for m in student.modules()):
                     student = HeadPrune(sparsity=1.0 - width, criterion="l1").apply(student, ctx)
         except ValueError as e:
@@ -198,6 +202,45 @@ def _depth_or_none(model: nn.Module) -> int | None:
     return len(blocks) if isinstance(blocks, (nn.Sequential, nn.ModuleList)) else None
 
 
+SHAPES = ("most-macs", "uniform")
+
+
+def _fitting_width(base: nn.Module, widths: list[float], budget: float, keep_whole: Sequence[str], init: str,
+                   example_inputs: Any, seed: int) -> tuple[nn.Module, float] | None:
+    """The student of the largest width in ``widths`` (descending) within ``budget`` parameters, by
+    bisection (the parameter count falls as the width does); None when even the smallest is over."""
+    def build(w: float) -> nn.Module:
+        return narrower(base, w, init, example_inputs=example_inputs, seed=seed, keep_whole=keep_whole)
+
+    smallest = build(widths[-1])
+    if count_params(smallest) > budget:
+        return None
+    lo, hi, best = 0, len(widths) - 1, (smallest, widths[-1])  # widths[hi] fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        student = build(widths[mid])
+        if count_params(student) <= budget:
+            hi, best = mid, (student, widths[mid])
+        else:
+            lo = mid + 1
+    return best
+
+
+def _leading_producers(model: nn.Module, example_inputs: Any) -> list[tuple[str, ...]]:
+    """Producers of each prunable channel group, the groups in the order their first producer
+    appears in the model: keeping a prefix of them whole is one candidate student shape."""
+    from nncompress.prune.graph import trace_channels
+
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    groups = [tuple(g.names()) for g in trace_channels(model, example_inputs).groups]
+    groups = [g for g in groups if g]
+
+    def position(name: str) -> int:  # a parameter's name ("cls_token") counts at its owner module
+        return order.get(name, order.get(name.rpartition(".")[0], len(order)))
+
+    return sorted(groups, key=lambda names: min(map(position, names)))
+
+
 def student_for(
     teacher: nn.Module,
     max_param_ratio: float = 0.25,
@@ -206,21 +249,31 @@ def student_for(
     init: str = "teacher",
     grid: float = 0.05,
     seed: int = 0,
+    shape: str = "most-macs",
 ) -> tuple[nn.Module, str]:
-    """The largest student with at most ``max_param_ratio`` of the teacher's parameters.
+    """A student with at most ``max_param_ratio`` of the teacher's parameters.
 
     A transformer (a model with two or more ``blocks``) first loses every other block
     (``shallower``); if that is still too large, or for any other model (CNN, MLP), the student
     is ``narrower`` with the largest width on the grid ``1 - grid, 1 - 2 * grid, ...`` that fits.
 
+    ``shape="uniform"`` narrows every hidden width by that factor. ``"most-macs"`` (the default)
+    also tries keeping the first 1, 2, ... channel groups whole and narrowing only the later ones,
+    and returns the candidate that keeps the most multiply-accumulates: a LeNet-5 keeps its cheap,
+    compute-heavy convolutions and loses width in the fully connected layers that hold most of its
+    parameters (uniform narrowing would leave conv1 with 2 channels).
+
     Returns:
-        ``(student, description)``, e.g. ``"width 0.25: 61,035 params (22.9% of 266,610)"``.
+        ``(student, description)``, e.g. ``"width 0.25: 61,035 params (22.9% of 266,610)"`` or
+        ``"width 0.24, conv1 and conv2 whole: 15,051 params (24.4% of 61,706)"``.
 
     Example:
         >>> from nncompress.models import LeNet300100
         >>> student_for(LeNet300100(), 0.25, example_inputs=torch.randn(2, 1, 28, 28))[1]
         'width 0.25: 61,035 params (22.9% of 266,610)'
     """
+    from nncompress.measure.flops import count_macs
+
     r = max_param_ratio
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
         raise ValueError(f"max_param_ratio must be a fraction in (0, 1), got {max_param_ratio!r}")
@@ -228,6 +281,8 @@ def student_for(
         raise ValueError(f"grid must be a width step in (0, 1), got {grid!r}")
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {init!r}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(map(repr, SHAPES))}; got {shape!r}")
     total = count_params(teacher)
     budget = r * total
     base, parts = teacher, []
@@ -237,15 +292,30 @@ def student_for(
         parts.append(f"every other block ({depth} -> {_depth_or_none(base)})")
     widths = [1.0] if base is not teacher else []
     widths += [w for w in (round(1.0 - k * grid, 10) for k in range(1, int(1 / grid) + 1)) if w > 0]
-    for w in widths:
-        student = narrower(base, w, init, example_inputs=example_inputs, seed=seed)
-        n = count_params(student)
-        if n <= budget:
-            if w < 1.0:
-                parts.append(f"width {w:.2f}")
-            how = ", ".join(parts) + f": {n:,} params ({n / total:.1%} of {total:,})"
-            return student, how
-    raise ValueError(
-        f"no student of {type(teacher).__name__} on the width grid (step {grid}) has at most "
-        f"{r:.1%} of its {total:,} parameters; the smallest has {n:,} ({n / total:.1%})"
-    )
+    candidates: list[tuple[int, int, nn.Module, float, tuple[str, ...]]] = []  # (macs, params, ...)
+    kept: tuple[str, ...] = ()
+    prefixes = [()] if shape == "uniform" else [(), *_leading_producers(base, example_inputs)[:-1]]
+    for group in prefixes:
+        kept += group
+        found = _fitting_width(base, widths, budget, kept, init, example_inputs, seed)
+        if found is None:
+            break  # keeping more whole only leaves fewer parameters to the rest
+        student, w = found
+        candidates.append((count_macs(student, example_inputs), count_params(student), student, w, kept))
+    if not candidates:
+        smallest = count_params(narrower(base, widths[-1], init, example_inputs=example_inputs, seed=seed))
+        raise ValueError(
+            f"no student of {type(teacher).__name__} on the width grid (step {grid}) has at most "
+            f"{r:.1%} of its {total:,} parameters; the smallest has {smallest:,} ({smallest / total:.1%})"
+        )
+    _, n, student, w, kept = max(candidates, key=lambda c: (c[0], c[1], -len(c[4])))
+    if w < 1.0:
+        parts.append(f"width {w:.2f}")
+    if kept:
+        parts.append(f"{_join(kept)} whole")
+    return student, ", ".join(parts) + f": {n:,} params ({n / total:.1%} of {total:,})"
+
+
+def _join(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
