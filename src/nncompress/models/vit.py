@@ -59,10 +59,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         """The block on every token, or (``keep``) only the first ``keep`` tokens' outputs, which
         still attend to all tokens: (B, T or keep, dim)."""
-        if keep is None:
-            x = x + self.attn(self.norm1(x))
-        else:
-            x = x[:, :keep] + self.attn(self.norm1(x), queries=keep)
+        residual = x if keep is None else x[:, :keep]
+        x = residual + self.attn(self.norm1(x), queries=keep)
         return x + self.mlp(self.norm2(x))
 
 
