@@ -27,6 +27,8 @@ EXAMPLES: dict[str, dict] = {
     "gradual-prune": {"max_steps": 2},
     "iterative-prune": {"rounds": 2, "max_steps": 1},
     "lottery-ticket": {"rounds": 1, "max_steps": 1},
+    "svd": {"activation_aware": True, "calibration_batches": 1},
+    "lowrank-budget": {"val_batches": 1},
 }
 
 

@@ -41,6 +41,8 @@ _LAZY_STEPS = {
         "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket",
         "MagnitudePrune", "NMPrune", "UnstructuredPrune")},
     "DistillStudent": "nncompress.distill.assistants",
+    **{name: "nncompress.lowrank" for name in (
+        "SVDFactorize", "TuckerFactorize", "CPFactorize", "SpatialSVDFactorize", "LowRankBudget")},
 }
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
     "load_recipe", "measure", "register_step", "save", "tasks",
     "DistillStudent",
+    "SVDFactorize", "TuckerFactorize", "CPFactorize", "SpatialSVDFactorize", "LowRankBudget",
 ]
 
 
@@ -71,6 +74,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from nncompress.core.step import STEPS
     from nncompress.distill import Distill
+    from nncompress.lowrank import (
+        CPFactorize,
+        LowRankBudget,
+        SpatialSVDFactorize,
+        SVDFactorize,
+        TuckerFactorize,
+    )
     from nncompress.prune import (
         ChannelPrune,
         GradualPrune,

@@ -70,7 +70,7 @@ S = TypeVar("S", bound=type[Step])
 BUILTIN_STEP_MODULES = (
     "nncompress.train.finetune", "nncompress.distill", "nncompress.prune", "nncompress.quantize.int8",
     "nncompress.quantize.ptq", "nncompress.quantize.kmeans", "nncompress.quantize.qat", "nncompress.quantize.binary",
-    "nncompress.quantize.mixed", "nncompress.distill.assistants",
+    "nncompress.quantize.mixed", "nncompress.distill.assistants", "nncompress.lowrank",
 )
 
 
