@@ -221,6 +221,29 @@ def test_grouped_convs_are_skipped_and_logged():
     assert "tucker: skipped b: grouped convolution (groups=2) is not factorized" in ctx.log
 
 
+@pytest.mark.parametrize("step", [nc.TuckerFactorize(rank=0.5), nc.CPFactorize(rank=4)])
+def test_one_by_one_convs_are_left_to_spatial_svd(step):
+    class Pointwise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 1)
+            self.c, self.head = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.c(self.b(self.a(x))).mean((2, 3)))
+
+    task = make_task(Pointwise, n_train=64)
+    torch.manual_seed(0)
+    ctx = StepContext(task=task)
+    out = step.apply(Pointwise().eval(), ctx)
+    assert isinstance(out.b, nn.Conv2d) and isinstance(out.c, nn.Sequential)
+    assert f"{step.kind}: skipped b: a 1x1 convolution: {step.kind} only adds layers to a low-rank matrix split; " \
+           "use spatial-svd" in ctx.log
+    ctx = StepContext(task=task)
+    out = nc.SpatialSVDFactorize(rank=0.25).apply(Pointwise().eval(), ctx)
+    assert isinstance(out.b, nn.Sequential) and [m.kernel_size for m in out.b] == [(1, 1), (1, 1)]
+
+
 def test_conv_steps_leave_a_model_without_convs_alone():
     model, task = model_and_task(mlp)
     ctx = StepContext(task=task)

@@ -183,10 +183,21 @@ def factorized_linear(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor
     return nn.Sequential(first, second)
 
 
+def _pointwise_reason(module: nn.Module, kind: str) -> str | None:
+    """Why ``kind`` skips a 1x1 convolution: its kernel is a plain matrix, which two 1x1 convs from a
+    truncated SVD (``spatial-svd``) factorize with fewer parameters than ``kind``'s extra layers."""
+    if isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1):
+        return f"a 1x1 convolution: {kind} only adds layers to a low-rank matrix split; use spatial-svd"
+    return None
+
+
 class Tucker2(Method):
     """Conv2d -> 1x1 (C_in -> r_in), kh x kw core (r_in -> r_out), 1x1 (r_out -> C_out); rank (r_out, r_in)."""
 
     kind = "tucker"
+
+    def skip_reason(self, module: nn.Module) -> str | None:
+        return super().skip_reason(module) or _pointwise_reason(module, self.kind)
 
     def full_rank(self, module: nn.Module) -> Rank:
         return (module.out_channels, module.in_channels)
@@ -223,6 +234,9 @@ class CP(Method):
     kind = "cp"
     rules = ("fixed", "params")
     has_full_rank = False
+
+    def skip_reason(self, module: nn.Module) -> str | None:
+        return super().skip_reason(module) or _pointwise_reason(module, self.kind)
 
     def full_rank(self, module: nn.Module) -> Rank:
         c_out, c_in, kh, kw = module.weight.shape
