@@ -29,6 +29,14 @@ EXAMPLES: dict[str, dict] = {
     "lottery-ticket": {"rounds": 1, "max_steps": 1},
     "svd": {"activation_aware": True, "calibration_batches": 1},
     "lowrank-budget": {"val_batches": 1},
+    "rtn": {"group_size": 16},
+    "gptq": {"group_size": 16, "calibration_batches": 1},
+    "awq": {"group_size": 16, "grid": 4, "calibration_batches": 1},
+    "hqq": {"group_size": 16, "iters": 5},
+    "w8a8": {"calibration_batches": 1},
+    "smoothquant": {"calibration_batches": 1},
+    "wanda": {"calibration_batches": 1},
+    "sparsegpt": {"calibration_batches": 1},
 }
 
 

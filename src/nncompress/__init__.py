@@ -41,6 +41,14 @@ _LAZY_STEPS = {
         "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune", "LotteryTicket",
         "MagnitudePrune", "NMPrune", "UnstructuredPrune")},
     "DistillStudent": "nncompress.distill.assistants",
+    "RTNQuantize": "nncompress.quantize.gptq",
+    "GPTQQuantize": "nncompress.quantize.gptq",
+    "AWQQuantize": "nncompress.quantize.awq",
+    "HQQQuantize": "nncompress.quantize.hqq",
+    "W8A8Quantize": "nncompress.quantize.smoothquant",
+    "SmoothQuant": "nncompress.quantize.smoothquant",
+    "WandaPrune": "nncompress.prune.wanda",
+    "SparseGPTPrune": "nncompress.prune.sparsegpt",
     **{name: "nncompress.lowrank" for name in (
         "SVDFactorize", "TuckerFactorize", "CPFactorize", "SpatialSVDFactorize", "LowRankBudget")},
 }
@@ -53,6 +61,8 @@ __all__ = [
     "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
     "load_recipe", "measure", "register_step", "save", "tasks",
     "DistillStudent",
+    "RTNQuantize", "GPTQQuantize", "AWQQuantize", "HQQQuantize", "W8A8Quantize", "SmoothQuant",
+    "WandaPrune", "SparseGPTPrune",
     "SVDFactorize", "TuckerFactorize", "CPFactorize", "SpatialSVDFactorize", "LowRankBudget",
 ]
 
@@ -91,10 +101,16 @@ if TYPE_CHECKING:
         NMPrune,
         UnstructuredPrune,
     )
+    from nncompress.prune.sparsegpt import SparseGPTPrune
+    from nncompress.prune.wanda import WandaPrune
+    from nncompress.quantize.awq import AWQQuantize
     from nncompress.quantize.binary import Binarize
+    from nncompress.quantize.gptq import GPTQQuantize, RTNQuantize
+    from nncompress.quantize.hqq import HQQQuantize
     from nncompress.quantize.int8 import DynamicInt8Quantize, StaticInt8Quantize
     from nncompress.quantize.kmeans import KMeansQuantize
     from nncompress.quantize.mixed import MixedPrecisionQuantize
     from nncompress.quantize.ptq import Float16Weights, WeightQuantize
     from nncompress.quantize.qat import QuantizationAwareTraining
+    from nncompress.quantize.smoothquant import SmoothQuant, W8A8Quantize
     from nncompress.train.finetune import FineTune

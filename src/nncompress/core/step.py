@@ -38,6 +38,12 @@ def check_count(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_flag(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` is True or False (a step setting's check)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Step:
     """Base class of every compression step. Subclasses are frozen dataclasses of settings.
@@ -71,6 +77,8 @@ BUILTIN_STEP_MODULES = (
     "nncompress.train.finetune", "nncompress.distill", "nncompress.prune", "nncompress.quantize.int8",
     "nncompress.quantize.ptq", "nncompress.quantize.kmeans", "nncompress.quantize.qat", "nncompress.quantize.binary",
     "nncompress.quantize.mixed", "nncompress.distill.assistants", "nncompress.lowrank",
+    "nncompress.quantize.gptq", "nncompress.quantize.awq", "nncompress.quantize.hqq", "nncompress.quantize.smoothquant",
+    "nncompress.prune.wanda", "nncompress.prune.sparsegpt",
 )
 
 

@@ -11,7 +11,8 @@ Formats (``describe()["format"]``):
 
 - ``int-symmetric``: codes in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` offset to unsigned and packed,
   zero point 0 (not stored);
-- ``uint-affine``: codes in ``[0, 2^b - 1]`` packed, zero points packed at the same width;
+- ``uint-affine``: codes in ``[0, 2^b - 1]`` packed, zero points packed at the same width (or,
+  given ``zero_dtype``, fractional zero points stored as floats: HQQ's optimized zeros);
 - ``codebook``: cluster indices packed at ``bits`` plus ``2^bits`` centroids (Han et al. 2016);
 - ``binary``: one sign bit per weight plus one scale per output channel (XNOR-Net);
 - ``float16``: the weight and bias as fp16.
@@ -249,9 +250,10 @@ class _UniformCodes(PackedWeightLayer):
         method: str = "minmax",
         scale_dtype: torch.dtype | None = None,
         bias_dtype: torch.dtype = torch.float32,
+        zero_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(source, spec.bits, bias_dtype=bias_dtype)
-        self._store_codes(source.weight, spec, scale, zero_point, method, scale_dtype)
+        self._store_codes(source.weight, spec, scale, zero_point, method, scale_dtype, zero_dtype)
 
     def _store_codes(
         self,
@@ -261,6 +263,7 @@ class _UniformCodes(PackedWeightLayer):
         zero_point: torch.Tensor | None,
         method: str,
         scale_dtype: torch.dtype | None,
+        zero_dtype: torch.dtype | None = None,
     ) -> None:
         _check_uniform_bits(spec.bits)
         weight = weight.detach().float()
@@ -280,18 +283,22 @@ class _UniformCodes(PackedWeightLayer):
                 f"{tuple(weight.shape)} needs {expected.numel()} (shape {tuple(expected)})"
             )
         scale = _scale_storage(scale.reshape(expected), torch.float32 if given and scale_dtype is None else scale_dtype)
-        zero_point = zero_point.detach().round().reshape(expected).to(torch.int32)
-        if spec.symmetric and bool(zero_point.any()):
-            raise ValueError("symmetric quantization needs zero points of 0")
-        if bool((zero_point < spec.qmin).any()) or bool((zero_point > spec.qmax).any()):
-            raise ValueError(f"zero points must lie in [{spec.qmin}, {spec.qmax}] for {spec.bits}-bit affine codes")
-        codes = quantize(weight, scale.float(), zero_point, spec)  # with the stored (maybe fp16) scale
+        if zero_dtype is not None:
+            codes, zero_buffer = _float_zero_codes(weight, scale.float(), zero_point, spec, zero_dtype, expected)
+        else:
+            zero_point = zero_point.detach().round().reshape(expected).to(torch.int32)
+            if spec.symmetric and bool(zero_point.any()):
+                raise ValueError("symmetric quantization needs zero points of 0")
+            if bool((zero_point < spec.qmin).any()) or bool((zero_point > spec.qmax).any()):
+                raise ValueError(f"zero points must lie in [{spec.qmin}, {spec.qmax}] for {spec.bits}-bit affine codes")
+            codes = quantize(weight, scale.float(), zero_point, spec)  # with the stored (maybe fp16) scale
+            zero_buffer = None if spec.symmetric else pack_bits(zero_point, spec.bits)
         unsigned = to_unsigned(codes, spec.bits) if spec.symmetric else codes
         self.spec = spec
         self.qparam_shape = tuple(expected)
         self.register_buffer("packed", pack_bits(unsigned, spec.bits))
         self.register_buffer("scale", scale)
-        self.register_buffer("zero_point", None if spec.symmetric else pack_bits(zero_point, spec.bits))
+        self.register_buffer("zero_point", zero_buffer)
 
     def _code_tensors(self) -> tuple[torch.Tensor | None, ...]:
         return self.packed, self.scale, self.zero_point
@@ -303,9 +310,11 @@ class _UniformCodes(PackedWeightLayer):
         return codes.reshape(self.weight_shape)
 
     def zero_points(self) -> torch.Tensor:
-        """Zero points (int32) shaped like ``scale``."""
+        """Zero points (int32; float32 when stored fractional) shaped like ``scale``."""
         if self.zero_point is None:
             return torch.zeros(self.qparam_shape, dtype=torch.int32)
+        if self.zero_point.is_floating_point():
+            return self.zero_point.float().cpu().reshape(self.qparam_shape)
         n = self.scale.numel()
         return unpack_bits(self.zero_point, self.spec.bits, n).to(torch.int32).reshape(self.qparam_shape)
 
@@ -321,6 +330,27 @@ class _UniformCodes(PackedWeightLayer):
             "granularity": self.spec.granularity,
             "group_size": self.spec.group_size,
         }
+
+
+def _float_zero_codes(
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    spec: QuantSpec,
+    zero_dtype: torch.dtype,
+    shape: tuple[int, ...] | torch.Size,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``clamp(round(w / scale + zero))`` and the stored zeros, for fractional zero points."""
+    if zero_dtype not in (torch.float16, torch.float32):
+        raise ValueError(f"zero_dtype must be torch.float16, torch.float32 or None (integer), got {zero_dtype}")
+    if spec.symmetric or spec.axis != 0 or zero_point is None:
+        raise ValueError("fractional zero points (zero_dtype) need symmetric=False, axis 0 and a given zero_point")
+    zero = zero_point.detach().reshape(shape).to(zero_dtype)
+    if not bool(torch.isfinite(zero).all()):
+        raise ValueError("fractional zero points must be finite (and fit zero_dtype)")
+    view = weight.reshape(weight.shape[0], -1, spec.group_size) if spec.granularity == "group" else weight
+    codes = torch.clamp(torch.round(view / scale + zero.float()), spec.qmin, spec.qmax)
+    return codes.reshape(weight.shape).to(spec.storage_dtype), zero
 
 
 class QuantizedLinear(_UniformCodes, _LinearOp):
@@ -352,6 +382,7 @@ def quantize_weight_module(
     method: str = "minmax",
     scale_dtype: torch.dtype | None = None,
     bias_dtype: torch.dtype = torch.float32,
+    zero_dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """A ``QuantizedLinear`` / ``QuantizedConv2d`` holding ``module``'s weight packed per ``spec``.
 
@@ -365,6 +396,9 @@ def quantize_weight_module(
         scale_dtype: storage of the scales. None (auto): float16 for computed scales when every
             one is a normal fp16 number, float32 for given scales (they stay exactly as trained).
         bias_dtype: float32 (a trainable ``nn.Parameter``) or float16 (a buffer, upcast in forward).
+        zero_dtype: None: integer zero points, packed at ``spec.bits``. torch.float16 / float32:
+            the given ``zero_point`` may be fractional (HQQ) and is stored in that dtype; codes are
+            ``round(w / scale + zero)``.
 
     Example:
         >>> q = quantize_weight_module(nn.Conv2d(4, 8, 3), QuantSpec(bits=3, symmetric=False, granularity="channel"))
@@ -373,7 +407,14 @@ def quantize_weight_module(
     """
     cls = _packed_class(module, QuantizedLinear, QuantizedConv2d)
     return cls(
-        module, spec, scale=scale, zero_point=zero_point, method=method, scale_dtype=scale_dtype, bias_dtype=bias_dtype
+        module,
+        spec,
+        scale=scale,
+        zero_point=zero_point,
+        method=method,
+        scale_dtype=scale_dtype,
+        bias_dtype=bias_dtype,
+        zero_dtype=zero_dtype,
     )
 
 

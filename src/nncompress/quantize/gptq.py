@@ -1,0 +1,386 @@
+"""GPTQ (Frantar et al. 2023, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers") and the round-to-nearest baseline (``rtn``), plus the settings every one-shot
+weight-only quantizer shares (``WeightOnlyQuantize``: GPTQ, AWQ, HQQ, RTN).
+
+GPTQ quantizes a Linear's weight W (out, in) one input column at a time and spreads each column's
+rounding error over the columns not yet quantized, weighted by the inverse Hessian of the layer's
+squared output error, H = 2 X^T X / rows (X: the layer's calibration inputs). This minimizes
+||X W^T - X Ŵ^T|| far better than rounding each weight alone. Details kept from the paper and its
+reference code: dampening (``percdamp`` of mean diag H), dead inputs (diag 0) zeroed, the upper
+Cholesky factor of H^-1 in place of repeated inverse updates, lazy batch updates over blocks of
+``block_size`` columns, and act-order (columns in decreasing diag H). A group's scale is computed
+when the first of its columns comes up in the processing order, from the group's weights as
+updated by the error feedback so far (pending lazy updates included). Groups always span
+consecutive inputs in the *original* order, also under act-order, so each group's codes share
+one scale and the packed ``QuantizedLinear`` stays valid (the reference's act-order without
+"static groups" would scatter a group over the permuted columns, which this format cannot
+store; its static groups take scales from the unquantized weights instead: on our test layers
+the two choices came out equal on average, better at 4 and 3 bits, worse at 2).
+
+Every step here leaves packed ``QuantizedLinear`` layers (quantize/layers.py): the artifact stores
+``bits``-bit codes and per-group scales (and zero points), so it really shrinks.
+
+Example:
+    >>> w, x = torch.randn(8, 32), torch.randn(256, 32)
+    >>> spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=16)
+    >>> w_hat, scale, zero = gptq_quantize(w, 2 * x.T @ x / 256, spec)
+    >>> scale.shape, bool((x @ (w - w_hat).T).norm() < (x @ (w - rtn_weight(w, spec)).T).norm())
+    (torch.Size([8, 2, 1]), True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nncompress.core.sequential import (
+    BlockRun,
+    LayerGroup,
+    calibration_batches,
+    check_blocks_setting,
+    replace_linear,
+    run_sequential,
+    select_linears,
+)
+from nncompress.core.step import Step, StepContext, check_count, check_flag, register_step
+from nncompress.quantize.layers import FP16_MAX, FP16_TINY, quantize_weight_module
+from nncompress.quantize.primitives import QuantSpec, compute_qparams, dequantize, quantize
+from nncompress.quantize.ptq import check_bits, normalize_patterns
+
+# --- pure maths ----------------------------------------------------------------------------------------
+
+
+def fp16_scales(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` rounded to float16 values where it is a normal fp16 number (elsewhere unchanged),
+    so that quantizing with it gives exactly the weights the packed layer decodes from fp16 storage."""
+    a = scale.abs()
+    fits = torch.isfinite(scale) & (a >= FP16_TINY) & (a <= FP16_MAX)
+    return torch.where(fits, scale.half().float(), scale.float())
+
+
+def scale_dtype_for(scale: torch.Tensor) -> torch.dtype:
+    """float16 when every scale is an exact normal fp16 value (lossless storage), else float32."""
+    return torch.float16 if torch.equal(fp16_scales(scale), scale.float()) else torch.float32
+
+
+def inverse_hessian_cholesky(hessian: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + damp I)^-1 (U^T U = H^-1), damp = ``percdamp`` * mean diag H.
+
+    Row i of U holds what GPTQ / SparseGPT need when column i is quantized or pruned: the error
+    scale U[i, i] and the update direction U[i, i:] over the remaining columns. When H is too
+    ill-conditioned the dampening grows tenfold, up to four times.
+    """
+    h = hessian.detach().float()
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    damp = percdamp * h.diagonal().mean().clamp(min=1e-8)
+    for _ in range(5):
+        lower, info = torch.linalg.cholesky_ex(h + damp * eye)
+        if int(info) == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            if int(info) == 0:
+                return upper
+        damp = damp * 10
+    raise ValueError(f"the Hessian of shape {tuple(h.shape)} is not positive definite even with dampening {damp:.3g}")
+
+
+def prepare_hessian(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 copies of W and H with dead inputs (diag H = 0: never non-zero in the data) handled:
+    their weights set to 0 and their diagonal to 1, as in the reference code."""
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone().to(w.device)
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    return w, h
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    percdamp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    keep: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ: quantize ``weight`` (out, in) column by column with error feedback through H^-1.
+
+    Args:
+        weight: the float weight (out, in).
+        hessian: H = 2 X^T X / rows of the layer's inputs (in, in).
+        spec: bits, symmetric, and ``"channel"`` or ``"group"`` granularity on axis 0.
+        percdamp: dampening, as a fraction of mean diag H.
+        block_size: columns per lazy batch update.
+        act_order: quantize columns in decreasing diag H (groups stay contiguous, see module doc).
+        keep: optional boolean mask (out, in); False entries are forced to 0 (pruned weights stay
+            pruned, and the other weights absorb the change).
+
+    Returns:
+        (Ŵ, scale, zero_point): Ŵ (float32) holds exactly ``(q - zero) * scale`` for integer codes q; scale
+        (fp16-exact where possible) and zero point (int32) are shaped as ``compute_qparams``
+        returns them for ``spec``: (out, 1) per channel, (out, groups, 1) per group.
+    """
+    if spec.granularity not in ("channel", "group") or spec.axis != 0:
+        raise ValueError(f"gptq needs per-channel or per-group scales on axis 0, got {spec}")
+    w, h = prepare_hessian(weight, hessian)
+    rows, cols = w.shape
+    gs = spec.group_size if spec.granularity == "group" else cols
+    col_spec = QuantSpec(bits=spec.bits, symmetric=spec.symmetric, granularity="channel")
+    scale = torch.ones(rows, cols // gs, device=w.device)
+    zero = torch.zeros(rows, cols // gs, dtype=torch.int32, device=w.device)
+
+    def set_group(g: int, values: torch.Tensor) -> None:  # values: (rows, gs)
+        s, z = compute_qparams(values, col_spec, "minmax")  # (rows, 1)
+        scale[:, g], zero[:, g] = fp16_scales(s)[:, 0], z[:, 0]
+
+    grouped = spec.granularity == "group"
+    if not grouped:  # per channel: from the weight as it is
+        set_group(0, w)
+    perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols, device=w.device)
+    w, h = w[:, perm], h[perm][:, perm]
+    keep_p = keep.to(w.device)[:, perm] if keep is not None else None
+    col_group = perm // gs  # group of each (permuted) column, in the original order
+    position = torch.argsort(perm)  # permuted position of each original column
+    started = torch.zeros(cols // gs, dtype=torch.bool)
+    hinv = inverse_hessian_cholesky(h, percdamp)
+    q_all = torch.zeros_like(w)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            c = i1 + i
+            g = int(col_group[c])
+            if grouped and not started[g]:  # the group's first column: scales from its weights as updated so far
+                started[g] = True
+                set_group(g, _current_columns(w, w1, err1, hinv, position[g * gs : (g + 1) * gs], i1, i))
+            s, z = scale[:, g : g + 1], zero[:, g : g + 1]
+            q = dequantize(quantize(w1[:, i : i + 1], s, z, col_spec), s, z, col_spec)[:, 0]
+            if keep_p is not None:
+                q = q * keep_p[:, c]
+            err = (w1[:, i] - q) / hinv1[i, i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]  # feed the error to the later columns
+            q_all[:, c], err1[:, i] = q, err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # the lazy update of the columns after this block
+    q_all = q_all[:, position]
+    shape = (rows, 1) if spec.granularity == "channel" else (rows, cols // gs, 1)
+    return q_all, scale.reshape(shape), zero.reshape(shape)
+
+
+def _current_columns(
+    w: torch.Tensor, w1: torch.Tensor, err1: torch.Tensor, hinv: torch.Tensor, cols: torch.Tensor, i1: int, i: int
+) -> torch.Tensor:
+    """Columns ``cols`` (permuted positions, none quantized yet) as updated by every column before
+    i1 + i: those in the current block from ``w1``, later ones from ``w`` plus the block's pending
+    lazy update."""
+    i2 = i1 + w1.shape[1]
+    later = w[:, cols] - err1[:, :i] @ hinv[i1 : i1 + i, cols]  # (rows, n); right for cols >= i2
+    inside = (cols >= i1) & (cols < i2)
+    later[:, inside] = w1[:, cols[inside] - i1]
+    return later
+
+
+def rtn_weight(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Round-to-nearest weights with min-max scales: the baseline every method here is held against."""
+    scale, zero = compute_qparams(weight, spec, "minmax")
+    return dequantize(quantize(weight, scale, zero, spec), scale, zero, spec)
+
+
+# --- shared settings of the one-shot weight-only quantizers ----------------------------------------------
+
+
+def normalize_group_size(value: object) -> int | None:
+    """``group_size`` as an integer >= 1, or None for per-channel (-1 also means per-channel)."""
+    if value is None or (value == -1 and not isinstance(value, bool)):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"group_size must be an integer >= 1, or -1 / None for one scale per output channel; got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class WeightOnlyQuantize(Step):
+    """Settings shared by the one-shot weight-only quantizers (not a step itself).
+
+    Args:
+        bits: code width in [2, 8].
+        group_size: inputs per scale along each output row (128 as in GPTQ/AWQ); -1 or None: one
+            scale per output channel. A layer whose input count it does not divide gets per-channel
+            scales (a log line says which).
+        symmetric: signed codes with zero point 0; False (default): unsigned codes with a zero
+            point per group.
+        layers: module names or full-match regexes to quantize (a parent selects its Linears);
+            empty: every plain ``nn.Linear``.
+        exclude: names or regexes left in float.
+        keep_classifier: leave the last Linear (the LM head / classifier) in float; it is small
+            next to the blocks and the most sensitive.
+
+    Example:
+        >>> WeightOnlyQuantize(group_size=-1).group_size is None
+        True
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = False
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    keep_classifier: bool = True
+
+    def __post_init__(self) -> None:
+        check_bits("bits", self.bits)
+        object.__setattr__(self, "group_size", normalize_group_size(self.group_size))
+        check_flag("symmetric", self.symmetric)
+        check_flag("keep_classifier", self.keep_classifier)
+        object.__setattr__(self, "layers", normalize_patterns(self.layers, "layers"))
+        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
+
+    def targets(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """The plain Linears this step quantizes, by name (ValueError for unknown names)."""
+        return select_linears(model, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier)
+
+    def spec_for(self, name: str, layer: nn.Linear, ctx: StepContext | None = None) -> QuantSpec:
+        """The layer's ``QuantSpec``: per group when ``group_size`` divides its inputs, else per channel."""
+        group = self.group_size
+        if group is not None and layer.in_features % group:
+            if ctx is not None:
+                ctx.log.append(
+                    f"{name}: group_size {group} does not divide its {layer.in_features} inputs; per-channel"
+                )
+            group = None
+        granularity = "channel" if group is None else "group"
+        return QuantSpec(bits=self.bits, symmetric=self.symmetric, granularity=granularity, group_size=group)
+
+    def pack(
+        self,
+        model: nn.Module,
+        name: str,
+        layer: nn.Linear,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        zero_dtype: torch.dtype | None = None,
+    ) -> nn.Module:
+        """Replace ``layer`` by a ``QuantizedLinear`` of ``weight`` (already on the grid of ``scale``
+        and ``zero_point``); returns the new layer."""
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        new = quantize_weight_module(
+            layer, spec, scale=scale, zero_point=zero_point, scale_dtype=scale_dtype_for(scale), zero_dtype=zero_dtype
+        )
+        return replace_linear(model, name, new, layer)
+
+
+@register_step("rtn", family="quantize")
+@dataclass(frozen=True)
+class RTNQuantize(WeightOnlyQuantize):
+    """Round-to-nearest weight-only quantization (min-max scales per group): the one-shot baseline.
+
+    The same packing as ``weight-quantize`` with ``granularity="group"``, ``method="minmax"``,
+    here with the settings of the LLM quantizers it is compared with (group 128, asymmetric,
+    Linears only, LM head kept).
+
+    No data needed. Settings: see ``WeightOnlyQuantize``.
+
+    Example:
+        >>> RTNQuantize(bits=4, group_size=128)  # doctest: +ELLIPSIS
+        RTNQuantize(bits=4, group_size=128, symmetric=False, ...)
+    """
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        targets = self.targets(model)
+        if not targets:
+            ctx.log.append(f"{self.kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+            return model
+        for name, layer in targets.items():
+            spec = self.spec_for(name, layer, ctx)
+            replace_linear(model, name, quantize_weight_module(layer, spec, method="minmax"), layer)
+        ctx.log.append(f"{self.kind}: {len(targets)} Linear layers packed, {self.describe()['settings']}")
+        return model
+
+
+@register_step("gptq", family="quantize")
+@dataclass(frozen=True)
+class GPTQQuantize(WeightOnlyQuantize):
+    """GPTQ one-shot weight quantization to packed low-bit Linears (Frantar et al. 2023).
+
+    Each selected Linear is quantized from its inputs' Hessian, collected after the earlier layers
+    of its block (and all earlier blocks) were quantized (``core/sequential.py``), and replaced by
+    a packed ``QuantizedLinear``. Weights masked out in ``ctx.masks`` (earlier pruning) stay 0.
+
+    Args:
+        bits, group_size, symmetric, layers, exclude, keep_classifier: see ``WeightOnlyQuantize``.
+        act_order: quantize columns in decreasing Hessian diagonal (helps with outlier inputs;
+            groups still span consecutive inputs, so packing is unchanged).
+        percdamp: Hessian dampening as a fraction of its mean diagonal, in (0, 1].
+        block_size: columns per lazy batch update (speed only; 128 as in the paper).
+        calibration_batches: train batches whose inputs calibrate (>= 1).
+        blocks: the block list (None: found automatically; "" the whole model is one block).
+
+    Example:
+        >>> GPTQQuantize(bits=3, group_size=64, act_order=True)  # doctest: +ELLIPSIS
+        GPTQQuantize(bits=3, group_size=64, symmetric=False, ..., act_order=True, ...)
+    """
+
+    act_order: bool = False
+    percdamp: float = 0.01
+    block_size: int = 128
+    calibration_batches: int = 8
+    blocks: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_flag("act_order", self.act_order)
+        check_percdamp(self.percdamp)
+        check_count("block_size", self.block_size)
+        check_count("calibration_batches", self.calibration_batches)
+        check_blocks_setting(self.blocks)
+
+    def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        targets = self.targets(model)
+        if not targets:
+            ctx.log.append(f"{self.kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+            return model
+
+        def process(run: BlockRun, groups: list[LayerGroup]) -> None:
+            for group in groups:
+                for name in group.selected:
+                    layer = group.module(name)
+                    spec = self.spec_for(name, layer, ctx)
+                    mask = ctx.masks.get(f"{name}.weight")
+                    keep = mask if mask is not None and mask.shape == layer.weight.shape else None
+                    w, s, z = gptq_quantize(
+                        layer.weight,
+                        group.stats[name].hessian(),
+                        spec,
+                        percdamp=self.percdamp,
+                        block_size=self.block_size,
+                        act_order=self.act_order,
+                        keep=keep,
+                    )
+                    self.pack(run.model, name, layer, w, s, z, spec)
+
+        batches = calibration_batches(ctx, self.calibration_batches, self.kind)
+        done = run_sequential(
+            model, batches, process, select=targets, needs=("hessian",), blocks=self.blocks, log=ctx.log
+        )
+        order = ", act-order" if self.act_order else ""
+        ctx.log.append(
+            f"{self.kind}: {len(done)} Linear layers packed ({self.bits}-bit{order}) from {len(batches)} batch(es)"
+        )
+        return model
+
+
+def check_percdamp(value: object) -> None:
+    """Raise ValueError unless the Hessian dampening is a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(
+            f"percdamp must be a number in (0, 1] (a fraction of the Hessian's mean diagonal), got {value!r}"
+        )
