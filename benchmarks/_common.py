@@ -122,13 +122,21 @@ def write_results(family: str, rows: list[dict[str, Any]], out: str | None = Non
     return path
 
 
+def _change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The metric's change: points for a higher-is-better fraction, a relative change otherwise
+    (perplexity: lower is better)."""
+    if before.get("higher_is_better", True):
+        return f"{(after['value'] - before['value']) * 100:+.2f}"
+    return f"{(after['value'] / before['value'] - 1) * 100:+.1f}%"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = [
         "task",
         "tool",
         "method",
         "metric",
-        "Δ pts",
+        "Δ pts / %",
         "size KB",
         "x smaller",
         "nonzero",
@@ -145,7 +153,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 r.get("tool", "nncompress"),
                 r["method"],
                 f"{res['metric']['value']:.4f}",
-                f"{(res['metric']['value'] - b['metric']['value']) * 100:+.2f}",
+                _change(b["metric"], res["metric"]),
                 f"{res['size_bytes'] / 1024:.1f}",
                 f"{b['size_bytes'] / res['size_bytes']:.2f}",
                 f"{res['nonzero_params']}",

@@ -129,17 +129,19 @@ def zoo_list(args: argparse.Namespace) -> Any:
 
 def zoo_train(args: argparse.Namespace) -> Any:
     """Train a reference model from its fixed seed and cache the checkpoint."""
+    from nncompress.tasks.metrics import meets
     from nncompress.tasks.zoo import entry, train_baseline
 
-    entry(args.name)  # validate the name before loading data
+    metric = entry(args.name).metric  # validate the name before loading data
     out_dir = Path(args.out_dir) if args.out_dir else None
     _, info = train_baseline(args.name, data_dir=args.data_dir, out_dir=out_dir)
     if args.json:
         return info
-    status = "meets" if info["test_accuracy"] >= info["target"] else "MISSES"
+    test, val = info[f"test_{metric}"], info[f"val_{metric}"]
+    status = "meets" if meets(test, info["target"], metric) else "MISSES"
     return (
-        f"{args.name}: test accuracy {info['test_accuracy']:.4f} ({status} target "
-        f"{info['target']}), val {info['val_accuracy']:.4f}, trained in {info['train_seconds']}s"
+        f"{args.name}: test {metric} {test:.4f} ({status} target "
+        f"{info['target']}), val {val:.4f}, trained in {info['train_seconds']}s"
     )
 
 

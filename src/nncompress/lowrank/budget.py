@@ -57,7 +57,8 @@ class LowRankBudget(Step):
         keep: the candidate ranks of each layer, as fractions of its parameters (``params:F``).
         methods: the factorization of each layer type: ``"svd"`` for Linear and one of
             ``"tucker"``, ``"cp"``, ``"spatial-svd"`` for Conv2d.
-        criterion: ``"loss"`` (increase of the task loss) or ``"metric"`` (drop of the task metric)
+        criterion: ``"loss"`` (increase of the task loss) or ``"metric"`` (worsening of the task metric,
+            in its own direction: a drop of accuracy, a rise of perplexity)
             on ``val_batches`` validation batches.
         val_batches: validation batches each trial is scored on (>= 1).
         layers, exclude: module names or regexes to consider / leave (empty ``layers``: all).
@@ -130,7 +131,8 @@ class LowRankBudget(Step):
         return out
 
     def _scorer(self, ctx: StepContext) -> Callable[[nn.Module], float]:
-        """``score(model)``, lower is better: the task loss or minus the metric on the first val batches."""
+        """``score(model)``, lower is better: the task loss, or the metric on the first val batches
+        (negated for a higher-is-better metric such as accuracy, as is for perplexity)."""
         batches = list(islice(ctx.task.val, self.val_batches))
         if not batches:
             raise ValueError(f"{self.kind} scores layers on validation data: task {ctx.task.name!r} has no val batches")
@@ -139,7 +141,8 @@ class LowRankBudget(Step):
             outputs, targets = predict(model, batches)
             if self.criterion == "loss":
                 return float(ctx.task.loss(outputs, targets))
-            return -float(ctx.task.metric_fn(outputs, targets))
+            value = float(ctx.task.metric_fn(outputs, targets))
+            return -value if ctx.task.higher_is_better else value  # lower score = better either way
 
         return score
 

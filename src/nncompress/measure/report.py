@@ -100,7 +100,7 @@ def measure(
     energy = estimate_energy(macs, size).to_dict()
     report = Report(
         task=task.name,
-        metric={"name": task.metric_name, "value": metric_value},
+        metric={"name": task.metric_name, "value": metric_value, "higher_is_better": task.higher_is_better},
         params=params,
         nonzero_params=count_nonzero(model),
         size_bytes=size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nncompress.measure.report import Report
+from nncompress.tasks.metrics import METRICS
 
 
 def _human_bytes(n: float) -> str:
@@ -60,7 +61,7 @@ def comparison_table(reports: Sequence[Report], names: Sequence[str]) -> str:
 
 def _change(key: str, a: Report, b: Report) -> str:
     if key.endswith("(test)"):
-        return f"{(b.metric['value'] - a.metric['value']) * 100:+.2f} pts"
+        return _metric_change(a.metric, b.metric)
     pairs = {
         "params": (a.params, b.params),
         "non-zero params": (a.nonzero_params, b.nonzero_params),
@@ -82,6 +83,22 @@ def _change(key: str, a: Report, b: Report) -> str:
             f"{before / after:.2f}x smaller" if before > after else f"{after / before:.2f}x larger"
         )
     return ""
+
+
+def _metric_change(before: dict, after: dict) -> str:
+    """Accuracy-like metrics: the change in points; lower-is-better ones (perplexity): the relative
+    change, labelled better or worse, since an increase there is a loss."""
+    a, b = before["value"], after["value"]
+    higher = before.get("higher_is_better")
+    if higher is None:  # reports written before the direction was recorded
+        metric = METRICS.get(before.get("name", ""))
+        higher = metric is None or metric.higher_is_better
+    if higher:
+        return f"{(b - a) * 100:+.2f} pts"
+    if a == b:
+        return "same"
+    relative = f"{(b - a) / abs(a) * 100:+.2f}%" if a else f"{b - a:+.4g}"
+    return f"{relative} ({'worse' if b > a else 'better'})"
 
 
 def layer_table(baseline: Report, final: Report) -> str:

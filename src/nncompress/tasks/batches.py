@@ -14,6 +14,8 @@ class TensorBatches:
 
     Each epoch's shuffle order comes from ``seed`` and the epoch number, so a run is reproducible
     however many times the iterable is consumed (unlike a DataLoader with a global generator).
+    ``inputs`` may be a tuple of tensors of equal length (e.g. token ids and attention mask): each
+    batch's inputs are then the tuple of their rows, which ``call_model`` passes as positional args.
 
     Example:
         >>> batches = TensorBatches(torch.zeros(10, 3), torch.zeros(10), batch_size=4)
@@ -23,7 +25,7 @@ class TensorBatches:
 
     def __init__(
         self,
-        inputs: torch.Tensor,
+        inputs: torch.Tensor | tuple[torch.Tensor, ...],
         targets: torch.Tensor,
         *,
         batch_size: int,
@@ -32,10 +34,11 @@ class TensorBatches:
         augment: Augment | None = None,
         drop_last: bool = False,
     ) -> None:
-        if len(inputs) != len(targets):
-            raise ValueError(
-                f"inputs and targets differ in length ({len(inputs)} vs {len(targets)})"
-            )
+        lengths = [len(x) for x in inputs] if isinstance(inputs, tuple) else [len(inputs)]
+        if any(n != len(targets) for n in lengths):
+            raise ValueError(f"inputs and targets differ in length ({lengths} vs {len(targets)})")
+        if isinstance(inputs, tuple) and augment is not None:
+            raise ValueError("augment applies to a single input tensor, not a tuple of inputs")
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         self.inputs, self.targets = inputs, targets
@@ -44,23 +47,23 @@ class TensorBatches:
         self._epoch = 0
 
     def __len__(self) -> int:
-        n = len(self.inputs)
+        n = len(self.targets)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        return len(self.inputs)
+        return len(self.targets)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch)
         self._epoch += 1
-        n = len(self.inputs)
+        n = len(self.targets)
         order = torch.randperm(n, generator=gen) if self.shuffle else None
         for b in range(len(self)):
             sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
-            idx = order[sl] if order is not None else None
-            x = self.inputs[idx] if idx is not None else self.inputs[sl]
-            y = self.targets[idx] if idx is not None else self.targets[sl]
+            rows = order[sl] if order is not None else sl
+            x = tuple(t[rows] for t in self.inputs) if isinstance(self.inputs, tuple) else self.inputs[rows]
+            y = self.targets[rows]
             if self.augment is not None:
                 x = self.augment(x, gen)
             yield x, y
@@ -71,7 +74,8 @@ class TensorBatches:
 
     def subset(self, count: int) -> TensorBatches:
         """The first ``count`` samples as unshuffled, unaugmented batches (for calibration)."""
-        return TensorBatches(self.inputs[:count], self.targets[:count], batch_size=self.batch_size)
+        inputs = tuple(t[:count] for t in self.inputs) if isinstance(self.inputs, tuple) else self.inputs[:count]
+        return TensorBatches(inputs, self.targets[:count], batch_size=self.batch_size)
 
 
 def random_crop_flip(padding: int = 2, flip: bool = True) -> Augment:

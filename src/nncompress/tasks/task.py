@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nncompress.tasks.metrics import MetricFn, resolve_metric
+from nncompress.tasks.metrics import Metric, MetricFn, higher_is_better, resolve_metric
 
 Batch = tuple[Any, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -24,8 +24,10 @@ class Task:
         name: how reports refer to the task (a reference name or ``file.py:factory``).
         train, val, test: iterables of ``(inputs, targets)`` batches (DataLoaders work).
         baseline: zero-argument callable that returns the trained model to compress.
-        metric: a registered name (``"accuracy"``, ``"top5"``, ``"neg_mse"``) or a callable
-            ``(outputs, targets) -> float`` over the whole split; higher is better.
+        metric: a registered name (``"accuracy"``, ``"top5"``, ``"neg_mse"``, ``"cosine"``,
+            ``"perplexity"``), a :class:`~nncompress.tasks.metrics.Metric`, or a callable
+            ``(outputs, targets) -> float`` over the whole split. Callables count as higher-is-better
+            unless they carry ``higher_is_better = False``; see :attr:`higher_is_better`.
         loss: ``(outputs, targets) -> scalar tensor`` used by every training step.
         example_inputs: a batch of inputs for tracing and MACs (default: first test batch).
 
@@ -39,7 +41,7 @@ class Task:
     val: Iterable[Batch]
     test: Iterable[Batch]
     baseline: Callable[[], nn.Module]
-    metric: str | MetricFn = "accuracy"
+    metric: str | Metric | MetricFn = "accuracy"
     loss: LossFn = F.cross_entropy
     example_inputs: Any = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +56,11 @@ class Task:
         if not callable(self.baseline):
             raise TypeError("Task.baseline must be a zero-argument callable returning a model")
         self.metric_name, self.metric_fn = resolve_metric(self.metric)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger metric value is better (False for perplexity): compare values with it."""
+        return higher_is_better(self.metric_fn)
 
     def inputs_example(self) -> Any:
         """The example inputs (first test batch's inputs when none were given)."""

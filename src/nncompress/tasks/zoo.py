@@ -1,5 +1,10 @@
 """The model zoo: reference architectures, how each is trained, and its cached checkpoint.
 
+Two kinds of entries: Fashion-MNIST classifiers (``ENTRIES``) and byte-level GPTs trained on the
+Python standard library's source (``TEXT_ENTRIES``; no pretrained causal LM installs offline, so
+this one is trained here). ``entry``, ``load_baseline``, ``train_baseline`` and
+``checkpoint_info`` accept either; ``all_entries()`` lists both.
+
 A checkpoint is looked up in the user cache (written by ``nncompress zoo train``), then among the
 checkpoints shipped with the package (trained here by the same code); one whose training
 fingerprint does not match the current recipe is ignored. When none is found, training runs.
@@ -9,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import safetensors.torch
 import torch
@@ -21,15 +27,17 @@ from torch import nn
 
 from nncompress.io.atomic import atomic_path, atomic_write_text
 from nncompress.measure.metric import evaluate
-from nncompress.models import LeNet5, LeNet300100, ResNet, VisionTransformer
+from nncompress.models import GPT, GPTConfig, LeNet5, LeNet300100, ResNet, VisionTransformer
 from nncompress.paths import cache_dir
 from nncompress.tasks.batches import TensorBatches, random_crop_flip
 from nncompress.tasks.fmnist import Splits, load_splits
-from nncompress.tasks.metrics import accuracy
+from nncompress.tasks.metrics import accuracy, perplexity, token_cross_entropy
+from nncompress.tasks.text import CorpusConfig, TextSplits, corpus_description, load_text_splits, unigram_perplexity
 from nncompress.train.loop import TrainConfig, fit
 
 PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
 EVAL_BATCH = 500
+TRAINED_BY = "nncompress zoo train (on this project's machines, from a fixed seed)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class ZooEntry:
     batch_size: int
     augment: bool
     target: float
+    metric: ClassVar[str] = "accuracy"  # the target is a minimum test accuracy
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the trained weights (architecture and recipe)."""
@@ -104,11 +113,71 @@ ENTRIES: dict[str, ZooEntry] = {
 }
 
 
-def entry(name: str) -> ZooEntry:
+@dataclass(frozen=True)
+class TextZooEntry:
+    """A reference causal language model: GPT shape, corpus, training recipe, the perplexity to reach."""
+
+    name: str
+    description: str
+    model: GPTConfig
+    corpus: CorpusConfig
+    train: TrainConfig
+    batch_size: int
+    target: float
+    metric: ClassVar[str] = "perplexity"  # the target is a maximum test perplexity
+
+    @property
+    def architecture(self) -> str:
+        return f"GPT({', '.join(f'{k}={v}' for k, v in asdict(self.model).items())})"
+
+    def build(self) -> nn.Module:
+        return GPT(self.model)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the trained weights (model, corpus cut, recipe).
+
+        The Python version is left out: another Python's standard library differs a little, and
+        the shipped model stays a fair baseline there (its recorded perplexity is this one's).
+        """
+        data = {
+            "architecture": asdict(self.model),
+            "corpus": asdict(self.corpus),
+            "train": asdict(self.train),
+            "batch_size": self.batch_size,
+            "data": "stdlib-bytes-v1",
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+TEXT_ENTRIES: dict[str, TextZooEntry] = {
+    e.name: e
+    for e in [
+        TextZooEntry(
+            "stdlib-gpt",
+            "byte-level GPT (dim 128, 4 blocks, 4 heads, MLP 512, context 128) trained here on the Python "
+            "standard library's source; perplexity on held-out modules",
+            GPTConfig(vocab_size=256, context=128, dim=128, depth=4, num_heads=4, mlp_hidden=512),
+            CorpusConfig(context=128, train_bytes=6_000_000),
+            TrainConfig(epochs=1.0, lr=2e-3, weight_decay=0.1, schedule="cosine", warmup_fraction=0.05,
+                        grad_clip=1.0),
+            batch_size=32,
+            target=6.0,
+        ),
+    ]
+}
+
+
+def all_entries() -> dict[str, ZooEntry | TextZooEntry]:
+    """Every zoo entry, image classifiers first."""
+    return {**ENTRIES, **TEXT_ENTRIES}
+
+
+def entry(name: str) -> ZooEntry | TextZooEntry:
     """The zoo entry called ``name``, or a ValueError listing the names."""
-    if name not in ENTRIES:
-        raise ValueError(f"unknown reference model {name!r}; known: {', '.join(ENTRIES)}")
-    return ENTRIES[name]
+    entries = all_entries()
+    if name not in entries:
+        raise ValueError(f"unknown reference model {name!r}; known: {', '.join(entries)}")
+    return entries[name]
 
 
 def train_batches(e: ZooEntry, splits: Splits, seed: int = 0) -> TensorBatches:
@@ -127,7 +196,17 @@ def eval_batches(pair: tuple[torch.Tensor, torch.Tensor]) -> TensorBatches:
     return TensorBatches(*pair, batch_size=EVAL_BATCH)
 
 
-def _find_checkpoint(e: ZooEntry) -> tuple[Path, dict[str, Any]] | None:
+def text_train_batches(e: TextZooEntry, splits: TextSplits, seed: int = 0) -> TensorBatches:
+    """Shuffled training windows of a text entry."""
+    return TensorBatches(*splits.train, batch_size=e.batch_size, shuffle=True, seed=seed)
+
+
+def text_eval_batches(pair: tuple[torch.Tensor, torch.Tensor]) -> TensorBatches:
+    """Unshuffled windows for evaluation (64 per batch: logits stay a few MB)."""
+    return TensorBatches(*pair, batch_size=64)
+
+
+def _find_checkpoint(e: ZooEntry | TextZooEntry) -> tuple[Path, dict[str, Any]] | None:
     for folder in (cache_dir("zoo"), PACKAGED_DIR):
         weights, info = folder / f"{e.name}.safetensors", folder / f"{e.name}.json"
         if weights.is_file() and info.is_file():
@@ -158,16 +237,29 @@ def load_baseline(name: str, data_dir: str | None = None) -> nn.Module:
 def train_baseline(
     name: str, *, data_dir: str | None = None, out_dir: Path | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train a reference model from its fixed seed, save it to ``out_dir`` (the cache), return it."""
+    """Train a reference model from its fixed seed, save it to ``out_dir`` (the cache), return it.
+
+    ``data_dir``: the Fashion-MNIST folder, or for a text entry a folder of ``.py`` files to use
+    instead of the standard library.
+    """
     e = entry(name)
+    model, info = _train_text(e, data_dir) if isinstance(e, TextZooEntry) else _train_image(e, data_dir)
+    folder = out_dir or cache_dir("zoo")
+    with atomic_path(folder / f"{name}.safetensors") as tmp:
+        safetensors.torch.save_file(model.state_dict(), tmp)
+    atomic_write_text(folder / f"{name}.json", json.dumps(info, indent=2) + "\n")
+    return model.eval(), info
+
+
+def _train_image(e: ZooEntry, data_dir: str | None) -> tuple[nn.Module, dict[str, Any]]:
     splits = load_splits(data_dir)
     torch.manual_seed(e.train.seed)
     model = e.build()
     start = time.perf_counter()
-    history = fit(model, train_batches(e, splits, e.train.seed), e.train, description=name)
+    history = fit(model, train_batches(e, splits, e.train.seed), e.train, description=e.name)
     seconds = time.perf_counter() - start
     info = {
-        "name": name,
+        "name": e.name,
         "fingerprint": e.fingerprint(),
         "architecture": e.architecture,
         "test_accuracy": evaluate(model, eval_batches(splits.test), accuracy),
@@ -177,10 +269,44 @@ def train_baseline(
         "train_steps": history.steps,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "trained_by": "nncompress zoo train (on this project's machines, from a fixed seed)",
+        "trained_by": TRAINED_BY,
     }
-    folder = out_dir or cache_dir("zoo")
-    with atomic_path(folder / f"{name}.safetensors") as tmp:
-        safetensors.torch.save_file(model.state_dict(), tmp)
-    atomic_write_text(folder / f"{name}.json", json.dumps(info, indent=2) + "\n")
-    return model.eval(), info
+    return model, info
+
+
+def _lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return token_cross_entropy(model(inputs), targets)
+
+
+def _train_text(e: TextZooEntry, data_dir: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    splits = load_text_splits(data_dir, e.corpus)
+    torch.manual_seed(e.train.seed)
+    model = e.build()
+    start = time.perf_counter()
+    history = fit(model, text_train_batches(e, splits, e.train.seed), e.train, loss_fn=_lm_loss,
+                  description=e.name)
+    seconds = time.perf_counter() - start
+    info = {
+        "name": e.name,
+        "fingerprint": e.fingerprint(),
+        "architecture": e.architecture,
+        "params": sum(p.numel() for p in model.parameters()),
+        "metric": e.metric,
+        "higher_is_better": False,
+        "test_perplexity": evaluate(model, text_eval_batches(splits.test), perplexity),
+        "val_perplexity": evaluate(model, text_eval_batches(splits.val), perplexity),
+        "unigram_test_perplexity": unigram_perplexity(splits.train_tokens, splits.test[1]),
+        "target": e.target,
+        "corpus": corpus_description(data_dir),
+        "python": sys.version.split()[0],
+        "files": splits.files,
+        "windows": {s: len(getattr(splits, s)[0]) for s in ("train", "val", "test")},
+        "train": {**asdict(e.train), "batch_size": e.batch_size, "loss": "token cross-entropy"},
+        "train_seconds": round(seconds, 1),
+        "train_steps": history.steps,
+        "final_train_loss": history.losses[-1] if history.losses else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "trained_by": TRAINED_BY + "; no pretrained causal LM installs offline, so this one is trained here",
+    }
+    return model, info
