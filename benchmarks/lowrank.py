@@ -7,7 +7,8 @@ Rows (method names are stable; see shared DESIGN.md):
   and CP ranks built with TensorLy-Torch (``tool``: its ``FactorizedConv.from_conv``, the
   factorized implementation), fine-tuned the same way
 - fmnist-mlp and fmnist-vit: truncated SVD of the Linear layers (``svd-...``) for half the
-  parameters, plain and activation-aware, fine-tuned with KD
+  parameters: ranks by ``lowrank-budget`` (per-layer sensitivity), and every layer at 45% of its
+  parameters, plain and activation-aware; fine-tuned with KD
 
 Every row's ``settings.layers`` lists each factorized layer before fine-tuning: its rank, the
 relative weight error the step reported, the error Eckart-Young predicts from the singular values
@@ -15,15 +16,21 @@ relative weight error the step reported, the error Eckart-Young predicts from th
 error on a test batch; ``settings.metric_before_finetune`` is the metric right after factorizing.
 
 Usage: python benchmarks/lowrank.py [--quick]
+(NNCOMPRESS_BENCH_ONLY=svd-params45-kd,... reruns those methods and keeps the other rows of the saved
+JSON; NNCOMPRESS_BENCH_LAYERS_ONLY=1 only recomputes every row's ``settings.layers``, factorizing
+again without fine-tuning, and checks the metric before fine-tuning comes out the same.)
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,19 +42,40 @@ from nncompress.measure.metric import evaluate
 from nncompress.measure.report import add_latency
 
 FAMILY = "lowrank"
+LAYERS_ONLY = os.environ.get("NNCOMPRESS_BENCH_LAYERS_ONLY") == "1"
 LOG_LINE = re.compile(r"^(?P<kind>[\w-]+): (?P<name>\S+) rank (?P<rank>.+?)(?: of (?P<full>.+?))?"
                       r"(?: \(break-even .+?\))?, relative error (?P<error>[\d.]+)")
 
 
 def _factorized_layers(notes: list[str]) -> dict[str, dict[str, Any]]:
-    """``{layer: {rank, full_rank, weight_error}}`` from a factorization step's log lines."""
+    """``{layer: {rank, full_rank, reported_error}}`` from a factorization step's log lines."""
     out = {}
     for line in notes:
         m = LOG_LINE.match(line)
         if m:
-            out[m["name"]] = {"method": m["kind"], "rank": m["rank"], "full_rank": m["full"],
-                              "weight_error": float(m["error"])}
+            out[m["name"]] = {"step": m["kind"], "rank": m["rank"], "full_rank": m["full"],
+                              "reported_error": float(m["error"])}
     return out
+
+
+def _dense_weight(module: nn.Module) -> torch.Tensor | None:
+    """The one weight a factorized ``nn.Sequential`` computes, rebuilt from its factors: SVD
+    (Linear, Linear), spatial SVD (kh x 1, 1 x kw conv), Tucker-2 (1x1, core, 1x1) or CP (1x1,
+    depthwise kh x 1, depthwise 1 x kw, 1x1); None for anything else."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    w = [m.weight.detach().double() for m in module]
+    kinds = [type(m) for m in module]
+    if kinds == [nn.Linear, nn.Linear]:
+        return w[1] @ w[0]
+    if kinds == [nn.Conv2d] * 2:  # W[o,i,y,x] = sum_r B[o,r,0,x] A[r,i,y,0]
+        return torch.einsum("orx,riy->oiyx", w[1][:, :, 0, :], w[0][:, :, :, 0])
+    if kinds == [nn.Conv2d] * 3:
+        return torch.einsum("oa,abyx,bi->oiyx", w[2][:, :, 0, 0], w[1], w[0][:, :, 0, 0])
+    if kinds == [nn.Conv2d] * 4:
+        return torch.einsum("or,ry,rx,ri->oiyx", w[3][:, :, 0, 0], w[1][:, 0, :, 0], w[2][:, 0, 0, :],
+                            w[0][:, :, 0, 0])
+    return None
 
 
 def _eckart_young(weight: torch.Tensor, rank: int) -> float:
@@ -76,16 +104,27 @@ def _output_errors(original: nn.Module, factorized: nn.Module, names: list[str],
     return errors
 
 
-def _layer_report(task: nc.Task, baseline: nn.Module, factorized: nn.Module, notes: list[str]) -> list[dict]:
-    """Per factorized layer: rank, reported weight error, Eckart-Young (SVD) and measured output error."""
+@torch.no_grad()
+def _layer_report(task: nc.Task, baseline: nn.Module, factorized: nn.Module, notes: list[str],
+                  activation_aware: bool) -> list[dict]:
+    """Per factorized layer: its rank; the error the step reported (the relative weight error, or
+    for activation-aware SVD the relative output error on its calibration batches); the relative
+    weight error rebuilt here from the saved factors; for plain SVD of a Linear the Eckart-Young
+    error of that rank (which the weight error must equal); the relative output error on a test batch."""
     layers = _factorized_layers(notes)
     inputs = next(iter(task.test))[0][:256]
     outputs = _output_errors(baseline, factorized, list(layers), inputs)
     rows = []
     for name, info in layers.items():
-        row = {"layer": name, **info, "output_error": round(outputs[name], 5)}
-        if info["method"] == "svd" and info["rank"].isdigit():
-            row["eckart_young_error"] = round(_eckart_young(baseline.get_submodule(name).weight, int(info["rank"])), 5)
+        original = baseline.get_submodule(name).weight.detach().double()
+        dense = _dense_weight(factorized.get_submodule(name))
+        row = {"layer": name, **info,
+               "reported_error_is": "output error on calibration data" if activation_aware else "weight error",
+               "weight_error": round(float((dense - original).norm() / original.norm()), 5) if dense is not None
+               else None,
+               "output_error": round(outputs[name], 5)}
+        if original.dim() == 2 and not activation_aware and info["rank"].isdigit():
+            row["eckart_young_error"] = round(_eckart_young(original, int(info["rank"])), 5)
         rows.append(row)
     return rows
 
@@ -99,7 +138,8 @@ def factorize_row(task: nc.Task, method: str, factorize: list[nc.Step], finetune
     first = nc.compress(task.baseline(), factorize, task, seed=seed, measure_config=nc.MeasureConfig(latency=False))
     factorized = first.model
     notes = [line for step in first.report.steps for line in step.notes]
-    layers = _layer_report(task, teacher, factorized, notes)
+    aware = any(getattr(step, "activation_aware", False) for step in factorize)
+    layers = _layer_report(task, teacher, factorized, notes, aware)
     before_ft = first.report.final.metric["value"]
     ctx = nc.StepContext(task=task, teacher=teacher, seed=seed)
     model = finetune.apply(copy.deepcopy(factorized), ctx).eval()
@@ -163,36 +203,105 @@ def tltorch_row(task: nc.Task, method: str, kind: str, ours: nn.Module, finetune
     return row
 
 
+@dataclass(frozen=True)
+class Spec:
+    """One row: factorize ``task``'s baseline with ``factorize``, then fine-tune with ``finetune``;
+    a TensorLy-Torch row (``peer``: "tucker" or "cp") rebuilds the ranks of the row ``source``."""
+
+    task: str
+    method: str
+    factorize: tuple[nc.Step, ...] = ()
+    finetune: nc.Step | None = None
+    peer: str | None = None
+    source: str | None = None
+
+
+def specs(quick: bool) -> list[Spec]:
+    """Every row of the benchmark, in table order."""
+    def kd(epochs: float, lr: float = 1e-3) -> nc.Step:
+        return nc.Distill(epochs=0.2 if quick else epochs, lr=lr)
+
+    keep = (0.1, 0.25, 0.4, 0.6)
+    cp_kd = kd(3, 3e-4)  # CP fine-tunes best at a small learning rate (Lebedev et al.)
+    out = [
+        Spec("fmnist-resnet", "tucker-macs50-kd",
+             (nc.LowRankBudget(target=0.5, resource="macs", methods=("tucker",), keep=keep),), kd(3)),
+        Spec("fmnist-resnet", "tucker-vbmf-kd", (nc.TuckerFactorize(rank="vbmf"),), kd(3)),
+        Spec("fmnist-resnet", "cp-params25-kd", (nc.CPFactorize(rank="params:0.25"),), cp_kd),
+        Spec("fmnist-resnet", "tensorly-torch-tucker-same-ranks-kd", finetune=kd(3), peer="tucker",
+             source="tucker-macs50-kd"),
+        Spec("fmnist-resnet", "tensorly-torch-cp-same-ranks-kd", finetune=cp_kd, peer="cp", source="cp-params25-kd"),
+    ]
+    for name, epochs in (("fmnist-mlp", 3), ("fmnist-vit", 4)):
+        out += [
+            Spec(name, "svd-params50-kd",
+                 (nc.LowRankBudget(target=0.5, resource="params", methods=("svd",), keep=keep),), kd(epochs)),
+            Spec(name, "svd-params45-kd", (nc.SVDFactorize(rank="params:0.45"),), kd(epochs)),
+            Spec(name, "svd-aware-params45-kd", (nc.SVDFactorize(rank="params:0.45", activation_aware=True),),
+                 kd(epochs)),
+        ]
+    return out
+
+
+def _baseline_report(task: nc.Task) -> nc.Report:
+    return nc.measure(task.baseline().eval(), task, config=nc.MeasureConfig(latency=False))
+
+
+def _factorized(spec: Spec, task: nc.Task) -> tuple[nn.Module, list[str]]:
+    """The factorized model before fine-tuning, and the steps' log lines."""
+    first = nc.compress(task.baseline(), list(spec.factorize), task, measure_config=nc.MeasureConfig(latency=False))
+    return first.model, [line for step in first.report.steps for line in step.notes]
+
+
+def run(spec: Spec, all_specs: dict[tuple[str, str], Spec]) -> dict:
+    task = nc.tasks.get(spec.task)
+    base = _baseline_report(task)
+    if spec.peer is None:
+        return factorize_row(task, spec.method, list(spec.factorize), spec.finetune, base)[0]
+    ours, _ = _factorized(all_specs[(spec.task, spec.source)], task)
+    return tltorch_row(task, spec.method, spec.peer, ours, spec.finetune, base)
+
+
+def refresh_layers(rows: list[dict], all_specs: dict[tuple[str, str], Spec]) -> None:
+    """Recompute ``settings.layers`` of our rows in place by factorizing again (deterministic: the
+    same seed), without fine-tuning; the metric right after factorizing must come out the same."""
+    for row in rows:
+        spec = all_specs.get((row["task"], row["method"]))
+        if spec is None or spec.peer is not None:
+            continue
+        task = nc.tasks.get(spec.task)
+        model, notes = _factorized(spec, task)
+        metric = evaluate(model, task.test, task.metric_fn)
+        aware = any(getattr(step, "activation_aware", False) for step in spec.factorize)
+        if abs(metric - row["settings"]["metric_before_finetune"]) > 1e-6:
+            if not aware:
+                raise SystemExit(f"{spec.task} {spec.method}: factorizing again gave {metric} before fine-tuning, "
+                                 f"the saved row {row['settings']['metric_before_finetune']}")
+            # its calibration batches are the next ones the task's train iterator yields, which
+            # depends on what ran before: say which factorization the layer table describes
+            row["settings"]["layers_metric_before_finetune"] = metric
+        row["settings"]["layers"] = _layer_report(task, task.baseline().eval(), model, notes, aware)
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    quick = args.quick
-    rows: list[dict] = []
-
-    resnet = nc.tasks.get("fmnist-resnet")
-    base = nc.measure(resnet.baseline().eval(), resnet, config=nc.MeasureConfig(latency=False))
-    ft = nc.Distill(epochs=0.2 if quick else 3, lr=1e-3)
-    budget = nc.LowRankBudget(target=0.5, resource="macs", methods=("tucker",), keep=(0.1, 0.25, 0.4, 0.6))
-    row, tucker = factorize_row(resnet, "tucker-macs50-kd", [budget], ft, base)
-    rows.append(row)
-    row, _ = factorize_row(resnet, "tucker-vbmf-kd", [nc.TuckerFactorize(rank="vbmf")], ft, base)
-    rows.append(row)
-    cp_ft = nc.Distill(epochs=0.2 if quick else 3, lr=3e-4)  # CP fine-tunes best at a small learning rate
-    row, cp = factorize_row(resnet, "cp-params25-kd", [nc.CPFactorize(rank="params:0.25")], cp_ft, base)
-    rows.append(row)
-    rows.append(tltorch_row(resnet, "tensorly-torch-tucker-same-ranks-kd", "tucker", tucker, ft, base))
-    rows.append(tltorch_row(resnet, "tensorly-torch-cp-same-ranks-kd", "cp", cp, cp_ft, base))
-
-    for name, epochs in (("fmnist-mlp", 3), ("fmnist-vit", 4)):
-        task = nc.tasks.get(name)
-        base = nc.measure(task.baseline().eval(), task, config=nc.MeasureConfig(latency=False))
-        ft = nc.Distill(epochs=0.2 if quick else epochs, lr=1e-3)
-        for aware in (False, True):
-            step = nc.LowRankBudget(target=0.5, resource="params", methods=("svd",), keep=(0.1, 0.25, 0.4, 0.6))
-            method = "svd-params50-kd"
-            if aware:
-                step, method = nc.SVDFactorize(rank="params:0.45", activation_aware=True), "svd-aware-params45-kd"
-            row, _ = factorize_row(task, method, [step], ft, base)
-            rows.append(row)
+    all_specs = specs(args.quick)
+    by_key = {(s.task, s.method): s for s in all_specs}
+    methods = sorted({s.method for s in all_specs})
+    only = [m for m in os.environ.get("NNCOMPRESS_BENCH_ONLY", "").split(",") if m]
+    if bad := sorted(set(only) - set(methods)):
+        raise SystemExit(f"NNCOMPRESS_BENCH_ONLY: unknown methods {bad}; accepted: {', '.join(methods)}")
+    path = Path(args.out) if args.out else RESULTS / f"{FAMILY}.json"
+    old = {(r["task"], r["method"]): r for r in json.loads(path.read_text())} if only or LAYERS_ONLY else {}
+    rows = []
+    for spec in all_specs:
+        if only and spec.method not in only or LAYERS_ONLY:
+            if (spec.task, spec.method) in old:
+                rows.append(old[(spec.task, spec.method)])
+            continue
+        rows.append(run(spec, by_key))
+    if LAYERS_ONLY:
+        refresh_layers(rows, by_key)
     print_table(rows)
     print(f"wrote {write_results(FAMILY, rows, args.out)}")
 
