@@ -661,3 +661,11 @@ def calibration_batches(ctx: Any, count: int, purpose: str) -> list[Any]:
     from nncompress.quantize.int8 import first_batches
 
     return first_batches(ctx.task.train, count, ctx.task.name, purpose=purpose)
+
+
+def no_targets(targets: dict, kind: str, ctx: Any) -> bool:
+    """True (and a log line saying so) when a step found no Linear layer to work on."""
+    if targets:
+        return False
+    ctx.log.append(f"{kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+    return True

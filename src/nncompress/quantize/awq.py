@@ -40,6 +40,7 @@ from nncompress.core.sequential import (
     LayerGroup,
     calibration_batches,
     check_blocks_setting,
+    no_targets,
     replace_linear,
     run_sequential,
 )
@@ -181,8 +182,7 @@ class AWQQuantize(WeightOnlyQuantize):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         targets = self.targets(model)
-        if not targets:
-            ctx.log.append(f"{self.kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+        if no_targets(targets, self.kind, ctx):
             return model
         notes: list[str] = []
 

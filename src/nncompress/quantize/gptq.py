@@ -40,6 +40,7 @@ from nncompress.core.sequential import (
     LayerGroup,
     calibration_batches,
     check_blocks_setting,
+    no_targets,
     replace_linear,
     run_sequential,
     select_linears,
@@ -296,8 +297,7 @@ class RTNQuantize(WeightOnlyQuantize):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         targets = self.targets(model)
-        if not targets:
-            ctx.log.append(f"{self.kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+        if no_targets(targets, self.kind, ctx):
             return model
         for name, layer in targets.items():
             spec = self.spec_for(name, layer, ctx)
@@ -345,8 +345,7 @@ class GPTQQuantize(WeightOnlyQuantize):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         targets = self.targets(model)
-        if not targets:
-            ctx.log.append(f"{self.kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+        if no_targets(targets, self.kind, ctx):
             return model
 
         def process(run: BlockRun, groups: list[LayerGroup]) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nncompress.core.sequential import no_targets
 from nncompress.core.step import StepContext, check_count, check_flag, register_step
 from nncompress.quantize.gptq import WeightOnlyQuantize, fp16_scales
 from nncompress.quantize.primitives import QuantSpec, compute_qparams
@@ -165,8 +166,7 @@ class HQQQuantize(WeightOnlyQuantize):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         targets = self.targets(model)
-        if not targets:
-            ctx.log.append(f"{self.kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+        if no_targets(targets, self.kind, ctx):
             return model
         for name, layer in targets.items():
             spec = self.spec_for(name, layer, ctx)

@@ -37,6 +37,7 @@ from nncompress.core.sequential import (
     LayerGroup,
     calibration_batches,
     check_blocks_setting,
+    no_targets,
     replace_linear,
     run_sequential,
     select_linears,
@@ -177,8 +178,7 @@ class W8A8Quantize(Step):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         targets = select_linears(model, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier)
-        if not targets:
-            ctx.log.append(f"{self.kind}: no Linear layer to quantize (only the kept last Linear, or none)")
+        if no_targets(targets, self.kind, ctx):
             return model
         folded: list[str] = []
         explicit: list[str] = []
