@@ -40,6 +40,7 @@ from torch import nn
 import nncompress as nc
 from nncompress.measure.metric import evaluate
 from nncompress.measure.report import add_latency
+from nncompress.tasks.task import run_with_hooks
 
 FAMILY = "lowrank"
 LAYERS_ONLY = os.environ.get("NNCOMPRESS_BENCH_LAYERS_ONLY") == "1"
@@ -89,13 +90,7 @@ def _output_errors(original: nn.Module, factorized: nn.Module, names: list[str],
                    ) -> dict[str, float]:
     """Relative output error of each factorized layer alone, on the inputs the original layer sees."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [original.get_submodule(n).register_forward_hook(
-        lambda _m, args, _out, n=n: seen.__setitem__(n, args[0])) for n in names]
-    try:
-        original.eval()(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(original.eval(), names, [inputs], lambda n, _m, x, _out: seen.__setitem__(n, x))
     errors = {}
     for n in names:
         x = seen[n]

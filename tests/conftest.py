@@ -61,3 +61,12 @@ SMALL_MODELS = {
 def init_model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return SMALL_MODELS[name]().eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is faster and steadier than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -35,14 +35,7 @@ from nncompress.models import LeNet5, ResNet, VisionTransformer
 from nncompress.tasks.batches import TensorBatches
 from nncompress.train.loop import TrainConfig, make_optimizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and steadier than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vit(depth: int, dim: int = 16, heads: int = 2, seed: int = 0) -> VisionTransformer:

@@ -10,13 +10,7 @@ from nncompress.lowrank.layers import METHODS, LayerIO, factorized_linear, layer
 from nncompress.lowrank.probe import input_grams, layer_io
 from nncompress.measure.flops import count_macs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv(seed: int = 0, **kwargs) -> nn.Conv2d:

@@ -21,12 +21,7 @@ from nncompress.tasks.batches import TensorBatches
 FAST = nc.MeasureConfig(latency=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_and_task(factory, seed: int = 0) -> tuple[nn.Module, nc.Task]:

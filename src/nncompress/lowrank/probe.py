@@ -3,35 +3,14 @@ MACs) and, for activation-aware SVD, the Gram matrix of each Linear's inputs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from nncompress.lowrank.layers import LayerIO
-from nncompress.tasks.task import call_model
-
-Hook = Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None]
-
-
-@torch.no_grad()
-def _run_hooked(model: nn.Module, names: Iterable[str], batches: Iterable[Any], hook: Hook) -> None:
-    """Run ``model`` (eval mode) on ``batches`` of inputs, calling ``hook(name, module, input, output)``
-    on every call of the named modules."""
-    handles = []
-    for name in names:
-        module = model.get_submodule(name)
-        handles.append(module.register_forward_hook(lambda m, args, out, name=name: hook(name, m, args[0], out)))
-    was_training = model.training
-    model.eval()
-    try:
-        for inputs in batches:
-            call_model(model, inputs)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+from nncompress.tasks.task import run_with_hooks
 
 
 def _sizes(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -56,7 +35,7 @@ def layer_io(model: nn.Module, names: Iterable[str], example: Any) -> dict[str, 
         else:
             seen[name] = LayerIO(*_sizes(module, x, out))
 
-    _run_hooked(model, names, [example], hook)
+    run_with_hooks(model, names, [example], hook)
     return seen
 
 
@@ -69,5 +48,5 @@ def input_grams(model: nn.Module, names: Iterable[str], batches: Iterable[Any]) 
         rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # (positions, in)
         grams[name] = grams.get(name, 0) + rows.T @ rows
 
-    _run_hooked(model, names, batches, hook)
+    run_with_hooks(model, names, batches, hook)
     return grams

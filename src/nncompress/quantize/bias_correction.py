@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.tasks.task import call_model
+from nncompress.tasks.task import run_with_hooks
 
 
 @torch.no_grad()
@@ -25,25 +25,13 @@ def output_means(model: nn.Module, layers: list[str], inputs: list[Any]) -> dict
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
-    def hook(name: str) -> Any:
-        def record(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
-            y = out.detach().float()
-            rows = y.transpose(0, 1).reshape(y.shape[1], -1) if y.dim() == 4 else y.reshape(-1, y.shape[-1]).t()
-            sums[name] = sums.get(name, 0) + rows.sum(1)
-            counts[name] = counts.get(name, 0) + rows.shape[1]
+    def record(name: str, _module: nn.Module, _x: torch.Tensor, out: torch.Tensor) -> None:
+        y = out.detach().float()
+        rows = y.transpose(0, 1).reshape(y.shape[1], -1) if y.dim() == 4 else y.reshape(-1, y.shape[-1]).t()
+        sums[name] = sums.get(name, 0) + rows.sum(1)
+        counts[name] = counts.get(name, 0) + rows.shape[1]
 
-        return record
-
-    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for x in inputs:
-            call_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_with_hooks(model, layers, inputs, record)
     return {n: sums[n] / counts[n] for n in sums}
 
 
