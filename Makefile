@@ -8,12 +8,12 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install data lint clean
+.PHONY: demo test install data browser lint clean peers
 
 demo: install data
 	$(VENV)/bin/nncompress demo --overwrite
 
-test: install data
+test: install data browser
 	$(PY) -m pytest
 
 install: $(STAMP)
@@ -32,8 +32,19 @@ data:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# Headless Chromium for tests/test_report_html.py (the HTML report opened in a real browser); skipped when
+# one is on PATH or NNCOMPRESS_CHROMIUM names one.
+browser:
+	@if [ -z "$$NNCOMPRESS_CHROMIUM" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
+	fi
+
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# The peer tools benchmarks/peers/run.py compares against, pinned; the constraint keeps torch==2.13.0.
+peers: install
+	$(PY) -m pip install -q -r benchmarks/peers/requirements.txt -c benchmarks/peers/constraints.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

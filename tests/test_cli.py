@@ -95,8 +95,9 @@ def test_compress_then_evaluate_reproduces_the_report(tmp_path, capsys):
 def test_zoo_list_shows_measured_metric(capsys):
     code, stdout, _ = run(["zoo", "list", "--json"], capsys)
     rows = {r["name"]: r for r in json.loads(stdout)}
-    assert code == 0 and set(rows) == {"fmnist-mlp", "fmnist-lenet5", "fmnist-resnet", "fmnist-vit"}
+    assert code == 0 and set(rows) == {"fmnist-mlp", "fmnist-lenet5", "fmnist-resnet", "fmnist-vit", "stdlib-gpt"}
     assert rows["fmnist-mlp"]["test_accuracy"] >= 0.89
+    assert rows["stdlib-gpt"]["metric"] == "perplexity" and rows["stdlib-gpt"]["test_perplexity"] < 6.0
 
 
 def test_steps_lists_registry(capsys):

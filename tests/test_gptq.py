@@ -10,6 +10,7 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.core.step import StepContext
+from nncompress.io.encodings import pow2_int8_exponent
 from nncompress.quantize.gptq import GPTQQuantize, RTNQuantize, gptq_quantize, rtn_weight
 from nncompress.quantize.layers import QuantizedLinear
 from nncompress.quantize.primitives import QuantSpec
@@ -166,3 +167,24 @@ def test_unknown_layer_names_are_rejected_on_apply():
 
 def test_group_size_minus_one_means_per_channel():
     assert GPTQQuantize(group_size=-1).group_size is None
+
+
+@pytest.mark.parametrize("step_cls", [RTNQuantize, GPTQQuantize, nc.AWQQuantize, nc.HQQQuantize])
+def test_rest_bits_round_the_parameters_left_in_float_and_shrink_the_artifact(tmp_path, step_cls):
+    task = lm_task()
+    extra = {} if step_cls in (RTNQuantize, nc.HQQQuantize) else {"calibration_batches": 1}
+    sizes = {}
+    for rest in (32, 8):
+        model = step_cls(group_size=16, rest_bits=rest, **extra).apply(tiny_lm(), StepContext(task=task))
+        for param in (model.head.weight.detach(), model.embed.weight.detach()):
+            codes = param / 2.0 ** pow2_int8_exponent(float(param.abs().max()))
+            on_grid = torch.equal(codes, codes.round()) and codes.abs().max() <= 127
+            assert on_grid == (rest == 8)  # per-tensor int8 codes times a power of two
+        assert isinstance(model.blocks[0].fc1, QuantizedLinear)
+        sizes[rest] = nc.save(model, tmp_path / f"{rest}.ncz").stat().st_size
+    assert sizes[8] < 0.8 * sizes[32]
+
+
+def test_rest_bits_are_checked():
+    with pytest.raises(ValueError, match="rest_bits must be one of 32, 16, 8"):
+        RTNQuantize(rest_bits=4)

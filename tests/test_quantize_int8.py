@@ -119,10 +119,10 @@ def test_untraceable_model_falls_back_to_dynamic_int8():
     assert type(q.fc).__module__.startswith("torch.ao.nn.quantized.dynamic")
 
 
-def test_dynamic_int8_quantizes_linears(tmp_path):
+def test_dynamic_int8_torch_backend_quantizes_linears(tmp_path):
     task = make_task(SMALL_MODELS["mlp"], n_train=64)
     model = init_model("mlp")
-    q, log = _quantize(DynamicInt8Quantize(), model, task)
+    q, log = _quantize(DynamicInt8Quantize(backend="torch"), model, task)
     assert all(
         type(q.get_submodule(n)).__name__ == "Linear" and ".dynamic" in type(q.get_submodule(n)).__module__
         for n in ("fc1", "fc2", "fc3")
@@ -132,6 +132,83 @@ def test_dynamic_int8_quantizes_linears(tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)
         assert float((q(x) - model(x)).norm() / model(x).norm()) < 0.05
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model_name", ["mlp", "vit"])
+def test_dynamic_int8_backends_are_close_to_fp32_small_and_round_trip(model_name, backend, tmp_path):
+    task = make_task(SMALL_MODELS[model_name], n_train=64)
+    model = init_model(model_name)
+    q, log = _quantize(DynamicInt8Quantize(backend=backend), model, task)
+    assert _is_int8(q) and log[-1].startswith(f"int8-dynamic: {backend.replace('torch', 'torch.ao')}"), log
+    x = task.inputs_example()  # (64, 1, 28, 28)
+    with torch.inference_mode():
+        ref, out = model(x), q(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    # int8 weights and per-batch int8 activations on the Linears only: well under 5% of the logits
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel < 0.05, (rel, log)
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.9
+    loaded = nc.load(nc.save(q, tmp_path / "q.ncz"))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), out, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x[:1]), q(x[:1]), rtol=0, atol=0)
+    if model_name == "mlp":  # the MLP is all Linear weights: the artifact is about 4x smaller
+        fp32_bytes = nc.save(model, tmp_path / "fp32.ncz").stat().st_size
+        assert (tmp_path / "q.ncz").stat().st_size < 0.3 * fp32_bytes
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="no onnxruntime")
+def test_dynamic_int8_onnxruntime_layer_rows_show_int8_weights_and_exact_counts():
+    from nncompress.measure.size import count_params
+    from nncompress.quantize.runtime import OnnxRuntimeModule
+
+    task = make_task(SMALL_MODELS["mlp"], n_train=64)
+    model = init_model("mlp")
+    for per_channel in (True, False):
+        q, _ = _quantize(DynamicInt8Quantize(per_channel=per_channel, exclude=("fc3",)), model, task)
+        assert isinstance(q, OnnxRuntimeModule)
+        assert "MatMulInteger" in {n.op_type for n in q.model_proto().graph.node}  # the dynamic graph
+        rows = {r["name"]: r for r in q.layer_rows()}
+        assert list(rows) == ["fc1", "fc2", "fc3"]
+        for name in ("fc1", "fc2"):
+            layer = model.get_submodule(name)
+            row = rows[name]
+            assert (row["type"], row["format"], row["bits"]) == ("MatMulInteger", "int8", 8)
+            assert row["granularity"] == ("channel" if per_channel else "tensor")
+            assert row["shape"] == list(layer.weight.shape)  # PyTorch's (out, in)
+            assert row["params"] == layer.weight.numel() + layer.bias.numel()  # the float bias is found too
+        assert (rows["fc3"]["format"], rows["fc3"]["granularity"]) == ("float32", None)  # excluded: fp32
+        assert count_params(q) == count_params(model)  # zero points and scales are not parameters
+
+
+def test_dynamic_int8_export_failure_falls_back_to_torch_with_a_log_line():
+    class Unexportable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(784, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.special.erfcx(x.flatten(1)))  # no ONNX symbolic for erfcx
+
+    task = make_task(Unexportable, n_train=64)
+    q, log = _quantize(DynamicInt8Quantize(), Unexportable().eval(), task)
+    assert "onnxruntime path failed" in log[0] and "erfcx" in log[0] and "using torch.ao" in log[0], log
+    assert type(q.fc).__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"backend": "auto"}, "backend='auto' is not supported; accepted: 'onnxruntime', 'torch'"),
+        ({"reduce_range": 1}, "reduce_range=1 must be True or False"),
+        ({"per_channel": "yes"}, "per_channel='yes' must be True or False"),
+        ({"threads": -1}, "threads=-1 must be an integer >= 0"),
+    ],
+)
+def test_dynamic_int8_bad_settings_are_clear_errors(settings, match):
+    with pytest.raises(ValueError, match=match):
+        DynamicInt8Quantize(**settings)
 
 
 def test_empty_calibration_data_is_a_clear_error():

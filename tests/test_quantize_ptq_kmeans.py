@@ -221,7 +221,7 @@ def test_kmeans_artifact_is_small_and_round_trips(tmp_path):
         ({"epochs": -1}, "epochs must be a number >= 0"),
         ({"lr": 0}, "lr must be a number > 0, got 0"),
         ({"keep_zero": "yes"}, "keep_zero must be 'auto', 'always' or 'never', got 'yes'"),
-        ({"centroid_dtype": "int8"}, "centroid_dtype must be 'float32' or 'float16'"),
+        ({"centroid_dtype": "int4"}, "centroid_dtype must be one of float32, float16, int8; got 'int4'"),
     ],
 )
 def test_kmeans_bad_settings_raise(settings, message):

@@ -22,6 +22,7 @@ from nncompress.core.compress import CompressionReport, Result, compress  # noqa
 from nncompress.core.recipe import load_recipe  # noqa: E402
 from nncompress.core.step import Step, StepContext, register_step  # noqa: E402
 from nncompress.io.artifact import ArtifactError, load, save  # noqa: E402
+from nncompress.io.onnx_export import OnnxExport, export_onnx  # noqa: E402
 from nncompress.measure.report import MeasureConfig, Report, measure  # noqa: E402
 from nncompress.tasks.task import Task  # noqa: E402
 
@@ -60,6 +61,7 @@ __all__ = [
     "HeadPrune", "IterativePrune", "LotteryTicket", "MagnitudePrune", "MeasureConfig", "NMPrune",
     "Report", "Result", "Step", "StepContext", "Task", "UnstructuredPrune", "compress", "load",
     "load_recipe", "measure", "register_step", "save", "tasks",
+    "OnnxExport", "export_onnx",
     "DistillStudent",
     "RTNQuantize", "GPTQQuantize", "AWQQuantize", "HQQQuantize", "W8A8Quantize", "SmoothQuant",
     "WandaPrune", "SparseGPTPrune",

@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace, recipe_spec: str) -> Any:
     from nncompress.core.recipe import load_recipe
     from nncompress.io.run import REPORT_NAME, check_out_dir, write_run
     from nncompress.measure.table import run_tables
+    from nncompress.report.html import HTML_NAME
     from nncompress.tasks import get
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
@@ -45,7 +46,7 @@ def _run(args: argparse.Namespace, recipe_spec: str) -> Any:
         run_tables(rep.baseline, rep.final),
         "",
         "steps: " + " -> ".join(f"{s.kind} ({s.seconds:.1f}s)" for s in rep.steps),
-        f"wrote {artifact} ({os.path.getsize(artifact)} bytes) and {out / REPORT_NAME}",
+        f"wrote {artifact} ({os.path.getsize(artifact)} bytes), {out / REPORT_NAME} and {out / HTML_NAME}",
     ]
     return "\n".join(lines)
 
@@ -98,18 +99,19 @@ def measure_cmd(args: argparse.Namespace) -> Any:
 
 
 def zoo_list(args: argparse.Namespace) -> Any:
-    """The reference models with their measured baseline metric."""
-    from nncompress.tasks.zoo import ENTRIES, checkpoint_info
+    """The reference models with their measured baseline metric (accuracy, or perplexity for LMs)."""
+    from nncompress.tasks.zoo import all_entries, checkpoint_info
 
     rows = []
-    for name, e in ENTRIES.items():
+    for name, e in all_entries().items():
         info = checkpoint_info(name) or {}
         rows.append(
             {
                 "name": name,
                 "description": e.description,
+                "metric": e.metric,
                 "target": e.target,
-                "test_accuracy": info.get("test_accuracy"),
+                f"test_{e.metric}": info.get(f"test_{e.metric}"),
                 "train_seconds": info.get("train_seconds"),
                 "checkpoint": info.get("path", "not trained yet (`nncompress zoo train NAME`)"),
             }
@@ -117,12 +119,13 @@ def zoo_list(args: argparse.Namespace) -> Any:
     if args.json:
         return rows
     width = max(len(r["name"]) for r in rows)
-    lines = [f"{'name'.ljust(width)}  test acc  target  train s  description"]
+    lines = [f"{'name'.ljust(width)}  {'metric':<10}  {'test':>7}  target  train s  description"]
     for r in rows:
-        acc = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
+        value = r[f"test_{r['metric']}"]
+        test = "-" if value is None else f"{value:.4f}"
         secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         lines.append(
-            f"{r['name'].ljust(width)}  {acc:>8}  {r['target']:.3f}  {secs:>7}  {r['description']}"
+            f"{r['name'].ljust(width)}  {r['metric']:<10}  {test:>7}  {r['target']:.3f}  {secs:>7}  {r['description']}"
         )
     return "\n".join(lines)
 
@@ -167,9 +170,10 @@ def steps(args: argparse.Namespace) -> Any:
 
 
 def report(args: argparse.Namespace) -> Any:
-    """Print the table of a run folder's report.json."""
+    """Print the table of a run folder's report.json and (re)write its report.html."""
     from nncompress.core.compress import CompressionReport
     from nncompress.measure.table import run_tables
+    from nncompress.report import render_html
 
     path = Path(args.dir) / "report.json"
     if not path.is_file():
@@ -180,4 +184,47 @@ def report(args: argparse.Namespace) -> Any:
         rep = CompressionReport.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a valid nncompress report: {e}") from e
-    return run_tables(rep.baseline, rep.final)
+    return run_tables(rep.baseline, rep.final) + f"\n\nwrote {render_html(args.dir)}"
+
+
+def search(args: argparse.Namespace) -> Any:
+    """Search per-layer compression within a budget; print the chosen model's summary."""
+    import sys
+
+    from nncompress.search import Budget, SearchConfig, SearchSpace
+    from nncompress.search import search as run_search
+    from nncompress.train.progress import progress_enabled
+
+    budget = Budget(max_drop=args.max_drop, max_bytes=args.max_bytes, max_macs=args.max_macs,
+                    max_latency_ms=args.max_latency_ms)
+    space = SearchSpace(techniques=tuple(t.strip() for t in args.techniques.split(",") if t.strip()))
+    config = SearchConfig(trials=args.trials, workers=args.workers, seed=args.seed, space=space,
+                          ray_address=args.ray_address, measure=_measure_config(args))
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress_enabled() else None
+    result = run_search(args.task, budget, args.out, objective=args.objective, config=config,
+                        resume=args.resume, data_dir=args.data_dir, progress=log)
+    s = result.summary
+    if args.json:
+        return s
+    name = s["metric"]["name"]
+    return "\n".join([
+        f"chosen trial {s['chosen']} of {s['trials']}: {json.dumps(s['params'])}",
+        f"{name}: val {s['val_metric']:.4f} (baseline {s['baseline_val_metric']:.4f}), "
+        f"test {s['test_metric']:.4f} (baseline {s['baseline_test_metric']:.4f}, drop {s['test_drop']:+.4f}, "
+        f"{'meets' if s['meets_budget_on_test'] else 'MISSES'} the budget on test)",
+        f"size {s['size_bytes']:,} bytes (baseline {s['baseline_size_bytes']:,}), MACs {s['macs']:,}",
+        f"Pareto front (trial ids): {s['pareto']}",
+        f"wrote {result.out_dir}/model.ncz, report.json, search.json, trials.jsonl, sensitivity.json",
+    ])
+
+
+def export(args: argparse.Namespace) -> Any:
+    """Export an artifact to ONNX on the task's example inputs; print where, how big, how exact."""
+    from nncompress.io.onnx_export import export_onnx, export_summary
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # before any slow work
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    task, model = _load_artifact_for(args)
+    result = export_onnx(model, out, task.inputs_example(), opset=args.opset, overwrite=args.overwrite)
+    return result.to_dict() if args.json else export_summary(result)

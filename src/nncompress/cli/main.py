@@ -123,9 +123,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add(
-        "report", commands.report, "Print the before/after table of a run folder's report.json."
+        "report", commands.report,
+        "Print the before/after table of a run folder's report.json and (re)write DIR/report.html.",
     )
-    p.add_argument("dir", help="a folder written by `compress` or `demo`")
+    p.add_argument("dir", help="a folder written by `compress`, `demo` or `search`")
+
+    p = add(
+        "export",
+        commands.export,
+        "Export an artifact to ONNX (int8 as QDQ, 4-bit Linears as MatMulNBits) and check it in ONNX Runtime.",
+    )
+    p.add_argument("artifact", help="a .ncz file written by nncompress")
+    task_arg(p)
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset for traced graphs, 13-20 (default 17)")
+    p.add_argument("--json", action="store_true", help="print the export result as JSON")
+
+    p = add(
+        "search",
+        commands.search,
+        "Search per-layer pruning / quantization / low-rank settings with the best objective "
+        "within a budget (val split); confirm on test; write DIR/model.ncz, report.json, search.json.",
+    )
+    task_arg(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="largest metric drop allowed, in the metric's units (0.01 = 1 point of accuracy)")
+    p.add_argument("--max-bytes", type=int, default=None, help="largest artifact size in bytes")
+    p.add_argument("--max-macs", type=int, default=None, help="most MACs per sample")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="slowest batch-1 median latency (ms)")
+    p.add_argument("--objective", default="size", help="size (default), macs, latency or metric")
+    p.add_argument("--trials", type=int, default=32, help="candidates built and measured (default 32)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--resume", action="store_true", help="continue DIR/trials.jsonl, skipping finished trials")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ray-address", default=None,
+                   help="run trials on this Ray cluster ('auto', ray://host:port, or 'local'); needs nncompress[ray]")
+    p.add_argument("--techniques", default="lowrank,prune,quantize",
+                   help="comma-separated techniques to search: lowrank, prune, quantize (default: all)")
+    p.add_argument("--json", action="store_true", help="print search.json instead of the summary")
+    latency_args(p)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.core.recipe import describe_recipe
+from nncompress.core.recipe import check_order, describe_recipe
 from nncompress.core.step import Step, StepContext
 from nncompress.measure.metric import ModelCallError, evaluate
 from nncompress.measure.report import MeasureConfig, Report, add_latency, measure
@@ -128,6 +128,7 @@ def compress(
     for step in recipe:
         if not isinstance(step, Step):
             raise TypeError(f"recipe items must be Step instances, got {type(step).__name__}")
+    check_order(recipe)
     start = time.perf_counter()
     check_runs(model, task)
     config = measure_config or MeasureConfig()

@@ -9,6 +9,12 @@ A TOML recipe looks like::
     [[steps]]
     kind = "finetune"
     epochs = 1
+
+Ordering rules: every step declares the weight formats it can start from (``Step.accepts``) and
+the one it leaves (``Step.produces``; see ``core/step.py``). ``check_order`` walks the recipe and
+refuses, in one line naming both steps, e.g. pruning, factorizing, k-means or fine-tuning after a
+step that packed the weights into low-bit codes or int8 kernels. Loading a recipe and
+``compress()`` both check it before any slow work.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nncompress.core.step import Step, step_from_dict
+from nncompress.core.step import FLOAT, STEPS, WEIGHT_FORMATS, Step, builtin_steps, step_from_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +53,40 @@ def parse_recipe(data: dict[str, Any], source: str = "recipe") -> list[Step]:
             out.append(step_from_dict(item))
         except ValueError as e:
             raise ValueError(f"{source}: step {i + 1}: {e}") from e
+    check_order(out, source)
     return out
+
+
+def steps_accepting(fmt: str) -> list[str]:
+    """Kinds of the registered steps that can start from weights in format ``fmt``."""
+    builtin_steps()
+    return sorted(kind for kind, cls in STEPS.items() if fmt in cls.accepts)
+
+
+def check_order(steps: Sequence[Step], source: str = "recipe") -> None:
+    """Raise ValueError when a step cannot start from the weight format that an earlier step left.
+
+    Example:
+        >>> from nncompress.prune import MagnitudePrune
+        >>> from nncompress.quantize.kmeans import KMeansQuantize
+        >>> check_order([MagnitudePrune(sparsity=0.9), KMeansQuantize()])  # fine: nothing raised
+        >>> check_order([KMeansQuantize(), MagnitudePrune(sparsity=0.9)])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: recipe: step 2 'magnitude-prune' cannot follow step 1 'kmeans-quantize': ...
+    """
+    fmt, last, last_index = FLOAT, None, 0
+    for i, step in enumerate(steps, start=1):
+        if fmt not in step.accepts and last is not None:
+            allowed = steps_accepting(fmt)
+            after = ", ".join(allowed) if allowed else f"none ({last.kind} must be the last step that changes weights)"
+            raise ValueError(
+                f"{source}: step {i} {step.kind!r} cannot follow step {last_index} {last.kind!r}: "
+                f"{last.kind} leaves {fmt} weights ({WEIGHT_FORMATS[fmt].description}) and {step.kind} "
+                f"accepts {' or '.join(sorted(step.accepts))} weights; steps accepted after {last.kind}: {after}"
+            )
+        if step.produces is not None:
+            fmt, last, last_index = step.produces, step, i
 
 
 def load_recipe(spec: str | Path) -> list[Step]:

@@ -45,15 +45,42 @@ def check_flag(name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
+class WeightFormat:
+    """What the weight layers are after a step: recipes check each step accepts what came before."""
+
+    name: str
+    description: str
+
+
+FLOAT, INT_CODES = "float", "int-codes"
+WEIGHT_FORMATS: dict[str, WeightFormat] = {
+    f.name: f
+    for f in (
+        WeightFormat(FLOAT, "float nn.Linear/nn.Conv2d weights that can be trained, pruned and factorized"),
+        WeightFormat(INT_CODES, "low-bit integer codes packed in buffers, not trainable"),
+        WeightFormat("codebook", "k-means cluster codes packed in buffers, not trainable"),
+        WeightFormat("binary", "1-bit signs packed in buffers, not trainable"),
+        WeightFormat("float16", "float16 weights in buffers, not trainable"),
+        WeightFormat("int8-runtime", "int8 kernels of torch.ao or ONNX Runtime, not PyTorch layers"),
+    )
+}
+
+
+@dataclass(frozen=True)
 class Step:
     """Base class of every compression step. Subclasses are frozen dataclasses of settings.
 
     ``kind`` is the step's stable name in recipes and reports; ``family`` groups steps
-    (prune, quantize, distill, lowrank, train).
+    (prune, quantize, distill, lowrank, train). ``accepts`` names the weight formats the step can
+    start from and ``produces`` the one it leaves (None: the format it was given), so a recipe
+    that, e.g., prunes after packing weights to low-bit codes is refused before anything runs
+    (``core/recipe.py``, ``check_order``).
     """
 
     kind: ClassVar[str] = ""
     family: ClassVar[str] = ""
+    accepts: ClassVar[frozenset[str]] = frozenset({FLOAT})
+    produces: ClassVar[str | None] = None
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         """Return the transformed model (may modify ``model`` in place and return it)."""
@@ -91,13 +118,29 @@ def builtin_steps() -> dict[str, type[Step]]:
     return STEPS
 
 
-def register_step(kind: str, family: str) -> Callable[[S], S]:
-    """Class decorator: give the step its recipe name and add it to the registry."""
+def register_step(
+    kind: str, family: str, *, produces: str | None = None, accepts: tuple[str, ...] | None = None
+) -> Callable[[S], S]:
+    """Class decorator: give the step its recipe name and add it to the registry.
+
+    ``produces``/``accepts`` declare the weight formats (``WEIGHT_FORMATS``) the step leaves and
+    can start from. Quantize-family steps that declare none leave ``"int-codes"``; other steps
+    keep the format they were given. Every step accepts ``"float"`` only unless it says otherwise.
+    """
+    for name in ((produces,) if produces else ()) + (accepts or ()):
+        if name not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format {name!r}; known: {', '.join(WEIGHT_FORMATS)}")
 
     def deco(cls: S) -> S:
         if kind in STEPS:
             raise ValueError(f"step kind {kind!r} is already registered by {STEPS[kind].__name__}")
         cls.kind, cls.family = kind, family
+        if produces is not None:
+            cls.produces = produces
+        elif family == "quantize" and cls.produces is None:
+            cls.produces = INT_CODES
+        if accepts is not None:
+            cls.accepts = frozenset(accepts)
         STEPS[kind] = cls
         return cls
 

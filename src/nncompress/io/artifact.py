@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from nncompress.io import quantized as qio
+from nncompress.io import skeleton as compact_skeleton
 from nncompress.io.atomic import atomic_path
-from nncompress.io.encodings import decode, encode_smallest, narrow_exact_floats
+from nncompress.io.encodings import code_layouts, decode, encode_smallest, narrow_exact_floats
 
 FORMAT = "nncompress-artifact"
 SKELETON = "skeleton.pkl"
@@ -93,6 +94,7 @@ def save(
         raise TypeError(f"save() takes an nn.Module, got {type(model).__name__}")
     tensors = _persistent_tensors(model)
     tensors.update({n: (t, qio.PACKED, False) for n, t in qio.packed_tensors(model).items()})
+    layouts = code_layouts(model)  # packed low-bit codes: also tried Huffman-coded
     stored: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, Any]] = {}
     first_name_of: dict[tuple[int, int, tuple[int, ...]], str] = {}
@@ -110,7 +112,9 @@ def save(
         else:
             if t.numel():
                 first_name_of[key] = name
-            enc_name, parts, header = qio.encode_quantized(t) if t.is_quantized else encode_smallest(t)
+            enc_name, parts, header = (
+                qio.encode_quantized(t) if t.is_quantized else encode_smallest(t, layout=layouts.get(name))
+            )
             parts, header = narrow_exact_floats(parts, header)
             entry.update(encoding=enc_name, header=header)
             for part, value in parts.items():
@@ -124,7 +128,7 @@ def save(
         "tensors": entries,
         "metadata": metadata or {},
     }
-    skeleton = pickle.dumps(_skeleton(model), protocol=4)
+    skeleton = compact_skeleton.dumps(_skeleton(model))  # a plain pickle minus modules' empty defaults
     target = Path(path)
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         zf.writestr(

@@ -5,6 +5,11 @@ JSON header, and back. ``encode_smallest`` picks, per tensor, whichever candidat
 bytes, so a pruned layer's file shrinks with its sparsity and a dense one pays nothing extra.
 Later families (packed low-bit, codebooks, factorized) register further encodings here.
 
+Encodings with an ``encode_codes`` function also read a ``CodeLayout``: what a uint8 buffer packs
+(``count`` codes of ``bits`` bits, ``quantize.primitives.pack_bits``). ``huffman`` uses it to
+entropy-code the codes of packed low-bit and k-means layers (``io/huffman.py``): Deep
+Compression's last stage, with a pruned layer's zeros stored as Huffman-coded position gaps.
+
 Float32 parts whose every value is exactly a float16 (or bfloat16) value are stored in that
 16-bit type and widened again on load: lossless, and it halves what fp16-rounded parameters
 (``weight-quantize(float_format="fp16")``) and scales cost on disk.
@@ -20,17 +25,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from nncompress.io import huffman
+
 Parts = dict[str, torch.Tensor]
 Header = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class CodeLayout:
+    """What a packed uint8 buffer holds: ``count`` unsigned codes of ``bits`` bits (``pack_bits``)."""
+
+    bits: int
+    count: int
+
+
+@dataclass(frozen=True)
 class Encoding:
-    """A named pair of functions: ``encode(t) -> (parts, header)`` and ``decode(parts, header)``."""
+    """A named pair of functions: ``encode(t) -> (parts, header)`` and ``decode(parts, header)``.
+
+    ``encode`` returns None where the encoding does not apply. ``encode_codes``, when given, is
+    used instead for a tensor whose ``CodeLayout`` is known.
+    """
 
     name: str
     encode: Callable[[torch.Tensor], tuple[Parts, Header] | None]
     decode: Callable[[Parts, Header], torch.Tensor]
+    encode_codes: Callable[[torch.Tensor, CodeLayout], tuple[Parts, Header] | None] | None = None
 
 
 ENCODINGS: dict[str, Encoding] = {}
@@ -111,19 +131,65 @@ def _decode_indices(parts: Parts, header: Header) -> torch.Tensor:
     return flat
 
 
+def _encode_huffman(t: torch.Tensor, layout: CodeLayout) -> tuple[Parts, Header] | None:
+    """Codes unpacked, then Huffman-coded (plain or sparse, ``io/huffman.py``); None when ``t`` is
+    not exactly ``pack_bits`` of ``layout.count`` codes."""
+    from nncompress.quantize.primitives import pack_bits, packed_nbytes, unpack_bits
+
+    if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != packed_nbytes(layout.count, layout.bits):
+        return None
+    codes = unpack_bits(t, layout.bits, layout.count)
+    if not torch.equal(pack_bits(codes, layout.bits), t):  # e.g. nonzero padding bits
+        return None
+    data, header = huffman.encode_symbols(codes.numpy(), 2**layout.bits)
+    return {"data": torch.from_numpy(data)}, {"bits": layout.bits, **header}
+
+
+def _decode_huffman(parts: Parts, header: Header) -> torch.Tensor:
+    from nncompress.quantize.primitives import pack_bits
+
+    codes = huffman.decode_symbols(parts["data"].numpy(), header)
+    return pack_bits(torch.from_numpy(codes), int(header["bits"]))
+
+
+def _needs_layout(t: torch.Tensor) -> None:
+    return None
+
+
 DENSE = register_encoding(Encoding("dense", _encode_dense, _decode_dense))
 BITMASK = register_encoding(Encoding("sparse-bitmask", _encode_bitmask, _decode_bitmask))
 INDICES = register_encoding(Encoding("sparse-indices", _encode_indices, _decode_indices))
-DEFAULT_CANDIDATES = ("dense", "sparse-bitmask", "sparse-indices")
+HUFFMAN = register_encoding(Encoding("huffman", _needs_layout, _decode_huffman, _encode_huffman))
+DEFAULT_CANDIDATES = ("dense", "sparse-bitmask", "sparse-indices", "huffman")
+
+
+def code_layouts(model: torch.nn.Module) -> dict[str, CodeLayout]:
+    """``<module>.packed`` -> its ``CodeLayout`` for every packed low-bit / codebook / binary layer,
+    so that ``encode_smallest`` can also try entropy-coding their codes."""
+    from nncompress.quantize.layers import PackedWeightLayer
+
+    out: dict[str, CodeLayout] = {}
+    for name, module in model.named_modules():
+        packed = module._buffers.get("packed") if isinstance(module, PackedWeightLayer) else None
+        if packed is not None and packed.dtype == torch.uint8:
+            out[f"{name}.packed" if name else "packed"] = CodeLayout(int(module.bits), module._weight_numel())
+    return out
 
 
 def encode_smallest(
-    t: torch.Tensor, candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    t: torch.Tensor, candidates: tuple[str, ...] = DEFAULT_CANDIDATES, *, layout: CodeLayout | None = None
 ) -> tuple[str, Parts, Header]:
-    """Encode ``t`` with whichever candidate encoding stores it in the fewest bytes."""
+    """Encode ``t`` with whichever candidate encoding stores it in the fewest bytes.
+
+    ``layout`` says which codes ``t`` packs, when it is a packed code buffer (``code_layouts``).
+    """
     best: tuple[str, Parts, Header] | None = None
     for name in candidates:
-        out = ENCODINGS[name].encode(t)
+        enc = ENCODINGS[name]
+        if enc.encode_codes is not None:
+            out = enc.encode_codes(t, layout) if layout is not None else None
+        else:
+            out = enc.encode(t)
         if out is None:
             continue
         if best is None or parts_nbytes(out[0]) < parts_nbytes(best[1]):

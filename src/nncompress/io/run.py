@@ -10,6 +10,7 @@ from nncompress.core.compress import Result
 from nncompress.io.artifact import save
 from nncompress.io.atomic import atomic_write_text
 from nncompress.measure.energy import estimate_energy
+from nncompress.report import render_html
 
 ARTIFACT_NAME, REPORT_NAME = "model.ncz", "report.json"
 
@@ -28,7 +29,8 @@ def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool) -> Path:
 
 
 def write_run(result: Result, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Save the artifact (with the recipe, seed and versions inside), then the report.
+    """Save the artifact (with the recipe, seed and versions inside), then the report, then
+    ``report.html`` drawn from it (see ``nncompress.report``).
 
     The final report's ``size_bytes`` is the saved file's real size.
     """
@@ -49,4 +51,5 @@ def write_run(result: Result, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     report.final.energy = estimate_energy(report.final.macs, report.final.size_bytes).to_dict()
     report_path = out / REPORT_NAME
     atomic_write_text(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    render_html(out)
     return artifact, report_path

@@ -43,7 +43,8 @@ class Report:
     """Measured figures of one model on one task (the ``baseline``/``final`` objects of report.json).
 
     ``latency_ms`` is the batch-1 median; ``latency`` holds medians and spreads for batch 1 and
-    ``batch_size_large``; ``energy`` is an estimate (see measure/energy.py), labelled so;
+    ``batch_size_large`` (and ``tokens_per_s`` for models of token sequences); ``energy`` is an
+    estimate (see measure/energy.py), labelled so;
     ``layers`` is the per-layer table (shape, parameters, non-zeros, weight sparsity, storage
     format and bits; see ``measure.size.layer_stats``).
     """
@@ -116,6 +117,16 @@ def measure(
     return report
 
 
+def tokens_per_example(example: Any) -> int | None:
+    """Tokens in one batch-1 example of a sequence model (the last dim of its integer token ids,
+    the first tensor of a tuple or dict batch), or None for other inputs (images)."""
+    x = example[0] if isinstance(example, (tuple, list)) and example else example
+    x = next(iter(x.values()), None) if isinstance(x, dict) else x
+    if isinstance(x, torch.Tensor) and x.ndim == 2 and not x.is_floating_point() and x.dtype != torch.bool:
+        return int(x.shape[-1])
+    return None
+
+
 def add_latency(reports: list[Report], models: list[nn.Module], task: Task, config: MeasureConfig) -> None:
     """Time ``models`` at batch 1 and ``config.batch_size_large`` and write the figures into the
     matching ``reports``.
@@ -126,6 +137,7 @@ def add_latency(reports: list[Report], models: list[nn.Module], task: Task, conf
     its threads, and at batch 1 small models are often faster on one thread than on several.
     """
     one = task.single_example()
+    tokens = tokens_per_example(one)
     timing = {"rounds": config.rounds, "warmup": config.warmup, "min_seconds": config.min_seconds}
     counts = config.thread_counts or sorted({1, torch.get_num_threads()})
     sizes = {"batch_1": (one, 1, config.runs),
@@ -143,6 +155,8 @@ def add_latency(reports: list[Report], models: list[nn.Module], task: Task, conf
                 best = [s if b is None or s.median_ms < b.median_ms else b for b, s in zip(best, stats)]
             for report, stats in zip(reports, best, strict=True):
                 report.latency[key] = stats.to_dict()
+                if tokens is not None:  # sequence models: throughput in tokens (context x batch) per second
+                    report.latency[key]["tokens_per_s"] = round(tokens * batch_size / (stats.median_ms / 1e3), 1)
     finally:
         torch.set_num_threads(previous)
     for report in reports:

@@ -28,7 +28,7 @@ def _rows(report: Report) -> dict[str, str]:
     big = next(
         (v for k, v in report.latency.items() if k.startswith("batch_") and k != "batch_1"), None
     )
-    return {
+    rows = {
         f"{report.metric['name']} (test)": f"{report.metric['value']:.4f}",
         "params": _human_count(report.params),
         "non-zero params": _human_count(report.nonzero_params),
@@ -41,12 +41,16 @@ def _rows(report: Report) -> dict[str, str]:
         ),
         "energy estimate (uJ)": f"{report.energy.get('total_uj', float('nan')):.1f}",
     }
+    tokens = report.latency.get("batch_1", {}).get("tokens_per_s")
+    if tokens is not None:  # sequence models
+        rows["tokens/s b=1"] = f"{tokens:.0f}"
+    return rows
 
 
 def comparison_table(reports: Sequence[Report], names: Sequence[str]) -> str:
     """A text table with one column per report and, for two, a ratio column (first / second)."""
     rows = [_rows(r) for r in reports]
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     header = ["", *names]
     if len(reports) == 2:
         header.append("change")

@@ -218,6 +218,7 @@ class AWQQuantize(WeightOnlyQuantize):
             log=ctx.log,
         )
         ctx.log += [f"{self.kind}: {n}" for n in notes]
+        self.round_rest(model, ctx)
         clip = ", clipped" if self.clip else ""
         ctx.log.append(
             f"{self.kind}: {len(done)} Linear layers packed ({self.bits}-bit{clip}) from {len(batches)} batch(es)"

@@ -113,7 +113,7 @@ def prepare_binary(model: nn.Module, plan: dict[str, int]) -> list[str]:
     return binary
 
 
-@register_step("binarize", family="quantize")
+@register_step("binarize", family="quantize", produces="binary")
 @dataclass(frozen=True)
 class Binarize(Step):
     """Train hidden Linear/Conv2d layers with binary weights (XNOR-Net), then store 1 bit per weight.

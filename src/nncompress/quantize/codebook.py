@@ -1,5 +1,5 @@
 """Weight sharing and entropy coding from Deep Compression (Han et al. 2016): 1-D k-means codebooks
-with linear initialisation, and Huffman code lengths to price the codes.
+with linear initialisation, and Huffman code lengths to price the codes (``io/huffman.py`` codes them).
 
 A layer stored this way costs ``2**bits`` float centroids plus one ``bits``-wide code per weight
 (or ``huffman_bits(codes)`` bits when Huffman-coded).
@@ -7,10 +7,11 @@ A layer stored this way costs ``2**bits`` float centroids plus one ``bits``-wide
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable
 
 import torch
+
+from nncompress.io.huffman import code_lengths
 
 INITS = ("linear", "density")
 
@@ -121,40 +122,29 @@ def kmeans_codebook(
 
 
 def huffman_code_lengths(codes: torch.Tensor) -> dict[Hashable, int]:
-    """Bits of the Huffman code of each symbol occurring in ``codes`` (ties broken by symbol order,
-    so the result is deterministic). A single distinct symbol gets 1 bit.
+    """Bits of the Huffman code of each symbol occurring in ``codes``, as the artifact's ``huffman``
+    encoding assigns them (``io/huffman.py``: ties broken by symbol order, at most 15 bits). A
+    single distinct symbol gets 1 bit.
 
     Example:
         >>> huffman_code_lengths(torch.tensor([0, 1, 2, 2, 3, 3, 3, 3]))
         {0: 3, 1: 3, 2: 2, 3: 1}
     """
     symbols, counts = torch.unique(codes.detach().reshape(-1).cpu(), return_counts=True)
-    symbols, counts = symbols.tolist(), counts.tolist()
-    if len(symbols) <= 1:
-        return dict.fromkeys(symbols, 1)
-    # Heap of (weight, node id); merging two nodes makes a parent, a leaf's code length is its depth.
-    heap = [(c, i) for i, c in enumerate(counts)]
-    heapq.heapify(heap)
-    parent: list[int] = [0] * len(heap)
-    while len(heap) > 1:
-        (c1, n1), (c2, n2) = heapq.heappop(heap), heapq.heappop(heap)
-        parent[n1] = parent[n2] = len(parent)
-        parent.append(0)
-        heapq.heappush(heap, (c1 + c2, len(parent) - 1))
-    root = len(parent) - 1
-    depth = [0] * len(parent)
-    for node in range(root - 1, -1, -1):  # parents have larger ids than their children
-        depth[node] = depth[parent[node]] + 1
-    return {s: depth[i] for i, s in enumerate(symbols)}
+    lengths = code_lengths(counts.numpy())
+    return {s: int(n) for s, n in zip(symbols.tolist(), lengths.tolist())}
 
 
 def huffman_bits(codes: torch.Tensor) -> int:
-    """Total bits to Huffman-code ``codes`` (the code table itself not counted).
+    """Total bits to Huffman-code every symbol of ``codes`` (the code table itself not counted).
+
+    The artifact stores pruned codes more cheaply still (positions as coded gaps; see
+    ``io/huffman.py``, ``encode_symbols``).
 
     Example:
         >>> huffman_bits(torch.tensor([0, 1, 2, 2, 3, 3, 3, 3]))  # vs 8 * 2 = 16 fixed-width
         14
     """
-    symbols, counts = torch.unique(codes.detach().reshape(-1).cpu(), return_counts=True)
-    lengths = huffman_code_lengths(codes)
-    return sum(lengths[s] * c for s, c in zip(symbols.tolist(), counts.tolist()))
+    _, counts = torch.unique(codes.detach().reshape(-1).cpu(), return_counts=True)
+    lengths = code_lengths(counts.numpy())
+    return int((lengths * counts.numpy()).sum())

@@ -180,6 +180,7 @@ class HQQQuantize(WeightOnlyQuantize):
                 optimize_scale=self.optimize_scale,
             )
             self.pack(model, name, layer, w, s, z, spec, zero_dtype=torch.float16)
+        self.round_rest(model, ctx)
         ctx.log.append(f"{self.kind}: {len(targets)} Linear layers packed without data, {self.bits}-bit")
         return model
 

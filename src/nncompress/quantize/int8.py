@@ -96,6 +96,19 @@ def torch_dynamic_int8(model: nn.Module, *, per_channel: bool = True, exclude: t
         return quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
 
 
+def dynamic_int8_linear(layer: nn.Linear, *, per_channel: bool = True) -> nn.Module:
+    """``layer`` as a torch.ao dynamic int8 Linear (int8 weights; activations quantized per tensor
+    at run time, real int8 GEMM on fbgemm/x86)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    source = copy.deepcopy(layer).eval()
+    source.qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        return DynamicLinear.from_float(source)
+
+
 def torch_static_int8(
     model: nn.Module,
     calibration: list[tuple[Any, ...]],
@@ -256,10 +269,86 @@ def onnxruntime_static_int8(
     return module, summary
 
 
+# --- ONNX Runtime dynamic int8 ----------------------------------------------------------------
+
+DYNAMIC_BACKENDS = ("onnxruntime", "torch")
+
+
+def _export_fp32_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
+    """``model`` as an fp32 ONNX graph (TorchScript exporter, opset 17, batch axis dynamic)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(
+            copy.deepcopy(model).eval(),
+            tuple(a[:1] for a in args),
+            str(path),
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def onnxruntime_dynamic_int8(
+    model: nn.Module,
+    example: tuple[Any, ...],
+    *,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    exclude: tuple[str, ...] = (),
+    threads: int = 0,
+) -> tuple[nn.Module, str]:
+    """Export to ONNX and ``quantize_dynamic`` its MatMul/Gemm nodes with constant weights (s8
+    weights, u8 activations quantized per batch at run time); returns (module, summary).
+
+    Only weight x activation products are quantized (``MatMulConstBOnly``), as torch.ao's dynamic
+    Linear does; attention's activation x activation MatMuls and convolutions stay fp32. ONNX
+    Runtime fuses each ``DynamicQuantizeLinear`` + ``MatMulInteger`` + rescale into one
+    ``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat`` kernel when it builds the session.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from nncompress.quantize.runtime import OnnxRuntimeModule
+
+    if not example or not all(isinstance(a, torch.Tensor) for a in example):
+        raise TypeError("the onnxruntime backend takes tensor inputs only")
+    names = [f"input_{i}" for i in range(len(example))]
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre, q = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        _export_fp32_onnx(model, example, fp32, names)
+        try:  # shape inference + graph optimisation, as onnxruntime recommends before quantizing
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001 - optional: quantizing the raw export also works
+            pre = fp32
+        graph = onnx.load(str(pre)).graph
+        weights = {i.name for i in graph.initializer}
+        linear = [n for n in graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in weights]
+        skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name) or "", exclude)]
+        # the quantizer rewrites each Gemm as MatMul "<name>_MatMul" + Add before it reads the list
+        excluded = skip + [f"{n.name}_MatMul" for n in graph.node if n.op_type == "Gemm" and n.name in skip]
+        quantize_dynamic(
+            str(pre),
+            str(q),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        module = OnnxRuntimeModule(q.read_bytes(), names, threads=threads)
+    n_q = sum(1 for n in linear if n.name not in skip)
+    granularity = "per channel" if per_channel else "per tensor"
+    return module, f"onnxruntime dynamic int8 ({granularity}), {n_q} of {len(linear)} weight MatMul/Gemm quantized"
+
+
 # --- the steps --------------------------------------------------------------------------------
 
 
-@register_step("int8-static", family="quantize")
+@register_step("int8-static", family="quantize", produces="int8-runtime")
 @dataclass(frozen=True)
 class StaticInt8Quantize(Step):
     """Post-training static int8: calibrate on train batches, convert to real int8 kernels.
@@ -344,31 +433,66 @@ class StaticInt8Quantize(Step):
         return mark_reference_macs(out, model, ctx.task.single_example())
 
 
-@register_step("int8-dynamic", family="quantize")
+@register_step("int8-dynamic", family="quantize", produces="int8-runtime")
 @dataclass(frozen=True)
 class DynamicInt8Quantize(Step):
-    """Dynamic int8 for ``nn.Linear`` layers (weights int8, activations quantized per batch).
+    """Dynamic int8 for Linear layers (weights int8, activations quantized per batch at run time).
 
     Needs no calibration data; helps Linear-heavy models (MLPs, transformers) most.
 
+    Settings:
+        per_channel: one weight scale per output channel (else one per tensor).
+        backend: ``"onnxruntime"`` (export to ONNX, ``quantize_dynamic`` on weight MatMul/Gemm,
+            run by :class:`~nncompress.quantize.runtime.OnnxRuntimeModule`) or ``"torch"``
+            (torch.ao dynamic ``nn.Linear``). Models ONNX export cannot handle fall back to torch,
+            with a log line saying why.
+        reduce_range: onnxruntime backend only: 7-bit weights (for u8s8 kernels without VNNI that
+            could saturate int16 sums); off because it cost accuracy and no speed here.
+        exclude: module names (and their children) kept in fp32.
+        threads: onnxruntime intra-op threads for batches above 8 (0: ``torch.get_num_threads()``).
+
     Example:
-        >>> DynamicInt8Quantize(exclude=("head",))
-        DynamicInt8Quantize(per_channel=True, exclude=('head',))
+        >>> DynamicInt8Quantize(exclude=("head",)).backend
+        'onnxruntime'
     """
 
     per_channel: bool = True
+    backend: str = "onnxruntime"
+    reduce_range: bool = False
     exclude: tuple[str, ...] = ()
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, str):
             object.__setattr__(self, "exclude", (self.exclude,))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        if not isinstance(self.per_channel, bool):
-            raise ValueError(f"per_channel={self.per_channel!r} must be True or False")
+        _check_choice("backend", self.backend, DYNAMIC_BACKENDS)
+        for name in ("per_channel", "reduce_range"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"threads={self.threads!r} must be an integer >= 0 (0: torch's thread count)")
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         _check_exclude(model, self.exclude)
+        example = ctx.task.single_example()
+        if self.backend == "onnxruntime":
+            try:
+                out, summary = onnxruntime_dynamic_int8(
+                    model,
+                    _as_args(example),
+                    per_channel=self.per_channel,
+                    reduce_range=self.reduce_range,
+                    exclude=self.exclude,
+                    threads=self.threads,
+                )
+            except Exception as e:  # noqa: BLE001 - export/quantize failures fall back to torch
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                ctx.log.append(f"int8-dynamic: onnxruntime path failed ({type(e).__name__}: {first}); using torch.ao")
+            else:
+                ctx.log.append(f"int8-dynamic: {summary}")
+                return mark_reference_macs(out, model, example)
         out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=self.exclude)
         n = sum(1 for m in out.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"))
-        ctx.log.append(f"int8-dynamic: {n} Linear layer(s) now dynamic int8")
-        return mark_reference_macs(out, model, ctx.task.single_example())
+        ctx.log.append(f"int8-dynamic: torch.ao, {n} Linear layer(s) now dynamic int8")
+        return mark_reference_macs(out, model, example)

@@ -5,8 +5,9 @@ shared values; a layer already pruned keeps an exact-zero centroid so its zeros 
 centroids are then fine-tuned on the task's train split with the codes fixed: during training each
 layer's weight is ``centroids[codes]``, so autograd gives every centroid the sum of the gradients of
 the weights in its cluster, as in the paper. Finally the layers become ``CodebookLinear`` /
-``CodebookConv2d`` (codes packed at ``bits``). The log prices the codes both at fixed width (what
-the artifact stores) and Huffman-coded (the paper's last stage).
+``CodebookConv2d`` (codes packed at ``bits``). The artifact then stores each layer's codes
+Huffman-coded, a pruned layer's zeros as Huffman-coded position gaps (``io/huffman.py``: the
+paper's last stage); the log gives both the fixed-width and the stored size of the codes.
 
 Example:
     >>> KMeansQuantize(bits_conv=5, bits_linear=4, epochs=1)  # doctest: +ELLIPSIS
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.quantize.codebook import huffman_bits, kmeans_codebook
+from nncompress.io.encodings import pow2_int8_exponent
+from nncompress.io.huffman import encode_symbols
+from nncompress.quantize.codebook import kmeans_codebook
 from nncompress.quantize.layers import codebook_module
 from nncompress.quantize.ptq import (
     check_patterns,
@@ -37,6 +40,26 @@ from nncompress.tasks.task import call_model
 from nncompress.train.loop import TrainConfig, fit
 
 ZERO_FRACTION = 0.01  # a layer with at least this share of exact zeros counts as pruned
+STORAGE = ("float32", "float16", "int8")
+
+
+def round_for_storage(t: torch.Tensor, storage: str) -> torch.Tensor:
+    """``t`` rounded to values that ``storage`` holds exactly: float16 values, or int8 codes times
+    the power of two that covers ``max|t|`` (``io/encodings.py`` then stores them that narrow).
+
+    Example:
+        >>> round_for_storage(torch.tensor([0.5, -1.0, 0.3]), "int8").tolist()  # grid step 2**-6
+        [0.5, -1.0, 0.296875]
+    """
+    if storage == "float32":
+        return t.detach().clone()
+    if storage == "float16":
+        return t.detach().half().float()
+    absmax = float(t.detach().abs().max()) if t.numel() else 0.0
+    if absmax == 0.0:
+        return t.detach().clone()
+    step = 2.0 ** pow2_int8_exponent(absmax)
+    return (t.detach() / step).round().clamp(-127, 127) * step
 
 
 class SharedWeight(nn.Module):
@@ -75,7 +98,7 @@ class SharedWeight(nn.Module):
         return self.centroids.detach().masked_fill(self.frozen, 0.0)
 
 
-@register_step("kmeans-quantize", family="quantize")
+@register_step("kmeans-quantize", family="quantize", produces="codebook")
 @dataclass(frozen=True)
 class KMeansQuantize(Step):
     """Share weights with k-means codebooks, fine-tune the centroids, store packed cluster indices.
@@ -89,7 +112,10 @@ class KMeansQuantize(Step):
             context or >= 1% exact zeros), ``"always"`` / ``"never"`` for every layer.
         exclude: module names or regexes (full match) left in float.
         max_steps: cap on fine-tuning steps (None: ``epochs`` decides).
-        centroid_dtype: ``"float32"`` or ``"float16"`` storage of the centroids.
+        centroid_dtype: storage of the centroids: ``"float32"``, ``"float16"``, or ``"int8"``
+            (rounded to int8 codes times a power of two per layer; the artifact stores 1 byte each).
+        bias_dtype: ``"float32"``, or ``"float16"`` / ``"int8"`` to round the biases likewise (the
+            artifact then stores 2 or 1 bytes each; a tiny model's biases weigh as much as its codes).
 
     Example:
         >>> KMeansQuantize(bits_conv=8, bits_linear=5, epochs=0).bits_linear
@@ -104,6 +130,7 @@ class KMeansQuantize(Step):
     exclude: tuple[str, ...] = ()
     max_steps: int | None = None
     centroid_dtype: str = "float32"
+    bias_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("bits_conv", "bits_linear"):
@@ -117,8 +144,9 @@ class KMeansQuantize(Step):
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         if self.keep_zero not in ("auto", "always", "never"):
             raise ValueError(f"keep_zero must be 'auto', 'always' or 'never', got {self.keep_zero!r}")
-        if self.centroid_dtype not in ("float32", "float16"):
-            raise ValueError(f"centroid_dtype must be 'float32' or 'float16', got {self.centroid_dtype!r}")
+        for name in ("centroid_dtype", "bias_dtype"):
+            if getattr(self, name) not in STORAGE:
+                raise ValueError(f"{name} must be one of {', '.join(STORAGE)}; got {getattr(self, name)!r}")
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
                                            or self.max_steps < 1):
             raise ValueError(f"max_steps must be an integer >= 1 or None, got {self.max_steps!r}")
@@ -183,19 +211,24 @@ class KMeansQuantize(Step):
             ctx.log.append(f"{self.kind}: centroids fine-tuned for {history.steps} steps, last loss {last:.4f}")
         model.train(was_training)
         dtype = torch.float16 if self.centroid_dtype == "float16" else torch.float32
-        fixed_total = huffman_total = 0
+        fixed_total = stored_total = 0
         for name, (layer, bits) in shared.items():
             codes = layer.codes.to(torch.uint8)
-            new = codebook_module(layer.source, layer.final_centroids(), codes, bits, centroid_dtype=dtype)
+            if layer.source.bias is not None:
+                with torch.no_grad():
+                    layer.source.bias.copy_(round_for_storage(layer.source.bias, self.bias_dtype))
+            centroids = round_for_storage(layer.final_centroids(), self.centroid_dtype)
+            new = codebook_module(layer.source, centroids, codes, bits, centroid_dtype=dtype)
             model = replace_module(model, name, new)
-            fixed, huff = codes.numel() * bits, huffman_bits(codes)
-            fixed_total, huffman_total = fixed_total + fixed, huffman_total + huff
+            data, header = encode_symbols(codes.reshape(-1).cpu().numpy(), 2**bits)
+            fixed, stored = codes.numel() * bits, 8 * data.size
+            fixed_total, stored_total = fixed_total + fixed, stored_total + stored
             ctx.log.append(
-                f"{name}: codebook {bits}-bit, {fixed} bits fixed-width, {huff} bits Huffman "
-                f"({huff / codes.numel():.2f} bits/weight)"
+                f"{name}: codebook {bits}-bit, {fixed} bits fixed-width, {stored} bits Huffman-coded "
+                f"({header['layout']}, {stored / codes.numel():.2f} bits/weight)"
             )
         ctx.log.append(
-            f"{self.kind}: {len(shared)} layers, indices {fixed_total / 8:.0f} B fixed-width (stored), "
-            f"{huffman_total / 8:.0f} B Huffman-coded ({fixed_total / max(1, huffman_total):.2f}x smaller)"
+            f"{self.kind}: {len(shared)} layers, codes {fixed_total / 8:.0f} B fixed-width, "
+            f"{stored_total / 8:.0f} B Huffman-coded as stored ({fixed_total / max(1, stored_total):.2f}x smaller)"
         )
         return model

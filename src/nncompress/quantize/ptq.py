@@ -342,7 +342,7 @@ class WeightQuantize(Step):
         return model
 
 
-@register_step("fp16", family="quantize")
+@register_step("fp16", family="quantize", produces="float16")
 @dataclass(frozen=True)
 class Float16Weights(Step):
     """Store Linear/Conv2d weights and biases as float16; compute stays float32.

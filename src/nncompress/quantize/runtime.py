@@ -117,14 +117,12 @@ class OnnxRuntimeModule(nn.Module):
         return super()._apply(fn, recurse)
 
     def stored_weight_counts(self) -> tuple[int, int]:
-        """(elements, non-zeros) of the graph's weights and biases: its int8 and int32 initializers
-        (scales and zero points are quantization metadata, not parameters)."""
+        """(elements, non-zeros) of the graph's parameters: its float and int8/int32 initializers
+        less scales and zero points (quantization metadata), in QDQ and dynamic graphs alike."""
         if getattr(self, "_weight_counts", None) is None:
-            from onnx import numpy_helper
+            from nncompress.quantize.onnx_layers import onnx_parameter_counts
 
-            arrays = [numpy_helper.to_array(i) for i in self.model_proto().graph.initializer]
-            kept = [a for a in arrays if a.dtype in (np.int8, np.int32)]
-            self._weight_counts = (sum(a.size for a in kept), sum(int(np.count_nonzero(a)) for a in kept))
+            self._weight_counts = onnx_parameter_counts(self.model_proto())
         return self._weight_counts
 
     def model_proto(self) -> Any:

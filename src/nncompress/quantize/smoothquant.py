@@ -43,11 +43,12 @@ from nncompress.core.sequential import (
     select_linears,
 )
 from nncompress.core.step import Step, StepContext, check_count, check_flag, register_step
+from nncompress.quantize.int8 import dynamic_int8_linear
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, fake_quantize
 from nncompress.quantize.ptq import normalize_patterns
 
-ACT_MODES = ("token", "tensor")
+ACT_MODES = ("token", "tensor", "dynamic")
 FOLD_CHECK_CALLS = 2  # calibration calls compared when checking that a fold is exact
 INT8 = QuantSpec(bits=8, symmetric=True, granularity="channel")  # weights: one scale per output channel
 
@@ -106,7 +107,7 @@ class ScaledInputLinear(nn.Module):
         act_scale: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        if act_mode not in (None, *ACT_MODES):
+        if act_mode not in (None, "token", "tensor"):
             raise ValueError(f"act_mode must be None, 'token' or 'tensor', got {act_mode!r}")
         if act_mode == "tensor" and act_scale is None:
             raise ValueError("act_mode='tensor' needs the calibrated act_scale")
@@ -139,10 +140,12 @@ class W8A8Quantize(Step):
 
     The baseline SmoothQuant is compared against. Activation scales are dynamic per token
     (``act_mode="token"``) or one static per-tensor scale per layer calibrated on the train split
-    (``"tensor"``).
+    (``"tensor"``). ``act_mode="dynamic"`` is not simulated: each Linear becomes a torch.ao
+    dynamic int8 Linear (int8 GEMM; activations quantized per tensor at run time, on x86 with a
+    7-bit range), so smoothing's effect on a real kernel can be measured.
 
     Args:
-        act_mode: ``"token"`` or ``"tensor"``.
+        act_mode: ``"token"``, ``"tensor"`` or ``"dynamic"``.
         layers: module names or full-match regexes to quantize (empty: every plain Linear).
         exclude: names or regexes left in float.
         keep_classifier: leave the last Linear (LM head / classifier) in float.
@@ -214,10 +217,14 @@ class W8A8Quantize(Step):
             ctx.log.append(f"{self.kind}: smoothing folded for {', '.join(folded)}")
         if explicit:
             ctx.log.append(f"{self.kind}: smoothing applied by an explicit multiply for {', '.join(explicit)}")
-        ctx.log.append(
-            f"{self.kind}: {len(done)} Linear layers with packed int8 weights (per channel) and int8 activations "
-            f"fake-quantized per {self.act_mode} (simulated, float32 matmul)"
-        )
+        if self.act_mode == "dynamic":
+            what = "torch.ao dynamic int8 (int8 weights per channel, activations per tensor at run time, int8 GEMM)"
+        else:
+            what = (
+                f"packed int8 weights (per channel) and int8 activations fake-quantized per {self.act_mode} "
+                "(simulated, float32 matmul)"
+            )
+        ctx.log.append(f"{self.kind}: {len(done)} Linear layers with {what}")
         return model
 
     def _quantize(
@@ -232,8 +239,12 @@ class W8A8Quantize(Step):
         if self.act_mode == "tensor":  # one static scale: the largest smoothed input seen
             smoothed = absmax if s is None else absmax / s.to(absmax)
             act_scale = (smoothed.max() / 127).clamp(min=1e-8)
-        packed = quantize_weight_module(layer, INT8, method="minmax")
         inv = None if explicit is None else 1.0 / explicit
+        if self.act_mode == "dynamic":  # a real int8 kernel (torch.ao dynamic Linear)
+            new = dynamic_int8_linear(layer)
+            replace_linear(model, name, new if inv is None else ScaledInputLinear(new, inv), layer)
+            return
+        packed = quantize_weight_module(layer, INT8, method="minmax")
         replace_linear(model, name, ScaledInputLinear(packed, inv, act_mode=self.act_mode, act_scale=act_scale), layer)
 
 

@@ -1,0 +1,306 @@
+"""Export any model nncompress produces to an ONNX file that ONNX Runtime runs, and check it.
+
+- Plain, structurally pruned (physically smaller) and low-rank factorized models (plain layers,
+  factorized ones as ``nn.Sequential`` of smaller layers) become plain ONNX graphs.
+- Unstructured-sparse models are written dense: ONNX Runtime has no sparse kernels for them; the
+  result's ``notes`` say how many weights are zero.
+- ``int8-static`` and ``int8-dynamic`` models (an :class:`~nncompress.quantize.runtime.OnnxRuntimeModule`
+  holding a QDQ or dynamic-int8 graph, the default ``onnxruntime`` backend) are written as that graph.
+- Packed weight layers (weight-only quantization: ``weight-quantize``, ``rtn``, ``gptq``, ``awq``,
+  ``hqq``, ``w8a8``/``smoothquant``, ``kmeans-quantize``, ``binarize``, ``fp16``) keep their codes:
+  2/4/8-bit Linears as ``com.microsoft::MatMulNBits``, other uniform codes and binary signs as
+  ``DequantizeLinear`` of int8/uint8 initializers, codebooks as ``Gather``, fp16 as ``Cast``
+  (``io/onnx_packed.py``).
+
+The exporter is PyTorch's TorchScript one (``dynamo=False``, as ``int8-static`` uses): it is fast
+(well under a second for the reference models, against seconds for ``torch.export``) and its
+``autograd.Function.symbolic`` hook writes the packed layers' nodes directly.
+
+Example:
+    >>> result = export_onnx(model, "model.onnx", torch.randn(8, 1, 28, 28))  # doctest: +SKIP
+    >>> result.max_abs_error < 1e-4, result.layers["fc1"]  # doctest: +SKIP
+    (True, 'MatMulNBits 4-bit, block 128')
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.io.atomic import atomic_write_bytes
+
+DEFAULT_OPSET = 17  # DequantizeLinear per axis needs >= 13; int8-static graphs use 17
+SUPPORTED = (
+    "plain PyTorch layers (pruned and factorized models included), nncompress packed layers "
+    "(QuantizedLinear/Conv2d, CodebookLinear/Conv2d, BinaryLinear/Conv2d, HalfLinear/Conv2d) and "
+    "OnnxRuntimeModule (int8-static / int8-dynamic with backend='onnxruntime') as the whole model"
+)
+TORCH_QUANTIZED = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Embedding)
+
+
+@dataclass
+class OnnxExport:
+    """What ``export_onnx`` wrote and how close ONNX Runtime's outputs are to PyTorch's.
+
+    Attributes:
+        path: the ONNX file.
+        bytes: its size.
+        opset: the default-domain opset (``com.microsoft`` 1 is added for MatMulNBits).
+        max_abs_error: max |ONNX Runtime - PyTorch| over every output on the example inputs.
+        max_abs_output: max |PyTorch output|, the scale that error is to be read against.
+        layers: module name -> the form its weight took (``fp32``, ``MatMulNBits 4-bit, block 128``...).
+        notes: what a reader should know (dense storage of sparse weights, fallbacks).
+        input_names, output_names: the graph's inputs and outputs (axis 0 is ``batch``).
+    """
+
+    path: str
+    bytes: int
+    opset: int
+    max_abs_error: float
+    max_abs_output: float
+    layers: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
+        raise ValueError(f"example_inputs must be a tensor or a tuple of tensors, got {kinds}")
+    if any(t.dim() == 0 for t in inputs):
+        raise ValueError("example_inputs need a batch axis (axis 0); got a 0-d tensor")
+    return tuple(t.detach().cpu() for t in inputs)
+
+
+def _check_supported(model: nn.Module) -> None:
+    """ValueError naming the first module that cannot be exported (torch.ao quantized modules,
+    an OnnxRuntimeModule inside a larger model)."""
+    from nncompress.quantize.runtime import OnnxRuntimeModule
+
+    for name, module in model.named_modules():
+        kind = type(module)
+        if isinstance(module, OnnxRuntimeModule) and module is not model:
+            raise ValueError(f"module {name!r} is an OnnxRuntimeModule inside a larger model; accepted: {SUPPORTED}")
+        if kind.__module__.startswith(TORCH_QUANTIZED):
+            raise ValueError(
+                f"module {name or '(root)'!r} is a torch.ao {kind.__name__} (int8-dynamic or int8-static with "
+                f"backend='torch'), which ONNX export does not support; accepted: {SUPPORTED}"
+            )
+
+
+def _export_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str], list[str]]:
+    """A copy of ``model`` whose packed layers are ``ExportedLayer`` stand-ins; plus each weighted
+    layer's form and notes (sparse weights written dense, dense fallbacks)."""
+    from nncompress.io.onnx_packed import ExportedLayer, plan_packed_layer
+    from nncompress.quantize.layers import PackedWeightLayer
+    from nncompress.quantize.ptq import replace_module
+
+    work = copy.deepcopy(model).eval()
+    layers: dict[str, str] = {}
+    notes: list[str] = []
+    sparse = []
+    for name, module in list(work.named_modules()):
+        if isinstance(module, PackedWeightLayer):
+            plan = plan_packed_layer(module)
+            layers[name] = plan.label
+            work = replace_module(work, name, ExportedLayer(module, plan))
+        elif isinstance(module, WEIGHTED):
+            weight = module.weight.detach()
+            zeros = 1.0 - int(weight.count_nonzero()) / max(1, weight.numel())
+            layers[name] = "fp32" if zeros < 0.5 else f"fp32 dense ({zeros:.0%} zeros)"
+            if zeros >= 0.5:
+                sparse.append(name)
+    if sparse:
+        shown = ", ".join(sparse[:4]) + ("..." if len(sparse) > 4 else "")
+        notes.append(
+            f"{len(sparse)} layer(s) are unstructured-sparse ({shown}): written dense, as ONNX Runtime "
+            "has no sparse kernels for them"
+        )
+    dense = [n for n, label in layers.items() if label.startswith("dense")]
+    if dense:
+        notes.append(f"{len(dense)} packed layer(s) written as dense fp32 (no ONNX Runtime kernel for their codes)")
+    return work, layers, notes
+
+
+def _torch_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        out = model(*inputs)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        raise ValueError(f"the model must return a tensor or a tuple of tensors, got {type(out).__name__}")
+    return [o.detach().float() for o in outs]
+
+
+def _torchscript_export(
+    work: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, n_outputs: int, *, fold: bool, contrib: bool
+) -> tuple[bytes, list[str], list[str]]:
+    """Serialized ONNX from the TorchScript exporter, every input and output dynamic in axis 0."""
+    input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
+    output_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(
+            work,
+            inputs,
+            buffer,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes={n: {0: "batch"} for n in [*input_names, *output_names]},
+            opset_version=opset,
+            do_constant_folding=fold,
+            custom_opsets={"com.microsoft": 1} if contrib else None,
+            dynamo=False,
+        )
+    return buffer.getvalue(), input_names, output_names
+
+
+def ort_session(model_bytes: bytes, *, threads: int = 1, spinning: bool = False) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads; ``spinning=False`` keeps idle
+    threads from busy-waiting (fair when timing beside PyTorch on the same cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _ort_max_error(
+    model_bytes: bytes, input_names: list[str], inputs: tuple[torch.Tensor, ...], reference: list[torch.Tensor]
+) -> float:
+    """Max |ONNX Runtime - PyTorch| over every output (ValueError when ONNX Runtime refuses the graph)."""
+    try:
+        session = ort_session(model_bytes)
+        outs = session.run(None, {n: t.contiguous().numpy() for n, t in zip(input_names, inputs)})
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ValueError(f"ONNX Runtime could not run the exported graph: {str(e).splitlines()[0]}") from e
+    if len(outs) != len(reference):
+        raise ValueError(f"the ONNX graph has {len(outs)} outputs, the model {len(reference)}")
+    errors = [float((torch.from_numpy(o).float() - r).abs().max()) for o, r in zip(outs, reference) if r.numel()]
+    return max(errors, default=0.0)
+
+
+def _runtime_module_proto(model: nn.Module) -> tuple[bytes, list[str], list[str], dict[str, str]]:
+    """The QDQ graph of an OnnxRuntimeModule, its input/output names and per-layer formats."""
+    from nncompress.quantize.onnx_layers import onnx_layer_rows
+
+    proto = model.model_proto()
+    layers = {}
+    for row in onnx_layer_rows(proto):
+        quantized = row["format"] in ("int8", "uint8")
+        fmt = row["format"].replace("float32", "fp32")
+        layers[row["name"]] = f"{fmt} {row['type']}, per {row['granularity']}" if quantized else fmt
+    outputs = [o.name for o in proto.graph.output]
+    return proto.SerializeToString(), list(model.input_names), outputs, layers
+
+
+def _opset_of(model_bytes: bytes) -> int:
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_inputs: Any,
+    *,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+) -> OnnxExport:
+    """Write ``model`` to ``path`` as ONNX (batch axis dynamic), run it in ONNX Runtime on
+    ``example_inputs`` and report the largest difference from PyTorch's outputs.
+
+    Args:
+        model: any model nncompress produces (see the module docstring), in eval mode or not.
+        path: the ``.onnx`` file; written atomically (a temporary file renamed into place).
+        example_inputs: a tensor or tuple of tensors with a batch axis 0, to trace and to check.
+        opset: default-domain opset for traced graphs, 13 to 20 (an ``int8-static`` graph keeps its own).
+        overwrite: replace an existing file (else FileExistsError).
+
+    Raises:
+        ValueError: unsupported modules (named, with what is accepted), bad inputs, an opset out
+            of range, or a graph ONNX Runtime refuses.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+
+    Example:
+        >>> result = export_onnx(nn.Linear(4, 2), "tiny.onnx", torch.randn(3, 4))  # doctest: +SKIP
+        >>> result.layers  # doctest: +SKIP
+        {'': 'fp32'}
+    """
+    from nncompress.quantize.runtime import OnnxRuntimeModule
+
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 20:
+        raise ValueError(f"opset must be an integer in [13, 20] (DequantizeLinear per axis needs 13), got {opset!r}")
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if target.is_dir():
+        raise ValueError(f"path {str(target)!r} is a folder; give a file name such as model.onnx")
+    inputs = _as_inputs(example_inputs)
+    _check_supported(model)
+    was_training = model.training
+    model.eval()
+    try:
+        reference = _torch_outputs(model, inputs)
+        if isinstance(model, OnnxRuntimeModule):
+            data, input_names, output_names, layers = _runtime_module_proto(model)
+            notes = ["the model's own ONNX Runtime int8 graph written as it is"]
+        else:
+            work, layers, notes = _export_copy(model)
+            packed = any(not label.startswith("fp32") for label in layers.values())
+            contrib = any(label.startswith("MatMulNBits") for label in layers.values())
+            try:  # with packed layers, folding would turn their Cast/Gather back into fp32 initializers
+                data, input_names, output_names = _torchscript_export(
+                    work, inputs, opset, len(reference), fold=not packed, contrib=contrib
+                )
+            except Exception as e:  # the exporter raises many types; name the model and what is supported
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                name = type(model).__name__
+                raise ValueError(f"torch.onnx.export failed on {name}: {why}; accepted: {SUPPORTED}") from e
+        error = _ort_max_error(data, input_names, inputs, reference)
+    finally:
+        model.train(was_training)
+    atomic_write_bytes(target, data)
+    return OnnxExport(
+        path=str(target),
+        bytes=len(data),
+        opset=_opset_of(data),
+        max_abs_error=error,
+        max_abs_output=max(float(r.abs().max()) if r.numel() else 0.0 for r in reference),
+        layers=layers,
+        notes=notes,
+        input_names=input_names,
+        output_names=output_names,
+    )
+
+
+def export_summary(result: OnnxExport) -> str:
+    """A few lines for the CLI: file, size, error, the count of each layer form, the notes."""
+    counts: dict[str, int] = {}
+    for label in result.layers.values():
+        counts[label] = counts.get(label, 0) + 1
+    lines = [
+        f"wrote {result.path} ({result.bytes} bytes, opset {result.opset})",
+        f"max |ONNX Runtime - PyTorch| = {result.max_abs_error:.3g} (outputs up to {result.max_abs_output:.3g})",
+        "layers: " + "; ".join(f"{n} x {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1])),
+    ]
+    return "\n".join(lines + [f"note: {n}" for n in result.notes])
+
