@@ -229,18 +229,7 @@ def onnxruntime_static_int8(
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, pre, q = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-            torch.onnx.export(
-                copy.deepcopy(model).eval(),
-                tuple(a[:1] for a in args),
-                str(fp32),
-                input_names=names,
-                output_names=["output"],
-                dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
-                opset_version=17,
-                dynamo=False,
-            )
+        _export_fp32_onnx(model, args, fp32, names)
         try:  # shape inference + graph optimisation, as onnxruntime recommends before quantizing
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         except Exception:  # noqa: BLE001 - optional: quantizing the raw export also works
