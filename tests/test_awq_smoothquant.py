@@ -11,6 +11,7 @@ from torch import nn
 import nncompress as nc
 from nncompress.core.sequential import BlockRun, scale_inputs, scale_outputs
 from nncompress.core.step import StepContext
+from nncompress.measure.flops import count_macs
 from nncompress.quantize.awq import AWQQuantize, awq_clip, awq_scales, awq_search_scales
 from nncompress.quantize.gptq import RTNQuantize, rtn_weight
 from nncompress.quantize.hqq import HQQQuantize, hqq_quantize
@@ -174,6 +175,7 @@ def test_dynamic_act_mode_runs_real_int8_kernels_and_smoothing_helps_them(tmp_pa
         assert "int8 GEMM" in ctx.log[-1] and "fake" not in ctx.log[-1]
         kernels = [m for m in model.modules() if isinstance(m, DynamicLinear)]
         assert len(kernels) == 12  # 2 blocks x (q, k, v, proj, fc1, fc2); the head stays float
+        assert count_macs(model, ids) == count_macs(tiny_lm(), ids)  # the int8 kernels' MACs are not lost
     assert errors["smoothquant"] < 0.8 * errors["w8a8"]  # measured: 0.038 vs 0.086
     loaded = nc.load(nc.save(model, tmp_path / "sq-dyn.ncz"))
     with torch.no_grad():

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,6 +44,7 @@ from nncompress.core.sequential import (
     select_linears,
 )
 from nncompress.core.step import Step, StepContext, check_count, check_flag, register_step
+from nncompress.measure.flops import mark_reference_macs
 from nncompress.quantize.int8 import dynamic_int8_linear
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, fake_quantize
@@ -183,6 +185,8 @@ class W8A8Quantize(Step):
         targets = select_linears(model, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier)
         if no_targets(targets, self.kind, ctx):
             return model
+        # torch.ao's dynamic Linears hide their matmuls from the MAC counter: record the float model's
+        float_model = copy.deepcopy(model) if self.act_mode == "dynamic" else None
         folded: list[str] = []
         explicit: list[str] = []
 
@@ -217,6 +221,8 @@ class W8A8Quantize(Step):
             ctx.log.append(f"{self.kind}: smoothing folded for {', '.join(folded)}")
         if explicit:
             ctx.log.append(f"{self.kind}: smoothing applied by an explicit multiply for {', '.join(explicit)}")
+        if float_model is not None:
+            mark_reference_macs(model, float_model, ctx.task.single_example())
         if self.act_mode == "dynamic":
             what = "torch.ao dynamic int8 (int8 weights per channel, activations per tensor at run time, int8 GEMM)"
         else:
