@@ -202,7 +202,6 @@ def onnxruntime_static_int8(
     min_int8_in_channels: int = 1,
 ) -> tuple[nn.Module, str]:
     """Export to ONNX, quantize statically (QDQ, s8 weights, u8 activations); returns (module, summary)."""
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -210,7 +209,6 @@ def onnxruntime_static_int8(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from nncompress.quantize.runtime import OnnxRuntimeModule
 
@@ -228,13 +226,8 @@ def onnxruntime_static_int8(
             return None if batch is None else {n: a.detach().cpu().numpy() for n, a in zip(names, batch)}
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, pre, q = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        _export_fp32_onnx(model, args, fp32, names)
-        try:  # shape inference + graph optimisation, as onnxruntime recommends before quantizing
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        except Exception:  # noqa: BLE001 - optional: quantizing the raw export also works
-            pre = fp32
-        graph = onnx.load(str(pre)).graph
+        q = Path(tmp, "int8.onnx")
+        pre, graph = _prepared_fp32_onnx(model, args, Path(tmp), names)
         weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
         skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name) or "", exclude)]
         narrow = [n for n in narrow_input_convs(graph, min_int8_in_channels) if n not in skip]
@@ -279,6 +272,23 @@ def _export_fp32_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: Pa
         )
 
 
+def _prepared_fp32_onnx(
+    model: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path, names: list[str]
+) -> tuple[Path, Any]:
+    """``model`` exported to ``tmp`` and pre-processed for onnxruntime's quantizers (shape inference
+    and graph optimisation, as onnxruntime recommends; the raw export when that fails): its path and graph."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
+    _export_fp32_onnx(model, args, fp32, names)
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    except Exception:  # noqa: BLE001 - optional: quantizing the raw export also works
+        pre = fp32
+    return pre, onnx.load(str(pre)).graph
+
+
 def onnxruntime_dynamic_int8(
     model: nn.Module,
     example: tuple[Any, ...],
@@ -296,9 +306,7 @@ def onnxruntime_dynamic_int8(
     Runtime fuses each ``DynamicQuantizeLinear`` + ``MatMulInteger`` + rescale into one
     ``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat`` kernel when it builds the session.
     """
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from nncompress.quantize.runtime import OnnxRuntimeModule
 
@@ -306,13 +314,8 @@ def onnxruntime_dynamic_int8(
         raise TypeError("the onnxruntime backend takes tensor inputs only")
     names = [f"input_{i}" for i in range(len(example))]
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, pre, q = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        _export_fp32_onnx(model, example, fp32, names)
-        try:  # shape inference + graph optimisation, as onnxruntime recommends before quantizing
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        except Exception:  # noqa: BLE001 - optional: quantizing the raw export also works
-            pre = fp32
-        graph = onnx.load(str(pre)).graph
+        q = Path(tmp, "int8.onnx")
+        pre, graph = _prepared_fp32_onnx(model, example, Path(tmp), names)
         weights = {i.name for i in graph.initializer}
         linear = [n for n in graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in weights]
         skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name) or "", exclude)]
