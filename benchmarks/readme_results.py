@@ -62,6 +62,40 @@ def onnx_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _points(change: float) -> str:
+    """A change of a fraction in signed percentage points, with a real minus sign."""
+    return f"{100 * change:+.2f}".replace("-", "−")
+
+
+def deep_compression_markdown(pipeline: list[dict[str, Any]], peers: list[dict[str, Any]]) -> str:
+    """Issue 9's Deep Compression table: each pipeline row beside Han et al. 2016's MNIST row (a
+    reference, not measured here) and the smallest peer file, from ``peers.json``, on the same task
+    at no lower accuracy than ours. Sizes are against the dense fp32 weights (4 bytes a parameter)."""
+    lines = ["| task | ours: × smaller than fp32 (bytes) | ours: metric (Δ), reloaded file | "
+             "Han et al. 2016 on MNIST: model, × smaller, Δ | smallest peer file at ≥ our metric (× smaller) |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in pipeline:
+        b, res = r["baseline"], r["result"]
+        dense = res["dense_fp32_bytes"]
+        paper = r["settings"]["paper_mnist"]
+        mine = res["metric"]["value"]
+        reloaded = r["settings"].get("reloaded_metric", mine)
+        rivals = [p for p in peers if p["task"] == r["task"] and p["tool"] != "nncompress"
+                  and p["result"]["metric"]["value"] >= mine]
+        best = min(rivals, key=lambda p: p["result"]["size_bytes"], default=None)
+        peer = (f"{best['tool']} `{best['method']}`: {best['result']['size_bytes'] / 1000:.1f} KB "
+                f"({dense / best['result']['size_bytes']:.1f}×), {_metric_text(best['result']['metric'])}"
+                if best else "none in peers.json")
+        lines.append("| " + " | ".join([
+            r["task"], f"{dense / res['size_bytes']:.1f}× ({res['size_bytes']:,} B)",
+            f"{_metric_text(res['metric'])} ({_points(mine - b['metric']['value'])}), "
+            f"{_metric_text({**res['metric'], 'value': reloaded})}",
+            f"{paper['model']}: {paper['x_smaller']}×, {_points(paper['error_before'] - paper['error_after'])}",
+            peer,
+        ]) + " |")
+    return "\n".join(lines)
+
+
 def _rows(path: Path) -> list[dict[str, Any]]:
     rows = json.loads(path.read_text())
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "result" in r for r in rows):
@@ -77,10 +111,14 @@ def generate(results: Path = RESULTS) -> str:
         path = results / f"{stem}.json"
         if path.exists():
             parts += [f"### {heading} (`{command}`)", family_markdown(_rows(path))]
+    pipeline, peers = results / "pipeline.json", results / "peers.json"
+    if pipeline.exists():
+        parts += ["### Deep Compression beside Han et al. 2016 (`python benchmarks/pipeline.py`, peers from "
+                  "`benchmarks/peers/run.py`)",
+                  deep_compression_markdown(_rows(pipeline), _rows(peers) if peers.exists() else [])]
     path = results / f"{ONNX[0]}.json"
     if path.exists():
         parts += [f"### {ONNX[1]} (`{ONNX[2]}`)", onnx_markdown(_rows(path))]
-    peers = results / "peers.json"
     if peers.exists():
         parts += ["### Peer tools, side by side (`python benchmarks/peers/run.py`)", peers_markdown(_rows(peers)),
                   PEERS_NOTE]

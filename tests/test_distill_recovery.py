@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -13,6 +15,7 @@ import nncompress as nc
 from nncompress.distill import Distill, kd_loss, soft_kl
 from nncompress.models import LeNet300100
 from nncompress.tasks.task import call_model
+from nncompress.train import objective
 
 
 def test_soft_kl_by_hand():
@@ -61,3 +64,26 @@ def test_distill_keeps_masks_and_rejects_bad_settings():
         Distill(temperature=-1)
     with pytest.raises(ValueError, match="distill needs a teacher"):
         Distill(max_steps=1).apply(task.baseline(), nc.StepContext(task=task))
+
+
+@pytest.mark.parametrize("step", [
+    nc.GradualPrune(sparsity=0.5, frequency=2, max_steps=6, distill=True, kd_alpha=1.0),
+    nc.IterativePrune(sparsity=0.5, rounds=2, max_steps=3, distill=True, kd_alpha=1.0),
+    nc.KMeansQuantize(bits_conv=4, bits_linear=4, max_steps=3, distill=True, kd_alpha=1.0),
+])
+def test_pruning_and_codebook_steps_recover_by_distillation(step):
+    task = make_task()
+    model = task.baseline()
+    x, y = next(iter(task.train))
+    teacher = copy.deepcopy(model).eval()
+    kd_only = objective.step_loss(step, nc.StepContext(task=task, teacher=teacher))
+    with torch.no_grad():
+        assert float(kd_only(model.eval(), x, y)) == pytest.approx(0.0, abs=1e-6)  # the teacher agrees with itself
+        assert float(objective.step_loss(step, nc.StepContext(task=task))(model, x, y)) == pytest.approx(
+            float(task.loss(call_model(model, x), y)))  # no teacher: the task loss
+    result = nc.compress(model, [step], task, measure_config=nc.MeasureConfig(latency=False))
+    assert any("with KD (alpha 1.0, T 4.0)" in line for line in result.report.steps[0].notes)
+    with pytest.raises(ValueError, match=r"kd_alpha must be in \[0, 1\].*got 2"):
+        dataclasses.replace(step, kd_alpha=2)
+    with pytest.raises(ValueError, match="kd_temperature must be > 0"):
+        dataclasses.replace(step, kd_temperature=0)

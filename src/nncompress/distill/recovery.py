@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from nncompress.core.step import StepContext, register_step
-from nncompress.distill.losses import kd_loss
-from nncompress.tasks.task import call_model
 from nncompress.train.finetune import FineTune
+from nncompress.train.objective import check_distill_settings, training_loss
 
 
 @register_step("distill", family="distill")
@@ -33,22 +32,7 @@ class Distill(FineTune):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1] (the soft-label weight), got {self.alpha!r}")
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        check_distill_settings(self.alpha, self.temperature)
 
     def loss_fn(self, ctx: StepContext) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
-        if ctx.teacher is None:
-            raise ValueError("distill needs a teacher: run it inside nncompress.compress (the teacher is "
-                             "the model before compression) or give StepContext(teacher=...)")
-        teacher, task = ctx.teacher.eval(), ctx.task
-
-        def loss(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                soft = call_model(teacher, x)
-            out = call_model(m, x)
-            return kd_loss(out, soft, task.loss(out, y), alpha=self.alpha, temperature=self.temperature)
-
-        return loss
+        return training_loss(ctx, alpha=self.alpha, temperature=self.temperature, who="distill")

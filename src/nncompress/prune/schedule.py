@@ -29,6 +29,7 @@ from nncompress.prune.magnitude import (
 from nncompress.tasks.task import Task, call_model
 from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps, train_config
 from nncompress.train.masks import mask_hooks
+from nncompress.train.objective import check_step_distill, distill_note, step_loss
 
 PATHS = ("geometric", "linear")
 
@@ -87,9 +88,10 @@ def task_loss(task: Task) -> LossFn:
 
 def train_masked(
     model: nn.Module, ctx: StepContext, config: TrainConfig, description: str,
-    after: Callable[[nn.Module], None] | None = None,
+    after: Callable[[nn.Module], None] | None = None, loss_fn: LossFn | None = None,
 ) -> TrainHistory:
-    """``fit`` on the task's train split with ``ctx.masks`` held fixed; ``after`` runs last."""
+    """``fit`` on the task's train split with ``ctx.masks`` held fixed, on ``loss_fn`` (default: the
+    task's loss); ``after`` runs last."""
     before_step, after_step = mask_hooks(model, ctx.masks)
 
     def after_all(m: nn.Module) -> None:
@@ -97,7 +99,7 @@ def train_masked(
         if after is not None:
             after(m)
 
-    return fit(model, ctx.task.train, config, loss_fn=task_loss(ctx.task),
+    return fit(model, ctx.task.train, config, loss_fn=loss_fn or task_loss(ctx.task),
                before_step=before_step, after_step=after_all, description=description)
 
 
@@ -122,6 +124,7 @@ def check_training(step: Any) -> None:
         check_count("max_steps", step.max_steps)
     object.__setattr__(step, "exclude", tuple(step.exclude))
     object.__setattr__(step, "epochs", float(step.epochs))
+    check_step_distill(step)
     train_config(step, 0)  # validates epochs, lr and optimizer now, not mid-recipe
 
 
@@ -139,6 +142,8 @@ class GradualPrune(Step):
         epochs, lr, optimizer, max_steps: the fine-tuning run (see ``FineTune``).
         criterion, scope, keep_first_conv, keep_classifier, exclude, calibration_batches:
             which weights to prune and how to score them (see ``UnstructuredPrune``).
+        distill, kd_alpha, kd_temperature: train on soft labels from the model before compression
+            mixed with the task loss (as in ``qat``); without a teacher, the task loss alone.
 
     Example:
         >>> GradualPrune(sparsity=0.9, frequency=50, epochs=4)  # doctest: +ELLIPSIS
@@ -160,6 +165,9 @@ class GradualPrune(Step):
     keep_classifier: bool = True
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 4
+    distill: bool = False
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         check_fraction("sparsity", self.sparsity)
@@ -204,11 +212,11 @@ class GradualPrune(Step):
                 prune_at(done)
                 hooks[:] = mask_hooks(model, ctx.masks)  # the hooks hold the mask tensors
 
-        history = fit(model, ctx.task.train, config, loss_fn=task_loss(ctx.task),
+        history = fit(model, ctx.task.train, config, loss_fn=step_loss(self, ctx),
                       before_step=lambda m: hooks[0](m), after_step=after,
                       description="gradual-prune")
         ctx.log.append(f"gradual-prune: {history.steps} steps, ramp {t0}..{t1} every "
-                       f"{self.frequency}, last loss {history.losses[-1]:.4f}")
+                       f"{self.frequency}, {distill_note(self, ctx)}, last loss {history.losses[-1]:.4f}")
         return model
 
 
@@ -224,6 +232,8 @@ class IterativePrune(Step):
         epochs, lr, optimizer, max_steps: each round's fine-tuning run.
         criterion, scope, keep_first_conv, keep_classifier, exclude, calibration_batches:
             which weights to prune and how to score them (see ``UnstructuredPrune``).
+        distill, kd_alpha, kd_temperature: train on soft labels from the model before compression
+            mixed with the task loss (as in ``qat``); without a teacher, the task loss alone.
 
     Example:
         >>> IterativePrune(sparsity=0.9, rounds=3, path="geometric")  # doctest: +ELLIPSIS
@@ -243,6 +253,9 @@ class IterativePrune(Step):
     keep_classifier: bool = True
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 4
+    distill: bool = False
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         check_fraction("sparsity", self.sparsity)
@@ -260,8 +273,9 @@ class IterativePrune(Step):
         for r, s in enumerate(round_sparsities(self.sparsity, self.rounds, self.path), start=1):
             keep = replace(pruner, sparsity=s).keep_masks(model, ctx, targets)
             apply_masks(targets, keep, ctx)
-            history = train_masked(model, ctx, self.config(ctx.seed), f"iterative-prune {r}")
+            history = train_masked(model, ctx, self.config(ctx.seed), f"iterative-prune {r}",
+                                   loss_fn=step_loss(self, ctx))
             ctx.log.append(f"iterative-prune round {r}: target {s:.4f}, "
-                           f"{masked_fraction(ctx.masks, targets):.4f} zero, "
+                           f"{masked_fraction(ctx.masks, targets):.4f} zero, {distill_note(self, ctx)}, "
                            f"last loss {history.losses[-1]:.4f}")
         return model

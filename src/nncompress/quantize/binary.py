@@ -38,8 +38,8 @@ from nncompress.quantize.qat import (
     fake_quant_layer,
     plan_layers,
     train_simulated,
-    training_loss,
 )
+from nncompress.train import objective
 from nncompress.train.loop import TrainConfig, train_config
 
 BINARY = 1  # plan value of a binarized layer
@@ -185,7 +185,7 @@ class Binarize(Step):
                     for w in latent:
                         w.clamp_(-self.latent_clip, self.latent_clip)
 
-        loss = training_loss(ctx, distill=self.distill, kd_alpha=self.kd_alpha, kd_temperature=self.kd_temperature)
+        loss = objective.step_loss(self, ctx)
         history = train_simulated(model, ctx, self.config(ctx.seed), masks=masks, loss_fn=loss,
                                   description=self.kind, after_step=clip)
         formats = convert_fake_quant(model)
@@ -193,7 +193,7 @@ class Binarize(Step):
             ctx.log.append(f"{name}: {text}")
         if unpruned:
             ctx.log.append(f"{self.kind}: {unpruned} pruned weights of binarized layers became +-alpha")
-        teacher = "with KD" if self.distill and ctx.teacher is not None else "task loss only"
+        teacher = objective.distill_note(self, ctx)
         ctx.log.append(
             f"{self.kind} ({teacher}): {len(binary)} layers 1-bit, {len(formats) - len(binary)} at "
             f"{self.edge_bits} bits, {history.steps} steps in {history.seconds:.1f}s, "

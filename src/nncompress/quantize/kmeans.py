@@ -36,8 +36,8 @@ from nncompress.quantize.ptq import (
     replace_module,
     weight_layers,
 )
-from nncompress.tasks.task import call_model
 from nncompress.train.loop import TrainConfig, fit
+from nncompress.train.objective import check_step_distill, distill_note, step_loss
 
 ZERO_FRACTION = 0.01  # a layer with at least this share of exact zeros counts as pruned
 STORAGE = ("float32", "float16", "int8")
@@ -116,6 +116,8 @@ class KMeansQuantize(Step):
             (rounded to int8 codes times a power of two per layer; the artifact stores 1 byte each).
         bias_dtype: ``"float32"``, or ``"float16"`` / ``"int8"`` to round the biases likewise (the
             artifact then stores 2 or 1 bytes each; a tiny model's biases weigh as much as its codes).
+        distill, kd_alpha, kd_temperature: fine-tune the centroids on soft labels from the model
+            before compression mixed with the task loss (as in ``qat``); without a teacher, the task loss.
 
     Example:
         >>> KMeansQuantize(bits_conv=8, bits_linear=5, epochs=0).bits_linear
@@ -131,6 +133,9 @@ class KMeansQuantize(Step):
     max_steps: int | None = None
     centroid_dtype: str = "float32"
     bias_dtype: str = "float32"
+    distill: bool = False
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("bits_conv", "bits_linear"):
@@ -151,6 +156,7 @@ class KMeansQuantize(Step):
                                            or self.max_steps < 1):
             raise ValueError(f"max_steps must be an integer >= 1 or None, got {self.max_steps!r}")
         object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
+        check_step_distill(self)
 
     def _keeps_zero(self, name: str, weight: torch.Tensor, ctx: StepContext, bits: int) -> bool:
         if bits < 2 or self.keep_zero == "never":
@@ -190,14 +196,10 @@ class KMeansQuantize(Step):
         frozen = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        task = ctx.task
-
-        def loss(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
-            return task.loss(call_model(m, x), y)
-
         config = TrainConfig(epochs=self.epochs, lr=self.lr, max_steps=self.max_steps, seed=ctx.seed)
         try:
-            return fit(model, task.train, config, loss_fn=loss, params=centroids, description=self.kind)
+            return fit(model, ctx.task.train, config, loss_fn=step_loss(self, ctx), params=centroids,
+                       description=self.kind)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -208,7 +210,8 @@ class KMeansQuantize(Step):
         if self.epochs > 0:
             history = self.finetune(model, shared, ctx)
             last = history.losses[-1] if history.losses else float("nan")
-            ctx.log.append(f"{self.kind}: centroids fine-tuned for {history.steps} steps, last loss {last:.4f}")
+            ctx.log.append(f"{self.kind}: centroids fine-tuned for {history.steps} steps, "
+                           f"{distill_note(self, ctx)}, last loss {last:.4f}")
         model.train(was_training)
         dtype = torch.float16 if self.centroid_dtype == "float16" else torch.float32
         fixed_total = stored_total = 0

@@ -43,11 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.distill.losses import kd_loss
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QPARAM_METHODS, QuantSpec, compute_qparams, fake_quantize, qparams_from_range
 from nncompress.quantize.ptq import check_patterns, is_excluded, normalize_patterns
-from nncompress.tasks.task import call_model
+from nncompress.train import objective
 from nncompress.train.loop import TrainConfig, TrainHistory, fit, train_config
 from nncompress.train.masks import mask_hooks
 
@@ -448,28 +447,6 @@ def convert_fake_quant(model: nn.Module) -> dict[str, str]:
 # --- training ------------------------------------------------------------------------------------
 
 
-def training_loss(
-    ctx: StepContext, *, distill: bool, kd_alpha: float, kd_temperature: float
-) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
-    """The task loss, mixed with soft labels from ``ctx.teacher`` when ``distill`` (and a teacher exists)."""
-    task, teacher = ctx.task, ctx.teacher
-    if not distill or teacher is None:
-
-        def hard(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
-            return task.loss(call_model(m, x), y)
-
-        return hard
-    teacher.eval()
-
-    def soft(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = call_model(teacher, x)
-        out = call_model(m, x)
-        return kd_loss(out, target, task.loss(out, y), alpha=kd_alpha, temperature=kd_temperature)
-
-    return soft
-
-
 def train_simulated(
     model: nn.Module,
     ctx: StepContext,
@@ -496,12 +473,7 @@ def check_training_settings(step: Any) -> None:
     """Validate the shared training settings (epochs, lr, optimizer, KD weights) of a step."""
     TrainConfig(epochs=step.epochs, lr=step.lr, optimizer=step.optimizer, weight_decay=step.weight_decay,
                 max_steps=step.max_steps)
-    a = step.kd_alpha
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
-        raise ValueError(f"kd_alpha must be in [0, 1] (the soft-label weight), got {a!r}")
-    t = step.kd_temperature
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
-        raise ValueError(f"kd_temperature must be > 0, got {t!r}")
+    objective.check_step_distill(step)
 
 
 def edge_layers(model: nn.Module, *, first_conv: bool, classifier: bool) -> set[str]:
@@ -590,13 +562,13 @@ class QuantizationAwareTraining(Step):
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         plan = self.plan(model)
         prepare_fake_quant(model, plan, method=self.method, act_bits=self.act_bits, range_method=self.ste_range)
-        loss = training_loss(ctx, distill=self.distill, kd_alpha=self.kd_alpha, kd_temperature=self.kd_temperature)
+        loss = objective.step_loss(self, ctx)
         history = train_simulated(model, ctx, self.config(ctx.seed), masks=ctx.masks, loss_fn=loss,
                                   description=self.kind)
         formats = convert_fake_quant(model)
         for name, text in formats.items():
             ctx.log.append(f"{name}: {text}")
-        teacher = "with KD" if self.distill and ctx.teacher is not None else "task loss only"
+        teacher = objective.distill_note(self, ctx)
         ctx.log.append(
             f"{self.kind} ({self.method}, {self.bits}-bit weights, "
             f"{'float' if self.act_bits is None else f'{self.act_bits}-bit'} activations, {teacher}): "
