@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import zipfile
+import zlib
 
 import pytest
 import torch
@@ -189,3 +190,24 @@ def test_floats_on_16_bit_and_int8_grids_are_stored_narrow_and_exact(tmp_path):
     loaded = nc.load(path)
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_each_member_takes_its_smallest_zip_method(tmp_path):
+    torch.manual_seed(0)
+    dense = nn.Linear(256, 256)
+    sparse = nn.Linear(256, 256)
+    with torch.no_grad():
+        sparse.weight.mul_(sparse.weight.abs() > 0.05)
+    for model in (dense, sparse):
+        path = nc.save(model, tmp_path / "m.ncz")
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            assert infos["manifest.json"].compress_type != zipfile.ZIP_STORED  # JSON always shrinks
+            if model is sparse:  # bitmask-encoded: compresses
+                assert infos["tensors.safetensors"].compress_type != zipfile.ZIP_STORED
+            for info in infos.values():  # no method would have stored the member smaller
+                data = zf.read(info.filename)
+                assert info.compress_size <= min(len(zlib.compress(data, 6)), len(data)) + 16
+        manifest = read_manifest(path)
+        assert "requires_grad" not in manifest["tensors"]["weight"]  # the default (parameters train) is implied
+        assert nc.load(path).weight.requires_grad

@@ -86,6 +86,33 @@ def test_batches_are_reproducible_and_cover_everything():
         TensorBatches(x, y, batch_size=0)
 
 
+def test_a_runs_seed_reorders_the_training_data():
+    from conftest import make_task
+
+    from nncompress.train.loop import TrainConfig, fit
+
+    x, y = torch.arange(40.0)[:, None], torch.arange(40)
+    batches = TensorBatches(x, y, batch_size=8, shuffle=True, seed=5)
+    assert batches.reseeded(0) is batches  # seed-0 runs keep their order
+    orders = {s: [t.tolist() for _, t in batches.reseeded(s)] for s in (1, 2)}
+    assert orders[1] != orders[2] and orders[1] == [t.tolist() for _, t in batches.reseeded(1)]
+    task = make_task()
+
+    def trained(seed: int) -> torch.Tensor:
+        model = task.baseline()
+        torch.manual_seed(0)
+        model.load_state_dict(task.baseline().state_dict())
+        fit(model, task.train, TrainConfig(max_steps=5, lr=1e-2, seed=seed))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    task.train.reset()
+    a = trained(1)
+    task.train.reset()
+    assert torch.equal(a, trained(1))
+    task.train.reset()
+    assert not torch.equal(a, trained(2))
+
+
 def test_augmentation_keeps_shape():
     x = torch.randn(4, 1, 28, 28)
     out = random_crop_flip()(x, torch.Generator().manual_seed(0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import lzma
 import os
 import pickle
 import zipfile
@@ -37,6 +38,7 @@ FORMAT = "nncompress-artifact"
 SKELETON = "skeleton.pkl"
 LEGACY_SKELETON = "skeleton.pt"  # torch.save's zip: written before the plain pickle
 VERSION = 1
+LZMA_MAX_BYTES = 1 << 20  # small artifacts, where a tenth of the metadata counts, also try LZMA
 SUFFIX = ".ncz"
 
 
@@ -76,10 +78,20 @@ def _skeleton(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _tensor_compression(data: bytes) -> int:
-    """DEFLATE for the tensors member when it saves at least 2% (low-bit codes, sparse indices and
-    quantized weights have skewed byte statistics), else store: dense float32 gains little."""
-    return zipfile.ZIP_DEFLATED if len(zlib.compress(data, 6)) < 0.98 * len(data) else zipfile.ZIP_STORED
+def _smallest_compression(data: bytes, *, gain: float = 0.98) -> int:
+    """The zip method that stores ``data`` smallest: LZMA (tried up to ``LZMA_MAX_BYTES``: it is slow)
+    or DEFLATE when it saves at least ``1 - gain`` (low-bit codes, sparse indices, JSON and pickles
+    compress), else store (dense float32 hardly compresses, and stored members load fastest)."""
+    sizes = {zipfile.ZIP_DEFLATED: len(zlib.compress(data, 6))}
+    if len(data) <= LZMA_MAX_BYTES:
+        sizes[zipfile.ZIP_LZMA] = len(_lzma_raw(data)) + 9
+    method = min(sizes, key=sizes.__getitem__)
+    return method if sizes[method] < gain * len(data) else zipfile.ZIP_STORED
+
+
+def _lzma_raw(data: bytes) -> bytes:
+    """``data`` compressed as zipfile's LZMA members hold it, less their 9-byte header (raw LZMA1)."""
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA1}])
 
 
 def save(
@@ -100,12 +112,9 @@ def save(
     first_name_of: dict[tuple[int, int, tuple[int, ...]], str] = {}
     for name, (t, kind, requires_grad) in tensors.items():
         t = t.detach().cpu()
-        entry: dict[str, Any] = {
-            "kind": kind,
-            "requires_grad": requires_grad,
-            "shape": list(t.shape),
-            "dtype": str(t.dtype).removeprefix("torch."),
-        }
+        entry: dict[str, Any] = {"kind": kind, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        if requires_grad != (kind == "param"):  # written only when not the default: parameters train
+            entry["requires_grad"] = requires_grad
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if t.numel() and key in first_name_of:
             entry["alias_of"] = first_name_of[key]
@@ -131,15 +140,13 @@ def save(
     skeleton = compact_skeleton.dumps(_skeleton(model))  # a plain pickle minus modules' empty defaults
     target = Path(path)
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as zf:
-        zf.writestr(
-            "manifest.json",
-            json.dumps(manifest, sort_keys=True),
-            compress_type=zipfile.ZIP_DEFLATED,
-        )
+        # each member under whichever of LZMA, DEFLATE or none stores it smallest: a ViT's skeleton
+        # took 1.4 KB as an LZMA plain pickle, against 4.7 KB as torch.save's zip
+        text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        zf.writestr("manifest.json", text, compress_type=_smallest_compression(text, gain=1.0), compresslevel=6)
         data = safetensors.torch.save(stored)
-        zf.writestr("tensors.safetensors", data, compress_type=_tensor_compression(data), compresslevel=6)
-        # a plain pickle under LZMA: a ViT's skeleton took 1.4 KB, against 4.7 KB as torch.save's zip
-        zf.writestr(SKELETON, skeleton, compress_type=zipfile.ZIP_LZMA)
+        zf.writestr("tensors.safetensors", data, compress_type=_smallest_compression(data), compresslevel=6)
+        zf.writestr(SKELETON, skeleton, compress_type=_smallest_compression(skeleton, gain=1.0), compresslevel=6)
     return target
 
 
@@ -226,7 +233,7 @@ def load(path: str | os.PathLike) -> nn.Module:
         except (KeyError, ValueError, RuntimeError) as e:
             raise ArtifactError(f"{path}: tensor {name!r} cannot be decoded: {e}") from e
         if entry["kind"] == "param":
-            t = nn.Parameter(t, requires_grad=entry["requires_grad"])
+            t = nn.Parameter(t, requires_grad=entry.get("requires_grad", True))
         built[name] = t
     packed: dict[str, torch.Tensor] = {}
     for name, entry in entries.items():

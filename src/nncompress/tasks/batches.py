@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 
 import torch
@@ -71,6 +72,16 @@ class TensorBatches:
     def reset(self) -> None:
         """Restart the epoch counter, so the next pass repeats the first epoch's order."""
         self._epoch = 0
+
+    def reseeded(self, seed: int) -> TensorBatches:
+        """The same batches, shuffled and augmented in an order that also depends on ``seed`` (a
+        run's seed: without it, every seed of a fine-tuning run would see the data in one order).
+        Seed 0 gives these batches themselves, so seed-0 runs keep their order."""
+        if seed == 0:
+            return self
+        out = copy.copy(self)  # shares the tensors
+        out.seed = self.seed * 1_000_003 + seed
+        return out
 
     def subset(self, count: int) -> TensorBatches:
         """The first ``count`` samples as unshuffled, unaugmented batches (for calibration)."""

@@ -122,6 +122,8 @@ def fit(
         >>> fit(model, task.train, TrainConfig(epochs=1, lr=1e-3))  # doctest: +SKIP
     """
     torch.manual_seed(config.seed)
+    if hasattr(batches, "reseeded"):  # TensorBatches: the data order follows the run's seed too
+        batches = batches.reseeded(config.seed)
     loss_fn = loss_fn or cross_entropy_loss(config.label_smoothing)
     trainable = [p for p in (params or model.parameters()) if p.requires_grad]
     if not trainable:
