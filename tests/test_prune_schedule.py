@@ -9,6 +9,7 @@ import torch
 
 import nncompress as nc
 from nncompress.core.step import StepContext
+from nncompress.measure.metric import evaluate
 from nncompress.prune.schedule import (
     GradualPrune,
     IterativePrune,
@@ -93,3 +94,50 @@ def test_iterative_prune_reaches_each_round_and_finetune_keeps_it(task):
 def test_bad_settings_are_rejected(cls, settings, message):
     with pytest.raises(ValueError, match=message):
         cls(**settings)
+
+
+def test_gradual_prune_keep_best_returns_the_best_validation_checkpoint(task, monkeypatch):
+    from nncompress.train import best as best_module
+
+    seen: list[tuple[int, float]] = []
+    real_check = best_module.BestOnValidation.check
+
+    def spy(self, model, step):
+        real_check(self, model, step)
+        seen.append((step, evaluate(model, task.val, task.metric_fn)))
+
+    monkeypatch.setattr(best_module.BestOnValidation, "check", spy)
+    model, ctx = task.baseline(), StepContext(task=task)
+    # 8 batches per epoch, 4 epochs, ramp done at step 8: checkpoints at the ends of epochs 1..4
+    GradualPrune(sparsity=0.8, frequency=2, end=0.25, epochs=4, lr=5e-2, keep_best=True).apply(model, ctx)
+    assert [s for s, _ in seen] == [8, 16, 24, 32]
+    best_step, best_value = max(seen, key=lambda sv: (sv[1], -sv[0]))  # the first of equals wins
+    assert evaluate(model, task.val, task.metric_fn) == pytest.approx(best_value)
+    assert any(f"kept the best on val at step {best_step} of 4 checked" in line for line in ctx.log)
+    assert sum(int((w == 0).sum()) for w in targeted(model)) == round(0.8 * sum(w.numel() for w in targeted(model)))
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_best_on_validation_follows_the_metric_direction(task, higher_is_better):
+    from nncompress.train.best import BestOnValidation
+
+    view = type("View", (), {"val": task.val, "metric_fn": task.metric_fn, "metric_name": "accuracy",
+                             "higher_is_better": higher_is_better})()
+    model = task.baseline()
+    states, values = [], []
+    best = BestOnValidation(view)
+    for step in (1, 2):
+        if step == 2:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.zero_()  # constant logits: a different accuracy from the random model's
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        values.append(evaluate(model, task.val, task.metric_fn))
+        best.check(model, step)
+    assert values[0] != values[1]
+    wanted = values.index(max(values) if higher_is_better else min(values))
+    assert (best.step, best.value) == (wanted + 1, values[wanted])
+    restored = task.baseline()
+    best.restore(restored)
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in states[wanted].items())
+    assert best.describe() == f"best on val at step {wanted + 1} of 2 checked (accuracy {values[wanted]:.4f})"

@@ -27,6 +27,7 @@ from nncompress.prune.magnitude import (
     masked_fraction,
 )
 from nncompress.tasks.task import Task, call_model
+from nncompress.train.best import BestOnValidation
 from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps, train_config
 from nncompress.train.masks import mask_hooks
 from nncompress.train.objective import check_step_distill, distill_note, step_loss
@@ -139,6 +140,8 @@ class GradualPrune(Step):
         frequency: optimizer steps between mask updates (dt).
         begin, end: where the ramp starts and reaches s_f, as fractions of the training steps;
             the steps after ``end`` fine-tune the final sparse model.
+        keep_best: evaluate on the validation split at each epoch's end once the ramp is done and
+            return the best of those checkpoints (same masks), not the last.
         epochs, lr, optimizer, max_steps: the fine-tuning run (see ``FineTune``).
         criterion, scope, keep_first_conv, keep_classifier, exclude, calibration_batches:
             which weights to prune and how to score them (see ``UnstructuredPrune``).
@@ -155,6 +158,7 @@ class GradualPrune(Step):
     frequency: int = 10
     begin: float = 0.0
     end: float = 0.75
+    keep_best: bool = False
     epochs: float = 1.0
     lr: float = 5e-4
     optimizer: str = "adamw"
@@ -203,6 +207,8 @@ class GradualPrune(Step):
             prune_at(0)
         hooks = list(mask_hooks(model, ctx.masks))
         done = 0
+        best = BestOnValidation(ctx.task) if self.keep_best else None
+        per_epoch = len(ctx.task.train) if hasattr(ctx.task.train, "__len__") else total  # type: ignore[arg-type]
 
         def after(m: nn.Module) -> None:
             nonlocal done
@@ -211,12 +217,17 @@ class GradualPrune(Step):
             if done in points:
                 prune_at(done)
                 hooks[:] = mask_hooks(model, ctx.masks)  # the hooks hold the mask tensors
+            if best is not None and done >= t1 and (done % per_epoch == 0 or done == total):
+                best.check(m, done)
 
         history = fit(model, ctx.task.train, config, loss_fn=step_loss(self, ctx),
                       before_step=lambda m: hooks[0](m), after_step=after,
                       description="gradual-prune")
         ctx.log.append(f"gradual-prune: {history.steps} steps, ramp {t0}..{t1} every "
                        f"{self.frequency}, {distill_note(self, ctx)}, last loss {history.losses[-1]:.4f}")
+        if best is not None:
+            best.restore(model)
+            ctx.log.append(f"gradual-prune: kept the {best.describe()}")
         return model
 
 
