@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,9 +72,9 @@ def deep_compression_markdown(pipeline: list[dict[str, Any]], peers: list[dict[s
     """Issue 9's Deep Compression table: each pipeline row beside Han et al. 2016's MNIST row (a
     reference, not measured here) and the smallest peer file, from ``peers.json``, on the same task
     at no lower accuracy than ours. Sizes are against the dense fp32 weights (4 bytes a parameter)."""
-    lines = ["| task | ours: × smaller than fp32 (bytes) | ours: metric (Δ), reloaded file | "
+    lines = ["| task | ours: × smaller than fp32 (bytes) | ours: metric (Δ), reloaded file | ours over seeds | "
              "Han et al. 2016 on MNIST: model, × smaller, Δ | smallest peer file at ≥ our metric (× smaller) |",
-             "| --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in pipeline:
         b, res = r["baseline"], r["result"]
         dense = res["dense_fp32_bytes"]
@@ -83,13 +84,16 @@ def deep_compression_markdown(pipeline: list[dict[str, Any]], peers: list[dict[s
         rivals = [p for p in peers if p["task"] == r["task"] and p["tool"] != "nncompress"
                   and p["result"]["metric"]["value"] >= mine]
         best = min(rivals, key=lambda p: p["result"]["size_bytes"], default=None)
+        seeds = [float(v) for v in r["settings"].get("seed_metrics", {}).values()]
+        spread = (f"{_metric_text({**res['metric'], 'value': statistics.mean(seeds)})} ± "
+                  f"{100 * statistics.stdev(seeds):.2f} ({len(seeds)} seeds)" if len(seeds) > 1 else "one seed")
         peer = (f"{best['tool']} `{best['method']}`: {best['result']['size_bytes'] / 1000:.1f} KB "
                 f"({dense / best['result']['size_bytes']:.1f}×), {_metric_text(best['result']['metric'])}"
                 if best else "none in peers.json")
         lines.append("| " + " | ".join([
             r["task"], f"{dense / res['size_bytes']:.1f}× ({res['size_bytes']:,} B)",
             f"{_metric_text(res['metric'])} ({_points(mine - b['metric']['value'])}), "
-            f"{_metric_text({**res['metric'], 'value': reloaded})}",
+            f"{_metric_text({**res['metric'], 'value': reloaded})}", spread,
             f"{paper['model']}: {paper['x_smaller']}×, {_points(paper['error_before'] - paper['error_after'])}",
             peer,
         ]) + " |")

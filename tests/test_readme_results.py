@@ -73,12 +73,14 @@ def test_deep_compression_table_picks_the_smallest_peer_at_no_lower_metric(readm
     base = {"metric": {"name": "accuracy", "value": 0.9111}}
     ours = {"task": "t", "baseline": base,
             "result": {"metric": {"name": "accuracy", "value": 0.9070}, "size_bytes": 7000, "dense_fp32_bytes": 246824},
-            "settings": {"reloaded_metric": 0.9070, "paper_mnist": {"model": "LeNet-5", "x_smaller": 39,
+            "settings": {"reloaded_metric": 0.9070, "seed_metrics": {"0": 0.9070, "1": 0.9050, "2": 0.9090},
+                         "paper_mnist": {"model": "LeNet-5", "x_smaller": 39,
                                                                     "error_before": 0.0080, "error_after": 0.0074}}}
     peers = [_row("small-but-worse", "size", 0.9000, 5000, 1.0), _row("big", "size", 0.9100, 70000, 1.0),
              _row("smaller", "size", 0.9080, 60000, 1.0), _row("nncompress", "size", 0.9110, 1000, 1.0)]
     table = readme_results.deep_compression_markdown([ours], peers)
     row = table.splitlines()[2]
     assert "35.3× (7,000 B)" in row and "(−0.41)" in row and "39×, +0.06" in row
+    assert "90.70% ± 0.20 (3 seeds)" in row
     assert "smaller `m`: 60.0 KB (4.1×)" in row  # not the worse peer, not our own row
     assert "none in peers.json" in readme_results.deep_compression_markdown([ours], []).splitlines()[2]
