@@ -111,6 +111,7 @@ def groups(budget: Budget) -> list[Group]:
                lambda t, m, _d: torch_prune_l1(t, m, 0.9, mlp_ft))),
         Group("fmnist-resnet", "structured-macs80", "metric", ">= 80% of MACs removed, same KD recovery",
               (_ours("channel-global-macs80", [nc.ChannelPrune(macs_reduction=0.8, scope="global"), kd]),
+               _ours("channel-layer-macs80", [nc.ChannelPrune(macs_reduction=0.8, scope="layer"), kd]),
                lambda t, m, _d: torch_pruning(t, m, 0.8, kd, global_pruning=True),
                lambda t, m, _d: torch_pruning(t, m, 0.8, kd, global_pruning=False))),
         Group("fmnist-resnet", "tucker", "metric", "Tucker-2 at the same per-layer ranks, same KD recovery",

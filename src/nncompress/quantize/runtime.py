@@ -57,6 +57,13 @@ def derived_bias_scales(graph: Any, arrays: dict[str, np.ndarray]) -> dict[str, 
     return derived
 
 
+def _numpy(x: torch.Tensor) -> Any:
+    """``x`` as a NumPy array, sharing memory where it can (a plain CPU tensor: no copy, no detach)."""
+    if x.requires_grad or x.device.type != "cpu" or not x.is_contiguous():
+        x = x.detach().cpu().contiguous()
+    return x.numpy()
+
+
 class OnnxRuntimeModule(nn.Module):
     """Run an ONNX model held in buffers; takes and returns torch tensors (CPU).
 
@@ -161,10 +168,11 @@ class OnnxRuntimeModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> Any:
         if len(inputs) != len(self.input_names):
             raise ValueError(f"this model takes {len(self.input_names)} input(s), got {len(inputs)}")
-        feeds = {name: x.detach().cpu().contiguous().numpy() for name, x in zip(self.input_names, inputs)}
+        feeds = {name: _numpy(x) for name, x in zip(self.input_names, inputs)}
         batch = inputs[0].shape[0] if inputs[0].dim() else 1
         threads = 1 if batch <= SMALL_BATCH else max(1, self.threads or torch.get_num_threads())
-        arrays = self._session(threads).run(None, feeds)
+        session = self._sessions.get(threads) or self._session(threads)  # the lookup is the hot path at batch 1
+        arrays = session.run(None, feeds)
         outputs = [torch.from_numpy(o) for o in arrays]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
