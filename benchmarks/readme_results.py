@@ -87,7 +87,7 @@ def deep_compression_markdown(pipeline: list[dict[str, Any]], peers: list[dict[s
         seeds = [float(v) for v in r["settings"].get("seed_metrics", {}).values()]
         spread = (f"{_metric_text({**res['metric'], 'value': statistics.mean(seeds)})} ± "
                   f"{100 * statistics.stdev(seeds):.2f} ({len(seeds)} seeds)" if len(seeds) > 1 else "one seed")
-        peer = (f"{best['tool']} `{best['method']}`: {best['result']['size_bytes'] / 1000:.1f} KB "
+        peer = (f"{best['tool']} `{best['method']}`: {best['result']['size_bytes'] / 1024:.1f} KB "
                 f"({dense / best['result']['size_bytes']:.1f}×), {_metric_text(best['result']['metric'])}"
                 if best else "none in peers.json")
         lines.append("| " + " | ".join([
