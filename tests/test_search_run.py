@@ -200,7 +200,7 @@ def test_ray_local_cluster_gives_the_same_trials(task_spec, tmp_path):
     out = tmp_path / "run"
     config = SearchConfig(trials=3, space=SPACE, ray_address="local", measure=NO_LATENCY)
     try:
-        search(task_spec, Budget(max_drop=0.05), out, config=config)
+        search(task_spec, Budget(max_drop=1.0), out, config=config)  # any trial passes: this test is about the trials
     finally:
         ray.shutdown()
     ev = Evaluator(Setup(task_spec, SPACE))
