@@ -38,7 +38,7 @@ FORMAT = "nncompress-artifact"
 SKELETON = "skeleton.pkl"
 LEGACY_SKELETON = "skeleton.pt"  # torch.save's zip: written before the plain pickle
 VERSION = 1
-LZMA_MAX_BYTES = 1 << 20  # small artifacts, where a tenth of the metadata counts, also try LZMA
+LZMA_MAX_BYTES = 1 << 16  # small members, where metadata is a large share, also try LZMA (slow on big ones)
 SUFFIX = ".ncz"
 
 
