@@ -11,8 +11,9 @@ from conftest import make_task
 
 from nncompress.core.step import StepContext
 from nncompress.prune.lottery import LotteryTicket, lottery_rounds, reinitialize
-from nncompress.prune.schedule import task_loss, train_config
+from nncompress.prune.schedule import train_config
 from nncompress.train.loop import fit
+from nncompress.train.objective import task_loss
 
 TARGETS = ("fc1.weight", "fc2.weight")
 

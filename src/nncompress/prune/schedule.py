@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
@@ -26,11 +25,10 @@ from nncompress.prune.magnitude import (
     check_fraction,
     masked_fraction,
 )
-from nncompress.tasks.task import Task, call_model
 from nncompress.train.best import BestOnValidation
 from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps, train_config
 from nncompress.train.masks import mask_hooks
-from nncompress.train.objective import check_step_distill, distill_note, step_loss
+from nncompress.train.objective import check_step_distill, distill_note, step_loss, task_loss
 
 PATHS = ("geometric", "linear")
 
@@ -76,15 +74,6 @@ def round_sparsities(final: float, rounds: int, path: str) -> list[float]:
     if path == "linear":
         return [final * r / rounds for r in range(1, rounds + 1)]
     raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
-
-
-def task_loss(task: Task) -> LossFn:
-    """The task's loss in the ``(model, inputs, targets)`` form that ``fit`` takes."""
-
-    def loss(model: nn.Module, inputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        return task.loss(call_model(model, inputs), targets)
-
-    return loss
 
 
 def train_masked(

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.tasks.task import call_model
 from nncompress.train.loop import TrainConfig, fit
 from nncompress.train.masks import mask_hooks
+from nncompress.train.objective import task_loss
 
 
 @register_step("finetune", family="train")
@@ -47,12 +47,7 @@ class FineTune(Step):
 
     def loss_fn(self, ctx: StepContext) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
         """The training loss: the task's own loss on the hard labels."""
-        task = ctx.task
-
-        def loss(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
-            return task.loss(call_model(m, x), y)
-
-        return loss
+        return task_loss(ctx.task)
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         before, after = mask_hooks(model, ctx.masks)

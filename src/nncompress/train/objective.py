@@ -9,8 +9,17 @@ import torch
 from torch import nn
 
 from nncompress.core.step import StepContext
-from nncompress.tasks.task import call_model
+from nncompress.tasks.task import Task, call_model
 from nncompress.train.loop import LossFn
+
+
+def task_loss(task: Task) -> LossFn:
+    """The task's loss in the ``(model, inputs, targets)`` form that ``fit`` takes."""
+
+    def loss(model: nn.Module, inputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        return task.loss(call_model(model, inputs), targets)
+
+    return loss
 
 
 def check_distill_settings(
@@ -33,7 +42,7 @@ def training_loss(ctx: StepContext, *, alpha: float = 0.0, temperature: float = 
     """
     task = ctx.task
     if alpha == 0:
-        return lambda m, x, y: task.loss(call_model(m, x), y)
+        return task_loss(task)
     if ctx.teacher is None:
         raise ValueError(f"{who} needs a teacher to distill (alpha={alpha}): run it inside "
                          "nncompress.compress (the teacher is the model before compression) or give "
