@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.core.step import StepContext, step_from_dict
+from nncompress.prune import importance
 from nncompress.prune.importance import CRITERIA
 from nncompress.prune.magnitude import MagnitudePrune, UnstructuredPrune, keep_top
 from nncompress.tasks.batches import TensorBatches
@@ -49,6 +52,31 @@ def test_criteria_rank_weights_as_computed_by_hand(criterion, kept):
     UnstructuredPrune(sparsity=0.5, criterion=criterion, keep_classifier=False).apply(model, ctx)
     assert ctx.masks["0.weight"].tolist() == [kept]
     assert (model[0].weight != 0).tolist() == [kept]
+
+
+def test_lamp_scores_as_computed_by_hand():
+    # squares (1, 9, 4, 16): ascending 1, 4, 9, 16 with suffix sums 30, 29, 25, 16
+    scores = importance.lamp(torch.tensor([[1.0, -3.0], [2.0, 4.0]]))
+    expected = torch.tensor([[1 / 30, 9 / 25], [4 / 29, 1.0]])
+    assert torch.allclose(scores, expected)
+
+
+def test_global_lamp_keeps_every_layer_where_magnitude_empties_one():
+    # layer "a" has weights 100x smaller than "b": a global magnitude cut at 50% removes all of a,
+    # LAMP rescales each layer so a keeps its largest weights
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1.0, 17.0).view(4, 4) / 100)
+        model[1].weight.copy_(torch.arange(1.0, 17.0).pow(2).view(4, 4))
+    kept_in_a = {}
+    for criterion in ("magnitude", "lamp"):
+        m, ctx = copy.deepcopy(model), StepContext(task=tiny_task())
+        UnstructuredPrune(sparsity=0.5, criterion=criterion, keep_classifier=False).apply(m, ctx)
+        assert int(ctx.masks["0.weight"].sum() + ctx.masks["1.weight"].sum()) == 16
+        kept_in_a[criterion] = ctx.masks["0.weight"]
+    assert not kept_in_a["magnitude"].any()
+    assert 0 < int(kept_in_a["lamp"].sum()) < 16
+    assert kept_in_a["lamp"].flatten()[-1]  # the layer's largest weight scores 1: always kept
 
 
 def test_threshold_applies_to_the_criterion_score():

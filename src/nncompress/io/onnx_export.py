@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from nncompress.io.atomic import atomic_write_bytes
+from nncompress.io.ort_session import ort_session
 
 DEFAULT_OPSET = 17  # DequantizeLinear per axis needs >= 13; int8-static graphs use 17
 SUPPORTED = (
@@ -167,18 +168,6 @@ def _torchscript_export(
             dynamo=False,
         )
     return buffer.getvalue(), input_names, output_names
-
-
-def ort_session(model_bytes: bytes, *, threads: int = 1, spinning: bool = False) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads; ``spinning=False`` keeps idle
-    threads from busy-waiting (fair when timing beside PyTorch on the same cores)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def _ort_max_error(

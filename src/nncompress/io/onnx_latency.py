@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.io.onnx_export import ort_session
+from nncompress.io.ort_session import ort_session
 from nncompress.measure.latency import LatencyStats, interleaved_latency
 from nncompress.tasks.task import repeat_batch, slice_batch
 

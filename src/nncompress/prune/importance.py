@@ -4,6 +4,8 @@ that gather the statistics the data-driven ones need (gradients, input norms).
 - magnitude: |w|^p (Han et al. 2015); L1 with p=1, L2 (squared) with p=2.
 - taylor: |w * dL/dw| accumulated over batches (Molchanov et al. 2019, first-order Taylor).
 - wanda: |w_ij| * ||x_j||_2 over calibration inputs (Sun et al. 2024).
+- lamp: w^2 over the sum of w^2 of the layer's weights at least as large (Lee et al. 2021): magnitude
+  rescaled per layer so that one global ranking allocates sparsity across layers sensibly.
 - random: uniform noise, the control every criterion must beat.
 Structured criteria reduce element scores over a group (a filter, a neuron) with ``reduce``.
 """
@@ -18,12 +20,26 @@ from torch import nn
 
 from nncompress.tasks.task import call_model
 
-CRITERIA = ("magnitude", "l1", "l2", "taylor", "wanda", "random")
+CRITERIA = ("magnitude", "l1", "l2", "lamp", "taylor", "wanda", "random")
 
 
 def magnitude(weight: torch.Tensor, p: int = 1) -> torch.Tensor:
     """|w|^p, elementwise."""
     return weight.detach().abs().pow(p)
+
+
+def lamp(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP scores: w_u^2 / sum of w_v^2 over the layer's v with |w_v| >= |w_u| (ties by sort order).
+
+    Within a layer the order is magnitude's; across layers the scores are comparable, and each
+    layer's largest weight scores 1, so a global cut never empties a layer.
+    """
+    squares = weight.detach().float().pow(2).flatten()
+    ascending, order = squares.sort()
+    remaining = ascending.flip(0).cumsum(0).flip(0)  # sum of this and every larger square
+    scores = torch.empty_like(squares)
+    scores[order] = ascending / remaining.clamp_min(torch.finfo(squares.dtype).tiny)
+    return scores.view(weight.shape)
 
 
 def taylor(weight: torch.Tensor, grad_accum: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Unstructured pruning (Han et al. 2015): zero the individual weights of lowest importance.
 
-Importance is pluggable (``prune/importance.py``): magnitude (L1 or L2), first-order Taylor
+Importance is pluggable (``prune/importance.py``): magnitude (L1 or L2), LAMP, first-order Taylor
 (gradients of the task loss), Wanda (|w| times input-feature norms) or random. Prune a percentage
 (``sparsity``) or below an absolute score ``threshold``; over all layers at once
 (``scope="global"``) or each alone (``scope="layer"``); with per-layer overrides
@@ -41,7 +41,8 @@ class UnstructuredPrune(Step):
         keep_first_conv: leave the first convolution dense (it is small and sensitive).
         keep_classifier: leave the last Linear layer dense.
         exclude: module names to leave dense.
-        criterion: ``"magnitude"``/``"l1"`` (|w|), ``"l2"`` (w^2), ``"taylor"`` (|w dL/dw|),
+        criterion: ``"magnitude"``/``"l1"`` (|w|), ``"l2"`` (w^2), ``"lamp"`` (w^2 rescaled per layer,
+            for ``scope="global"``), ``"taylor"`` (|w dL/dw|),
             ``"wanda"`` (|w| * input norm) or ``"random"``. Taylor and Wanda read
             ``calibration_batches`` batches of the task's train split.
         layer_sparsity: ``(module name or regex, sparsity)`` pairs; a matching layer is pruned
@@ -202,6 +203,8 @@ def weight_scores(
     if criterion in ("magnitude", "l1", "l2"):
         p = 2 if criterion == "l2" else 1
         return {n: importance.magnitude(w, p) for n, w in targets.items()}
+    if criterion == "lamp":
+        return {n: importance.lamp(w) for n, w in targets.items()}
     if criterion == "random":
         gen = torch.Generator().manual_seed(ctx.seed)
         return {n: importance.random_scores(w, gen).to(w.device) for n, w in targets.items()}

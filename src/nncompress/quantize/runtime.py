@@ -153,15 +153,9 @@ class OnnxRuntimeModule(nn.Module):
         thread spins while waiting for work, which small operators need to gain from threads."""
         session = self._sessions.get(threads)
         if session is None:
-            import onnxruntime as ort
+            from nncompress.io.ort_session import ort_session
 
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
-            session = ort.InferenceSession(
-                self.model_proto().SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
+            session = ort_session(self.model_proto().SerializeToString(), threads=threads, spinning=threads > 1)
             self._sessions[threads] = session
         return session
 
