@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -235,6 +236,21 @@ def test_hand_checked_l1_removes_exactly_the_zeroed_filters():
     torch.testing.assert_close(pruned.stages[0][0].conv1.weight, kept, rtol=0, atol=0)
     assert pruned.stages[0][0].conv2.in_channels == 4 and pruned.stem[0].out_channels == 8
     assert pruned.stages[1][0].conv1.out_channels == 16
+
+
+def test_fold_norms_scores_a_channel_through_its_batchnorm():
+    model = build("resnet")
+    conv, bn = model.stages[0][0].conv1, model.stages[0][0].bn1
+    with torch.no_grad():
+        conv.weight[[0, 2, 4, 5]] *= 0.01  # smallest raw filters
+        bn.weight[[1, 3, 6, 7]] = 0.0  # BN-dead channels with ordinary filters
+        bn.bias[[1, 3, 6, 7]] = 0.0
+    kept = {}
+    for fold in (False, True):
+        pruned, _ = run(ChannelPrune(sparsity=0.5, exclude=("stages.1",), fold_norms=fold), copy.deepcopy(model))
+        survivors = pruned.stages[0][0].conv1.weight
+        kept[fold] = [i for i in range(8) if any(torch.equal(survivors[j], conv.weight[i]) for j in range(4))]
+    assert kept == {False: [1, 3, 6, 7], True: [0, 2, 4, 5]}
 
 
 def test_masks_are_cut_with_their_parameters_and_log_is_readable():

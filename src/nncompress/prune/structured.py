@@ -5,9 +5,12 @@ Unlike masking, the layers get physically smaller, so parameters, MACs and laten
 convs, flatten -> Linear, a transformer's residual stream), an importance criterion scores each
 group's channels, and ``surgery.py`` cuts them from every member layer.
 
-- l1 / l2: norm of the weights that *produce* a channel (Li et al. 2017, "Pruning Filters for
-  Efficient ConvNets"), with a directly following BatchNorm folded in, so a channel whose BN
-  scale and shift are zero scores zero.
+- l1 / l2: norm of the weights (and biases) that *produce* a channel, summed over the group's
+  producers (Li et al. 2017, "Pruning Filters for Efficient ConvNets"). With ``fold_norms`` a
+  directly following BatchNorm is folded into its producer's rows (a channel whose BN scale and
+  shift are zero scores zero). Off by default: on fmnist-resnet, per-layer at 80% fewer MACs with
+  KD recovery, raw weights gave 91.76% / 91.77% test accuracy (seeds 0 / 1) against 91.15% /
+  90.99% folded, at the same widths.
 - taylor: |w * dL/dw| summed over the channel's producers and norms (Molchanov et al. 2019).
 - random: the control.
 """
@@ -275,6 +278,8 @@ class ChannelPrune(Step):
         macs_reduction: when set, a target instead of ``sparsity``: the smallest channel
             sparsity (found by bisection, same scores and scope) that removes at least this
             fraction of the model's MACs, measured on the task's example input.
+        fold_norms: with ``l1``/``l2``, score a producer with its following BatchNorm folded in
+            (eval maths) instead of by its raw weights (the default up to nncompress 0.1.0).
 
     The model's outputs (the classifier) always keep all their channels.
 
@@ -291,6 +296,7 @@ class ChannelPrune(Step):
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 4
     macs_reduction: float | None = None
+    fold_norms: bool = False
 
     def __post_init__(self) -> None:
         _check_settings(self.sparsity, self.criterion, self.calibration_batches, self.macs_reduction)
@@ -313,7 +319,8 @@ class ChannelPrune(Step):
             return model
         grads = gradients(model, ctx, self.calibration_batches) if self.criterion == "taylor" else {}
         gen = torch.Generator().manual_seed(ctx.seed)
-        scores = [group_scores(model, g, self.criterion, grads, graph.followers, gen) for g in groups]
+        followers = graph.followers if self.fold_norms else {}  # producer -> its BatchNorm, to fold
+        scores = [group_scores(model, g, self.criterion, grads, followers, gen) for g in groups]
         sparsity = self.sparsity
         if self.macs_reduction is not None:
             sparsity = self._sparsity_for_macs(model, ctx, groups, scores)
