@@ -1,8 +1,9 @@
 """ONNX export of compressed reference models: file size, output error and ONNX Runtime latency.
 
-Usage: python benchmarks/onnx_export.py [--quick] [--repeats N] [--rebuild]
+Usage: python benchmarks/onnx_export.py [--quick] [--repeats N] [--rebuild] [--tasks T1,T2]
 
-For fmnist-lenet5, fmnist-resnet and fmnist-mlp: the fp32 baseline, int8-static (QDQ), a
+For fmnist-lenet5, fmnist-resnet and fmnist-mlp: the fp32 baseline, int8-static (QDQ; for
+LeNet-5 also int8-dynamic, which leaves its two small convs fp32), a
 structurally pruned and a low-rank factorized model; for stdlib-gpt: 4-bit weight-only models
 (MatMulNBits). Each is exported with ``nncompress.export_onnx``, its test metric re-measured in
 ONNX Runtime, and timed at batch 1 and 64 beside PyTorch fp32 and the ONNX Runtime fp32 export
@@ -15,6 +16,7 @@ Writes benchmarks/results/onnx.json: the DESIGN.md row contract plus an ``onnx``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -57,6 +59,7 @@ def variants(task: str, quick: bool) -> list[Variant]:
     table = {
         "fmnist-lenet5": [
             Variant("int8-static", "quantization/fmnist-lenet5--int8-static.ncz"),
+            Variant("int8-dynamic", "onnx/fmnist-lenet5--int8-dynamic.ncz", (nc.DynamicInt8Quantize(),)),
             Variant("channel-50-ft1", "onnx/fmnist-lenet5--channel-50-ft1.ncz", (nc.ChannelPrune(sparsity=0.5), ft)),
             Variant("svd-params50-ft1", "onnx/fmnist-lenet5--svd-params50-ft1.ncz",
                     (nc.SVDFactorize(rank="params:0.5"), ft)),
@@ -220,7 +223,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fmnist-lenet5 only, two variants, one repeat")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing runs per batch size (median)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the models this benchmark makes")
-    parser.add_argument("--tasks", default="fmnist-lenet5,fmnist-resnet,fmnist-mlp,stdlib-gpt")
+    parser.add_argument("--tasks", default="fmnist-lenet5,fmnist-resnet,fmnist-mlp,stdlib-gpt",
+                        help="tasks to run; with the default --out, other tasks' rows stay as they were")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/onnx.json)")
     args = parser.parse_args()
     tasks = ["fmnist-lenet5"] if args.quick else [t for t in args.tasks.split(",") if t]
@@ -233,6 +237,11 @@ def main() -> None:
             rows += run_task(name, args.quick, repeats, args.rebuild, Path(tmp))
             print(f"{name}: done", file=sys.stderr, flush=True)
     print_rows(rows)
+    previous = RESULTS / f"{FAMILY}.json"
+    if args.out is None and not args.quick and previous.exists():  # a rerun of some tasks keeps the rest
+        rows = [r for r in json.loads(previous.read_text()) if r["task"] not in tasks] + rows
+        order = {t: i for i, t in enumerate(parser.get_default("tasks").split(","))}
+        rows.sort(key=lambda r: order.get(r["task"], len(order)))  # stable: a task's rows keep their order
     print(f"wrote {write_results(FAMILY, rows, args.out)}")
 
 
