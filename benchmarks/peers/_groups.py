@@ -91,6 +91,8 @@ def groups(budget: Budget) -> list[Group]:
     for task in ("fmnist-mlp", "fmnist-vit"):
         out.append(Group(task, "int8-dynamic", "latency", "int8 weights, activations quantized per batch",
                          (_ours("int8-dynamic", [nc.DynamicInt8Quantize()]),
+                          # per-tensor weight scales: ONNX Runtime quantize_dynamic's default granularity
+                          _ours("int8-dynamic-tensor", [nc.DynamicInt8Quantize(per_channel=False)]),
                           lambda t, m, _d: torch_ao_dynamic(t, m),
                           lambda t, m, _d: torchao(t, m, "int8-dynamic"),
                           lambda t, m, _d: onnxruntime_dynamic(t, m)),
