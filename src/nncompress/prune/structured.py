@@ -279,7 +279,7 @@ class ChannelPrune(Step):
             sparsity (found by bisection, same scores and scope) that removes at least this
             fraction of the model's MACs, measured on the task's example input.
         fold_norms: with ``l1``/``l2``, score a producer with its following BatchNorm folded in
-            (eval maths) instead of by its raw weights (the default up to nncompress 0.1.0).
+            (eval maths) instead of by its raw weights (the default before ``fold_norms`` existed).
 
     The model's outputs (the classifier) always keep all their channels.
 
