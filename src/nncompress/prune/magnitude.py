@@ -200,7 +200,7 @@ def weight_scores(
     batches: int,
 ) -> dict[str, torch.Tensor]:
     """Importance of every weight of ``targets`` under ``criterion`` (higher = keep)."""
-    if criterion in ("magnitude", "l1", "l2"):
+    if criterion in MAGNITUDE_CRITERIA:
         p = 2 if criterion == "l2" else 1
         return {n: importance.magnitude(w, p) for n, w in targets.items()}
     if criterion == "lamp":
