@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TORCH_PIN := .ci/torch-pin.txt
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -19,11 +20,11 @@ test: install data browser
 install: $(STAMP)
 
 # torch is pinned to the local CPU wheel first, so the package's torch range never pulls a CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(TORCH_PIN)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev]' -c $(TORCH_PIN)
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package; skipped when present or when NNCOMPRESS_FMNIST_DIR is set.
