@@ -10,6 +10,10 @@ import nncompress as nc
 from nncompress.models import LeNet5, LeNet300100, ResNet, VisionTransformer
 from nncompress.tasks.batches import TensorBatches
 
+from torchvision_compat import import_torchvision
+
+import_torchvision()  # before anything (transformers included) imports it: see torchvision_compat.py
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
