@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchvision_compat import import_torchvision
 
 import nncompress as nc
 from nncompress.models import LeNet5, LeNet300100, ResNet, VisionTransformer
 from nncompress.tasks.batches import TensorBatches
-
-from torchvision_compat import import_torchvision
 
 import_torchvision()  # before anything (transformers included) imports it: see torchvision_compat.py
 
