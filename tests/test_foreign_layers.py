@@ -1,0 +1,135 @@
+"""Layers nncompress did not write: HF Conv1D, nn.MultiheadAttention, Conv1d, LSTM/GRU, and the
+``.weight`` that model code reads from replaced layers."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from nncompress.base.canonical import ProjectedMultiheadAttention, canonicalize
+
+
+def _torchvision():
+    """torchvision (conftest has made it importable), or skip."""
+    return pytest.importorskip("torchvision")
+
+
+def _tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+# --- 1. canonical layers ---------------------------------------------------------------------------
+
+
+def test_gpt2_conv1d_becomes_linear_with_same_outputs():
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+    result = canonicalize(model)
+    kinds = {type(m).__name__ for m in result.model.modules()}
+    assert "Conv1D" not in kinds
+    assert len(result.replaced) == 8  # c_attn, c_proj, c_fc, c_proj per block
+    assert result.replaced[0].line() == "transformer.h.0.attn.c_attn: Conv1D -> Linear"
+    assert type(result.model.transformer.h[0].attn.c_attn) is nn.Linear
+    with torch.no_grad():
+        assert torch.allclose(result.model(ids).logits, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kdim", [None, 6])
+def test_projected_attention_matches_mha_for_every_mask_kind(batch_first, kdim):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first, kdim=kdim, vdim=kdim).eval()
+    new = canonicalize(copy.deepcopy(mha)).model
+    assert isinstance(new, ProjectedMultiheadAttention)
+    assert all(type(p) is nn.Linear for p in (new.q_proj, new.k_proj, new.v_proj, new.out_proj))
+    b, lq, s = 3, 4, 5
+    q = torch.randn(b, lq, 8) if batch_first else torch.randn(lq, b, 8)
+    k = torch.randn(b, s, kdim or 8) if batch_first else torch.randn(s, b, kdim or 8)
+    pad = torch.zeros(b, s, dtype=torch.bool)
+    pad[0, -2:] = True
+    cases = [
+        {},
+        {"key_padding_mask": pad},
+        {"attn_mask": torch.randn(lq, s), "key_padding_mask": torch.zeros(b, s).masked_fill(pad, float("-inf"))},
+        {"attn_mask": torch.ones(lq, s, dtype=torch.bool).triu(1)},
+        {"attn_mask": torch.randn(b * 2, lq, s)},
+        {"need_weights": False},
+        {"average_attn_weights": False},
+    ]
+    for kwargs in cases:
+        with torch.no_grad():
+            want, got = mha(q, k, k, **kwargs), new(q, k, k, **kwargs)
+        assert torch.allclose(got[0], want[0], atol=1e-5), kwargs
+        assert (got[1] is None) == (want[1] is None), kwargs
+        if want[1] is not None:
+            assert got[1].shape == want[1].shape and torch.allclose(got[1], want[1], atol=1e-5), kwargs
+
+
+def test_projected_attention_unbatched_and_refusals():
+    mha = nn.MultiheadAttention(8, 2).eval()
+    new = ProjectedMultiheadAttention.from_mha(mha)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.allclose(new(x, x, x)[0], mha(x, x, x)[0], atol=1e-5)
+    odd = nn.MultiheadAttention(8, 2, add_bias_kv=True)
+    with pytest.raises(ValueError, match="bias_k"):
+        ProjectedMultiheadAttention.from_mha(odd)
+    result = canonicalize(nn.Sequential(odd))
+    assert not result.replaced and result.kept[0][:2] == ("0", "MultiheadAttention")
+    assert "bias_k" in result.log_lines()[0]
+    with pytest.raises(ValueError, match="unknown canonical layer kind 'lstm'"):
+        canonicalize(nn.Sequential(), kinds=("lstm",))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_layer_leaves_its_fast_path(batch_first):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=batch_first)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    new = canonicalize(copy.deepcopy(encoder)).model
+    assert new.layers[0].self_attn.in_proj_weight is None
+    x = torch.randn(3, 6, 16) if batch_first else torch.randn(6, 3, 16)
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, -2:] = True
+    causal = nn.Transformer.generate_square_subsequent_mask(6)
+    with torch.inference_mode():  # where the original takes its fused fast path
+        assert torch.allclose(new(x), encoder(x), atol=1e-5)
+        assert torch.allclose(new(x, mask=causal, is_causal=True), encoder(x, mask=causal, is_causal=True), atol=1e-5)
+        got, want = new(x, src_key_padding_mask=pad), encoder(x, src_key_padding_mask=pad)
+    valid = ~pad if batch_first else ~pad.T
+    assert torch.allclose(got[valid], want[valid], atol=1e-5)
+
+
+def test_torchvision_vit_projections_visible_and_exported_without_fused_op():
+    tv = _torchvision()
+    torch.manual_seed(0)
+    vit = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                      mlp_dim=32, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        ref = vit(x)
+    result = canonicalize(vit)
+    assert [r.new for r in result.replaced] == ["ProjectedMultiheadAttention"] * 2
+    linears = [n for n, m in result.model.named_modules() if type(m) is nn.Linear]
+    assert "encoder.layers.encoder_layer_0.self_attention.q_proj" in linears
+    with torch.inference_mode():
+        assert torch.allclose(result.model(x), ref, atol=1e-5)
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    buffer = io.BytesIO()
+    with pytest.warns(Warning):  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(result.model, (x,), buffer, dynamo=False, input_names=["x"])
+    graph = onnx.load_from_string(buffer.getvalue()).graph
+    assert "Softmax" in {n.op_type for n in graph.node}
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    assert torch.allclose(torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), ref, atol=1e-4)
