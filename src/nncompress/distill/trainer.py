@@ -51,7 +51,7 @@ from nncompress.core.step import check_count
 from nncompress.distill import losses
 from nncompress.distill.features import FeatureCapture, attention_pairs, find_module, resolve_layers
 from nncompress.io.atomic import atomic_path
-from nncompress.tasks.task import Task, call_model
+from nncompress.tasks.task import Task, call_model, primary_output
 from nncompress.train.loop import TrainConfig, TrainHistory, lr_factor, make_optimizer, total_steps
 from nncompress.train.progress import progress
 
@@ -230,12 +230,13 @@ class DistillLoss(nn.Module):
         t_feats: Mapping[str, Any],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.config
-        s_out, t_out = s_out.float(), t_out.float().to(s_out.device)
+        s_raw, s_out, t_out = s_out, primary_output(s_out).float(), primary_output(t_out).float()
+        t_out = t_out.to(s_out.device)
         terms: dict[str, torch.Tensor] = {}
         if cfg.kd > 0:
             terms["kd"] = losses.soft_kl(s_out, t_out, cfg.temperature)
         if cfg.ce > 0:
-            terms["ce"] = self.task_loss(s_out, targets)
+            terms["ce"] = self.task_loss(s_raw if not isinstance(s_raw, torch.Tensor) else s_out, targets)
         if cfg.mse > 0:
             terms["mse"] = losses.mse_logits(s_out, t_out)
         feats = (

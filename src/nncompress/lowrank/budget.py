@@ -23,7 +23,7 @@ from nncompress.lowrank.layers import METHODS, Cost, Method, layer_cost
 from nncompress.lowrank.ranks import RankRule, describe_rank
 from nncompress.lowrank.steps import LayerPlan, factorizable_layers, plan_layer, replace_layer, runnable_layers
 from nncompress.measure.flops import count_macs
-from nncompress.measure.metric import predict
+from nncompress.measure.metric import evaluate, evaluate_loss
 from nncompress.measure.size import count_params
 from nncompress.quantize.mixed import allocate_bits
 from nncompress.quantize.ptq import normalize_patterns, replace_module
@@ -138,10 +138,9 @@ class LowRankBudget(Step):
             raise ValueError(f"{self.kind} scores layers on validation data: task {ctx.task.name!r} has no val batches")
 
         def score(model: nn.Module) -> float:
-            outputs, targets = predict(model, batches)
             if self.criterion == "loss":
-                return float(ctx.task.loss(outputs, targets))
-            value = float(ctx.task.metric_fn(outputs, targets))
+                return evaluate_loss(model, batches, ctx.task.loss)
+            value = evaluate(model, batches, ctx.task.metric_fn)
             return -value if ctx.task.higher_is_better else value  # lower score = better either way
 
         return score

@@ -24,7 +24,7 @@ from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.int8 import first_batches
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, fake_quantize
 from nncompress.quantize.ptq import WeightQuantize, check_bits, check_setting_count
-from nncompress.tasks.task import call_model
+from nncompress.tasks.task import call_model, primary_output
 
 CRITERIA = ("loss", "output-mse")
 
@@ -56,7 +56,7 @@ def layer_sensitivity(
     """
     was_training = model.training
     model.eval()
-    reference = [call_model(model, x).float() for x in inputs]
+    reference = [primary_output(call_model(model, x)).float() for x in inputs]
     if targets is not None and loss_fn is not None:
         base = sum(float(loss_fn(r, t)) for r, t in zip(reference, targets))
 
@@ -76,7 +76,7 @@ def layer_sensitivity(
             out[name] = {}
             for bits in bits_options:
                 weight.copy_(quantized_weight(original, spec_for_bits(bits), method))
-                out[name][bits] = error([call_model(model, x).float() for x in inputs])
+                out[name][bits] = error([primary_output(call_model(model, x)).float() for x in inputs])
                 weight.copy_(original)
     finally:
         model.train(was_training)

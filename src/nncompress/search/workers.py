@@ -25,7 +25,7 @@ from torch import nn
 from nncompress.core.recipe import describe_recipe
 from nncompress.measure.flops import count_macs
 from nncompress.measure.latency import measure_latency
-from nncompress.measure.metric import predict
+from nncompress.measure.metric import evaluate_with_loss
 from nncompress.search.space import Params, SearchSpace, build, search_layers
 from nncompress.tasks.task import Task
 
@@ -110,8 +110,7 @@ class Evaluator:
     def __call__(self, params: Params) -> Measured:
         start = time.perf_counter()
         model, recipe = build(self.model, params, self.task, self.layers, self.setup.space, seed=self.setup.seed)
-        outputs, targets = predict(model, self.task.val)
-        metric, loss = float(self.task.metric_fn(outputs, targets)), float(self.task.loss(outputs, targets))
+        metric, loss = evaluate_with_loss(model, self.task.val, self.task.metric_fn, self.task.loss)
         size = saved_bytes(model, run_metadata(self.task.name, describe_recipe(recipe), self.setup.seed))
         macs = self._macs(model)
         latency = None

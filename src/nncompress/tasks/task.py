@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from nncompress.tasks.metrics import Metric, MetricFn, higher_is_better, resolve_metric
+from nncompress.tasks.metrics import Metric, MetricFn, cross_entropy, higher_is_better, resolve_metric
+from nncompress.tasks.outputs import primary_output
 
-Batch = tuple[Any, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["Batch", "LossFn", "Task", "call_model", "primary_output", "repeat_batch", "run_with_hooks", "slice_batch"]
+
+Batch = tuple[Any, Any]
+# (what the model returned, targets) -> scalar loss tensor
+LossFn = Callable[[Any, Any], torch.Tensor]
 
 
 @dataclass
@@ -22,14 +25,24 @@ class Task:
 
     Args:
         name: how reports refer to the task (a reference name or ``file.py:factory``).
-        train, val, test: iterables of ``(inputs, targets)`` batches (DataLoaders work).
-        baseline: zero-argument callable that returns the trained model to compress.
+        train, val, test: iterables of ``(inputs, targets)`` batches (DataLoaders work); inputs
+            are a tensor, a tuple of positional arguments or a dict of keyword arguments
+            (``input_ids`` / ``attention_mask`` for a Hugging Face model).
+        baseline: zero-argument callable that returns the trained model to compress (any
+            ``nn.Module``, a raw ``transformers.PreTrainedModel`` included).
         metric: a registered name (``"accuracy"``, ``"top5"``, ``"neg_mse"``, ``"cosine"``,
-            ``"perplexity"``), a :class:`~nncompress.tasks.metrics.Metric`, or a callable
-            ``(outputs, targets) -> float`` over the whole split. Callables count as higher-is-better
-            unless they carry ``higher_is_better = False``; see :attr:`higher_is_better`.
-        loss: ``(outputs, targets) -> scalar tensor`` used by every training step.
+            ``"perplexity"``), a :class:`~nncompress.tasks.metrics.Metric`, a ``torchmetrics.Metric``
+            (updated per batch, computed at the end; its ``higher_is_better`` is the direction), or a
+            callable ``(outputs, targets) -> float | (total, count)`` applied to each batch and
+            combined as a mean weighted by the batch's examples, or as ``Σtotal / Σcount``.
+            Callables count as higher-is-better unless they carry ``higher_is_better = False``.
+        loss: ``(outputs, targets) -> scalar tensor`` used by every training step; the default is
+            cross-entropy of the model's logits (per token for ``(N, T, V)`` logits).
         example_inputs: a batch of inputs for tracing and MACs (default: first test batch).
+
+    ``outputs`` reach ``metric`` and ``loss`` as the model returned them: a tensor, a tuple, a
+    dict or a Hugging Face ``ModelOutput``; built-in metrics and losses take its logits
+    (:func:`~nncompress.tasks.outputs.primary_output`).
 
     Example:
         >>> task = Task("mine", train=train_loader, val=val_loader, test=test_loader,
@@ -41,8 +54,8 @@ class Task:
     val: Iterable[Batch]
     test: Iterable[Batch]
     baseline: Callable[[], nn.Module]
-    metric: str | Metric | MetricFn = "accuracy"
-    loss: LossFn = F.cross_entropy
+    metric: str | Metric | MetricFn | Any = "accuracy"
+    loss: LossFn = cross_entropy
     example_inputs: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -77,30 +90,38 @@ class Task:
 
 
 def slice_batch(inputs: Any, n: int) -> Any:
-    """The first ``n`` samples of a tensor, or of each tensor in a tuple/list/dict batch."""
+    """The first ``n`` samples of a tensor, or of each tensor in a tuple/list/dict batch (other
+    values, such as ``use_cache=False`` among keyword inputs, are kept as they are)."""
     if isinstance(inputs, torch.Tensor):
-        return inputs[:n]
+        return inputs[:n] if inputs.dim() else inputs
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(slice_batch(x, n) for x in inputs)
     if isinstance(inputs, dict):
         return {k: slice_batch(v, n) for k, v in inputs.items()}
+    if inputs is None or isinstance(inputs, (bool, int, float, str)):
+        return inputs
     raise TypeError(f"cannot slice inputs of type {type(inputs).__name__}")
 
 
 def repeat_batch(inputs: Any, n: int) -> Any:
     """A batch of ``n`` samples built by repeating the given batch (for batch-N latency)."""
     if isinstance(inputs, torch.Tensor):
+        if not inputs.dim():
+            return inputs
         reps = -(-n // len(inputs))
         return inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:n]
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(repeat_batch(x, n) for x in inputs)
     if isinstance(inputs, dict):
         return {k: repeat_batch(v, n) for k, v in inputs.items()}
+    if inputs is None or isinstance(inputs, (bool, int, float, str)):
+        return inputs
     raise TypeError(f"cannot repeat inputs of type {type(inputs).__name__}")
 
 
-def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """Call the model on a batch's inputs: a tensor, a tuple of positional args, or kwargs."""
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Call the model on a batch's inputs: a tensor, a tuple of positional args, or kwargs; returns
+    what the model returns (take :func:`primary_output` of it for the prediction tensor)."""
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):

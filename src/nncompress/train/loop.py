@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.tasks.task import call_model, primary_output
 from nncompress.train.progress import progress
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -100,7 +101,7 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     """The default loss: cross-entropy of the model's outputs against integer targets."""
 
     def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
+        return nn.functional.cross_entropy(primary_output(call_model(model, inputs)), targets, label_smoothing=label_smoothing)
 
     return loss
 

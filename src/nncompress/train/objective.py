@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nncompress.core.step import StepContext
+from nncompress.tasks.outputs import primary_output
 from nncompress.tasks.task import Task, call_model
 from nncompress.train.loop import LossFn
 
@@ -55,7 +56,8 @@ def training_loss(ctx: StepContext, *, alpha: float = 0.0, temperature: float = 
         with torch.no_grad():
             soft = call_model(teacher, x)
         out = call_model(m, x)
-        return kd_loss(out, soft, task.loss(out, y), alpha=alpha, temperature=temperature)
+        # soft labels compare logits; the task loss gets the output as the model returned it
+        return kd_loss(primary_output(out), primary_output(soft), task.loss(out, y), alpha=alpha, temperature=temperature)
 
     return loss
 
