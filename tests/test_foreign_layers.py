@@ -133,3 +133,47 @@ def test_torchvision_vit_projections_visible_and_exported_without_fused_op():
     assert "Softmax" in {n.op_type for n in graph.node}
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     assert torch.allclose(torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), ref, atol=1e-4)
+
+
+# --- 3. replacement layers keep .weight; Conv1d packed layers -----------------------------------------
+
+
+def _packed_variants(layer: nn.Module) -> list[nn.Module]:
+    from nncompress.quantize.codebook import kmeans_codebook
+    from nncompress.quantize.layers import binary_module, codebook_module, half_module, quantize_weight_module
+    from nncompress.quantize.primitives import QuantSpec
+
+    return [
+        quantize_weight_module(layer, QuantSpec(bits=8, granularity="channel")),
+        quantize_weight_module(layer, QuantSpec(bits=4, symmetric=False, granularity="group", group_size=4)),
+        codebook_module(layer, *kmeans_codebook(layer.weight, 4), 4),
+        binary_module(layer),
+        half_module(layer),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d"])
+def test_packed_layers_expose_a_decoded_weight_that_is_not_saved(kind):
+    torch.manual_seed(0)
+    layer, x = {
+        "linear": (nn.Linear(32, 16), torch.randn(2, 32)),
+        "conv1d": (nn.Conv1d(4, 8, 3, padding=1), torch.randn(2, 4, 10)),
+        "conv2d": (nn.Conv2d(4, 8, 3), torch.randn(2, 4, 6, 6)),
+    }[kind]
+    for packed in _packed_variants(layer):
+        weight = packed.weight
+        assert weight.shape == layer.weight.shape and weight.dtype == torch.float32
+        assert not isinstance(weight, nn.Parameter) and "weight" not in packed.state_dict()
+        assert "weight" not in dict(packed.named_parameters())
+        assert packed.bias is not None and packed.bias.shape == layer.bias.shape
+        run = {"linear": torch.nn.functional.linear, "conv1d": torch.nn.functional.conv1d,
+               "conv2d": torch.nn.functional.conv2d}[kind]
+        kwargs = {"padding": layer.padding} if kind != "linear" else {}
+        with torch.no_grad():  # forward runs exactly the weight it exposes
+            assert torch.allclose(packed(x), run(x, weight, packed.bias.float(), **kwargs), atol=1e-5)
+        rel = (weight - layer.weight).norm() / layer.weight.norm()
+        assert rel < (0.7 if packed.bits <= 1 else 0.3), (type(packed).__name__, float(rel))
+    with pytest.raises(AttributeError):  # a view of the codes: it cannot be assigned
+        packed.weight = torch.zeros_like(weight)
+    with pytest.raises(KeyError, match="already exists"):
+        packed.weight = nn.Parameter(torch.zeros_like(weight))

@@ -92,8 +92,8 @@ def test_scales_are_fp16_when_computed_and_kept_exact_when_given():
         quantize_weight_module(layer, QuantSpec(bits=1, symmetric=False))
     with pytest.raises(ValueError, match=r"bits in \[2, 8\], got 9"):
         quantize_weight_module(layer, QuantSpec(bits=9))
-    with pytest.raises(ValueError, match="nn.Linear or nn.Conv2d, got Conv1d"):
-        quantize_weight_module(nn.Conv1d(2, 2, 3), spec)
+    with pytest.raises(ValueError, match="nn.Linear, nn.Conv1d or nn.Conv2d, got Conv3d"):
+        quantize_weight_module(nn.Conv3d(2, 2, 3), spec)
 
 
 def test_codebook_and_binary_layers_decode_their_codes():

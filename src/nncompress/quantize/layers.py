@@ -5,7 +5,10 @@ Every module keeps its weight only as persistent buffers (``packed`` uint8 bit s
 small tensors needed to decode them), so the artifact (which saves every persistent buffer and
 parameter) really is small: a 4-bit layer costs ``numel / 2`` bytes plus its scales. ``forward``
 decodes the weight once into a float32 cache (a plain attribute, never saved or pickled; rebuilt
-whenever a buffer is replaced or modified) and runs ``F.linear`` / ``F.conv2d``.
+whenever a buffer is replaced or modified) and runs ``F.linear`` / ``F.conv1d`` / ``F.conv2d``.
+``layer.weight`` is that decoded float32 weight, read-only and computed on access (not a
+parameter, never saved), and ``layer.bias`` the source layer's bias, so model code that reads a
+layer's ``weight`` (its dtype, shape or values) still runs after quantization.
 
 Formats (``describe()["format"]``):
 
@@ -45,21 +48,25 @@ from nncompress.quantize.primitives import (
     unpack_bits,
 )
 
-WeightLayer = nn.Linear | nn.Conv2d
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d
+SOURCE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the float layers a packed layer can replace
 FP16_TINY = torch.finfo(torch.float16).tiny  # smallest normal fp16: below it fp16 loses relative precision
 FP16_MAX = torch.finfo(torch.float16).max
 
 
 def _check_source(module: nn.Module) -> None:
-    if type(module) not in (nn.Linear, nn.Conv2d):
-        raise ValueError(f"expected an nn.Linear or nn.Conv2d, got {type(module).__name__}")
-    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+    if type(module) not in SOURCE_TYPES:
+        raise ValueError(f"expected an nn.Linear, nn.Conv1d or nn.Conv2d, got {type(module).__name__}")
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.padding_mode != "zeros":
         raise ValueError(f"only padding_mode='zeros' convolutions are supported, got {module.padding_mode!r}")
 
 
 def _packed_class(module: nn.Module, linear_cls: type[PackedWeightLayer], conv_cls: type[PackedWeightLayer]) -> type:
-    """``linear_cls`` for an ``nn.Linear``, ``conv_cls`` for an ``nn.Conv2d`` (ValueError for anything else)."""
+    """``linear_cls`` for an ``nn.Linear``, ``conv_cls`` for an ``nn.Conv2d``, its 1-D twin for an
+    ``nn.Conv1d`` (ValueError for anything else)."""
     _check_source(module)
+    if isinstance(module, nn.Conv1d):
+        return CONV1D_TWINS[conv_cls]
     return linear_cls if isinstance(module, nn.Linear) else conv_cls
 
 
@@ -120,6 +127,12 @@ class PackedWeightLayer(nn.Module):
         raise NotImplementedError
 
     # --- shared behaviour -------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        """The decoded float32 weight, shaped like the source layer's: computed on access (cached
+        with the forward pass's copy), not a parameter, not saved. Read it; do not modify it."""
+        return self.dequantized_weight()
+
     def dequantized_weight(self) -> torch.Tensor:
         """The decoded weight, cached until a code buffer is replaced or modified in place."""
         keys = tuple(_version_key(t) for t in self._code_tensors())
@@ -195,19 +208,20 @@ class _ConvOp(PackedWeightLayer):
     out_channels: int
 
     def _set_geometry(self, source: WeightLayer) -> None:
-        assert isinstance(source, nn.Conv2d)
+        assert isinstance(source, (nn.Conv1d, nn.Conv2d))
         self.in_channels, self.out_channels = source.in_channels, source.out_channels
         self.kernel_size, self.stride, self.padding = source.kernel_size, source.stride, source.padding
         self.dilation, self.groups = source.dilation, source.groups
 
     def _run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        conv = F.conv1d if len(self.weight_shape) == 3 else F.conv2d
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def _geometry_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding not in (0, (0, 0)):
+        if self.padding not in (0, (0,), (0, 0)):
             text += f", padding={self.padding}"
-        if self.dilation != (1, 1):
+        if any(d != 1 for d in self.dilation):
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
@@ -623,6 +637,35 @@ def half_module(module: WeightLayer) -> nn.Module:
     """
     return _packed_class(module, HalfLinear, HalfConv2d)(module)
 
+
+class QuantizedConv1d(_UniformCodes, _ConvOp):
+    """``nn.Conv1d`` with a packed ``bits``-bit weight (weight shaped ``(C_out, C_in / groups, k)``).
+
+    Example:
+        >>> q = QuantizedConv1d(nn.Conv1d(3, 8, 3, padding=1), QuantSpec(bits=4, granularity="channel"))
+        >>> q(torch.randn(1, 3, 10)).shape, q.weight.shape
+        (torch.Size([1, 8, 10]), torch.Size([8, 3, 3]))
+    """
+
+
+class CodebookConv1d(_CodebookCodes, _ConvOp):
+    """``nn.Conv1d`` whose weights share ``2**bits`` values."""
+
+
+class BinaryConv1d(_BinaryCodes, _ConvOp):
+    """``nn.Conv1d`` with weight ``alpha * sign(w)`` stored in one bit per weight."""
+
+
+class HalfConv1d(_HalfCodes, _ConvOp):
+    """``nn.Conv1d`` storing weight and bias in float16; takes and returns float32."""
+
+
+CONV1D_TWINS: dict[type, type] = {
+    QuantizedConv2d: QuantizedConv1d,
+    CodebookConv2d: CodebookConv1d,
+    BinaryConv2d: BinaryConv1d,
+    HalfConv2d: HalfConv1d,
+}
 
 PACKED_LAYERS = (
     QuantizedLinear,
