@@ -201,7 +201,8 @@ class MetricAccumulator:
         self.pairs = pair
         if pair:
             if len(value) != 2:
-                raise ValueError(f"metric {self.name!r} returned {len(value)} values; accepted: a number or (total, count)")
+                raise ValueError(f"metric {self.name!r} returned {len(value)} values; "
+                                 "accepted: a number or (total, count)")
             self.total += float(value[0])
             self.count += float(value[1])
         else:

@@ -57,7 +57,8 @@ def training_loss(ctx: StepContext, *, alpha: float = 0.0, temperature: float = 
             soft = call_model(teacher, x)
         out = call_model(m, x)
         # soft labels compare logits; the task loss gets the output as the model returned it
-        return kd_loss(primary_output(out), primary_output(soft), task.loss(out, y), alpha=alpha, temperature=temperature)
+        hard = task.loss(out, y)
+        return kd_loss(primary_output(out), primary_output(soft), hard, alpha=alpha, temperature=temperature)
 
     return loss
 
