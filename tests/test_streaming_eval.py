@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from foreign_zoo import import_torchvision
 from torch import nn
 
 import nncompress as nc
@@ -28,7 +27,6 @@ from nncompress.tasks.outputs import batch_examples, primary_output
 
 
 def _modeloutput(**fields):
-    import_torchvision()  # transformers imports torchvision; its CUDA wheel needs the op schemas first
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     return CausalLMOutputWithPast(**fields)
@@ -189,7 +187,6 @@ def test_the_split_is_never_concatenated():
 
 
 def test_torchmetrics_metric_is_updated_per_batch_and_brings_its_direction():
-    import_torchvision()
     from torchmetrics.classification import MulticlassAccuracy
     from torchmetrics.regression import MeanSquaredError
 
