@@ -177,3 +177,45 @@ def test_packed_layers_expose_a_decoded_weight_that_is_not_saved(kind):
         packed.weight = torch.zeros_like(weight)
     with pytest.raises(KeyError, match="already exists"):
         packed.weight = nn.Parameter(torch.zeros_like(weight))
+
+
+class _ReadsWeight(nn.Module):
+    """Model code that reads a layer's weight, as Swin's attention and T5's feed-forward do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(784, 64)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).to(self.proj.weight.dtype)
+        assert self.proj.weight.shape == (64, 784)
+        return self.head(torch.relu(self.proj(x)))
+
+
+@pytest.mark.parametrize("step", ["weight-quantize", "gptq", "svd"])
+def test_model_code_reading_weight_runs_after_the_step(step, tmp_path):
+    from conftest import make_task
+
+    import nncompress as nc
+    from nncompress.core.step import StepContext
+
+    torch.manual_seed(0)
+    task = make_task(_ReadsWeight, n_train=128)
+    model = _ReadsWeight().eval()
+    x = task.single_example()
+    with torch.no_grad():
+        before = model(x)
+    chosen = {"weight-quantize": nc.WeightQuantize(bits=8), "gptq": nc.GPTQQuantize(bits=8, calibration_batches=1),
+              "svd": nc.SVDFactorize(rank=0.9)}[step]
+    out = chosen.apply(model, StepContext(task=task))
+    assert type(out.proj) is not nn.Linear  # the step replaced it
+    assert out.proj.weight.shape == (64, 784) and out.proj.weight.dtype == torch.float32
+    assert "proj.weight" not in out.state_dict()
+    with torch.no_grad():
+        after = out(x)
+    tolerance = 0.25 if step == "svd" else 0.05  # rank 0.9 of a random matrix drops ~10% of its energy
+    assert (after - before).abs().max() < tolerance * before.abs().max()
+    loaded = nc.load(nc.save(out, tmp_path / "m.ncz"), trust=("test_foreign_layers",))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), after, rtol=0, atol=0)

@@ -1,14 +1,16 @@
 """Module surgery for low-rank factorization, and what a factorized layer costs.
 
-A factorized layer is an ``nn.Sequential`` of plain ``nn.Linear`` / ``nn.Conv2d`` layers built
-from ``decompose.py``'s factors, so artifacts load without nncompress and later steps (pruning,
-quantization, fine-tuning) see ordinary layers. Each ``Method`` is one way to factorize a layer
+A factorized layer is a :class:`~nncompress.base.factorized.Factorized` (an ``nn.Sequential``) of plain ``nn.Linear`` /
+``nn.Conv1d`` / ``nn.Conv2d`` layers built from ``decompose.py``'s factors, so later steps (pruning,
+quantization, fine-tuning) see ordinary layers. Its ``weight`` is the product of the factors
+recomposed on access (not stored, not a parameter, not saved) and its ``bias`` the last layer's,
+so model code that reads the original layer's ``weight`` still runs. Each ``Method`` is one way to factorize a layer
 type: its full rank, the singular values that rank rules read, its cost at a rank, and the
 replacement module:
 
 - ``svd`` (Linear): ``Linear(in, r, bias=False)``, ``Linear(r, out)``.
-- ``tucker`` (Conv2d): 1x1 conv C_in -> r_in, kh x kw conv r_in -> r_out (the layer's stride,
-  padding, dilation, padding mode), 1x1 conv r_out -> C_out (the bias).
+- ``tucker`` (Conv2d, Conv1d): 1x1 conv C_in -> r_in, kh x kw conv r_in -> r_out (the layer's
+  stride, padding, dilation, padding mode), 1x1 conv r_out -> C_out (the bias).
 - ``cp`` (Conv2d): 1x1 conv C_in -> R, depthwise kh x 1, depthwise 1 x kw, 1x1 conv R -> C_out.
 - ``spatial-svd`` (Conv2d): kh x 1 conv C_in -> r, 1 x kw conv r -> C_out.
 
@@ -20,11 +22,13 @@ Grouped convolutions (groups > 1) are not factorized: ``skip_reason`` names them
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from nncompress.base.factorized import Factorized
 from nncompress.lowrank import decompose
 from nncompress.lowrank.ranks import RULES, Rank, Spectrum
 
@@ -68,7 +72,7 @@ def _weight_like(module: nn.Module, tensor: torch.Tensor) -> nn.Parameter:
 
 
 def _conv(
-    like: nn.Conv2d,
+    like: nn.Conv1d | nn.Conv2d,
     weight: torch.Tensor,
     *,
     stride: tuple[int, int] = (1, 1),
@@ -78,19 +82,24 @@ def _conv(
     bias: torch.Tensor | None = None,
     padding_mode: str = "zeros",
 ) -> nn.Conv2d:
-    """A Conv2d holding ``weight`` (C_out, C_in / groups, kh, kw), on ``like``'s device and dtype."""
-    c_out, c_in_per_group, kh, kw = weight.shape
-    conv = nn.Conv2d(c_in_per_group * groups, c_out, (kh, kw), stride, padding, dilation, groups,
-                     bias=bias is not None, padding_mode=padding_mode, device="meta")
+    """A Conv2d holding ``weight`` (C_out, C_in / groups, kh, kw), on ``like``'s device and dtype;
+    a Conv1d for a 3-D ``weight`` (C_out, C_in / groups, k) with 1-element settings."""
+    c_out, c_in_per_group, *kernel = weight.shape
+    cls = nn.Conv1d if len(kernel) == 1 else nn.Conv2d
+    if len(kernel) == 1 and not isinstance(padding, str):
+        stride, padding, dilation = stride[:1], padding[:1], dilation[:1]
+    conv = cls(c_in_per_group * groups, c_out, tuple(kernel), stride, padding, dilation, groups,
+               bias=bias is not None, padding_mode=padding_mode, device="meta")
     conv.weight = _weight_like(like, weight)
     if bias is not None:
         conv.bias = _weight_like(like, bias.detach())
     return conv
 
 
-def _pointwise(like: nn.Conv2d, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Conv2d:
-    """A 1x1 conv computing ``matrix`` (C_out, C_in) at every pixel."""
-    return _conv(like, matrix[:, :, None, None], bias=bias)
+def _pointwise(like: nn.Module, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+    """A 1x1 conv (1-wide for a Conv1d ``like``) computing ``matrix`` (C_out, C_in) at every position."""
+    kernel = (1,) * (like.weight.dim() - 2)
+    return _conv(like, matrix.reshape(*matrix.shape, *kernel), bias=bias)
 
 
 def _axis(conv: nn.Conv2d, axis: int) -> dict:
@@ -115,12 +124,13 @@ class Method:
 
     kind: ClassVar[str] = ""
     layer_type: ClassVar[type[nn.Module]] = nn.Conv2d
+    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d,)  # every type it factorizes
     rules: ClassVar[tuple[str, ...]] = RULES  # the rank rules it can follow
     has_full_rank: ClassVar[bool] = True  # False: full_rank() is only a bound for rank searches
 
     def skip_reason(self, module: nn.Module) -> str | None:
         """Why this layer cannot be factorized this way, or None."""
-        if isinstance(module, nn.Conv2d) and module.groups > 1:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1:
             return f"grouped convolution (groups={module.groups}) is not factorized"
         return None
 
@@ -150,6 +160,7 @@ class LinearSVD(Method):
 
     kind = "svd"
     layer_type = nn.Linear
+    layer_types = (nn.Linear,)
 
     def full_rank(self, module: nn.Module) -> Rank:
         return (min(module.weight.shape),)
@@ -172,7 +183,7 @@ class LinearSVD(Method):
         return factorized_linear(module, f.left, f.right), f.error
 
 
-def factorized_linear(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor) -> nn.Sequential:
+def factorized_linear(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor) -> Factorized:
     """``Sequential(Linear(in, r, bias=False), Linear(r, out))`` computing ``x @ (left @ right)^T + bias``."""
     rank = right.shape[0]
     first = nn.Linear(linear.in_features, rank, bias=False, device="meta")
@@ -180,21 +191,25 @@ def factorized_linear(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor
     first.weight, second.weight = _weight_like(linear, right), _weight_like(linear, left)
     if linear.bias is not None:
         second.bias = _weight_like(linear, linear.bias.detach())
-    return nn.Sequential(first, second)
+    return Factorized(first, second, method="svd")
 
 
 def _pointwise_reason(module: nn.Module, kind: str) -> str | None:
     """Why ``kind`` skips a 1x1 convolution: its kernel is a plain matrix, which two 1x1 convs from a
     truncated SVD (``spatial-svd``) factorize with fewer parameters than ``kind``'s extra layers."""
-    if isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and all(k == 1 for k in module.kernel_size):
         return f"a 1x1 convolution: {kind} only adds layers to a low-rank matrix split; use spatial-svd"
     return None
 
 
 class Tucker2(Method):
-    """Conv2d -> 1x1 (C_in -> r_in), kh x kw core (r_in -> r_out), 1x1 (r_out -> C_out); rank (r_out, r_in)."""
+    """Conv2d -> 1x1 (C_in -> r_in), kh x kw core (r_in -> r_out), 1x1 (r_out -> C_out); rank (r_out, r_in).
+
+    A Conv1d is factorized the same way (its kernel taken as k x 1), into three Conv1d layers.
+    """
 
     kind = "tucker"
+    layer_types = (nn.Conv2d, nn.Conv1d)
 
     def skip_reason(self, module: nn.Module) -> str | None:
         return super().skip_reason(module) or _pointwise_reason(module, self.kind)
@@ -206,20 +221,23 @@ class Tucker2(Method):
         return [_spectrum(decompose.unfold(module.weight, mode)) for mode in (0, 1)]
 
     def cost(self, module: nn.Module, rank: Rank, io: LayerIO) -> Cost:
-        c_out, c_in, kh, kw = module.weight.shape
+        c_out, c_in, *kernel = module.weight.shape
         r_out, r_in = rank
-        core = r_in * r_out * kh * kw
+        core = r_in * r_out * math.prod(kernel)
         params = c_in * r_in + core + r_out * c_out
         return Cost(params, c_in * r_in * io.in_positions + (core + r_out * c_out) * io.out_positions)
 
     def build(
         self, module: nn.Module, rank: Rank, *, gram: torch.Tensor | None = None, seed: int = 0
     ) -> tuple[nn.Module, float]:
-        f = decompose.tucker2(module.weight, (rank[0], rank[1]), seed=seed)
-        layers = nn.Sequential(
+        one_d = module.weight.dim() == 3
+        kernel = module.weight[..., None] if one_d else module.weight  # a Conv1d kernel as k x 1
+        f = decompose.tucker2(kernel, (rank[0], rank[1]), seed=seed)
+        layers = Factorized(
             _pointwise(module, f.in_factor.T),  # (r_in, C_in)
-            _conv(module, f.core, **_spatial(module)),  # (r_out, r_in, kh, kw)
+            _conv(module, f.core[..., 0] if one_d else f.core, **_spatial(module)),  # (r_out, r_in, kh, kw)
             _pointwise(module, f.out_factor, module.bias),  # (C_out, r_out)
+            method=self.kind,
         )
         return layers, f.error
 
@@ -257,11 +275,12 @@ class CP(Method):
     ) -> tuple[nn.Module, float]:
         f = decompose.cp(module.weight, rank[0], seed=seed)
         r = rank[0]
-        layers = nn.Sequential(
+        layers = Factorized(
             _pointwise(module, f.in_factor.T),  # (R, C_in)
             _conv(module, f.vertical.T[:, None, :, None], groups=r, **_axis(module, 0)),  # (R, 1, kh, 1)
             _conv(module, f.horizontal.T[:, None, None, :], groups=r, **_axis(module, 1)),  # (R, 1, 1, kw)
             _pointwise(module, f.out_factor, module.bias),  # (C_out, R)
+            method=self.kind,
         )
         return layers, f.error
 
@@ -287,9 +306,10 @@ class SpatialSVD(Method):
         self, module: nn.Module, rank: Rank, *, gram: torch.Tensor | None = None, seed: int = 0
     ) -> tuple[nn.Module, float]:
         f = decompose.spatial_svd(module.weight, rank[0])
-        layers = nn.Sequential(
+        layers = Factorized(
             _conv(module, f.vertical[..., None], **_axis(module, 0)),  # (r, C_in, kh, 1)
             _conv(module, f.horizontal[:, :, None, :], bias=module.bias, **_axis(module, 1)),  # (C_out, r, 1, kw)
+            method=self.kind,
         )
         return layers, f.error
 
