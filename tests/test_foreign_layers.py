@@ -219,3 +219,35 @@ def test_model_code_reading_weight_runs_after_the_step(step, tmp_path):
     loaded = nc.load(nc.save(out, tmp_path / "m.ncz"), trust=("test_foreign_layers",))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), after, rtol=0, atol=0)
+
+
+# --- 2. LSTM / GRU int8 -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_dynamic_int8_rnn_artifact_stores_int8_and_round_trips_bit_exactly(cell, tmp_path):
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    import nncompress as nc
+    from nncompress.io import quantized as qio
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), cell(32, 64, num_layers=2, bidirectional=True, batch_first=True)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        q = quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig,
+                                                     cell: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    stored = qio.rnn_packed_tensors(q)
+    assert len(stored) == 16 and stored["1.weight_ih_l1_reverse"].dtype == torch.qint8
+    assert stored["1.weight_ih_l1_reverse"].shape == ((4 if cell is nn.LSTM else 3) * 64, 128)
+    x = torch.randn(3, 7, 8)
+    loaded = nc.load(nc.save(q, tmp_path / "q.ncz"))
+    assert type(loaded[1]) is type(q[1])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], q(x)[0], rtol=0, atol=0)
+    fp32 = (tmp_path / "f.ncz").stat().st_size if nc.save(model, tmp_path / "f.ncz") else 0
+    assert (tmp_path / "q.ncz").stat().st_size < 0.35 * fp32  # int8 matrices, float32 biases and scales
+    with pytest.raises(ValueError, match="1.weight_hh_l0 is not stored"):
+        qio.restore_rnns(loaded, {k: v for k, v in stored.items() if k != "1.weight_hh_l0"})

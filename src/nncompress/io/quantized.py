@@ -28,8 +28,8 @@ def _is_packed_module(module: nn.Module) -> bool:
     origin = type(module).__module__  # torch.ao.nn.quantized(.dynamic), torch.ao.nn.intrinsic.quantized
     if not (origin.startswith("torch.ao.nn.") and ".quantized" in origin):
         return False
-    if not (hasattr(module, "_weight_bias") and hasattr(module, "set_weight_bias")):
-        return False
+    if not (hasattr(module, "_weight_bias") and hasattr(module, "set_weight_bias")) or _is_dynamic_rnn(module):
+        return False  # LSTM/GRU: dicts of per-gate weights, see packed_rnn_modules
     try:
         weight, _ = module._weight_bias()
     except (RuntimeError, AttributeError, TypeError):
@@ -58,6 +58,7 @@ def packed_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         if bias is not None:
             out[prefix + "bias"] = bias.detach()
     return out
+    out.update(rnn_packed_tensors(model))
 
 
 def _placeholder_weight(module: nn.Module, shape_dims: int, per_channel: bool) -> torch.Tensor:
@@ -107,12 +108,15 @@ class _WeightlessPacked(nn.Module):
 
 def skeleton_memo(model: nn.Module) -> dict[int, Any]:
     """``copy.deepcopy`` memo entries that swap each packed module for a weightless stand-in."""
-    return {id(module): _WeightlessPacked(module) for module in packed_modules(model).values()}
+    memo: dict[int, Any] = {id(module): _WeightlessPacked(module) for module in packed_modules(model).values()}
+    memo.update({id(module): _weightless_rnn(module) for module in packed_rnn_modules(model).values()})
+    return memo
 
 
 def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Repack ``<module>.weight``/``<module>.bias`` entries into the skeleton's placeholders."""
     modules = {f"{name}.weight" if name else "weight": name for name in packed_modules(model)}
+    tensors = restore_rnns(model, tensors)  # the int8 LSTM/GRU entries; the rest are Linear/Conv
     for key, weight in tensors.items():
         if not key.endswith("weight") or key not in modules:
             continue
@@ -126,6 +130,74 @@ def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 
 # --- the encoding of a quantized tensor: int8 values + scales + zero points -------------------
+# --- torch.ao dynamic int8 LSTM / GRU: per-gate int8 matrices in cell-params objects ------------
+
+
+def _is_dynamic_rnn(module: nn.Module) -> bool:
+    """A torch.ao dynamic quantized LSTM/GRU holding int8 (not float16) weights."""
+    from torch.ao.nn.quantized.dynamic import GRU, LSTM
+
+    return isinstance(module, (LSTM, GRU)) and module.dtype == torch.qint8
+
+
+def packed_rnn_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> torch.ao dynamic int8 ``LSTM``/``GRU``."""
+    return {name: m for name, m in model.named_modules() if _is_dynamic_rnn(m)}
+
+
+def rnn_packed_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``<rnn>.weight_ih_l0`` ... (int8 quantized tensors) and ``<rnn>.bias_ih_l0`` ... (float) of
+    every dynamic int8 LSTM/GRU: what its cell-params objects hold, as ordinary artifact entries."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in packed_rnn_modules(model).items():
+        prefix = f"{name}." if name else ""
+        found = module._weight_bias()
+        out.update({prefix + k: w for k, w in found["weight"].items()})
+        out.update({prefix + k: b.detach() for k, b in found["bias"].items() if b is not None})
+    return out
+
+
+def _weightless_rnn(module: nn.Module) -> nn.Module:
+    """A copy of a dynamic LSTM/GRU sharing its settings, with no cell params (they are stored apart)."""
+    copy = type(module).__new__(type(module))
+    copy.__dict__.update(module.__dict__)
+    copy._parameters, copy._buffers = dict(module._parameters), dict(module._buffers)
+    copy._modules = {**module._modules, "_all_weight_values": nn.ModuleList()}
+    return copy
+
+
+def _rnn_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight and bias a dynamic LSTM/GRU's ``set_weight_bias`` takes."""
+    gates = {"LSTM": 4, "GRU": 3}[module.mode]
+    hidden, directions = module.hidden_size, 2 if module.bidirectional else 1
+    shapes = {}
+    for layer in range(module.num_layers):
+        inputs = module.input_size if layer == 0 else hidden * directions
+        for suffix in ("", "_reverse")[:directions]:
+            shapes[f"weight_ih_l{layer}{suffix}"] = (gates * hidden, inputs)
+            shapes[f"weight_hh_l{layer}{suffix}"] = (gates * hidden, hidden)
+            shapes[f"bias_ih_l{layer}{suffix}"] = shapes[f"bias_hh_l{layer}{suffix}"] = (gates * hidden,)
+    return shapes
+
+
+def restore_rnns(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Repack each dynamic LSTM/GRU's stored weights (ValueError when one is missing or misshapen);
+    returns the entries left for the other packed modules."""
+    left = dict(tensors)
+    for name, module in packed_rnn_modules(model).items():
+        prefix = f"{name}." if name else ""
+        found = {}
+        for key, shape in _rnn_shapes(module).items():
+            t = left.pop(prefix + key, None)
+            if t is None:
+                raise ValueError(f"int8 {module.mode} {name!r}: {prefix + key} is not stored")
+            if tuple(t.shape) != shape or (key.startswith("weight") and t.dtype != torch.qint8):
+                raise ValueError(f"{prefix + key} is {t.dtype} {tuple(t.shape)}; the {module.mode} needs {shape}")
+            found[key] = t
+        module.set_weight_bias(found)
+    return left
+
+
 
 
 def _encode_quantized(t: torch.Tensor) -> tuple[Parts, Header] | None:
