@@ -37,9 +37,9 @@ from _common import RESULTS, contract_fields, parse_args, peer_row, print_table,
 from torch import nn
 
 import nncompress as nc
+from nncompress.base.data import calibration_inputs
 from nncompress.measure.flops import mark_reference_macs
 from nncompress.measure.report import add_latency
-from nncompress.quantize.int8 import calibration_inputs
 
 FAMILY = "quantization"
 CALIBRATION_BATCHES = 8

@@ -226,8 +226,8 @@ def test_empty_calibration_data_is_a_clear_error():
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
-        ({"calibration_batches": 0}, "calibration_batches=0 must be an integer >= 1"),
-        ({"calibration_batches": 2.5}, r"calibration_batches=2.5 must be an integer >= 1"),
+        ({"calibration_batches": 0}, "calibration_batches must be an integer >= 1, got 0"),
+        ({"calibration_batches": 2.5}, r"calibration_batches must be an integer >= 1, got 2.5"),
         ({"observer": "kl"}, "observer='kl' is not supported; accepted: 'minmax', 'histogram'"),
         ({"backend": "tensorrt"}, "backend='tensorrt' is not supported; accepted: 'auto'"),
         ({"per_channel": "yes"}, "per_channel='yes' must be True or False"),
@@ -274,7 +274,7 @@ def test_convs_with_few_input_channels_stay_fp32_with_their_activation_and_pool(
     q_all, log_all = _quantize(StaticInt8Quantize(calibration_batches=1, min_int8_in_channels=1), model, task)
     assert "fp32:" not in log_all[-1]
     assert "conv1.weight_quantized" in {i.name for i in q_all.model_proto().graph.initializer}
-    with pytest.raises(ValueError, match="min_int8_in_channels=0 must be an integer >= 1"):
+    with pytest.raises(ValueError, match="min_int8_in_channels must be an integer >= 1, got 0"):
         StaticInt8Quantize(min_int8_in_channels=0)
 
 

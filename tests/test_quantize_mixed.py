@@ -94,7 +94,7 @@ def test_step_meets_the_budget_and_beats_uniform_bits_at_the_same_size():
     [
         ({"avg_bits": 1.0}, "avg_bits=1.0 is below the smallest"),
         ({"bits_options": (1, 4)}, "bits_options must be an integer in"),
-        ({"calibration_batches": 0}, "calibration_batches=0 must be an integer >= 1"),
+        ({"calibration_batches": 0}, "calibration_batches must be an integer >= 1, got 0"),
         ({"granularity": "row"}, "granularity must be one of"),
     ],
 )

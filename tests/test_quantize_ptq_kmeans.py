@@ -282,5 +282,5 @@ def test_weight_quantize_bias_correction_logs_and_validates():
     assert any(line.startswith("bias correction: 3 layers") for line in ctx.log), ctx.log
     with pytest.raises(ValueError, match="bias_correction='yes' must be True or False"):
         WeightQuantize(bias_correction="yes")
-    with pytest.raises(ValueError, match="calibration_batches=0 must be an integer >= 1"):
+    with pytest.raises(ValueError, match="calibration_batches must be an integer >= 1, got 0"):
         WeightQuantize(calibration_batches=0)

@@ -33,11 +33,11 @@ from quantization import OnnxRuntimePeer, onnx_bytes, onnxruntime_peer, torch_ao
 from torch import nn
 
 import nncompress as nc
+from nncompress.base.data import calibration_inputs
 from nncompress.core.recipe import check_order, describe_recipe
 from nncompress.measure.flops import REFERENCE_MACS_ATTR, count_macs, mark_reference_macs
 from nncompress.measure.size import artifact_bytes
 from nncompress.prune.targets import prunable_weights
-from nncompress.quantize.int8 import calibration_inputs
 
 Save = Callable[[nn.Module, str], None]
 ARTIFACTS = RESULTS / "artifacts" / "peers"

@@ -125,7 +125,7 @@ def select_linears(
     picks them, ``exclude`` (same form) drops some, and ``keep_classifier`` drops the last Linear
     (the LM head or classifier, which is small next to the blocks and sensitive).
     """
-    from nncompress.quantize.ptq import check_patterns, is_excluded
+    from nncompress.base.selection import check_patterns, is_excluded
 
     check_patterns(model, layers, "layers", list_layers=plain_linears)
     check_patterns(model, exclude, "exclude", list_layers=plain_linears)
@@ -138,7 +138,7 @@ def select_linears(
 
 def replace_linear(model: nn.Module, name: str, new: nn.Module, old: nn.Linear) -> nn.Module:
     """Put ``new`` at ``name`` of ``model``, on ``old``'s device (packing builds CPU buffers); returns ``new``."""
-    from nncompress.quantize.ptq import replace_module
+    from nncompress.base.modules import replace_module
 
     new = new.to(old.weight.device)
     replace_module(model, name, new)
@@ -658,7 +658,7 @@ def _process_block(
 
 def calibration_batches(ctx: Any, count: int, purpose: str) -> list[Any]:
     """The first ``count`` train batches of ``ctx.task`` (ValueError when it has none)."""
-    from nncompress.quantize.int8 import first_batches
+    from nncompress.base.data import first_batches
 
     return first_batches(ctx.task.train, count, ctx.task.name, purpose=purpose)
 

@@ -32,18 +32,6 @@ class StepContext:
     log: list[str] = field(default_factory=list)
 
 
-def check_count(name: str, value: Any, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an integer >= ``minimum`` (a step setting's check)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_flag(name: str, value: Any) -> None:
-    """Raise ValueError unless ``value`` is True or False (a step setting's check)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
 @dataclass(frozen=True)
 class WeightFormat:
     """What the weight layers are after a step: recipes check each step accepts what came before."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from nncompress.core.step import StepContext, check_count, register_step
+from nncompress.base.checks import check_count
+from nncompress.core.step import StepContext, register_step
 from nncompress.distill.recovery import Distill
 from nncompress.distill.students import INITS, student_for
 from nncompress.measure.size import count_params

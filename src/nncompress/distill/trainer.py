@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nncompress.core.step import check_count
+from nncompress.base.checks import check_count
 from nncompress.distill import losses
 from nncompress.distill.features import FeatureCapture, attention_pairs, find_module, resolve_layers
 from nncompress.io.atomic import atomic_path

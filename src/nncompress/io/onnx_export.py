@@ -106,9 +106,9 @@ def _check_supported(model: nn.Module) -> None:
 def _export_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str], list[str]]:
     """A copy of ``model`` whose packed layers are ``ExportedLayer`` stand-ins; plus each weighted
     layer's form and notes (sparse weights written dense, dense fallbacks)."""
+    from nncompress.base.modules import replace_module
     from nncompress.io.onnx_packed import ExportedLayer, plan_packed_layer
     from nncompress.quantize.layers import PackedWeightLayer
-    from nncompress.quantize.ptq import replace_module
 
     work = copy.deepcopy(model).eval()
     layers: dict[str, str] = {}

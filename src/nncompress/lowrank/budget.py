@@ -18,7 +18,10 @@ from typing import NamedTuple
 
 from torch import nn
 
-from nncompress.core.step import Step, StepContext, check_count, register_step
+from nncompress.base.checks import check_count
+from nncompress.base.modules import replace_module
+from nncompress.base.selection import normalize_patterns
+from nncompress.core.step import Step, StepContext, register_step
 from nncompress.lowrank.layers import METHODS, Cost, Method, layer_cost
 from nncompress.lowrank.ranks import RankRule, describe_rank
 from nncompress.lowrank.steps import LayerPlan, factorizable_layers, plan_layer, replace_layer, runnable_layers
@@ -26,7 +29,6 @@ from nncompress.measure.flops import count_macs
 from nncompress.measure.metric import evaluate, evaluate_loss
 from nncompress.measure.size import count_params
 from nncompress.quantize.mixed import allocate_bits
-from nncompress.quantize.ptq import normalize_patterns, replace_module
 
 RESOURCES = ("macs", "params")
 CRITERIA = ("loss", "metric")

@@ -17,11 +17,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from nncompress.core.step import Step, StepContext, check_count, register_step
+from nncompress.base.checks import check_count
+from nncompress.base.modules import replace_module, weight_layers
+from nncompress.base.selection import check_patterns, is_excluded, normalize_patterns
+from nncompress.core.step import Step, StepContext, register_step
 from nncompress.lowrank.layers import CP, Cost, LayerIO, LinearSVD, Method, SpatialSVD, Tucker2, layer_cost
 from nncompress.lowrank.probe import input_grams, layer_io
 from nncompress.lowrank.ranks import Rank, RankRule, break_even, choose_rank, describe_rank, parse_rank
-from nncompress.quantize.ptq import check_patterns, is_excluded, normalize_patterns, replace_module, weight_layers
 
 
 def factorizable_layers(
@@ -222,7 +224,7 @@ class SVDFactorize(Factorize):
     def grams(self, model: nn.Module, names: list[str], ctx: StepContext) -> dict[str, torch.Tensor]:
         if not self.activation_aware:
             return {}
-        from nncompress.quantize.int8 import first_batches
+        from nncompress.base.data import first_batches
 
         batches = first_batches(ctx.task.train, self.calibration_batches, ctx.task.name, "activation-aware svd")
         return input_grams(model, names, [b[0] for b in batches])

@@ -20,15 +20,10 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.measure.metric import evaluate
-from nncompress.prune.magnitude import (
-    SCOPES,
-    MagnitudePrune,
-    apply_masks,
-    check_count,
-    masked_fraction,
-)
+from nncompress.prune.magnitude import SCOPES, MagnitudePrune, apply_masks, masked_fraction
 from nncompress.prune.schedule import train_config, train_masked
 
 LOG_PREFIX = "lottery-ticket "

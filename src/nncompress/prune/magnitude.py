@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nncompress.core.step import Step, StepContext, check_count, register_step
+from nncompress.base.checks import check_count
+from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune import importance
 from nncompress.prune.targets import prunable_weights
 

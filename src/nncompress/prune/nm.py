@@ -14,15 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune import importance
-from nncompress.prune.magnitude import (
-    apply_masks,
-    check_count,
-    demote_pruned,
-    masked_fraction,
-    weight_scores,
-)
+from nncompress.prune.magnitude import apply_masks, demote_pruned, masked_fraction, weight_scores
 from nncompress.prune.targets import prunable_weights
 
 

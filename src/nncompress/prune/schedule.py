@@ -15,16 +15,10 @@ from typing import Any
 
 from torch import nn
 
+from nncompress.base.checks import check_count
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune import importance
-from nncompress.prune.magnitude import (
-    SCOPES,
-    UnstructuredPrune,
-    apply_masks,
-    check_count,
-    check_fraction,
-    masked_fraction,
-)
+from nncompress.prune.magnitude import SCOPES, UnstructuredPrune, apply_masks, check_fraction, masked_fraction
 from nncompress.train.best import BestOnValidation
 from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps, train_config
 from nncompress.train.masks import mask_hooks

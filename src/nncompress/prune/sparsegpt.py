@@ -24,8 +24,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count
 from nncompress.core.sequential import LayerStats
-from nncompress.core.step import check_count, register_step
+from nncompress.core.step import register_step
 from nncompress.prune.wanda import DEFAULT_SPARSITY, OneShotPrune
 from nncompress.quantize.gptq import check_percdamp, inverse_hessian_cholesky, prepare_hessian
 

@@ -24,6 +24,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count, check_flag
+from nncompress.base.selection import normalize_patterns
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -33,11 +35,10 @@ from nncompress.core.sequential import (
     run_sequential,
     select_linears,
 )
-from nncompress.core.step import Step, StepContext, check_count, check_flag, register_step
+from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune import importance
 from nncompress.prune.magnitude import apply_masks, check_fraction, demote_pruned, masked_fraction
 from nncompress.prune.nm import nm_mask
-from nncompress.quantize.ptq import normalize_patterns
 
 DEFAULT_SPARSITY = 0.5
 

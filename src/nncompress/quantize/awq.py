@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count, check_flag
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -44,7 +45,7 @@ from nncompress.core.sequential import (
     replace_linear,
     run_sequential,
 )
-from nncompress.core.step import StepContext, check_count, check_flag, register_step
+from nncompress.core.step import StepContext, register_step
 from nncompress.quantize.gptq import WeightOnlyQuantize, fp16_scales, rtn_weight, scale_dtype_for
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, dequantize, qparams_from_range, quantize

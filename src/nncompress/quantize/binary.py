@@ -26,18 +26,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_bits
+from nncompress.base.modules import edge_layers
+from nncompress.base.selection import normalize_patterns
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.layers import binary_module
-from nncompress.quantize.ptq import normalize_patterns
 from nncompress.quantize.qat import (
     LSQWeightFakeQuant,
-    check_bits,
     check_training_settings,
     convert_fake_quant,
-    edge_layers,
     fake_quant_layer,
     plan_layers,
     train_simulated,
+    weight_layers,
 )
 from nncompress.train import objective
 from nncompress.train.loop import TrainConfig, train_config
@@ -164,7 +165,7 @@ class Binarize(Step):
 
     def plan(self, model: nn.Module) -> dict[str, int]:
         """``{layer name: bits}``: 1 for binarized layers, ``edge_bits`` for kept ones (float ones omitted)."""
-        keep = edge_layers(model, first_conv=self.keep_first_conv, classifier=self.keep_classifier)
+        keep = edge_layers(weight_layers(model), first_conv=self.keep_first_conv, classifier=self.keep_classifier)
         plan = plan_layers(model, BINARY, keep=keep, keep_bits=self.edge_bits, exclude=self.exclude)
         if BINARY not in plan.values():
             raise ValueError(f"{self.kind}: no hidden Linear or Conv2d layer left to binarize after exclusions")

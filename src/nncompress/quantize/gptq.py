@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_bits, check_count, check_flag
+from nncompress.base.selection import normalize_patterns
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -45,10 +47,10 @@ from nncompress.core.sequential import (
     run_sequential,
     select_linears,
 )
-from nncompress.core.step import Step, StepContext, check_count, check_flag, register_step
+from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.layers import FP16_MAX, FP16_TINY, quantize_weight_module
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, dequantize, quantize
-from nncompress.quantize.ptq import REST_BITS, check_bits, normalize_patterns, round_other_params
+from nncompress.quantize.ptq import REST_BITS, round_other_params
 
 # --- pure maths ----------------------------------------------------------------------------------------
 

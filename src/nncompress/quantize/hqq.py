@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count, check_flag
 from nncompress.core.sequential import no_targets
-from nncompress.core.step import StepContext, check_count, check_flag, register_step
+from nncompress.core.step import StepContext, register_step
 from nncompress.quantize.gptq import WeightOnlyQuantize, fp16_scales
 from nncompress.quantize.primitives import QuantSpec, compute_qparams
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,43 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_choice, check_count
+from nncompress.base.data import as_args, calibration_inputs
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.measure.flops import mark_reference_macs
 from nncompress.quantize.onnx_layers import consumers_of
-from nncompress.quantize.ptq import check_setting_count
 
 OBSERVERS = ("minmax", "histogram")
 BACKENDS = ("auto", "onnxruntime", "torch")
-
-
-def _check_choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ValueError(f"{name}={value!r} is not supported; accepted: {', '.join(map(repr, accepted))}")
-
-
-def _as_args(inputs: Any) -> tuple[Any, ...]:
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
-def first_batches(
-    train: Iterable[Any], count: int, task_name: str = "", purpose: str = "int8 calibration"
-) -> list[Any]:
-    """The first ``count`` ``(inputs, targets)`` batches of ``train``; ValueError when it has none."""
-    out = []
-    for batch in train:
-        out.append(batch)
-        if len(out) >= count:
-            break
-    if not out:
-        raise ValueError(
-            f"{purpose} needs data: task {task_name!r} has no train batches (give the Task a non-empty train split)"
-        )
-    return out
-
-
-def calibration_inputs(train: Iterable[Any], batches: int, task_name: str = "") -> list[tuple[Any, ...]]:
-    """The inputs of the first ``batches`` train batches, each as a tuple of positional args."""
-    return [_as_args(batch[0]) for batch in first_batches(train, batches, task_name)]
 
 
 def _check_exclude(model: nn.Module, exclude: tuple[str, ...]) -> None:
@@ -381,9 +351,9 @@ class StaticInt8Quantize(Step):
             object.__setattr__(self, "exclude", (self.exclude,))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for name in ("calibration_batches", "min_int8_in_channels"):
-            check_setting_count(name, getattr(self, name))
-        _check_choice("observer", self.observer, OBSERVERS)
-        _check_choice("backend", self.backend, BACKENDS)
+            check_count(name, getattr(self, name))
+        check_choice("observer", self.observer, OBSERVERS)
+        check_choice("backend", self.backend, BACKENDS)
         if not isinstance(self.per_channel, bool):
             raise ValueError(f"per_channel={self.per_channel!r} must be True or False")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
@@ -458,7 +428,7 @@ class DynamicInt8Quantize(Step):
         if isinstance(self.exclude, str):
             object.__setattr__(self, "exclude", (self.exclude,))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        _check_choice("backend", self.backend, DYNAMIC_BACKENDS)
+        check_choice("backend", self.backend, DYNAMIC_BACKENDS)
         for name in ("per_channel", "reduce_range"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
@@ -472,7 +442,7 @@ class DynamicInt8Quantize(Step):
             try:
                 out, summary = onnxruntime_dynamic_int8(
                     model,
-                    _as_args(example),
+                    as_args(example),
                     per_channel=self.per_channel,
                     reduce_range=self.reduce_range,
                     exclude=self.exclude,

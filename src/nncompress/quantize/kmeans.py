@@ -23,19 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nncompress.base.modules import check_supported, replace_module, weight_layers
+from nncompress.base.selection import check_patterns, is_excluded, normalize_patterns
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.io.encodings import pow2_int8_exponent
 from nncompress.io.huffman import encode_symbols
 from nncompress.quantize.codebook import kmeans_codebook
 from nncompress.quantize.layers import codebook_module
-from nncompress.quantize.ptq import (
-    check_patterns,
-    check_supported,
-    is_excluded,
-    normalize_patterns,
-    replace_module,
-    weight_layers,
-)
 from nncompress.train.loop import TrainConfig, fit
 from nncompress.train.objective import check_step_distill, distill_note, step_loss
 

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_bits, check_count
+from nncompress.base.data import first_batches
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.quantize.int8 import first_batches
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, fake_quantize
-from nncompress.quantize.ptq import WeightQuantize, check_bits, check_setting_count
+from nncompress.quantize.ptq import WeightQuantize
 from nncompress.tasks.task import call_model, primary_output
 
 CRITERIA = ("loss", "output-mse")
@@ -177,7 +178,7 @@ class MixedPrecisionQuantize(Step):
                 f"avg_bits={self.avg_bits} is below the smallest of bits_options {self.bits_options}; "
                 "add a smaller width or raise avg_bits"
             )
-        check_setting_count("calibration_batches", self.calibration_batches)
+        check_count("calibration_batches", self.calibration_batches)
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {self.criterion!r}")
         self.weight_quantize({})  # validates the shared settings

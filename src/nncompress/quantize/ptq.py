@@ -16,88 +16,24 @@ Example:
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from nncompress.base.checks import FLOAT_BITS, check_bits, check_count
+from nncompress.base.data import calibration_inputs
+from nncompress.base.modules import check_supported, replace_module, values_per_channel, weight_layers
+from nncompress.base.selection import check_patterns, is_excluded, matches, normalize_patterns
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.io.encodings import pow2_int8_exponent
 from nncompress.quantize.bias_correction import empirical_bias_correction
 from nncompress.quantize.layers import half_module, quantize_weight_module
 from nncompress.quantize.primitives import GRANULARITIES, QPARAM_METHODS, QuantSpec
 
-FLOAT_BITS = 32  # a layer_bits value that keeps the layer in float
 FLOAT_FORMATS = ("fp32", "fp16")
-
-
-def check_bits(name: str, bits: object, *, allow_float: bool = False) -> int:
-    """Raise ValueError unless ``bits`` is an integer in [2, 8] (or 32 = keep float, if allowed)."""
-    ok = not isinstance(bits, bool) and isinstance(bits, int) and (2 <= bits <= 8 or (allow_float and bits == 32))
-    if not ok:
-        accepted = "an integer in [2, 8]" + (" or 32 (keep float)" if allow_float else "")
-        raise ValueError(f"{name} must be {accepted}, got {bits!r} (1 bit: use binary quantization)")
-    return bits  # type: ignore[return-value]
-
-
-def check_setting_count(name: str, value: object) -> None:
-    """Raise ValueError unless a setting such as ``calibration_batches`` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
-
-
-def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every plain ``nn.Linear`` / ``nn.Conv2d``, in definition order."""
-    return [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
-
-
-def check_supported(layers: list[tuple[str, nn.Module]]) -> None:
-    """Raise ValueError for a convolution whose padding mode the packed layers cannot run."""
-    for name, m in layers:
-        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
-            raise ValueError(
-                f"layer {name!r} uses padding_mode={m.padding_mode!r}; packed layers support 'zeros' only "
-                "(exclude the layer)"
-            )
-
-
-def check_patterns(
-    model: nn.Module,
-    patterns: tuple[str, ...],
-    setting: str,
-    *,
-    list_layers: Callable[[nn.Module], list[tuple[str, nn.Module]]] = weight_layers,
-) -> None:
-    """Raise ValueError for a name/regex that names no module of ``model`` (the error lists ``list_layers``)."""
-    names = [n for n, _ in model.named_modules() if n]
-    for pattern in patterns:
-        if pattern in names or any(re.fullmatch(pattern, n) for n in names):
-            continue
-        layers = ", ".join(n for n, _ in list_layers(model))
-        raise ValueError(f"{setting} entry {pattern!r} names no module (exact name or regex); layers are: {layers}")
-
-
-def is_excluded(name: str, patterns: tuple[str, ...]) -> bool:
-    """True when ``name`` or one of its parents equals or fully matches a pattern."""
-    parts = name.split(".")
-    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(p == pat or re.fullmatch(pat, p) for p in prefixes for pat in patterns)
-
-
-def normalize_patterns(value: object, setting: str) -> tuple[str, ...]:
-    """A tuple of valid regexes from a string or a list of strings."""
-    items = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"{setting} takes module names or regexes (strings), got {item!r}")
-        try:
-            re.compile(item)
-        except re.error as e:
-            raise ValueError(f"{setting} entry {item!r} is not a valid regex: {e}") from e
-    return items
 
 
 def normalize_layer_bits(pairs: object) -> tuple[tuple[str, int], ...]:
@@ -132,7 +68,7 @@ def select_layers(
     check_supported(layers)
     names = [n for n, _ in layers]
     for pattern, _ in layer_bits:
-        if not any(n == pattern or re.fullmatch(pattern, n) for n in names):
+        if not any(matches(n, pattern) for n in names):
             raise ValueError(
                 f"layer_bits pattern {pattern!r} matches no Linear/Conv2d layer left after exclusions; "
                 f"layers: {', '.join(names)}"
@@ -146,26 +82,11 @@ def select_layers(
         kept.add(linears[-1])
     chosen: dict[str, int] = {}
     for name in names:
-        override = next((b for p, b in layer_bits if name == p or re.fullmatch(p, name)), None)
+        override = next((b for p, b in layer_bits if matches(name, p)), None)
         bits = override if override is not None else (None if name in kept else default_bits)
         if bits is not None and bits != FLOAT_BITS:
             chosen[name] = bits
     return chosen
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` at ``name`` in ``model`` (a dotted path); returns the model (``new`` for name "")."""
-    if not name:
-        return new
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
-    return model
-
-
-def values_per_channel(module: nn.Module) -> int:
-    """Input values of one output channel: in_features, or in_channels / groups * kh * kw."""
-    return module.weight[0].numel()
 
 
 REST_BITS = (32, 16, 8)
@@ -255,7 +176,7 @@ class WeightQuantize(Step):
         check_bits("bits", self.bits)
         if not isinstance(self.bias_correction, bool):
             raise ValueError(f"bias_correction={self.bias_correction!r} must be True or False")
-        check_setting_count("calibration_batches", self.calibration_batches)
+        check_count("calibration_batches", self.calibration_batches)
         if self.rest_bits is not None and self.rest_bits not in REST_BITS:
             accepted = ", ".join(map(str, REST_BITS))
             raise ValueError(f"rest_bits must be one of {accepted} or None; got {self.rest_bits!r}")
@@ -278,8 +199,6 @@ class WeightQuantize(Step):
 
     def _calibration(self, ctx: StepContext) -> list[Any]:
         """The inputs of ``calibration_batches`` train batches (for bias correction)."""
-        from nncompress.quantize.int8 import calibration_inputs
-
         batches = calibration_inputs(ctx.task.train, self.calibration_batches, ctx.task.name)
         return [b[0] if len(b) == 1 else b for b in batches]
 

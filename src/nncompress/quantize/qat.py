@@ -42,10 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nncompress.base.checks import check_bits
+from nncompress.base.modules import edge_layers
+from nncompress.base.modules import weight_layers as base_weight_layers
+from nncompress.base.selection import check_patterns, is_excluded, normalize_patterns
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QPARAM_METHODS, QuantSpec, compute_qparams, fake_quantize, qparams_from_range
-from nncompress.quantize.ptq import check_patterns, is_excluded, normalize_patterns
 from nncompress.train import objective
 from nncompress.train.loop import TrainConfig, TrainHistory, fit, train_config
 from nncompress.train.masks import mask_hooks
@@ -55,17 +58,6 @@ MIN_STEP = 1e-8  # floor of learned steps: a step must stay > 0 (an all-zero cha
 
 
 # --- checks ---------------------------------------------------------------------------------------
-
-
-def check_bits(name: str, bits: object, *, allow_none: bool = False) -> int | None:
-    """Raise ValueError unless ``bits`` is an integer in [2, 8] (or None when allowed)."""
-    if bits is None and allow_none:
-        return None
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        none = " or None (float)" if allow_none else ""
-        hint = " (1 bit: use the 'binarize' step)" if bits in (0, 1) else ""
-        raise ValueError(f"{name} must be an integer in [2, 8]{none}, got {bits!r}{hint}")
-    return bits
 
 
 def check_method(method: object) -> str:
@@ -356,11 +348,9 @@ class FakeQuantInputPacked(nn.Module):
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every plain ``nn.Linear`` / zero-padded ``nn.Conv2d``, in definition order."""
-    return [
-        (n, m) for n, m in model.named_modules()
-        if type(m) is nn.Linear or (type(m) is nn.Conv2d and m.padding_mode == "zeros")
-    ]
+    """``(name, module)`` of every plain ``nn.Linear`` / zero-padded ``nn.Conv2d`` (what the packed layers
+    run), in definition order."""
+    return [(n, m) for n, m in base_weight_layers(model) if getattr(m, "padding_mode", "zeros") == "zeros"]
 
 
 def plan_layers(
@@ -476,15 +466,6 @@ def check_training_settings(step: Any) -> None:
     objective.check_step_distill(step)
 
 
-def edge_layers(model: nn.Module, *, first_conv: bool, classifier: bool) -> set[str]:
-    """Names of the first Conv2d (``first_conv``) and the last Linear (``classifier``): the layers that see
-    the raw input and produce the logits, the most sensitive to quantization."""
-    layers = weight_layers(model)
-    convs = [n for n, m in layers if isinstance(m, nn.Conv2d)]
-    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
-    return set(convs[:1] if first_conv else []) | set(linears[-1:] if classifier else [])
-
-
 @register_step("qat", family="quantize")
 @dataclass(frozen=True)
 class QuantizationAwareTraining(Step):
@@ -553,7 +534,7 @@ class QuantizationAwareTraining(Step):
 
     def plan(self, model: nn.Module) -> dict[str, int]:
         """``{layer name: bits}`` this step trains and packs; raises ValueError when it is empty."""
-        keep = edge_layers(model, first_conv=self.keep_first_conv, classifier=self.keep_classifier)
+        keep = edge_layers(weight_layers(model), first_conv=self.keep_first_conv, classifier=self.keep_classifier)
         plan = plan_layers(model, self.bits, keep=keep, keep_bits=self.edge_bits, exclude=self.exclude)
         if not plan:
             raise ValueError(f"{self.kind}: no Linear or Conv2d layer left to quantize after exclusions")

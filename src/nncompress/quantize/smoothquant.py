@@ -33,6 +33,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count, check_flag
+from nncompress.base.selection import normalize_patterns
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -43,12 +45,11 @@ from nncompress.core.sequential import (
     run_sequential,
     select_linears,
 )
-from nncompress.core.step import Step, StepContext, check_count, check_flag, register_step
+from nncompress.core.step import Step, StepContext, register_step
 from nncompress.measure.flops import mark_reference_macs
 from nncompress.quantize.int8 import dynamic_int8_linear
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, fake_quantize
-from nncompress.quantize.ptq import normalize_patterns
 
 ACT_MODES = ("token", "tensor", "dynamic")
 FOLD_CHECK_CALLS = 2  # calibration calls compared when checking that a fold is exact

@@ -26,10 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_bits
+from nncompress.base.modules import weight_layers
 from nncompress.core.step import Step, StepContext, builtin_steps
 from nncompress.lowrank.layers import METHODS
 from nncompress.prune.magnitude import MagnitudePrune, check_fraction
-from nncompress.quantize.ptq import WeightQuantize, check_bits, weight_layers
+from nncompress.quantize.ptq import WeightQuantize
 from nncompress.tasks.task import Task
 
 TECHNIQUES = ("lowrank", "prune", "quantize")  # also the order in which they are applied
