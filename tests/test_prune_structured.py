@@ -368,11 +368,15 @@ class WithUntraceable(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_untraceable_models_get_a_clear_error_and_exclusion_works():
-    with pytest.raises(ValueError, match=r"cannot trace WithUntraceable inside submodule 'odd'.*exclude"):
-        run(ChannelPrune(), WithUntraceable())
-    pruned, _ = run(ChannelPrune(exclude=("odd",)), WithUntraceable())
+def test_untraceable_submodules_are_kept_whole_and_named():
+    pruned, ctx = run(ChannelPrune(), WithUntraceable())
     assert (pruned.conv1.out_channels, pruned.conv2.out_channels) == (8, 4)  # odd's input stays
+    assert "kept whole, torch.fx could not trace: odd" in ctx.log[0]
+    pruned, ctx = run(ChannelPrune(exclude=("odd",)), WithUntraceable())
+    assert (pruned.conv1.out_channels, pruned.conv2.out_channels) == (8, 4)
+    assert not any("kept whole" in line for line in ctx.log)
+    with pytest.raises(ValueError, match=r"cannot trace Untraceable .*nor any of its submodules.*exclude"):
+        run(ChannelPrune(), Untraceable())
 
 
 def test_nothing_prunable_returns_the_model_unchanged():

@@ -17,7 +17,9 @@ The idea follows DepGraph (Fang et al. 2023, "Towards Any Structural Pruning").
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -86,10 +88,14 @@ class ChannelGraph:
     """The prunable groups of a model, plus BatchNorms that directly follow a producer.
 
     ``followers[layer] = bn`` lets importance fold the BN scale into the layer's rows.
+    ``kept_whole``: submodules kept as black boxes because torch.fx could not trace them (their
+    inputs and outputs keep every channel; traceable parts inside them were traced on their own).
     """
 
     groups: list[ChannelGroup]
     followers: dict[str, str] = field(default_factory=dict)
+    kept_whole: list[str] = field(default_factory=list)  # submodules torch.fx could not trace
+    errors: dict[str, str] = field(default_factory=dict)  # kept-whole module -> why fx failed
 
 
 class _Spaces:
@@ -155,7 +161,7 @@ class _Tracer(fx.Tracer):
         self.path: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, MultiHeadSelfAttention) or qualname in self.opaque:
+        if isinstance(m, MultiHeadSelfAttention) or qualname in self.opaque or norm_axis(m) is not None:
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -166,6 +172,13 @@ class _Tracer(fx.Tracer):
         return result
 
 
+class _Untraceable(Exception):
+    """torch.fx failed on a module's own code (not inside one of its submodules)."""
+
+
+MAX_RETRIES = 200  # submodules that may be kept whole, one per failed trace, before giving up
+
+
 def trace_channels(
     model: nn.Module, example_inputs: Any, *, opaque: Sequence[str] = ()
 ) -> ChannelGraph:
@@ -174,49 +187,178 @@ def trace_channels(
     ``opaque``: names of submodules to treat as black boxes (not traced into; their inputs and
     outputs are never pruned), e.g. ones that torch.fx cannot trace.
 
+    What torch.fx cannot trace is kept whole rather than refused: a submodule whose code fails
+    becomes a black box and the trace is retried; when the model's own ``forward`` fails (Hugging
+    Face models: keyword inputs, ``ModelOutput``, cache objects), each submodule is traced on its
+    own, on the inputs it received in one run of the model (its inputs and outputs keep every
+    channel; inside, e.g. a transformer MLP's hidden width, channels can go). The black boxes
+    are listed in ``ChannelGraph.kept_whole``.
+
     Example:
         >>> graph = trace_channels(model, torch.randn(2, 1, 28, 28))  # doctest: +SKIP
         >>> [g.names() for g in graph.groups]  # doctest: +SKIP
     """
-    tracer = _Tracer(set(opaque))
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:
-        where = f" inside submodule {tracer.path[-1]!r}" if tracer.path else ""
-        raise ValueError(
-            f"torch.fx cannot trace {type(model).__name__}{where} ({type(e).__name__}: {e}); "
-            "name the submodule that fails in `exclude` so it is kept whole and not traced"
-        ) from e
-    walker = _Walker(fx.GraphModule(model, graph), model, set(opaque))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            _run(walker, graph, example_inputs)
+            result = _trace_tree(model, *_as_call(example_inputs), set(opaque))
     finally:
         model.train(was_training)
-    return ChannelGraph(walker.spaces.groups(), walker.followers)
+    if result.kept_whole == [""] and not result.groups:
+        raise ValueError(
+            f"torch.fx cannot trace {type(model).__name__} ({result.errors['']}) nor any of its "
+            "submodules; name the submodule that fails in `exclude` so it is kept whole and not traced"
+        )
+    return result
 
 
-def _run(walker: fx.Interpreter, graph: fx.Graph, inputs: Any) -> None:
-    """Run the interpreter on inputs given as the model takes them (tensor, tuple or dict)."""
+def _as_call(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Example inputs as the model takes them (tensor, tuple or dict) -> (args, kwargs)."""
     if isinstance(inputs, dict):
-        names = [str(n.target) for n in graph.nodes if n.op == "placeholder"]
-        walker.run(*[inputs.get(n) for n in names])
-    elif isinstance(inputs, (tuple, list)):
-        walker.run(*inputs)
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def _bound_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of ``module.forward`` with the value it gets in this call (defaults filled)."""
+    signature = inspect.signature(module.forward)
+    bound = signature.bind_partial(*args, **kwargs)
+    values = {}
+    for name, param in signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            values[name] = bound.arguments.get(name, ())
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            values[name] = bound.arguments.get(name, {})
+        else:
+            values[name] = bound.arguments.get(name, param.default)
+    return values
+
+
+def _trace_part(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opaque: set[str]
+) -> ChannelGraph:
+    """Trace one module (submodules failing torch.fx are kept whole) and run its walker once.
+
+    Inputs that are not tensors (None, flags, sizes) are fixed at their values for the trace,
+    so code that branches on them traces. Raises _Untraceable when the module's own code fails.
+    """
+    kept: list[str] = []
+    graph = None
+    for _ in range(MAX_RETRIES):
+        tracer = _Tracer(opaque | set(kept))
+        try:
+            values = _bound_inputs(module, args, kwargs)
+            fixed = {k: v for k, v in values.items() if not _holds_tensor(v)}
+            with warnings.catch_warnings():  # fx cannot guard inputs fixed to None: they are, by construction
+                warnings.filterwarnings("ignore", message="Was not able to add assertion")
+                graph = tracer.trace(module, concrete_args=fixed or None)
+            break
+        except Exception as e:
+            if not tracer.path or tracer.path[-1] in kept:
+                raise _Untraceable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            kept.append(tracer.path[-1])  # trace again with this submodule as a black box
+    if graph is None:
+        raise _Untraceable(f"more than {MAX_RETRIES} submodules failed to trace")
+    walker = _Walker(fx.GraphModule(module, graph), module, opaque | set(kept))
+    placeholders = [str(n.target).lstrip("*") for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) == len(values):  # one per parameter, in signature order (fx may rename them)
+        inputs = list(values.values())
     else:
-        walker.run(inputs)
+        inputs = [values.get(name) for name in placeholders]
+    walker.run(*inputs)
+    return ChannelGraph(walker.spaces.groups(), walker.followers, kept)
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
+def _first_calls(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+                 ) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The (args, kwargs) each submodule received the first time it ran, in one model call."""
+    calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def hook(name: str) -> Any:
+        def record(_m: nn.Module, a: tuple[Any, ...], k: dict[str, Any]) -> None:
+            calls.setdefault(name, (a, k))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True)
+               for n, m in model.named_modules() if n]
+    try:
+        model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _trace_tree(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opaque: set[str]
+                ) -> ChannelGraph:
+    """Trace the model; trace what fx could not as parts of their own (recursing); merge."""
+    result = ChannelGraph([], {}, [])
+    calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def children(name: str, module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            part(f"{name}.{child_name}" if name else child_name, child)
+
+    def part(name: str, module: nn.Module) -> None:
+        if name in opaque or (name and not any(True for _ in module.children())):
+            return  # excluded, or a lone layer: it couples nothing inside itself
+        if name and not calls:
+            calls.update(_first_calls(model, args, kwargs))
+        if name and name not in calls:  # a container never called itself (ModuleList): look inside
+            children(name, module)
+            return
+        call = calls[name] if name else (args, kwargs)
+        inner = {o[len(name) + 1:] for o in opaque if o.startswith(name + ".")} if name else opaque
+        try:
+            traced = _trace_part(module, *call, inner)
+        except _Untraceable as e:
+            result.kept_whole.append(name)
+            result.errors[name] = str(e)
+            children(name, module)
+            return
+        _add_part(result, traced, name)
+        for kept in traced.kept_whole:
+            full = f"{name}.{kept}" if name else kept
+            result.kept_whole.append(full)
+            part(full, module.get_submodule(kept))
+
+    part("", model)
+    return result
+
+
+def _add_part(result: ChannelGraph, part: ChannelGraph, prefix: str) -> None:
+    """Add a submodule's groups to ``result``, member names made relative to the model."""
+    def full(name: str) -> str:
+        return f"{prefix}.{name}" if name and prefix else name or prefix
+
+    for g in part.groups:
+        members = tuple(Member(m.kind, full(m.name), m.offset, m.inner, m.axis) for m in g.members)
+        result.groups.append(ChannelGroup(g.size, members, g.blocks))
+    result.followers.update({full(k): full(v) for k, v in part.followers.items()})
 
 
 UNARY = {
     "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
     "leaky_relu", "elu", "mish", "softplus", "dropout", "contiguous", "clone", "float", "neg",
-    "abs", "exp", "sqrt", "square", "to", "type_as",
+    "abs", "exp", "sqrt", "square", "to", "type_as", "rsqrt", "tanh_", "sigmoid_", "erf", "log", "sin",
+    "cos", "reciprocal", "silu_", "gelu_", "hardswish_", "hardsigmoid_", "relu6_", "detach",
 }
 BINARY = {
     "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_",
-    "mul_", "div_", "maximum", "minimum",
+    "mul_", "div_", "maximum", "minimum", "pow", "floordiv",
 }
 RESHAPE = {"flatten", "view", "reshape", "unflatten"}
 TRANSPOSE = {"transpose", "permute", "swapaxes"}
@@ -236,6 +378,42 @@ POOL_MODULES = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
+
+
+ELEMENTWISE_NAMES = {  # activation classes of timm and transformers that act value by value
+    "Swish", "SiLU", "HardSwish", "HardSigmoid", "HardMish", "Mish", "GELU", "GELUTanh", "QuickGELU",
+    "Sigmoid", "Tanh", "ReLU", "ReLU6", "Identity", "NewGELUActivation", "GELUActivation",
+    "FastGELUActivation", "QuickGELUActivation", "SiLUActivation", "PytorchGELUTanh", "GELUTanhActivation",
+    "LeakyReLU", "ELU", "Softplus", "Dropout", "DropPath",
+}
+
+
+def elementwise(m: nn.Module) -> bool:
+    """Whether ``m`` maps each value on its own (an activation or dropout): channels pass through."""
+    return isinstance(m, ACTIVATIONS) or (type(m).__name__ in ELEMENTWISE_NAMES and not any(
+        p.numel() > 1 for p in m.parameters(recurse=True)))
+
+
+def norm_axis(m: nn.Module) -> int | None:
+    """The channel axis of a fused norm (+ activation) module traced as one layer, else None.
+
+    timm's ``BatchNormAct2d`` (a BatchNorm subclass with ``.act`` and ``.drop``), ``LayerNormAct``
+    and ``LayerNorm2d``/``LayerNormAct2d`` (a LayerNorm over axis 1 of NCHW) normalise then act
+    value by value, so their channels are a BatchNorm's or LayerNorm's: cut with its parameters.
+    A fused module whose activation is unknown is traced into instead (and so blocked).
+    """
+    base = BATCHNORMS + (nn.LayerNorm,)
+    if not isinstance(m, base) or type(m) in base:
+        return None
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+        return None
+    extras = [getattr(m, k) for k in ("act", "drop") if isinstance(getattr(m, k, None), nn.Module)]
+    if not all(elementwise(e) for e in extras) or any(
+            n not in ("act", "drop") for n, _ in m.named_children()):
+        return None
+    if isinstance(m, BATCHNORMS) or type(m).__name__.endswith("2d"):
+        return 1
+    return -1 if extras else None
 
 
 def _same_structure(a: tuple[Segment, ...], b: tuple[Segment, ...]) -> bool:
@@ -372,13 +550,13 @@ class _Walker(fx.Interpreter):
         src = n.args[0] if n.args else None
         if name == "getitem" and self.is_tensor(src):
             return self.index(n)
+        if name in BINARY:  # the tensor may be either operand (0.5 * x)
+            operands = [a for a in (*n.args, *n.kwargs.values()) if self.is_tensor(a)]
+            return self.broadcast(operands, value.shape) if operands else self.opaque(n)
         if name not in CAT and not self.is_tensor(src):
             return self.opaque(n)
         if name in UNARY:
             return self.layout_of(src)
-        if name in BINARY:
-            operands = [a for a in (*n.args, *n.kwargs.values()) if self.is_tensor(a)]
-            return self.broadcast(operands, value.shape)
         table = {
             **dict.fromkeys(RESHAPE, lambda: self.reshape(src, value.shape)),
             **dict.fromkeys(TRANSPOSE, lambda: self.transpose(n, name)),
@@ -400,6 +578,8 @@ class _Walker(fx.Interpreter):
             return self.linear(name, x, m.out_features, value, mixes_tokens=False)
         if isinstance(m, MultiHeadSelfAttention):
             return self.linear(name, x, m.proj.out_features, value, mixes_tokens=True)
+        if norm_axis(m) is not None:
+            return self.norm(name, m, x, norm_axis(m))
         if isinstance(m, BATCHNORMS):
             return self.norm(name, m, x, 1)
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
@@ -407,7 +587,7 @@ class _Walker(fx.Interpreter):
         if isinstance(m, nn.Embedding):
             self.opaque(n)
             return {len(value.shape) - 1: self.once(name, None, self.fresh(name, m.embedding_dim))}
-        if isinstance(m, ACTIVATIONS):
+        if elementwise(m):
             return self.layout_of(x)
         if isinstance(m, POOL_MODULES):
             return self.pool(x)
@@ -478,6 +658,10 @@ class _Walker(fx.Interpreter):
         name = str(n.target)
         if name not in self.tensors or not isinstance(value, torch.Tensor):
             return {}
+        owner = name.rpartition(".")[0]
+        if owner and isinstance(self.model.get_submodule(owner), (*CONVS, *BATCHNORMS, nn.Linear, nn.LayerNorm,
+                                                                   nn.Embedding, MultiHeadSelfAttention)):
+            return {}  # a layer's own weight read directly (T5 reads wo.weight.dtype): its cuts are the layer's
         out: Layout = {}
         for axis, size in enumerate(value.shape):
             if size > 1:

@@ -313,6 +313,10 @@ class ChannelPrune(Step):
         modules = dict(model.named_modules())
         opaque = [n for n in self.exclude if n in modules and not isinstance(modules[n], LAYERS)]
         graph = trace_channels(model, example_inputs(model, ctx.task), opaque=opaque)
+        if graph.kept_whole:
+            shown = ", ".join(n or "(the model's own forward)" for n in graph.kept_whole[:8])
+            more = f" and {len(graph.kept_whole) - 8} more" if len(graph.kept_whole) > 8 else ""
+            ctx.log.append(f"channel-prune: kept whole, torch.fx could not trace: {shown}{more}")
         groups = [g for g in graph.groups if self._may_prune(g)]
         if not groups:
             ctx.log.append("channel-prune: no prunable channel groups; model unchanged")
