@@ -233,3 +233,81 @@ def test_hugging_face_bert_blocks_masks_and_folds():
     # post-norm: attention.output.LayerNorm also feeds the residual, so only value -> output.dense folds
     assert any("layer.0.attention.output.dense -> bert.encoder.layer.0.attention.self.value" in x for x in ctx.log)
     assert isinstance(out.bert.encoder.layer[0].intermediate.dense.inv_scale, torch.Tensor)  # explicit
+
+
+def _tiny_gemma3(layer_types: list[str]):
+    """A random tiny Gemma-3 whose layers alternate sliding-window (local rotary) and global attention."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=len(layer_types), num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=3, layer_types=layer_types, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.Gemma3ForCausalLM(config).eval()
+
+
+def test_each_block_gets_the_arguments_the_model_passes_it():
+    """Sliding-window and global layers take different masks and rotary embeddings: calibration must
+    run each block with its own (per batch), so its outputs equal the model's own block outputs."""
+    model = _tiny_gemma3(["sliding_attention", "full_attention", "sliding_attention", "full_attention"])
+    model.config.use_cache = False  # no KV cache here (the next test has one)
+    ids = torch.randint(0, 64, (4, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(4, 10, dtype=torch.long)
+    mask[2, :3] = 0  # left padding in the second batch only: masks differ per batch too
+    batches = [({"input_ids": ids[:2], "attention_mask": mask[:2]}, None),
+               ({"input_ids": ids[2:], "attention_mask": mask[2:]}, None)]  # fmt: skip
+
+    expected: dict[int, list[tuple]] = {i: [] for i in range(4)}  # the model's own calls and outputs, per block
+    hooks = [layer.register_forward_hook(lambda m, a, k, out, i=i: expected[i].append((k, out)), with_kwargs=True)
+             for i, layer in enumerate(model.model.layers)]  # fmt: skip
+    with torch.no_grad():
+        for inputs, _ in batches:
+            model(**inputs)
+    for h in hooks:
+        h.remove()
+    sliding, full = expected[0][0][0], expected[1][0][0]
+    assert not torch.equal(sliding["position_embeddings"][0], full["position_embeddings"][0])  # the setup differs
+
+    seen: dict[str, list] = {}
+
+    def process(run, groups):  # record what each block is run with and what it returns; compress nothing
+        seen.setdefault(run.prefix, [run.calls, run.forward()])
+
+    select = _selected(model)
+    run_sequential(model, batches, process, select=select, needs=())
+    assert sorted(seen) == [f"model.layers.{i}" for i in range(4)]
+    for i in range(4):
+        calls, outputs = seen[f"model.layers.{i}"]
+        for b, ((_, kwargs), out) in enumerate(zip(calls, outputs)):
+            want_kwargs, want_out = expected[i][b]
+            for key in ("position_embeddings", "attention_mask"):
+                got, want = kwargs[key], want_kwargs[key]
+                assert (got is None) == (want is None), (i, b, key)
+                if want is not None:
+                    assert all(torch.equal(g, w) for g, w in zip(_flat(got), _flat(want))), (i, b, key)
+            torch.testing.assert_close(_hidden(out), _hidden(want_out))
+
+
+def _flat(value):
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _hidden(out):
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def test_gptq_on_a_model_with_sliding_and_global_layers_stays_close():
+    import nncompress as nc
+    from nncompress.core.step import StepContext
+
+    model = _tiny_gemma3(["sliding_attention", "full_attention", "sliding_attention"])
+    model.config.use_cache = True  # a KV cache the model creates must not leak into calibration reruns
+    ids = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(2))
+    batches = [(ids[:4], ids[:4]), (ids[4:], ids[4:])]
+    with torch.no_grad():
+        ref = model(ids).logits
+    task = nc.Task(name="gemma3", train=batches, val=batches, test=batches, baseline=lambda: model)
+    out = nc.GPTQQuantize(bits=8, group_size=16).apply(copy.deepcopy(model), StepContext(task=task))
+    with torch.no_grad():
+        got = out(ids).logits
+    assert float((got - ref).norm() / ref.norm()) < 0.02  # 8-bit: close to float

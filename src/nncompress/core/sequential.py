@@ -9,9 +9,10 @@ walks the model's list of transformer blocks:
 1. find the blocks: the longest ``nn.ModuleList`` / ``nn.Sequential`` whose >= 2 children share a
    class (a GPT's ``blocks``, BERT's ``encoder.layer``); a model without one (an MLP, a CNN) is a
    single block, the whole model;
-2. capture the first block's positional and keyword inputs for every calibration batch with a
-   forward pre-hook that stops the forward (one full forward of the first batch checks that each
-   block feeds the next);
+2. capture every block's positional and keyword arguments for every calibration batch with forward
+   pre-hooks, as the model passes them (layers may differ: sliding-window and global attention
+   take different masks and rotary embeddings), stopping each forward after the last block; only
+   the first block's hidden input is kept, and the run checks that each block feeds the next;
 3. per block: group its Linears by the tensor they read (q, k and v read one norm's output), collect
    each group's input statistics with forward hooks, hand the groups to the method, then rerun the
    now compressed block to produce the next block's inputs.
@@ -44,7 +45,7 @@ Call = tuple[tuple[Any, ...], dict[str, Any]]  # (positional args, keyword args)
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook to end a forward once the first block's inputs are recorded."""
+    """Raised by the capture hook to end a forward once the last block's call is recorded."""
 
 
 # --- statistics -------------------------------------------------------------------------------------
@@ -221,15 +222,33 @@ def _hidden_out(out: Any) -> torch.Tensor:
     return x
 
 
-def _with_hidden(template: Call, first: Call, hidden: torch.Tensor) -> Call:
-    """Block i's call on one batch: ``hidden``, that batch's tensor arguments (``first``: block 0 on
-    it), and block i's own non-tensor arguments (``template``: block i on batch 0, e.g. ``keep=1``)."""
-    (t_args, t_kwargs), (f_args, f_kwargs) = template, first
-    kwargs = {k: f_kwargs[k] if _has_tensor(v) and k in f_kwargs else v for k, v in t_kwargs.items()}
-    if not t_args:
-        return (), {**kwargs, "hidden_states": hidden}
-    rest = tuple(f_args[j] if _has_tensor(a) and j < len(f_args) else a for j, a in enumerate(t_args) if j > 0)
-    return (hidden, *rest), kwargs
+def _with_hidden(call: Call, hidden: torch.Tensor) -> Call:
+    """A block's recorded call with ``hidden`` as its hidden state (first positional arg or ``hidden_states=``)."""
+    args, kwargs = call
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return (), {**kwargs, "hidden_states": hidden}
+
+
+def _without_hidden(call: Call) -> Call:
+    """A block's call with its hidden state dropped (refilled later from the previous block's output)."""
+    args, kwargs = call
+    if args:
+        return (None, *args[1:]), kwargs
+    return (), {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+
+def _is_kv_cache(value: Any) -> bool:
+    """A Hugging Face KV cache (``transformers.Cache`` or a subclass), recognised without importing transformers."""
+    return any(c.__name__ == "Cache" for c in type(value).__mro__)
+
+
+def _without_cache(call: Call) -> Call:
+    """A block's call without a KV cache: a block rerun many times on one batch must not append
+    to one (its keys would repeat), so cache objects become None and ``use_cache`` False."""
+    args, kwargs = call
+    kwargs = {k: None if _is_kv_cache(v) else False if k == "use_cache" else v for k, v in kwargs.items()}
+    return tuple(None if _is_kv_cache(a) else a for a in args), kwargs
 
 
 def _batch_call(inputs: Any) -> Call:
@@ -251,55 +270,60 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def capture_block_inputs(
+def capture_block_calls(
     model: nn.Module, list_name: str, blocks: Sequence[tuple[str, nn.Module]], calls: Sequence[Call]
-) -> tuple[list[Call], list[Call]]:
-    """Per calibration batch, the first block's call; per block, its call on the first batch.
+) -> list[list[Call]]:
+    """Per block, its call (positional and keyword arguments) on every calibration batch, exactly as
+    the model makes it: blocks that differ (sliding-window and global attention, per-layer rotary
+    embeddings or masks) each keep their own arguments.
 
-    The first batch runs the whole model, checking that the blocks run in order, once each, and
-    that each block's hidden input is the previous block's output; the other batches stop at the
-    first block (``_StopForward``).
+    Every batch runs the model up to the end of the last block (then stops, ``_StopForward``),
+    checking that the blocks run in order, once each, and that each block's hidden input is the
+    previous block's output. Only the first block keeps its hidden input; the others' are dropped
+    (the engine refills them from the previous, compressed, block) and so is any KV cache.
     """
-    first: list[Call] = []
-    templates: dict[int, Call] = {}
+    per_block: list[list[Call]] = [[] for _ in blocks]
     order: list[int] = []
     last_out: list[Any] = [None]
     chained: list[bool] = []
-    state = {"full": True}
 
     def pre(i: int) -> Callable:
         def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            if i == 0:
-                first.append((args, kwargs))
-            if not state["full"]:
-                raise _StopForward
             order.append(i)
-            templates.setdefault(i, (args, kwargs))
+            call = _without_cache((args, kwargs))
             if i > 0:
-                chained.append(_hidden_in((args, kwargs)) is last_out[0])
+                chained.append(_hidden_in(call) is last_out[0])
+                call = _without_hidden(call)
+            per_block[i].append(call)
 
         return hook
 
-    def post(_m: nn.Module, _args: tuple, out: Any) -> None:
-        last_out[0] = _hidden_out(out)
+    def post(i: int) -> Callable:
+        def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
+            last_out[0] = _hidden_out(out)
+            if i == len(blocks) - 1:
+                raise _StopForward
+
+        return hook
 
     handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, (_, b) in enumerate(blocks)]
-    handles += [b.register_forward_hook(post) for _, b in blocks]
+    handles += [b.register_forward_hook(post(i)) for i, (_, b) in enumerate(blocks)]
     try:
         for k, (args, kwargs) in enumerate(calls):
-            state["full"] = k == 0
+            del order[:]
             with contextlib.suppress(_StopForward):
                 model(*args, **kwargs)
+            if order != list(range(len(blocks))) or not all(chained):
+                raise ValueError(
+                    f"the blocks of {list_name!r} do not form a chain (each run once, in order, on the previous "
+                    f"one's output; call order seen on batch {k}: {order}); pass blocks='name' of the right list, "
+                    "or blocks='' to treat the whole model as one block"
+                )
     finally:
+        last_out[0] = None
         for h in handles:
             h.remove()
-    if order != list(range(len(blocks))) or not all(chained) or len(first) != len(calls):
-        raise ValueError(
-            f"the blocks of {list_name!r} do not form a chain (each run once, in order, on the previous "
-            f"one's output; call order seen: {order}); pass blocks='name' of the right list, or blocks='' "
-            "to treat the whole model as one block"
-        )
-    return first, [templates[i] for i in range(len(blocks))]
+    return per_block
 
 
 # --- one block ------------------------------------------------------------------------------------------
@@ -576,13 +600,13 @@ def run_sequential(
             todo = [[n for n in selected if n == bn or n.startswith(f"{bn}.")] for bn, _ in block_list]
             if any(todo):
                 try:
-                    first, templates = capture_block_inputs(model, list_name, block_list, calls)
+                    block_calls = capture_block_calls(model, list_name, block_list, calls)
                 except ValueError as e:
                     if blocks is not None:  # asked for by name: say it does not work
                         raise
                     notes.append(f"sequential: the whole model is one block ({e})")
                 else:
-                    visited += _run_blocks(model, block_list, todo, first, templates, process, needs, true_sequential,
+                    visited += _run_blocks(model, block_list, todo, block_calls, process, needs, true_sequential,
                                            max_rows)  # fmt: skip
                     notes.append(f"sequential: {len(block_list)} blocks of {list_name!r}, {len(calls)} batch(es)")
             rest = selected - set(visited)
@@ -606,35 +630,26 @@ def _run_blocks(
     model: nn.Module,
     block_list: list[tuple[str, nn.Module]],
     todo: list[list[str]],
-    first: list[Call],
-    templates: list[Call],
+    block_calls: list[list[Call]],
     process: Process,
     needs: Collection[str],
     true_sequential: bool,
     max_rows: int,
 ) -> list[str]:
     """Process each block's ``todo`` layers in order, feeding each block the previous one's
-    (compressed) outputs; stops after the last block with work."""
+    (compressed) outputs with its own recorded arguments; stops after the last block with work."""
     visited: list[str] = []
-    block_calls = first
+    calls = block_calls[0]
     for i, (name, block) in enumerate(block_list):
-        run = BlockRun(model, name, block, block_calls)
+        run = BlockRun(model, name, block, calls)
         if todo[i]:
             visited += _process_block(run, set(todo[i]), process, needs, true_sequential, max_rows)
         if not any(todo[i + 1 :]):
             break
         hidden = [_hidden_out(out) for out in run.forward()]
-        if i == 0:  # from here on only block 0's other arguments (masks...) are needed, not its inputs
-            first = [_without_hidden(call) for call in first]
-        block_calls = [_with_hidden(templates[i + 1], f, h) for f, h in zip(first, hidden)]
+        calls = [_with_hidden(c, h) for c, h in zip(block_calls[i + 1], hidden)]
+        block_calls[i] = []  # this block's arguments (block 0: its inputs) are no longer needed
     return visited
-
-
-def _without_hidden(call: Call) -> Call:
-    args, kwargs = call
-    if args:
-        return (None, *args[1:]), kwargs
-    return (), {k: v for k, v in kwargs.items() if k != "hidden_states"}
 
 
 def _process_block(
