@@ -112,3 +112,50 @@ def test_task_perplexity_is_pretrained_level(model):
     assert 2.0 < ppl < 100.0  # random weights of this shape: about 54,000
     assert not task.higher_is_better and "smollm2-135m" in nc.tasks.names()
     assert math.isfinite(ppl)
+
+
+# --- nncompress generate -----------------------------------------------------------------------------------
+
+
+def _tiny_llama(vocab: int = 64):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                      use_cache=False)  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_greedy_generate_with_kv_cache_matches_full_recompute():
+    from nncompress.cli.generate import greedy_generate
+
+    model = _tiny_llama()
+    prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(0))
+    ids, stats = greedy_generate(model, prompt, max_new_tokens=6)
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(6):  # no cache: the whole sequence each time
+            expected = torch.cat([expected, model(expected).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(ids, expected) and stats["decode_steps"] == 5 and not stats["stopped_at_eos"]
+
+
+def test_generate_refuses_models_without_a_kv_cache():
+    from nncompress.cli.generate import greedy_generate
+
+    with pytest.raises(ValueError, match="needs a Hugging Face causal LM"):
+        greedy_generate(torch.nn.Linear(2, 2), torch.zeros(1, 2, dtype=torch.long), 2)
+
+
+@needs_model
+def test_generate_command_prints_text_and_decode_speed(tmp_path, capsys):
+    import nncompress as nc
+    from nncompress.cli.main import main
+
+    path = tmp_path / "tiny.ncz"
+    nc.save(_tiny_llama(vocab=49152), path)
+    assert main(["generate", str(path), "--prompt", "Hello", "--max-new-tokens", "4", "--json"]) == 2
+    assert "transformers" in capsys.readouterr().err  # HF classes load only when trusted
+    trust = ["--trust", "transformers", "--trust", "kernels"]  # HF layers reference `kernels` when it is installed
+    assert main(["generate", str(path), "--prompt", "Hello", "--max-new-tokens", "4", *trust, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"new_tokens": 4' in out and '"decode_tokens_per_s"' in out

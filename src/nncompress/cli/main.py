@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from nncompress.cli import commands
+from nncompress.cli import commands, generate
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, PermissionError)
 
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated techniques to search: lowrank, prune, quantize (default: all)")
     p.add_argument("--json", action="store_true", help="print search.json instead of the summary")
     latency_args(p)
+    generate.register(sub)
     return parser
 
 
