@@ -204,8 +204,10 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert export_onnx(model, path, x, overwrite=True).bytes > 4
     with pytest.raises(ValueError, match=r"opset must be an integer in \[13, 20\].*got 9"):
         export_onnx(model, tmp_path / "o.onnx", x, opset=9)
-    with pytest.raises(ValueError, match="tensor or a tuple of tensors, got dict"):
-        export_onnx(model, tmp_path / "o.onnx", {"x": x})
+    with pytest.raises(ValueError, match="a tensor, a tuple of tensors or a dict of keyword tensors, got str"):
+        export_onnx(model, tmp_path / "o.onnx", "x")
+    with pytest.raises(ValueError, match="a dict with no tensor values"):
+        export_onnx(model, tmp_path / "o.onnx", {"x": 1})
     dynamic = _apply(nc.DynamicInt8Quantize(backend="torch"), init_model("mlp"), make_task(n_train=64))
     with pytest.raises(ValueError, match=r"'fc1' is a torch.ao Linear .*int8-dynamic.*accepted: plain PyTorch"):
         export_onnx(dynamic, tmp_path / "o.onnx", x)

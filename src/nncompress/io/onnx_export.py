@@ -14,7 +14,15 @@
 
 The exporter is PyTorch's TorchScript one (``dynamo=False``, as ``int8-static`` uses): it is fast
 (well under a second for the reference models, against seconds for ``torch.export``) and its
-``autograd.Function.symbolic`` hook writes the packed layers' nodes directly.
+``autograd.Function.symbolic`` hook writes the packed layers' nodes directly. Where it fails, or
+ONNX Runtime refuses its graph (Hugging Face decoders: ``aten::diff`` in their mask code), a
+model without packed layers is exported again with the dynamo exporter (``torch.export``), and
+``notes`` say so.
+
+Inputs may be keyword arguments (a dict, as Hugging Face models take them): the graph's inputs
+are named after the keys. Outputs may be a tensor, a tuple, a dict or a ``ModelOutput``: every
+tensor in it becomes a graph output (caches and other non-tensors are left out); a model whose
+``forward`` takes ``use_cache`` is exported with ``use_cache=False`` unless the inputs set it.
 
 Example:
     >>> result = export_onnx(model, "model.onnx", torch.randn(8, 1, 28, 28))  # doctest: +SKIP
@@ -24,10 +32,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,14 +88,80 @@ class OnnxExport:
         return asdict(self)
 
 
-def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
-        raise ValueError(f"example_inputs must be a tensor or a tuple of tensors, got {kinds}")
-    if any(t.dim() == 0 for t in inputs):
+@dataclass
+class _Inputs:
+    """Example inputs split into graph inputs (tensors, named) and fixed keyword settings."""
+
+    names: list[str]
+    tensors: tuple[torch.Tensor, ...]
+    keywords: bool  # the tensors are passed by name (a dict was given)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_inputs(example_inputs: Any) -> _Inputs:
+    """A tensor, a tuple of tensors, or a dict of keyword arguments -> named graph inputs."""
+    if isinstance(example_inputs, dict):
+        tensors = {k: v for k, v in example_inputs.items() if isinstance(v, torch.Tensor)}
+        fixed = {k: v for k, v in example_inputs.items() if not isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise ValueError("example_inputs is a dict with no tensor values; give at least one tensor input")
+        inputs = tuple(tensors.values())
+        result = _Inputs([str(k) for k in tensors], tuple(t.detach().cpu() for t in inputs), True, fixed)
+    else:
+        inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+            kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
+            raise ValueError(
+                f"example_inputs must be a tensor, a tuple of tensors or a dict of keyword tensors, got {kinds}")
+        names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
+        result = _Inputs(names, tuple(t.detach().cpu() for t in inputs), False)
+    if any(t.dim() == 0 for t in result.tensors):
         raise ValueError("example_inputs need a batch axis (axis 0); got a 0-d tensor")
-    return tuple(t.detach().cpu() for t in inputs)
+    return result
+
+
+def _flat_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output (tensor, tuple, dict, ``ModelOutput``), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):  # ModelOutput is an OrderedDict of its non-None fields
+        return [t for v in out.values() for t in _flat_tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flat_tensors(v)]
+    return []  # caches and other objects have no place in a graph
+
+
+class _Exported(nn.Module):
+    """Calls the model as the example inputs say (positional or by keyword) and returns every
+    output tensor as a flat tuple, so both exporters see a tensors-in, tensors-out function."""
+
+    def __init__(self, model: nn.Module, inputs: _Inputs) -> None:
+        super().__init__()
+        self.model, self.names, self.keywords, self.fixed = model, inputs.names, inputs.keywords, inputs.fixed
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.keywords:
+            out = self.model(**self.fixed, **dict(zip(self.names, tensors, strict=True)))
+        else:
+            out = self.model(*tensors)
+        flat = _flat_tensors(out)
+        if not flat:
+            raise ValueError(f"the model returned no tensor (got {type(out).__name__})")
+        return tuple(flat)
+
+
+def _no_cache(model: nn.Module, inputs: _Inputs) -> list[str]:
+    """Export without a key/value cache when the model can make one and the inputs do not say."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return []
+    if inputs.keywords and "use_cache" in params and "use_cache" not in inputs.fixed:
+        inputs.fixed["use_cache"] = False
+        return ["exported with use_cache=False: the graph returns outputs, not a key/value cache"]
+    return []
 
 
 def _check_supported(model: nn.Module) -> None:
@@ -146,28 +223,78 @@ def _torch_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[t
     return [o.detach().float() for o in outs]
 
 
+def _output_names(n_outputs: int) -> list[str]:
+    return ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1: on failure the TorchScript exporter prints its whole IR graph from
+    C++ (its ONNX log is switched on by mistake in torch 2.x), which Python's redirect cannot catch."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _torchscript_export(
-    work: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, n_outputs: int, *, fold: bool, contrib: bool
-) -> tuple[bytes, list[str], list[str]]:
+    work: nn.Module, inputs: _Inputs, opset: int, n_outputs: int, *, fold: bool, contrib: bool
+) -> bytes:
     """Serialized ONNX from the TorchScript exporter, every input and output dynamic in axis 0."""
-    input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
-    output_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+    output_names = _output_names(n_outputs)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_stdout():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
         torch.onnx.export(
             work,
-            inputs,
+            inputs.tensors,
             buffer,
-            input_names=input_names,
+            input_names=inputs.names,
             output_names=output_names,
-            dynamic_axes={n: {0: "batch"} for n in [*input_names, *output_names]},
+            dynamic_axes={n: {0: "batch"} for n in [*inputs.names, *output_names]},
             opset_version=opset,
             do_constant_folding=fold,
             custom_opsets={"com.microsoft": 1} if contrib else None,
             dynamo=False,
         )
-    return buffer.getvalue(), input_names, output_names
+    return buffer.getvalue()
+
+
+DYNAMO_MIN_OPSET = 18  # the dynamo exporter writes opset 18 and up
+
+
+def _dynamo_export(work: nn.Module, inputs: _Inputs, opset: int, n_outputs: int) -> tuple[bytes, list[str]]:
+    """Serialized ONNX from the dynamo exporter (``torch.export``), batch axis dynamic where it can be."""
+    from torch.export import Dim
+
+    notes = []
+    kwargs: dict[str, Any] = {
+        "input_names": inputs.names, "output_names": _output_names(n_outputs),
+        "opset_version": max(opset, DYNAMO_MIN_OPSET), "dynamo": True, "verbose": False,
+    }
+    if opset < DYNAMO_MIN_OPSET:
+        notes.append(f"opset {DYNAMO_MIN_OPSET} (the dynamo exporter's lowest) instead of {opset}")
+    batch = Dim("batch")
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            shapes = (tuple({0: batch} for _ in inputs.tensors),)  # one entry: forward(*tensors)
+            program = torch.onnx.export(work, inputs.tensors, dynamic_shapes=shapes, **kwargs)
+        except Exception:  # the batch axis could not stay symbolic: fix it at the example's size
+            program = torch.onnx.export(work, inputs.tensors, **kwargs)
+            notes.append(f"batch axis fixed at {inputs.tensors[0].shape[0]} (torch.export could not keep it dynamic)")
+    return program.model_proto.SerializeToString(), notes
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _ort_max_error(
@@ -176,7 +303,9 @@ def _ort_max_error(
     """Max |ONNX Runtime - PyTorch| over every output (ValueError when ONNX Runtime refuses the graph)."""
     try:
         session = ort_session(model_bytes)
-        outs = session.run(None, {n: t.contiguous().numpy() for n, t in zip(input_names, inputs)})
+        graph_inputs = {i.name for i in session.get_inputs()}
+        feed = {n: t.contiguous().numpy() for n, t in zip(input_names, inputs) if n in graph_inputs}
+        outs = session.run(None, feed)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ValueError(f"ONNX Runtime could not run the exported graph: {str(e).splitlines()[0]}") from e
     if len(outs) != len(reference):
@@ -206,6 +335,40 @@ def _opset_of(model_bytes: bytes) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _export_traced(
+    model: nn.Module, inputs: _Inputs, opset: int
+) -> tuple[bytes, float, list[torch.Tensor], dict[str, str], list[str]]:
+    """Export with the TorchScript exporter, else (no packed layers) the dynamo one; check in ONNX Runtime.
+
+    Returns the graph, its max error against PyTorch, the reference outputs, layer forms and notes.
+    """
+    notes = _no_cache(model, inputs)
+    work, layers, copy_notes = _export_copy(model)
+    notes += copy_notes
+    wrapped = _Exported(work, inputs).eval()
+    reference = _torch_outputs(wrapped, inputs.tensors)
+    packed = any(not label.startswith("fp32") for label in layers.values())
+    contrib = any(label.startswith("MatMulNBits") for label in layers.values())
+    try:  # with packed layers, folding would turn their Cast/Gather back into fp32 initializers
+        data = _torchscript_export(wrapped, inputs, opset, len(reference), fold=not packed, contrib=contrib)
+        return data, _ort_max_error(data, inputs.names, inputs.tensors, reference), reference, layers, notes
+    except Exception as e:  # the exporter raises many types; name the model and what is supported
+        first = e
+    name = type(model).__name__
+    if packed:  # the dynamo exporter would not write the packed layers' own nodes
+        raise ValueError(f"torch.onnx.export failed on {name}: {_first_line(first)}; accepted: {SUPPORTED}") from first
+    try:
+        data, dynamo_notes = _dynamo_export(wrapped, inputs, opset, len(reference))
+        error = _ort_max_error(data, inputs.names, inputs.tensors, reference)
+    except Exception as e:
+        raise ValueError(
+            f"torch.onnx.export failed on {name}: TorchScript exporter: {_first_line(first)}; dynamo exporter: "
+            f"{_first_line(e.__cause__ or e)}; accepted: {SUPPORTED}"
+        ) from e
+    notes.append(f"written by the dynamo exporter (torch.export): the TorchScript one failed ({_first_line(first)})")
+    return data, error, reference, layers, notes + dynamo_notes
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -220,7 +383,8 @@ def export_onnx(
     Args:
         model: any model nncompress produces (see the module docstring), in eval mode or not.
         path: the ``.onnx`` file; written atomically (a temporary file renamed into place).
-        example_inputs: a tensor or tuple of tensors with a batch axis 0, to trace and to check.
+        example_inputs: a tensor, a tuple of tensors, or a dict of keyword arguments (tensors, and
+            fixed settings such as flags), each tensor with a batch axis 0, to trace and to check.
         opset: default-domain opset for traced graphs, 13 to 20 (an ``int8-static`` graph keeps its own).
         overwrite: replace an existing file (else FileExistsError).
 
@@ -248,23 +412,14 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        reference = _torch_outputs(model, inputs)
         if isinstance(model, OnnxRuntimeModule):
+            reference = _torch_outputs(model, inputs.tensors)
             data, input_names, output_names, layers = _runtime_module_proto(model)
             notes = ["the model's own ONNX Runtime int8 graph written as it is"]
+            error = _ort_max_error(data, input_names, inputs.tensors, reference)
         else:
-            work, layers, notes = _export_copy(model)
-            packed = any(not label.startswith("fp32") for label in layers.values())
-            contrib = any(label.startswith("MatMulNBits") for label in layers.values())
-            try:  # with packed layers, folding would turn their Cast/Gather back into fp32 initializers
-                data, input_names, output_names = _torchscript_export(
-                    work, inputs, opset, len(reference), fold=not packed, contrib=contrib
-                )
-            except Exception as e:  # the exporter raises many types; name the model and what is supported
-                why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                name = type(model).__name__
-                raise ValueError(f"torch.onnx.export failed on {name}: {why}; accepted: {SUPPORTED}") from e
-        error = _ort_max_error(data, input_names, inputs, reference)
+            data, error, reference, layers, notes = _export_traced(model, inputs, opset)
+            input_names, output_names = inputs.names, _output_names(len(reference))
     finally:
         model.train(was_training)
     atomic_write_bytes(target, data)

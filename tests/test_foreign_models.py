@@ -1,0 +1,112 @@
+"""A fast subset of the foreign zoo (tests/foreign_zoo.py): models nncompress did not write.
+
+Channel pruning must make torchvision, timm and Hugging Face models physically smaller and keep
+them running; ONNX export must take keyword inputs and Hugging Face outputs and fall back to the
+dynamo exporter where the TorchScript one fails, checked in ONNX Runtime. The full matrix (every
+step family over every zoo model) is ``benchmarks/coverage.py``.
+"""
+
+from __future__ import annotations
+
+import foreign_zoo as fz
+import pytest
+import torch
+from torch import nn
+
+from nncompress.core.step import StepContext
+from nncompress.io.onnx_export import export_onnx
+from nncompress.prune.graph import trace_channels
+from nncompress.prune.structured import ChannelPrune
+from nncompress.tasks.task import call_model
+
+pytest.importorskip("transformers")
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def channel_prune(name: str, sparsity: float = 0.5) -> tuple[nn.Module, nn.Module, list[str]]:
+    """(original, pruned, log) of one zoo model at ``sparsity``."""
+    entry = fz.get(name)
+    original, model = entry.build(), entry.build()
+    ctx = StepContext(task=entry.task(batches=1))
+    with torch.no_grad():
+        pruned = ChannelPrune(sparsity=sparsity).apply(model, ctx)
+    return original, pruned, ctx.log
+
+
+@pytest.mark.parametrize(("name", "at_least"), [
+    ("tv-mobilenet_v3_small", 0.5),
+    ("tv-shufflenet_v2_x0_5", 0.4),
+    ("timm-efficientnet_b0", 0.5),  # BatchNormAct2d: 8% fewer parameters before it was traced as a norm
+    ("timm-regnetx_002", 0.5),  # BatchNormAct2d inside ConvNormAct: nothing pruned before
+    ("timm-convnext_atto", 0.5),  # LayerNorm2d
+])
+def test_channel_prune_shrinks_vision_models_and_they_still_run(name, at_least):
+    original, pruned, _ = channel_prune(name)
+    assert params(pruned) < (1 - at_least) * params(original)
+    x = fz.get(name).example()
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == original(x).shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["hf-llama", "hf-t5"])
+def test_hugging_face_models_are_traced_part_by_part(name):
+    """The model's own forward is not fx-traceable; its MLPs are, so their hidden width is cut."""
+    original, pruned, log = channel_prune(name)
+    assert any("kept whole, torch.fx could not trace: (the model's own forward)" in line for line in log)
+    mlp_widths = [m.out_features for n, m in pruned.named_modules()
+                  if n.endswith(("mlp.gate_proj", "DenseReluDense.wi"))]
+    assert mlp_widths and all(w == 64 for w in mlp_widths)  # 128 -> 64
+    assert params(pruned) < params(original)
+    x = fz.get(name).example()
+    with torch.no_grad():
+        out = fz.logits_of(call_model(pruned, x))
+    assert out.shape == fz.logits_of(call_model(original, x)).shape
+
+
+def test_timm_fused_norm_act_is_one_group_member():
+    entry = fz.get("timm-efficientnet_b0")
+    model = entry.build()
+    graph = trace_channels(model, entry.example())
+    norms = {m.name for g in graph.groups for m in g.members if m.kind == "norm"}
+    assert "bn1" in norms and type(model.bn1).__name__ == "BatchNormAct2d"
+    assert not graph.kept_whole
+
+
+@pytest.mark.parametrize("name", ["hf-gpt2", "hf-t5", "hf-bert"])
+def test_onnx_export_takes_keyword_inputs_and_model_outputs(name, tmp_path):
+    entry = fz.get(name)
+    model, x = entry.build(), entry.example()
+    result = export_onnx(model, tmp_path / "m.onnx", x)
+    assert result.input_names == list(x)
+    assert result.max_abs_error < 1e-4 < result.max_abs_output
+    if name != "hf-bert":
+        assert any("use_cache=False" in note for note in result.notes)
+
+
+class WithDiff(nn.Module):
+    """torch.diff, which the TorchScript exporter cannot write (as in older HF mask code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.diff(x, dim=-1, prepend=x[:, :1]))
+
+
+def test_onnx_export_falls_back_to_the_dynamo_exporter(tmp_path):
+    model = WithDiff().eval()
+    result = export_onnx(model, tmp_path / "d.onnx", torch.randn(2, 8))
+    assert result.max_abs_error < 1e-5 and result.opset >= 18
+    assert any("dynamo exporter" in note and "aten::diff" in note for note in result.notes)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 8)  # another batch size: the batch axis stayed dynamic
+    (out,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
