@@ -167,6 +167,16 @@ def test_tasks_from_texts_and_a_tokenizer():
     cls = sequence_classification_task(tiny("bert"), texts, labels, tokenizer=tok, batch_size=4)
     assert cls.name == "bert-classification" and cls.higher_is_better
     assert 0.0 <= evaluate(cls.baseline(), cls.test, cls.metric_fn) <= 1.0
+    # a tokenizer's own BatchEncoding (a Mapping, not a dict) is passed as keyword inputs too
+    encoded = tok(texts[:4], return_tensors="pt", padding=True)
+    assert not isinstance(encoded, dict)
+    model, y = cls.baseline(), torch.tensor(labels[:4])
+    with torch.no_grad():
+        want = (model(**encoded).logits.argmax(-1) == y).float().mean().item()
+    assert evaluate(model, [(encoded, y)], "accuracy") == want
+    report = nc.measure(model, nc.Task("enc", [(encoded, y)], [(encoded, y)], [(encoded, y)], baseline=lambda: model),
+                        config=MeasureConfig(latency=False))
+    assert report.metric["value"] == want and report.macs > 0
 
 
 _CONV1D_PENDING = pytest.mark.xfail(

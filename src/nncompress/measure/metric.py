@@ -4,7 +4,7 @@ batch to batch and a large model's logits over a split never sit in memory at on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -27,7 +27,7 @@ def describe_inputs(inputs: Any) -> str:
     """A short description of a batch's inputs for error messages: shapes, or the type."""
     if isinstance(inputs, torch.Tensor):
         return str(tuple(inputs.shape))
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return "{" + ", ".join(f"{k}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
     if isinstance(inputs, (tuple, list)):
         return "(" + ", ".join(describe_inputs(v) for v in inputs) + ")"

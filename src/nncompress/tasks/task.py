@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +96,7 @@ def slice_batch(inputs: Any, n: int) -> Any:
         return inputs[:n] if inputs.dim() else inputs
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(slice_batch(x, n) for x in inputs)
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):  # dict, or a tokenizer's BatchEncoding
         return {k: slice_batch(v, n) for k, v in inputs.items()}
     if inputs is None or isinstance(inputs, (bool, int, float, str)):
         return inputs
@@ -112,7 +112,7 @@ def repeat_batch(inputs: Any, n: int) -> Any:
         return inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:n]
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(repeat_batch(x, n) for x in inputs)
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return {k: repeat_batch(v, n) for k, v in inputs.items()}
     if inputs is None or isinstance(inputs, (bool, int, float, str)):
         return inputs
@@ -120,9 +120,9 @@ def repeat_batch(inputs: Any, n: int) -> Any:
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Call the model on a batch's inputs: a tensor, a tuple of positional args, or kwargs; returns
+    """Call the model on a batch's inputs: a tensor, a tuple of positional args, or a mapping of kwargs; returns
     what the model returns (take :func:`primary_output` of it for the prediction tensor)."""
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):  # dict, or a tokenizer's BatchEncoding
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
