@@ -7,6 +7,7 @@ Element-wise work (activations, normalization, additions) is not counted, as is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ def _batch_size(inputs: Any) -> int:
     first = inputs
     while isinstance(first, (tuple, list)) and first:
         first = first[0]
-    if isinstance(first, dict) and first:
+    if isinstance(first, Mapping) and first:  # dict, or a tokenizer's BatchEncoding
         first = next(iter(first.values()))
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
 
