@@ -52,14 +52,18 @@ def test_channel_prune_shrinks_vision_models_and_they_still_run(name, at_least):
     assert out.shape == original(x).shape and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["hf-llama", "hf-t5"])
+@pytest.mark.parametrize("name", ["hf-llama", "hf-t5", "hf-gpt2"])
 def test_hugging_face_models_are_traced_part_by_part(name):
-    """The model's own forward is not fx-traceable; its MLPs are, so their hidden width is cut."""
+    """The model's own forward is not fx-traceable; its MLPs are, so their hidden width is cut
+    (GPT-2's Conv1D layers rewritten as nn.Linear first)."""
     original, pruned, log = channel_prune(name)
     assert any("kept whole, torch.fx could not trace: (the model's own forward)" in line for line in log)
-    mlp_widths = [m.out_features for n, m in pruned.named_modules()
-                  if n.endswith(("mlp.gate_proj", "DenseReluDense.wi"))]
-    assert mlp_widths and all(w == 64 for w in mlp_widths)  # 128 -> 64
+    def mlp_widths(model: nn.Module) -> list[int]:
+        return [m.weight.shape[0] if isinstance(m, nn.Linear) else m.weight.shape[1]  # HF Conv1D: (in, out)
+                for n, m in model.named_modules() if n.endswith(("mlp.gate_proj", "DenseReluDense.wi", "mlp.c_fc"))]
+
+    before = mlp_widths(original)
+    assert before and mlp_widths(pruned) == [w // 2 for w in before]
     assert params(pruned) < params(original)
     x = fz.get(name).example()
     with torch.no_grad():

@@ -264,10 +264,9 @@ def _trace_part(
         raise _Untraceable(f"more than {MAX_RETRIES} submodules failed to trace")
     walker = _Walker(fx.GraphModule(module, graph), module, opaque | set(kept))
     placeholders = [str(n.target).lstrip("*") for n in graph.nodes if n.op == "placeholder"]
-    if len(placeholders) == len(values):  # one per parameter, in signature order (fx may rename them)
-        inputs = list(values.values())
-    else:
-        inputs = [values.get(name) for name in placeholders]
+    # one placeholder per parameter, in signature order (fx may rename them: is_causal_1)
+    same = len(placeholders) == len(values)
+    inputs = list(values.values()) if same else [values.get(name) for name in placeholders]
     walker.run(*inputs)
     return ChannelGraph(walker.spaces.groups(), walker.followers, kept)
 

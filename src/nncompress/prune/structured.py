@@ -309,6 +309,13 @@ class ChannelPrune(Step):
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        from nncompress.base.canonical import canonicalize
+
+        canonical = canonicalize(model, kinds=("hf-conv1d",))  # GPT-2's Conv1D: a Linear the cutters know
+        model = canonical.model
+        if canonical.replaced:
+            ctx.log.append(f"channel-prune: {len(canonical.replaced)} Hugging Face Conv1D layer(s) rewritten as "
+                           "nn.Linear (same outputs) so their channels can be cut")
         check_exclude(model, self.exclude)
         modules = dict(model.named_modules())
         opaque = [n for n in self.exclude if n in modules and not isinstance(modules[n], LAYERS)]
