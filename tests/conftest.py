@@ -11,6 +11,10 @@ import nncompress as nc
 from nncompress.models import LeNet5, LeNet300100, ResNet, VisionTransformer
 from nncompress.tasks.batches import TensorBatches
 
+# Artifacts of the models these test helpers define load back: loading imports only nncompress's and
+# torch.nn's classes unless told (nncompress.io.trust), and these two modules are ours.
+nc.io.trust_modules("llm_archs", "prune_archs")
+
 import_torchvision()  # before anything (transformers included) imports it: see torchvision_compat.py
 
 

@@ -214,3 +214,147 @@ def test_console_script_help():
     for argv in ([], ["compress"], ["zoo"], ["evaluate"]):
         proc = subprocess.run([exe, *argv, "--help"], capture_output=True, text=True, check=False)
         assert proc.returncode == 0 and "usage: nncompress" in proc.stdout
+
+
+# --- hardened inputs (issue 22): each refused in one line, exit 2, before any work --------------
+
+
+def _compress(tmp_path, capsys, *extra, recipe="prune-finetune", out=None, task="no-such-task"):
+    """``compress`` with a task that cannot load: an error about anything else came before the work."""
+    argv = ["compress", "--task", task, "--recipe", recipe, "--out", tmp_path / "o" if out is None else out]
+    return run([*argv, *extra], capsys)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("list.json", "[1, 2]", "top level must be a table"),
+        ("string.json", '"prune"', "top level must be a table"),
+        ("kind.toml", 'steps = [{kind = ["x"]}]\n', "'kind' must be a step name"),
+        ("nokind.json", '{"steps": [{}]}', "'kind' must be a step name"),
+        ("latin1.toml", b'name = "caf\xe9"\n', "not UTF-8"),
+    ],
+)
+def test_bad_recipe_files_are_refused_naming_the_file(name, text, needle, tmp_path, capsys):
+    recipe = tmp_path / name
+    recipe.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, _, err = _compress(tmp_path, capsys, recipe=recipe)
+    assert_one_line_error(code, err, str(recipe), needle)
+
+
+def test_out_under_a_file_empty_or_unwritable_is_refused_before_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = _compress(tmp_path, capsys, out=afile / "sub")
+    assert_one_line_error(code, err, "afile is a file, not a folder")
+    code, _, err = _compress(tmp_path, capsys, out="")
+    assert_one_line_error(code, err, "--out must be a path")
+    code, _, err = _compress(tmp_path, capsys, out="/proc/nncompress-run")  # not writable, even for root
+    assert_one_line_error(code, err, "cannot write in /proc")
+
+
+def test_every_file_of_a_run_needs_overwrite(tmp_path, capsys):
+    for name in ("model.ncz", "report.json", "report.html"):
+        out = tmp_path / name.replace(".", "-")
+        out.mkdir()
+        (out / name).write_text("the user's file")
+        code, _, err = _compress(tmp_path, capsys, out=out)
+        assert_one_line_error(code, err, name, "--overwrite")
+        assert (out / name).read_text() == "the user's file"
+
+
+@pytest.mark.parametrize("seed", [str(2**70), "-1", "1.5", "x"])
+def test_out_of_range_seeds_are_refused_in_one_line(seed, tmp_path, capsys):
+    code, _, err = _compress(tmp_path, capsys, "--seed", seed)
+    assert_one_line_error(code, err, "--seed", "4294967295")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["compress"], ["nope"], ["evaluate"], ["compress", "--task", "x", "--recipe", "y", "--out", "z", "--bogus"], []],
+)
+def test_argparse_errors_take_one_line(argv, capsys):
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err)
+
+
+def test_evaluate_refuses_untrusted_classes_and_trust_loads_them(tmp_path, file_task, capsys):
+    import nncompress as nc
+    from nncompress.tasks import get
+
+    other = tmp_path / "other.py"  # the model's class lives in a file the command was not given
+    other.write_text(textwrap.dedent(TASK_FILE))
+    artifact = nc.save(get(f"{other}:make").baseline(), tmp_path / "m.ncz")
+    module = "nncompress_user_other_"  # tasks/loading.py names a file task's module after its stem
+    code, _, err = run(["evaluate", artifact, "--task", f"{file_task}:make", "--no-latency"], capsys)
+    assert_one_line_error(code, err, "m.ncz", module, "--trust")
+    trusted = next(m for m in __import__("sys").modules if m.startswith(module))
+    code, out, err = run(
+        ["evaluate", artifact, "--task", f"{file_task}:make", "--no-latency", "--trust", trusted], capsys
+    )
+    assert code == 0, err
+    assert "metric" in json.loads(out)
+    code, _, err = run(["evaluate", artifact, "--task", f"{file_task}:make", "--trust", "os"], capsys)
+    assert_one_line_error(code, err, "refusing to trust 'os'")
+
+
+def test_evaluate_of_a_crafted_artifact_runs_no_code(tmp_path, file_task, capsys):
+    import pickle
+    import zipfile
+
+    import nncompress as nc
+    from nncompress.models import LeNet300100
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    good = nc.save(LeNet300100(), tmp_path / "good.ncz")
+    evil = tmp_path / "evil.ncz"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        manifest = json.loads(zin.read("manifest.json"))
+        manifest.pop("sha256")
+        zout.writestr("manifest.json", json.dumps(manifest))
+        zout.writestr("tensors.safetensors", zin.read("tensors.safetensors"))
+        zout.writestr("skeleton.pkl", pickle.dumps((Evil(), 0)))
+    for command in ("evaluate", "measure"):
+        code, _, err = run([command, evil, "--task", f"{file_task}:make", "--no-latency"], capsys)
+        assert_one_line_error(code, err, "evil.ncz", "not allowed to load")
+    code, _, err = run(["export", evil, "--task", f"{file_task}:make", "--out", tmp_path / "m.onnx"], capsys)
+    assert_one_line_error(code, err, "evil.ncz", "not allowed to load")
+    assert not marker.exists()
+
+
+def test_a_run_is_swapped_into_place_whole(tmp_path, monkeypatch):
+    """An interrupted write leaves the old run as it was; a finished one keeps the user's other files."""
+    from conftest import make_task
+
+    import nncompress as nc
+    import nncompress.io.run as run_io
+    from nncompress.prune import MagnitudePrune
+
+    task = make_task()
+    step = MagnitudePrune(sparsity=0.5)
+    result = nc.compress(task.baseline(), [step], task, measure_config=nc.MeasureConfig(latency=False))
+    out = tmp_path / "run"
+    run_io.write_run(result, out, overwrite=False)
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_io, "render_html", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_io.write_run(result, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left behind
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_io.write_run(result, out, overwrite=False)
+    run_io.write_run(result, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert nc.load(out / "model.ncz") is not None

@@ -165,7 +165,7 @@ def test_task_from_file(tmp_path):
     assert task.single_example().shape == (1, 6)
     model = task.baseline()
     # artifacts of models defined in the file load back (the module name is stable)
-    back = nc.load(nc.save(model, tmp_path / "m.ncz"))
+    back = nc.load(nc.save(model, tmp_path / "m.ncz"), trust=(type(model).__module__,))  # the file it came from
     torch.testing.assert_close(back(task.single_example()), model(task.single_example()))
     with pytest.raises(ValueError, match="no callable 'nope'"):
         get(f"{path}:nope")

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,14 @@ def _run(args: argparse.Namespace, recipe_spec: str) -> Any:
     from nncompress.report.html import HTML_NAME
     from nncompress.tasks import get
 
-    out = check_out_dir(args.out, overwrite=args.overwrite)
+    out = check_out_dir(args.out, overwrite=args.overwrite)  # empty, under a file, unwritable, taken
     recipe = load_recipe(recipe_spec)  # validate before any slow work
+    measure_config = _measure_config(args)
     task = get(args.task, data_dir=args.data_dir)
     model = task.baseline()
-    result = compress(model, recipe, task, seed=args.seed, measure_config=_measure_config(args))
-    created = not out.exists()
-    try:
-        artifact, report_path = write_run(result, out)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    result = compress(model, recipe, task, seed=args.seed, measure_config=measure_config)
+    # written into a temporary sibling folder and renamed into place: all new files or none
+    artifact, report_path = write_run(result, out, overwrite=args.overwrite)
     if args.json:
         return json.loads(report_path.read_text())
     rep = result.report
@@ -61,12 +56,27 @@ def compress(args: argparse.Namespace) -> Any:
     return _run(args, args.recipe)
 
 
+def _trust(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--trust`` modules (checked), plus the module of a ``path/file.py:factory`` task: the user
+    chose to run that file's code, so its classes may load from the artifact."""
+    from nncompress.io.trust import normalize_trust
+
+    trust = normalize_trust(getattr(args, "trust", None) or ())
+    spec = getattr(args, "task", None) or ""
+    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        from nncompress.tasks.loading import _module_name
+
+        trust += (_module_name(Path(spec.rpartition(":")[0])),)
+    return trust
+
+
 def _load_artifact_for(args: argparse.Namespace):
     from nncompress.io.artifact import load
     from nncompress.tasks import get
 
+    trust = _trust(args)  # a bad --trust is refused before the task loads
     task = get(args.task, data_dir=args.data_dir)  # first: a file task defines the model's classes
-    return task, load(args.artifact)
+    return task, load(args.artifact, trust=trust)
 
 
 def evaluate(args: argparse.Namespace) -> Any:
@@ -181,8 +191,8 @@ def report(args: argparse.Namespace) -> Any:
             f"no report.json in {args.dir} (give a folder written by `compress`)"
         )
     try:
-        rep = CompressionReport.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        rep = CompressionReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
         raise ValueError(f"{path} is not a valid nncompress report: {e}") from e
     return run_tables(rep.baseline, rep.final) + f"\n\nwrote {render_html(args.dir)}"
 
@@ -191,9 +201,12 @@ def search(args: argparse.Namespace) -> Any:
     """Search per-layer compression within a budget; print the chosen model's summary."""
     import sys
 
+    from nncompress.io.run import check_writable_path
     from nncompress.search import Budget, SearchConfig, SearchSpace
     from nncompress.search import search as run_search
     from nncompress.train.progress import progress_enabled
+
+    check_writable_path(args.out)  # before any slow work
 
     budget = Budget(max_drop=args.max_drop, max_bytes=args.max_bytes, max_macs=args.max_macs,
                     max_latency_ms=args.max_latency_ms)
@@ -221,8 +234,11 @@ def search(args: argparse.Namespace) -> Any:
 def export(args: argparse.Namespace) -> Any:
     """Export an artifact to ONNX on the task's example inputs; print where, how big, how exact."""
     from nncompress.io.onnx_export import export_onnx, export_summary
+    from nncompress.io.run import check_writable_path
 
-    out = Path(args.out)
+    out = check_writable_path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give the .onnx file to write")
     if out.exists() and not args.overwrite:  # before any slow work
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     task, model = _load_artifact_for(args)

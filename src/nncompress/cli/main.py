@@ -1,7 +1,11 @@
 """The ``nncompress`` command: thin wrappers over the Python API.
 
-User errors (bad paths, names, settings, corrupt artifacts, models that do not run) print one
-line ``nncompress: error: ...`` naming what was wrong and what is accepted, and exit with code 2.
+User errors (bad paths, names, settings, corrupt artifacts, models that do not run, and bad
+command lines) print one line ``nncompress: error: ...`` naming what was wrong and what is accepted,
+and exit with code 2.
+
+Loading an artifact runs no code from it: classes outside nncompress and ``torch.nn`` load only from
+modules named with ``--trust MODULE`` (and from the file of a ``path/file.py:factory`` task).
 """
 
 from __future__ import annotations
@@ -13,20 +17,55 @@ from collections.abc import Sequence
 
 from nncompress.cli import commands, generate
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, PermissionError)
+USER_ERRORS = (
+    ValueError, FileNotFoundError, FileExistsError, TypeError, PermissionError, NotADirectoryError, IsADirectoryError,
+)
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it
+
+
+class UsageError(Exception):
+    """A command line argparse cannot parse (reported in one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors raise ``UsageError`` (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def seed_arg(text: str) -> int:
+    """``--seed``: an integer in [0, 2**32 - 1], refused before any work."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer in [0, {SEED_MAX}], got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer in [0, {SEED_MAX}], got {text}")
+    return value
+
+
+TRUST_HELP = (
+    "also load classes and functions of MODULE (and its submodules) from the artifact, e.g. "
+    "transformers, timm or your package; repeatable. Loading never runs other code from the file, "
+    "but a trusted module's classes run when rebuilt: trust only packages you would import anyway"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nncompress",
         description="Compress trained PyTorch models and report what each step cost and gained.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
         return p
+
+    def trust_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--trust", action="append", default=[], metavar="MODULE", help=TRUST_HELP)
 
     def data_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -56,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     def run_args(p: argparse.ArgumentParser) -> None:
         """Options of the commands that run a recipe: --overwrite, --seed, --json and latency."""
         p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=seed_arg, default=0, help=f"random seed, 0 to {SEED_MAX} (default 0)")
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")
         latency_args(p)
 
@@ -88,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands.evaluate,
         "Measure a saved artifact on a task and print the report as JSON.",
     )
-    p.add_argument("artifact", help="a .ncz file written by nncompress")
+    p.add_argument("artifact", help="a .ncz file written by nncompress (loading runs no code from it)")
     task_arg(p)
+    trust_arg(p)
     p.add_argument("--json", action="store_true", help="(default) print JSON")
     latency_args(p)
 
@@ -102,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "artifact", nargs="?", default=None, help="optional .ncz file; default: the baseline"
     )
     task_arg(p)
+    trust_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     latency_args(p)
 
@@ -127,14 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Print the before/after table of a run folder's report.json and (re)write DIR/report.html.",
     )
     p.add_argument("dir", help="a folder written by `compress`, `demo` or `search`")
+    trust_arg(p)  # report.json and report.html need no model; accepted so scripts can pass it everywhere
 
     p = add(
         "export",
         commands.export,
         "Export an artifact to ONNX (int8 as QDQ, 4-bit Linears as MatMulNBits) and check it in ONNX Runtime.",
     )
-    p.add_argument("artifact", help="a .ncz file written by nncompress")
+    p.add_argument("artifact", help="a .ncz file written by nncompress (loading runs no code from it)")
     task_arg(p)
+    trust_arg(p)
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset for traced graphs, 13-20 (default 17)")
@@ -157,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=32, help="candidates built and measured (default 32)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--resume", action="store_true", help="continue DIR/trials.jsonl, skipping finished trials")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help=f"random seed, 0 to {SEED_MAX} (default 0)")
     p.add_argument("--ray-address", default=None,
                    help="run trials on this Ray cluster ('auto', ray://host:port, or 'local'); needs nncompress[ray]")
     p.add_argument("--techniques", default="lowrank,prune,quantize",
@@ -170,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"nncompress: error: {e}", file=sys.stderr)
+        return 2
     from nncompress.io.artifact import ArtifactError
     from nncompress.measure.metric import ModelCallError
 

@@ -42,6 +42,10 @@ def builtin_recipes() -> dict[str, Path]:
 
 def parse_recipe(data: dict[str, Any], source: str = "recipe") -> list[Step]:
     """Steps from a parsed recipe document (``{"steps": [{kind: ..., ...}, ...]}``)."""
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source}: the top level must be a table with a list 'steps', got a {type(data).__name__}"
+        )
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
         raise ValueError(f"{source}: expected a non-empty list 'steps' of tables with a 'kind'")
@@ -49,6 +53,11 @@ def parse_recipe(data: dict[str, Any], source: str = "recipe") -> list[Step]:
     for i, item in enumerate(steps):
         if not isinstance(item, dict):
             raise ValueError(f"{source}: step {i + 1} is not a table of settings")
+        if not isinstance(item.get("kind"), str):
+            raise ValueError(
+                f"{source}: step {i + 1}: 'kind' must be a step name (a string, see `nncompress steps`), "
+                f"got {item.get('kind')!r}"
+            )
         try:
             out.append(step_from_dict(item))
         except ValueError as e:
@@ -101,7 +110,12 @@ def load_recipe(spec: str | Path) -> list[Step]:
                 f"no recipe file {spec}; give a .toml/.json path or a shipped recipe "
                 f"({', '.join(shipped) or 'none'})"
             )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save the recipe as UTF-8") from e
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read: {e.strerror or e}") from e
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:

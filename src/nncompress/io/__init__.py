@@ -1,5 +1,6 @@
-"""Artifact format (save/load) and atomic file writes."""
+"""Artifact format (save/load), what a load may import (trust), and atomic file writes."""
 
 from nncompress.io.artifact import ArtifactError, load, read_manifest, save
+from nncompress.io.trust import trust_modules, trusted_modules, untrust_modules
 
-__all__ = ["ArtifactError", "load", "read_manifest", "save"]
+__all__ = ["ArtifactError", "load", "read_manifest", "save", "trust_modules", "trusted_modules", "untrust_modules"]

@@ -8,20 +8,29 @@
   float32 hardly does).
 - ``skeleton.pkl``: the module tree pickled (LZMA) with its tensors on the ``meta`` device (a few
   KB), so any architecture, including ones reshaped by structured pruning, loads back as a plain
-  ``nn.Module``. Like ``torch.load``, loading unpickles code: load only artifacts you trust.
-  Older artifacts hold ``skeleton.pt`` (``torch.save``'s format) instead; both load.
+  ``nn.Module``. Older artifacts hold ``skeleton.pt`` (``torch.save``'s format) instead; both load.
+
+Loading runs no code from the file: the skeleton is read by a restricted unpickler
+(``io/trust.py``) that imports only nncompress's and ``torch.nn``'s module classes and the data
+types a module tree needs. Models whose classes live elsewhere (Hugging Face ``transformers``,
+timm, your package) load when the caller trusts that package: ``load(path, trust=("transformers",))``.
+Everything read is checked before use: member sizes against the manifest's shapes, a sha256 per
+member, each tensor's parts, shape and dtype, and that every parameter and buffer of the skeleton
+gets exactly one stored tensor. Any failure is an ``ArtifactError`` naming the file and the member.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import lzma
 import os
-import pickle
+import struct
 import zipfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +40,10 @@ from torch import nn
 
 from nncompress.io import quantized as qio
 from nncompress.io import skeleton as compact_skeleton
+from nncompress.io import trust as trust_policy
 from nncompress.io.atomic import atomic_path
-from nncompress.io.encodings import code_layouts, decode, encode_smallest, narrow_exact_floats
+from nncompress.io.encodings import ENCODINGS, code_layouts, decode, encode_smallest, narrow_exact_floats, numel_of
+from nncompress.io.errors import ArtifactError
 
 FORMAT = "nncompress-artifact"
 SKELETON = "skeleton.pkl"
@@ -40,10 +51,17 @@ LEGACY_SKELETON = "skeleton.pt"  # torch.save's zip: written before the plain pi
 VERSION = 1
 LZMA_MAX_BYTES = 1 << 16  # small members, where metadata is a large share, also try LZMA (slow on big ones)
 SUFFIX = ".ncz"
-
-
-class ArtifactError(ValueError):
-    """A file that is not a readable nncompress artifact."""
+MANIFEST, TENSORS = "manifest.json", "tensors.safetensors"
+KINDS = ("param", "buffer", qio.PACKED)
+# decoded tensors may take at most this many times the file's size (sparse and entropy-coded
+# layers expand; a few-KB file asking for gigabytes is a bomb), or MIN_DECODED_BYTES when larger
+MAX_EXPANSION = 1024
+MIN_DECODED_BYTES = 256 << 20
+MIN_MEMBER_BYTES = 64 << 20  # manifest and skeleton: at most this or 64x the file's size
+READ_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, NotImplementedError,
+    RuntimeError, struct.error, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError,
+)
 
 
 def _library_version() -> str:
@@ -138,14 +156,15 @@ def save(
         "metadata": metadata or {},
     }
     skeleton = compact_skeleton.dumps(_skeleton(model))  # a plain pickle minus modules' empty defaults
+    data = safetensors.torch.save(stored)
+    manifest["sha256"] = {TENSORS: hashlib.sha256(data).hexdigest(), SKELETON: hashlib.sha256(skeleton).hexdigest()}
     target = Path(path)
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         # each member under whichever of LZMA, DEFLATE or none stores it smallest: a ViT's skeleton
         # took 1.4 KB as an LZMA plain pickle, against 4.7 KB as torch.save's zip
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        zf.writestr("manifest.json", text, compress_type=_smallest_compression(text, gain=1.0), compresslevel=6)
-        data = safetensors.torch.save(stored)
-        zf.writestr("tensors.safetensors", data, compress_type=_smallest_compression(data), compresslevel=6)
+        zf.writestr(MANIFEST, text, compress_type=_smallest_compression(text, gain=1.0), compresslevel=6)
+        zf.writestr(TENSORS, data, compress_type=_smallest_compression(data), compresslevel=6)
         zf.writestr(SKELETON, skeleton, compress_type=_smallest_compression(skeleton, gain=1.0), compresslevel=6)
     return target
 
@@ -162,27 +181,101 @@ def _open(path: str | os.PathLike) -> zipfile.ZipFile:
         raise FileNotFoundError(f"no artifact at {p} (expected a {SUFFIX} file written by save())")
     try:
         return zipfile.ZipFile(p)
-    except (zipfile.BadZipFile, OSError) as e:
+    except (*READ_ERRORS, ArithmeticError) as e:
         raise ArtifactError(f"{p} is not an nncompress artifact ({SUFFIX} zip): {e}") from e
 
 
-def _manifest(zf: zipfile.ZipFile, path: str | os.PathLike) -> dict[str, Any]:
+def _member_limit(path: str | os.PathLike) -> int:
+    return max(MIN_MEMBER_BYTES, 64 * os.path.getsize(path))
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: str | os.PathLike, limit: int) -> bytes:
+    """Member ``name``'s bytes, refusing one that claims more than ``limit`` bytes before inflating it."""
     try:
-        manifest = json.loads(zf.read("manifest.json"))
+        info = zf.getinfo(name)
     except KeyError as e:
-        raise ArtifactError(f"{path} has no manifest.json: not an nncompress artifact") from e
-    except (json.JSONDecodeError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} has a corrupt manifest: {e}") from e
-    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path} has no member {name}: not a complete nncompress artifact") from e
+    if info.file_size > limit:
+        raise ArtifactError(f"{path}: member {name} claims {info.file_size} bytes, more than the {limit} it may take")
+    try:
+        data = zf.read(info)
+    except READ_ERRORS as e:
+        raise ArtifactError(f"{path}: member {name} cannot be read ({type(e).__name__}: {e})") from e
+    if len(data) != info.file_size:
+        raise ArtifactError(f"{path}: member {name} holds {len(data)} bytes, not the {info.file_size} its entry says")
+    return data
+
+
+def _manifest(zf: zipfile.ZipFile, path: str | os.PathLike) -> dict[str, Any]:
+    data = _read_member(zf, MANIFEST, path, _member_limit(path))
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise ArtifactError(f"{path}: member {MANIFEST} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ArtifactError(f"{path} is not an nncompress artifact ({MANIFEST} format {found!r})")
+    version = manifest.get("version", 0)
+    if type(version) is not int or version < 0:
+        raise ArtifactError(f"{path}: {MANIFEST} version must be an integer, got {version!r}")
+    if version > VERSION:
         raise ArtifactError(
-            f"{path} is not an nncompress artifact (format {manifest.get('format')!r})"
+            f"{path} has artifact version {version}; this nncompress reads up to {VERSION}: upgrade nncompress"
         )
-    if manifest.get("version", 0) > VERSION:
-        raise ArtifactError(
-            f"{path} has artifact version {manifest['version']}; this nncompress reads up to "
-            f"{VERSION}: upgrade nncompress"
-        )
+    _check_entries(manifest, path)
     return manifest
+
+
+def _check_entries(manifest: dict[str, Any], path: str | os.PathLike) -> None:
+    """The manifest's structure: types of every field, kinds, encodings, shapes, dtypes and aliases."""
+
+    def bad(name: str, why: str) -> ArtifactError:
+        return ArtifactError(f"{path}: member {MANIFEST}: tensor {name!r} {why}")
+
+    entries = manifest.get("tensors")
+    if not isinstance(entries, dict):
+        raise ArtifactError(f"{path}: member {MANIFEST} 'tensors' must be a table, got {type(entries).__name__}")
+    if not isinstance(manifest.get("metadata", {}), dict):
+        raise ArtifactError(f"{path}: member {MANIFEST} 'metadata' must be a table")
+    hashes = manifest.get("sha256", {})
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        raise ArtifactError(f"{path}: member {MANIFEST} 'sha256' must map member names to hex digests")
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise bad(name, f"must be a table, got {type(entry).__name__}")
+        if entry.get("kind") not in KINDS:
+            raise bad(name, f"has kind {entry.get('kind')!r}; known: {', '.join(KINDS)}")
+        try:
+            numel_of(entry.get("shape"))
+        except ValueError as e:
+            raise bad(name, str(e)) from e
+        if not isinstance(entry.get("dtype"), str) or not isinstance(getattr(torch, entry["dtype"], None), torch.dtype):
+            raise bad(name, f"has unknown dtype {entry.get('dtype')!r}")
+        if "requires_grad" in entry and not isinstance(entry["requires_grad"], bool):
+            raise bad(name, f"requires_grad must be true or false, got {entry['requires_grad']!r}")
+        if "alias_of" in entry:
+            target = entries.get(entry["alias_of"]) if isinstance(entry["alias_of"], str) else None
+            if not isinstance(target, dict) or "alias_of" in target or "encoding" not in target:
+                raise bad(name, f"is an alias of {entry['alias_of']!r}, which is not a stored tensor")
+            if target.get("shape") != entry["shape"] or target.get("dtype") != entry["dtype"]:
+                raise bad(name, f"is an alias of {entry['alias_of']!r} with another shape or dtype")
+        elif entry.get("encoding") not in ENCODINGS:
+            raise bad(name, f"has unknown encoding {entry.get('encoding')!r}; known: {', '.join(ENCODINGS)}")
+        elif not isinstance(entry.get("header"), dict):
+            raise bad(name, "has no header table")
+
+
+def _decoded_bytes(entries: dict[str, Any]) -> int:
+    """Bytes the stored (non-alias) tensors take once decoded."""
+    return sum(
+        numel_of(e["shape"]) * getattr(torch, e["dtype"]).itemsize for e in entries.values() if "alias_of" not in e
+    )
+
+
+def _check_hash(manifest: dict[str, Any], member: str, data: bytes, path: str | os.PathLike) -> None:
+    expected = manifest.get("sha256", {}).get(member)  # absent in artifacts written before hashes
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ArtifactError(f"{path}: member {member} is damaged (its sha256 differs from the manifest's)")
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor, kind: str) -> None:
@@ -194,59 +287,185 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor, kind: str) -> Non
         module._buffers[leaf] = tensor
 
 
-def load(path: str | os.PathLike) -> nn.Module:
-    """Load an artifact back into a runnable ``nn.Module`` (eval mode, CPU).
-
-    Example:
-        >>> model = nncompress.load("model.ncz")  # doctest: +SKIP
-    """
-    with _open(path) as zf:
-        manifest = _manifest(zf, path)
-        try:
-            stored = safetensors.torch.load(zf.read("tensors.safetensors"))
-            names = set(zf.namelist())
-            legacy = SKELETON not in names and LEGACY_SKELETON in names  # artifacts of nncompress <= 0.1
-            skeleton_bytes = zf.read(LEGACY_SKELETON if legacy else SKELETON)
-        except KeyError as e:
-            raise ArtifactError(f"{path} is missing a member: {e}") from e
-        except (zipfile.BadZipFile, safetensors.SafetensorError, OSError) as e:
-            raise ArtifactError(f"{path} is corrupt: {e}") from e
+def _unpickle_skeleton(data: bytes, legacy: bool, trust: tuple[str, ...], path: str | os.PathLike) -> nn.Module:
+    """The module tree, through the restricted unpickler (``io/trust.py``) in both formats."""
+    member = LEGACY_SKELETON if legacy else SKELETON
     try:
-        # like torch.load(weights_only=False), unpickling runs code: load only artifacts you trust
-        model = torch.load(io.BytesIO(skeleton_bytes), weights_only=False) if legacy else pickle.loads(skeleton_bytes)
-    except (AttributeError, ModuleNotFoundError) as e:
-        raise ArtifactError(
-            f"{path} needs code that is not importable here ({e}); import the module that "
-            "defines the model (e.g. load its task first) and try again"
-        ) from e
+        if legacy:  # torch.save's zip: torch.load with our restricted Unpickler for the module tree
+            module = trust_policy.restricted_pickle_module(trust, f"{path}: member {member}")
+            model = torch.load(io.BytesIO(data), weights_only=False, pickle_module=module)
+        else:
+            model = compact_skeleton.loads(data, trust=trust, source=f"{path}: member {member}")
+    except ArtifactError:
+        raise
+    except RecursionError as e:
+        raise ArtifactError(f"{path}: member {member} nests too deeply to be a model skeleton") from e
     except Exception as e:  # unpickling a damaged stream raises many types
-        raise ArtifactError(f"{path} has a corrupt model skeleton: {e}") from e
+        raise ArtifactError(f"{path}: member {member} is a corrupt model skeleton ({type(e).__name__}: {e})") from e
+    if not isinstance(model, nn.Module):
+        raise ArtifactError(f"{path}: member {member} holds a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _decode_entries(
+    entries: dict[str, Any], stored: dict[str, torch.Tensor], path: str | os.PathLike
+) -> dict[str, torch.Tensor]:
+    """Each stored tensor decoded, checked against its entry's shape and dtype; every part used."""
+    parts_of: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in stored.items():
+        name, sep, part = key.rpartition("::")
+        entry = entries.get(name)
+        if not sep or entry is None or "alias_of" in entry:
+            raise ArtifactError(f"{path}: member {TENSORS} holds {key!r}, which belongs to no stored tensor")
+        parts_of.setdefault(name, {})[part] = value
     built: dict[str, torch.Tensor] = {}
-    entries = manifest["tensors"]
     for name, entry in entries.items():
         if "alias_of" in entry:
             continue
-        prefix = f"{name}::"
-        parts = {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}
         try:
-            t = decode(entry["encoding"], parts, {**entry["header"], "shape": entry["shape"]})
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise ArtifactError(f"{path}: tensor {name!r} cannot be decoded: {e}") from e
+            t = decode(entry["encoding"], parts_of.get(name, {}), {**entry["header"], "shape": entry["shape"]})
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError, OverflowError) as e:
+            raise ArtifactError(f"{path}: member {TENSORS}: tensor {name!r} cannot be decoded: {e}") from e
+        if str(t.dtype).removeprefix("torch.") != entry["dtype"] or list(t.shape) != entry["shape"]:
+            raise ArtifactError(
+                f"{path}: member {TENSORS}: tensor {name!r} decodes to {str(t.dtype).removeprefix('torch.')} "
+                f"{list(t.shape)}, but the manifest says {entry['dtype']} {entry['shape']}"
+            )
         if entry["kind"] == "param":
+            if not (t.is_floating_point() or t.is_complex()) and entry.get("requires_grad", True):
+                raise ArtifactError(f"{path}: tensor {name!r}: an integer parameter cannot require grad")
             t = nn.Parameter(t, requires_grad=entry.get("requires_grad", True))
         built[name] = t
+    return built
+
+
+def _place(model: nn.Module, entries: dict[str, Any], built: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Put every tensor into its slot; each slot of the skeleton must get one of the same kind, shape, dtype."""
+    slots = _persistent_tensors(model)
     packed: dict[str, torch.Tensor] = {}
     for name, entry in entries.items():
         tensor = built[entry.get("alias_of", name)]
         if entry["kind"] == qio.PACKED:
             packed[name] = tensor
             continue
-        try:
-            _assign(model, name, tensor, entry["kind"])
-        except AttributeError as e:
-            raise ArtifactError(f"{path}: tensor {name!r} has no place in the skeleton") from e
+        slot = slots.pop(name, None)
+        if slot is None:
+            raise ArtifactError(f"{path}: tensor {name!r} of the manifest has no place in the skeleton")
+        placeholder, kind, _ = slot
+        if kind != entry["kind"] or placeholder.dtype != tensor.dtype or placeholder.shape != tensor.shape:
+            raise ArtifactError(
+                f"{path}: tensor {name!r} is a {entry['kind']} {entry['dtype']} {entry['shape']} in the manifest "
+                f"but a {kind} {str(placeholder.dtype).removeprefix('torch.')} {list(placeholder.shape)} "
+                "in the skeleton"
+            )
+        _assign(model, name, tensor, entry["kind"])
+    missing = [n for n, (t, _, _) in slots.items() if t.is_meta]
+    if missing:
+        names = ", ".join(sorted(missing)[:5])
+        raise ArtifactError(f"{path}: the manifest stores no tensor for the skeleton's {names}")
+    modules = qio.packed_modules(model)
+    weights = {f"{n}.weight" if n else "weight" for n in modules}
+    if weights - set(packed):
+        raise ArtifactError(f"{path}: int8 weights of {', '.join(sorted(weights - set(packed)))} are not stored")
+    for name, module in modules.items():
+        _check_packed_shape(module, packed[f"{name}.weight" if name else "weight"], name, path)
     try:
         qio.restore_packed(model, packed)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, TypeError, AttributeError) as e:
         raise ArtifactError(f"{path}: int8 packed weights do not fit the skeleton: {e}") from e
-    return model.eval()
+
+
+def _check_packed_shape(module: nn.Module, weight: torch.Tensor, name: str, path: str | os.PathLike) -> None:
+    """A torch.ao Linear's or Conv's int8 weight against the sizes the module was built with."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        expected: tuple[int, ...] = (module.out_features, module.in_features)
+    elif hasattr(module, "in_channels") and hasattr(module, "kernel_size"):
+        expected = (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+    else:
+        return
+    if tuple(weight.shape) != tuple(expected) or weight.dtype != torch.qint8:
+        raise ArtifactError(
+            f"{path}: int8 weight of {name or 'the model'} is {weight.dtype} {list(weight.shape)}, "
+            f"the module needs qint8 {list(expected)}"
+        )
+
+
+def _finish(model: nn.Module, path: str | os.PathLike) -> None:
+    """One walk over the loaded model: no parameter or buffer left on meta, packed code buffers as long
+    as their layer's codes need, and RNNs' flat weight lists pointed at the loaded tensors."""
+    from nncompress.quantize.layers import PackedWeightLayer
+    from nncompress.quantize.primitives import packed_nbytes
+
+    for name, module in model.named_modules():
+        for kind, tensors in (("parameter", module._parameters), ("buffer", module._buffers)):
+            for leaf, t in tensors.items():
+                if t is not None and t.is_meta:
+                    where = f"{name}.{leaf}" if name else leaf
+                    raise ArtifactError(f"{path}: {kind} {where!r} has no stored value (left on the meta device)")
+        if isinstance(module, nn.RNNBase):  # its flat weight list still points at the placeholders
+            module._init_flat_weights()
+        packed = module._buffers.get("packed") if isinstance(module, PackedWeightLayer) else None
+        if packed is not None and packed.dtype == torch.uint8:
+            try:
+                count, bits = module._weight_numel(), int(module.bits)
+                expected = packed_nbytes(count, bits)
+            except (ValueError, TypeError, AttributeError, RuntimeError) as e:
+                raise ArtifactError(f"{path}: layer {name!r} has an invalid code layout in the skeleton: {e}") from e
+            if packed.numel() != expected:
+                raise ArtifactError(
+                    f"{path}: {name}.packed holds {packed.numel()} bytes, but the layer's {count} {bits}-bit "
+                    f"codes take {expected}"
+                )
+
+
+def load(path: str | os.PathLike, *, trust: str | Iterable[str] | None = None) -> nn.Module:
+    """Load an artifact back into a runnable ``nn.Module`` (eval mode, CPU), running no code from the file.
+
+    The skeleton is read by a restricted unpickler: nncompress's and ``torch.nn``'s modules load
+    as they are; classes from any other package (``transformers``, ``timm``, your own module) load
+    only when ``trust`` names that package (module-name prefixes), or after
+    ``nncompress.io.trust_modules(...)``. Trust only packages you would import anyway: a trusted
+    class's code runs when it is rebuilt. Every member is size-checked before it is read and
+    hash-checked after; any damage or refusal is an ``ArtifactError`` naming the file and the member.
+
+    Example:
+        >>> model = nncompress.load("model.ncz")  # doctest: +SKIP
+        >>> model = nncompress.load("gpt2.ncz", trust=("transformers",))  # doctest: +SKIP
+    """
+    trusted = trust_policy.normalize_trust(trust)
+    try:
+        with _open(path) as zf:
+            manifest = _manifest(zf, path)
+            entries = manifest["tensors"]
+            names = set(zf.namelist())
+            legacy = SKELETON not in names and LEGACY_SKELETON in names  # artifacts of nncompress <= 0.1
+            skeleton_member = LEGACY_SKELETON if legacy else SKELETON
+            unknown = names - {MANIFEST, TENSORS, skeleton_member}
+            if unknown:
+                raise ArtifactError(f"{path} holds unknown member(s) {', '.join(sorted(unknown))}")
+            decoded = _decoded_bytes(entries)
+            budget = max(MIN_DECODED_BYTES, MAX_EXPANSION * os.path.getsize(path))
+            if decoded > budget:
+                raise ArtifactError(
+                    f"{path}: the manifest's tensors take {decoded} bytes decoded, more than {MAX_EXPANSION}x the file"
+                )
+            # parts never take much more than the decoded tensors: values, indices, scales, tables
+            limit = sum(9 * numel_of(e["shape"]) + 4096 for e in entries.values() if "alias_of" not in e) + (1 << 20)
+            data = _read_member(zf, TENSORS, path, min(limit, 16 * decoded + (1 << 20)))
+            _check_hash(manifest, TENSORS, data, path)
+            skeleton_bytes = _read_member(zf, skeleton_member, path, _member_limit(path))
+            _check_hash(manifest, skeleton_member, skeleton_bytes, path)
+        try:
+            stored = safetensors.torch.load(data)
+        except (safetensors.SafetensorError, *READ_ERRORS) as e:
+            raise ArtifactError(f"{path}: member {TENSORS} is not valid safetensors: {e}") from e
+        model = _unpickle_skeleton(skeleton_bytes, legacy, trusted, path)
+        built = _decode_entries(entries, stored, path)
+        try:
+            _place(model, entries, built, path)
+        except (AttributeError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{path}: the tensors do not fit the skeleton ({type(e).__name__}: {e})") from e
+        _finish(model, path)
+        return model.eval()
+    except (RecursionError, MemoryError) as e:
+        raise ArtifactError(f"{path} cannot be loaded ({type(e).__name__}): the file is corrupt or too large") from e

@@ -44,13 +44,16 @@ class Encoding:
     """A named pair of functions: ``encode(t) -> (parts, header)`` and ``decode(parts, header)``.
 
     ``encode`` returns None where the encoding does not apply. ``encode_codes``, when given, is
-    used instead for a tensor whose ``CodeLayout`` is known.
+    used instead for a tensor whose ``CodeLayout`` is known. ``check(parts, header)``, when given,
+    raises ValueError where the parts' names, dtypes and sizes do not fit ``header['shape']``: it
+    runs before ``decode`` allocates anything, so a damaged file cannot ask for huge buffers.
     """
 
     name: str
     encode: Callable[[torch.Tensor], tuple[Parts, Header] | None]
     decode: Callable[[Parts, Header], torch.Tensor]
     encode_codes: Callable[[torch.Tensor, CodeLayout], tuple[Parts, Header] | None] | None = None
+    check: Callable[[Parts, Header], None] | None = None
 
 
 ENCODINGS: dict[str, Encoding] = {}
@@ -67,6 +70,43 @@ def register_encoding(encoding: Encoding) -> Encoding:
 def parts_nbytes(parts: Parts) -> int:
     """Bytes the parts occupy as stored (element size x count)."""
     return sum(p.numel() * p.element_size() for p in parts.values())
+
+
+def numel_of(shape: Any) -> int:
+    """Elements of ``shape`` (a list of non-negative ints), ValueError for anything else."""
+    if not isinstance(shape, (list, tuple)) or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+        raise ValueError(f"shape must be a list of non-negative integers, got {shape!r}")
+    return math.prod(shape)
+
+
+def _expect_parts(parts: Parts, names: set[str]) -> None:
+    if set(parts) != names:
+        raise ValueError(f"expected parts {sorted(names)}, found {sorted(parts)}")
+
+
+def _expect_int(header: Header, key: str, lo: int, hi: int) -> int:
+    value = header.get(key)
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"header {key!r} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _check_dense(parts: Parts, header: Header) -> None:
+    _expect_parts(parts, {"data"})
+    if parts["data"].numel() != numel_of(header["shape"]):
+        raise ValueError(f"{parts['data'].numel()} stored values for shape {header['shape']}")
+
+
+def _check_sparse(parts: Parts, header: Header, index_part: str) -> None:
+    _expect_parts(parts, {index_part, "values"})
+    numel = numel_of(header["shape"])
+    if parts["values"].numel() > numel:
+        raise ValueError(f"{parts['values'].numel()} stored values for shape {header['shape']}")
+    index = parts[index_part]
+    if index_part == "mask" and (index.dtype != torch.uint8 or index.numel() != (numel + 7) // 8):
+        raise ValueError(f"a bitmask of {numel} elements takes {(numel + 7) // 8} uint8 bytes")
+    if index_part == "indices" and (index.is_floating_point() or index.numel() != parts["values"].numel()):
+        raise ValueError("sparse indices must be integers, one per stored value")
 
 
 def _encode_dense(t: torch.Tensor) -> tuple[Parts, Header]:
@@ -152,14 +192,32 @@ def _decode_huffman(parts: Parts, header: Header) -> torch.Tensor:
     return pack_bits(torch.from_numpy(codes), int(header["bits"]))
 
 
+def _check_huffman(parts: Parts, header: Header) -> None:
+    """Counts and tables against the shape of the packed buffer they rebuild, before decoding."""
+    from nncompress.quantize.primitives import packed_nbytes
+
+    _expect_parts(parts, {"data"})
+    if parts["data"].dtype != torch.uint8 or parts["data"].dim() != 1:
+        raise ValueError("Huffman data must be a flat uint8 tensor")
+    bits = _expect_int(header, "bits", 1, 8)
+    count = _expect_int(header, "count", 0, 2**40)
+    if packed_nbytes(count, bits) != numel_of(header["shape"]):
+        raise ValueError(f"{count} codes of {bits} bits do not pack into shape {header['shape']}")
+    huffman.check_header(header, alphabet=2**bits, data_bits=8 * parts["data"].numel())
+
+
 def _needs_layout(t: torch.Tensor) -> None:
     return None
 
 
-DENSE = register_encoding(Encoding("dense", _encode_dense, _decode_dense))
-BITMASK = register_encoding(Encoding("sparse-bitmask", _encode_bitmask, _decode_bitmask))
-INDICES = register_encoding(Encoding("sparse-indices", _encode_indices, _decode_indices))
-HUFFMAN = register_encoding(Encoding("huffman", _needs_layout, _decode_huffman, _encode_huffman))
+DENSE = register_encoding(Encoding("dense", _encode_dense, _decode_dense, check=_check_dense))
+BITMASK = register_encoding(
+    Encoding("sparse-bitmask", _encode_bitmask, _decode_bitmask, check=lambda p, h: _check_sparse(p, h, "mask"))
+)
+INDICES = register_encoding(
+    Encoding("sparse-indices", _encode_indices, _decode_indices, check=lambda p, h: _check_sparse(p, h, "indices"))
+)
+HUFFMAN = register_encoding(Encoding("huffman", _needs_layout, _decode_huffman, _encode_huffman, check=_check_huffman))
 DEFAULT_CANDIDATES = ("dense", "sparse-bitmask", "sparse-indices", "huffman")
 
 
@@ -238,20 +296,31 @@ def narrow_exact_floats(parts: Parts, header: Header) -> tuple[Parts, Header]:
     return out, ({**header, "narrowed": narrowed} if narrowed else header)
 
 
-def _widen(part: torch.Tensor, how: str) -> torch.Tensor:
+_NARROWED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _widen(part: torch.Tensor, how: Any) -> torch.Tensor:
     """Undo ``narrow_exact_floats`` for one part."""
-    if how.startswith("int8*2^"):
-        return part.float() * 2.0 ** int(how.removeprefix("int8*2^"))
-    if how in ("float16", "bfloat16"):
+    if isinstance(how, str) and how.startswith("int8*2^"):
+        exponent = how.removeprefix("int8*2^")
+        if part.dtype != torch.int8 or not exponent.lstrip("-").isdigit() or not -300 <= int(exponent) <= 300:
+            raise ValueError(f"narrowed storage {how!r} does not fit a {part.dtype} part")
+        return part.float() * 2.0 ** int(exponent)
+    if isinstance(how, str) and _NARROWED_DTYPES.get(how) == part.dtype:
         return part.float()
-    raise ValueError(f"unknown narrowed storage {how!r}")
+    raise ValueError(f"unknown narrowed storage {how!r} for a {part.dtype} part")
 
 
 def decode(name: str, parts: Parts, header: Header) -> torch.Tensor:
-    """Rebuild a tensor of ``header['shape']`` from its parts."""
+    """Rebuild a tensor of ``header['shape']`` from its parts (checked first where the encoding can)."""
     if name not in ENCODINGS:
         raise ValueError(f"unknown tensor encoding {name!r}; known: {', '.join(ENCODINGS)}")
     narrowed = header.get("narrowed", {})
+    if not isinstance(narrowed, dict) or not set(narrowed) <= set(parts):
+        raise ValueError(f"header 'narrowed' must map stored parts to storage types, got {narrowed!r}")
     if narrowed:
         parts = {k: _widen(v, narrowed[k]) if k in narrowed else v for k, v in parts.items()}
-    return ENCODINGS[name].decode(parts, header).reshape(header["shape"])
+    encoding = ENCODINGS[name]
+    if encoding.check is not None:
+        encoding.check(parts, header)
+    return encoding.decode(parts, header).reshape(header["shape"])

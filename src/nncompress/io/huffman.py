@@ -140,6 +140,8 @@ def decode_bits(bits: np.ndarray, lengths: np.ndarray, count: int, start: int = 
         raise ValueError(f"cannot decode {count} symbols with an empty code table")
     if present.size == 1:
         return np.full(count, present[0], dtype=np.int64), start
+    if count > bits.size - start:  # every code takes at least one bit: refuse before allocating
+        raise ValueError(f"the bit stream holds {bits.size - start} bits, too few for {count} symbols")
     width = int(lengths.max())
     codes = canonical_codes(lengths)
     sym_of = np.full(2**width, -1, dtype=np.int64)
@@ -267,6 +269,37 @@ def encode_symbols(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, dict
 
 def _used(lengths: np.ndarray) -> int:
     return int(np.flatnonzero(lengths).max()) + 1 if np.count_nonzero(lengths) else 0
+
+
+def check_header(header: dict[str, Any], alphabet: int, data_bits: int) -> None:
+    """ValueError where ``header``'s counts and table sizes cannot belong to a stream of ``data_bits``
+    bits over ``alphabet`` symbols; run before ``decode_symbols`` so nothing huge is allocated."""
+
+    def integer(key: str, hi: int, lo: int = 0) -> int:
+        value = header.get(key)
+        if type(value) is not int or not lo <= value <= hi:
+            raise ValueError(f"Huffman header {key!r} must be an integer in [{lo}, {hi}], got {value!r}")
+        return value
+
+    count = integer("count", 2**40)
+    if header.get("alphabet", alphabet) != alphabet:
+        raise ValueError(f"Huffman header 'alphabet' must be {alphabet}, got {header.get('alphabet')!r}")
+    layout = header.get("layout")
+    if count == 0:
+        return
+    if layout == "plain":
+        integer("table", alphabet, 1)
+        return
+    if layout != "sparse":
+        raise ValueError(f"unknown Huffman layout {layout!r}; known: plain, sparse")
+    integer("background", alphabet - 1)
+    nonzero = integer("nonzero", count)
+    width = integer("gap_width", MAX_GAP_WIDTH, 1)
+    integer("gap_symbols", nonzero + count)  # a gap's fillers each stand for 2**width - 1 positions
+    integer("value_table", alphabet)
+    integer("gap_table", 2**width)
+    if data_bits < 0:
+        raise ValueError("negative data size")
 
 
 def decode_symbols(data: np.ndarray, header: dict[str, Any]) -> np.ndarray:

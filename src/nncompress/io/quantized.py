@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -57,8 +58,8 @@ def packed_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         out[prefix + "weight"] = weight
         if bias is not None:
             out[prefix + "bias"] = bias.detach()
-    return out
     out.update(rnn_packed_tensors(model))
+    return out
 
 
 def _placeholder_weight(module: nn.Module, shape_dims: int, per_channel: bool) -> torch.Tensor:
@@ -73,6 +74,8 @@ def _placeholder_weight(module: nn.Module, shape_dims: int, per_channel: bool) -
 
 def _rebuild_packed(cls: type, state: dict[str, Any], dims: int, per_channel: bool) -> nn.Module:
     """Unpickle a packed module without its weights: its attributes plus a placeholder weight."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or not isinstance(state, dict):
+        raise TypeError(f"a packed module must be an nn.Module class with a dict of attributes, got {cls!r}")
     module = cls.__new__(cls)
     module.__dict__.update(state)
     if state.get("_modules", {}).get("_packed_params", False) is None:  # Linear: a fresh packed child
@@ -115,8 +118,8 @@ def skeleton_memo(model: nn.Module) -> dict[int, Any]:
 
 def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Repack ``<module>.weight``/``<module>.bias`` entries into the skeleton's placeholders."""
-    modules = {f"{name}.weight" if name else "weight": name for name in packed_modules(model)}
     tensors = restore_rnns(model, tensors)  # the int8 LSTM/GRU entries; the rest are Linear/Conv
+    modules = {f"{name}.weight" if name else "weight": name for name in packed_modules(model)}
     for key, weight in tensors.items():
         if not key.endswith("weight") or key not in modules:
             continue
@@ -129,7 +132,6 @@ def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"packed tensor(s) {', '.join(sorted(unknown))} match no quantized module")
 
 
-# --- the encoding of a quantized tensor: int8 values + scales + zero points -------------------
 # --- torch.ao dynamic int8 LSTM / GRU: per-gate int8 matrices in cell-params objects ------------
 
 
@@ -198,6 +200,7 @@ def restore_rnns(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str
     return left
 
 
+# --- the encoding of a quantized tensor: int8 values + scales + zero points -------------------
 
 
 def _encode_quantized(t: torch.Tensor) -> tuple[Parts, Header] | None:
@@ -222,6 +225,47 @@ def _encode_quantized(t: torch.Tensor) -> tuple[Parts, Header] | None:
 
 
 _QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8, "qint32": torch.qint32}
+_INT_REPR = {"qint8": torch.int8, "quint8": torch.uint8, "qint32": torch.int32}
+_SCALE_DTYPES = {"torch.float64": torch.float64, "torch.float32": torch.float32}
+_ZERO_POINT_DTYPES = {f"torch.{n}": getattr(torch, n) for n in ("int64", "int32", "int16", "int8", "uint8")}
+
+
+def _check_quantized(parts: Parts, header: Header) -> None:
+    """Parts, dtypes and sizes of a quantized tensor against its header, before anything is built."""
+    from nncompress.io.encodings import numel_of
+
+    qdtype = header.get("qdtype")
+    if qdtype not in _QDTYPES:
+        raise ValueError(f"unknown quantized dtype {qdtype!r}; known: {', '.join(_QDTYPES)}")
+    shape = header["shape"]
+    per_channel = "axis" in header
+    if set(parts) != ({"values", "scales", "zero_points"} if per_channel else {"values"}):
+        raise ValueError(f"unexpected parts {sorted(parts)} for a quantized tensor")
+    values = parts["values"]
+    if values.dtype != _INT_REPR[qdtype] or values.numel() != numel_of(shape):
+        raise ValueError(
+            f"quantized values must be {numel_of(shape)} {_INT_REPR[qdtype]}, got {values.numel()} {values.dtype}"
+        )
+    if not per_channel:
+        scale, zero_point = header.get("scale"), header.get("zero_point")
+        if not isinstance(scale, float) or not math.isfinite(scale) or scale <= 0 or type(zero_point) is not int:
+            raise ValueError(
+                f"per-tensor scale must be a positive float and zero point an int, got {scale!r}, {zero_point!r}"
+            )
+        return
+    axis = header["axis"]
+    if type(axis) is not int or not 0 <= axis < len(shape):
+        raise ValueError(f"quantization axis {axis!r} is not a dimension of shape {shape}")
+    if header.get("scales_dtype") not in _SCALE_DTYPES or header.get("zero_points_dtype") not in _ZERO_POINT_DTYPES:
+        raise ValueError(
+            f"scales must be float32/float64 and zero points an integer type, got "
+            f"{header.get('scales_dtype')!r}, {header.get('zero_points_dtype')!r}"
+        )
+    scales, zero_points = parts["scales"], parts["zero_points"]
+    if not scales.is_floating_point() or zero_points.is_floating_point():
+        raise ValueError("stored scales must be floats and zero points integers")
+    if scales.numel() != shape[axis] or zero_points.numel() != shape[axis]:
+        raise ValueError(f"{scales.numel()} scales / {zero_points.numel()} zero points for {shape[axis]} channels")
 
 
 def _decode_quantized(parts: Parts, header: Header) -> torch.Tensor:
@@ -230,13 +274,15 @@ def _decode_quantized(parts: Parts, header: Header) -> torch.Tensor:
         raise ValueError(f"unknown quantized dtype {qdtype!r}; known: {', '.join(_QDTYPES)}")
     values = parts["values"].reshape(header["shape"])
     if "axis" in header:
-        scales = parts["scales"].to(getattr(torch, header["scales_dtype"].removeprefix("torch.")))
-        zero_points = parts["zero_points"].to(getattr(torch, header["zero_points_dtype"].removeprefix("torch.")))
+        scales = parts["scales"].to(_SCALE_DTYPES[header["scales_dtype"]])
+        zero_points = parts["zero_points"].to(_ZERO_POINT_DTYPES[header["zero_points_dtype"]])
         return torch._make_per_channel_quantized_tensor(values, scales, zero_points, int(header["axis"]))
     return torch._make_per_tensor_quantized_tensor(values, float(header["scale"]), int(header["zero_point"]))
 
 
-QUANTIZED = register_encoding(Encoding("quantized-affine", _encode_quantized, _decode_quantized))
+QUANTIZED = register_encoding(
+    Encoding("quantized-affine", _encode_quantized, _decode_quantized, check=_check_quantized)
+)
 
 
 def encode_quantized(t: torch.Tensor) -> tuple[str, Parts, Header]:
@@ -245,3 +291,6 @@ def encode_quantized(t: torch.Tensor) -> tuple[str, Parts, Header]:
     if out is None:
         raise ValueError(f"encode_quantized() takes a quantized tensor, got dtype {t.dtype}")
     return QUANTIZED.name, out[0], out[1]
+
+
+is_torch_ao_packed = _is_packed_module  # the public name (measure/size.py uses it)
