@@ -251,3 +251,64 @@ def test_dynamic_int8_rnn_artifact_stores_int8_and_round_trips_bit_exactly(cell,
     assert (tmp_path / "q.ncz").stat().st_size < 0.35 * fp32  # int8 matrices, float32 biases and scales
     with pytest.raises(ValueError, match="1.weight_hh_l0 is not stored"):
         qio.restore_rnns(loaded, {k: v for k, v in stored.items() if k != "1.weight_hh_l0"})
+
+
+def _sequence_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences (n, 12, 16) whose class (of 4) is the channel raised along the whole sequence."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 12, 16, generator=g)
+    x[torch.arange(n), :, y] += 0.6
+    return x, y
+
+
+class _RNNClassifier(nn.Module):
+    def __init__(self, cell: type[nn.Module]) -> None:
+        super().__init__()
+        self.rnn = cell(16, 128, batch_first=True)
+        self.head = nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def _trained_rnn_task(cell: type[nn.Module]):
+    import nncompress as nc
+    from nncompress.tasks.batches import TensorBatches
+
+    torch.manual_seed(0)
+    (xtr, ytr), (xte, yte) = _sequence_data(768, 1), _sequence_data(512, 2)
+    model = _RNNClassifier(cell)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(2):
+        for i in range(0, len(xtr), 64):
+            loss = nn.functional.cross_entropy(model(xtr[i : i + 64]), ytr[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    task = nc.Task(name="sequences", train=TensorBatches(xtr, ytr, batch_size=64),
+                   val=TensorBatches(xte[:128], yte[:128], batch_size=64),
+                   test=TensorBatches(xte, yte, batch_size=128), baseline=lambda: model)
+    return model, task
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_int8_dynamic_rnn_file_under_30_percent_within_one_point(cell, tmp_path):
+    import nncompress as nc
+
+    model, task = _trained_rnn_task(cell)
+    result = nc.compress(model, [nc.DynamicInt8Quantize()], task, measure_config=nc.MeasureConfig(latency=False))
+    base, final = result.report.baseline, result.report.final
+    assert base.metric["value"] > 0.6  # it learned something, so agreement means something
+    assert abs(final.metric["value"] - base.metric["value"]) <= 0.01
+    assert final.size_bytes <= 0.30 * base.size_bytes, (final.size_bytes, base.size_bytes)
+    rnn = result.model.rnn
+    assert type(rnn).__module__.startswith("torch.ao.nn.quantized.dynamic")  # real int8 kernels
+    notes = result.report.steps[0].notes
+    assert any(f"rnn ({cell.__name__})" in n for n in notes), notes
+    x = task.single_example()
+    loaded = nc.load(nc.save(result.model, tmp_path / "m.ncz"), trust=("test_foreign_layers",))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x), rtol=0, atol=0)

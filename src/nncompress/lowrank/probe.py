@@ -14,9 +14,11 @@ from nncompress.tasks.task import run_with_hooks
 
 
 def _sizes(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(input, output) per-sample sizes: (H, W) of a conv, (positions, 1) of a Linear."""
+    """(input, output) per-sample sizes: (H, W) of a conv, (L, 1) of a Conv1d, (positions, 1) of a Linear."""
     if isinstance(module, nn.Conv2d):
         return (x.shape[-2], x.shape[-1]), (out.shape[-2], out.shape[-1])
+    if isinstance(module, nn.Conv1d):
+        return (x.shape[-1], 1), (out.shape[-1], 1)
     batch = x.shape[0] if x.dim() > 1 else 1
     positions = x.numel() // x.shape[-1] // batch
     return (positions, 1), (positions, 1)
