@@ -34,7 +34,7 @@ from _common import RESULTS, contract_fields, write_results  # noqa: E402
 
 import nncompress as nc  # noqa: E402
 from nncompress.io.onnx_export import export_onnx  # noqa: E402
-from nncompress.io.onnx_latency import OrtModule  # noqa: E402
+from nncompress.measure.onnx_latency import OrtModule  # noqa: E402
 from nncompress.measure.latency import interleaved_latency  # noqa: E402
 from nncompress.measure.metric import evaluate  # noqa: E402
 from nncompress.tasks.task import repeat_batch  # noqa: E402

@@ -23,7 +23,7 @@ import nncompress as nc
 from nncompress.cli.main import main
 from nncompress.core.step import StepContext
 from nncompress.io.onnx_export import export_onnx
-from nncompress.io.onnx_latency import OrtModule, onnx_latency
+from nncompress.measure.onnx_latency import OrtModule, onnx_latency
 from nncompress.quantize.layers import binary_module, codebook_module, half_module, quantize_weight_module
 from nncompress.quantize.primitives import QuantSpec
 

@@ -48,7 +48,8 @@ def check_number(
             bounds += f" {'>' if low_open else '>='} {low:g}"
         if high is not None:
             bounds += (" and" if low is not None else "") + f" <= {high:g}"
-        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
+        wanted = f"a number{bounds}" if bounds else "a finite number"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return float(value)
 
 

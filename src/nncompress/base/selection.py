@@ -62,9 +62,13 @@ def check_patterns(
     setting: str,
     *,
     list_layers: Callable[[nn.Module], list[tuple[str, nn.Module]]] = weight_layers,
+    parameters: bool = False,
 ) -> None:
-    """Raise ValueError for a name/regex that names no module of ``model`` (the error lists ``list_layers``)."""
+    """Raise ValueError for a name/regex that names no module of ``model`` (the error lists ``list_layers``);
+    with ``parameters``, a parameter name (``cls_token``) counts too."""
     names = [n for n, _ in model.named_modules() if n]
+    if parameters:
+        names += [n for n, _ in model.named_parameters()]
     for pattern in patterns:
         if any(matches(n, pattern) for n in names):
             continue
@@ -77,3 +81,13 @@ def select(
 ) -> list[tuple[str, nn.Module]]:
     """The ``layers`` inside ``include`` (empty: all) and outside ``exclude``, in order."""
     return [(n, m) for n, m in layers if (not include or is_excluded(n, include)) and not is_excluded(n, exclude)]
+
+
+def matched_modules(model: nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The outermost module names ``patterns`` select (a selected module's children are implied), for
+    code that takes plain names with name-or-prefix meaning (torch.ao's qconfig mapping, ONNX nodes)."""
+    chosen: list[str] = []
+    for name, _ in model.named_modules():
+        if name and is_excluded(name, patterns) and not any(name.startswith(c + ".") for c in chosen):
+            chosen.append(name)
+    return tuple(chosen)

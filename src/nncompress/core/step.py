@@ -7,11 +7,15 @@ the CLI (``nncompress steps``) and the registry-wide contract tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from torch import nn
+
+from nncompress.base.settings import SettingsBlock, check_exclusive, check_fields
+from nncompress.core.catalog import step_modules
 
 if TYPE_CHECKING:
     from nncompress.tasks.task import Task
@@ -69,32 +73,59 @@ class Step:
     family: ClassVar[str] = ""
     accepts: ClassVar[frozenset[str]] = frozenset({FLOAT})
     produces: ClassVar[str | None] = None
+    # Pairs of settings that contradict each other when both are given (not None).
+    exclusive: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __post_init__(self) -> None:
+        """Run the checks of the settings blocks the step is composed of (``base.settings``); a
+        subclass's ``__post_init__`` calls ``super().__post_init__()`` first."""
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+    def check_settings(self) -> None:
+        """The checks every step gets, run when it is built (after its own ``__post_init__``, whose
+        messages are more specific): each field against its annotation (real bools, integers, finite
+        numbers) and no two ``exclusive`` settings given together."""
+        check_fields(self)
+        check_exclusive(self, self.exclusive)
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         """Return the transformed model (may modify ``model`` in place and return it)."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        """The step's settings as plain JSON-able values."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The step's settings as plain JSON-able values: its own first, then its blocks'."""
+        return {name: getattr(self, name) for name in setting_names(type(self))}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
 
     def describe(self) -> dict[str, Any]:
         """``{"kind": ..., "settings": {...}}`` as written into reports and artifacts."""
         return {"kind": self.kind, "settings": self.settings()}
 
 
+def setting_names(cls: type) -> list[str]:
+    """A step's field names, those it declares first and then those of its settings blocks
+    (``base.settings``), so a repr or a report leads with what is particular to the step."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    blocks = {
+        f.name
+        for base in cls.__mro__
+        if issubclass(base, SettingsBlock) and not issubclass(base, Step) and dataclasses.is_dataclass(base)
+        for f in dataclasses.fields(base)
+    }
+    return [n for n in names if n not in blocks] + [n for n in names if n in blocks]
+
+
 STEPS: dict[str, type[Step]] = {}
 S = TypeVar("S", bound=type[Step])
 
-# Modules whose import registers the built-in steps. They are imported on first lookup, not
-# with the package, so that loading an artifact does not pull in compression code.
-BUILTIN_STEP_MODULES = (
-    "nncompress.train.finetune", "nncompress.distill", "nncompress.prune", "nncompress.quantize.int8",
-    "nncompress.quantize.ptq", "nncompress.quantize.kmeans", "nncompress.quantize.qat", "nncompress.quantize.binary",
-    "nncompress.quantize.mixed", "nncompress.distill.assistants", "nncompress.lowrank",
-    "nncompress.quantize.gptq", "nncompress.quantize.awq", "nncompress.quantize.hqq", "nncompress.quantize.smoothquant",
-    "nncompress.prune.wanda", "nncompress.prune.sparsegpt",
-)
+# Modules whose import registers the built-in steps (from the step table, ``core/catalog.py``). They
+# are imported on first lookup, not with the package, so loading an artifact does not pull in
+# compression code.
+BUILTIN_STEP_MODULES = step_modules()
 
 
 def builtin_steps() -> dict[str, type[Step]]:
@@ -122,6 +153,7 @@ def register_step(
     def deco(cls: S) -> S:
         if kind in STEPS:
             raise ValueError(f"step kind {kind!r} is already registered by {STEPS[kind].__name__}")
+        _check_after_init(cls)
         cls.kind, cls.family = kind, family
         if produces is not None:
             cls.produces = produces
@@ -133,6 +165,19 @@ def register_step(
         return cls
 
     return deco
+
+
+def _check_after_init(cls: type[Step]) -> None:
+    """Make ``cls(...)`` run ``check_settings`` once its dataclass ``__init__`` (and ``__post_init__``) is done."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Step, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.check_settings()
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.__repr__ = Step.__repr__  # type: ignore[method-assign]  # the dataclass repr puts block fields first
 
 
 def step_from_dict(data: dict[str, Any]) -> Step:

@@ -24,7 +24,7 @@ class Distill(FineTune):
 
     Example:
         >>> Distill(epochs=4, lr=1e-3, alpha=0.9, temperature=4.0)  # doctest: +ELLIPSIS
-        Distill(epochs=4.0, lr=0.001, ..., alpha=0.9, temperature=4.0)
+        Distill(alpha=0.9, temperature=4.0, epochs=4.0, lr=0.001, ...)
     """
 
     alpha: float = 0.9

@@ -45,11 +45,6 @@ def _block_containers(model: nn.Module) -> list[tuple[str, nn.Sequential | nn.Mo
     )
 
 
-def model_depth(model: nn.Module) -> int:
-    """How many blocks ``shallower`` can choose from (ValueError for a model it cannot handle)."""
-    return sum(len(c) for _, c in _block_containers(model))
-
-
 def _kept_indices(containers: list[tuple[str, Any]], keep: str | Sequence[int]) -> set[int]:
     """Flat indices (over all blocks in order) of the blocks to keep."""
     depth = sum(len(c) for _, c in containers)

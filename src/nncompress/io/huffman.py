@@ -102,13 +102,6 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     return codes
 
 
-def stream_bits(symbols: np.ndarray, lengths: np.ndarray) -> int:
-    """Bits the symbols take under ``lengths`` (0 when a single symbol is present: it is implied)."""
-    if np.count_nonzero(lengths) <= 1:
-        return 0
-    return int(lengths[symbols].sum())
-
-
 def encode_bits(symbols: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The code bits of ``symbols`` (MSB first), one uint8 0/1 per bit.
 

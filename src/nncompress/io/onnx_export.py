@@ -184,7 +184,7 @@ def _export_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str], list[str]
     """A copy of ``model`` whose packed layers are ``ExportedLayer`` stand-ins; plus each weighted
     layer's form and notes (sparse weights written dense, dense fallbacks)."""
     from nncompress.base.modules import replace_module
-    from nncompress.io.onnx_packed import ExportedLayer, plan_packed_layer
+    from nncompress.quantize.onnx_packed import ExportedLayer, plan_packed_layer
     from nncompress.quantize.layers import PackedWeightLayer
 
     work = copy.deepcopy(model).eval()

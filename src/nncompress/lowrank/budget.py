@@ -20,7 +20,7 @@ from torch import nn
 
 from nncompress.base.checks import check_count
 from nncompress.base.modules import replace_module
-from nncompress.base.selection import normalize_patterns
+from nncompress.base.settings import LayerPatterns, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.lowrank.layers import METHODS, Cost, Method, layer_cost
 from nncompress.lowrank.ranks import RankRule, describe_rank
@@ -48,7 +48,7 @@ def _amount(cost: Cost, resource: str) -> int:
 
 @register_step("lowrank-budget", family="lowrank")
 @dataclass(frozen=True)
-class LowRankBudget(Step):
+class LowRankBudget(LayerPatterns, LayerSelection, Step):
     """Factorize layers at per-layer ranks that meet a MACs or parameter target with the least estimated loss.
 
     Args:
@@ -79,12 +79,9 @@ class LowRankBudget(Step):
     methods: tuple[str, ...] = ("svd", "tucker")
     criterion: str = "loss"
     val_batches: int = 2
-    layers: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or not 0 < self.target < 1:
             raise ValueError(f"target must be a fraction in (0, 1) of the model's {self.resource} to keep, "
                              f"got {self.target!r}")
@@ -99,8 +96,6 @@ class LowRankBudget(Step):
         object.__setattr__(self, "keep", tuple(sorted({float(f) for f in keep})))
         self._check_methods(tuple(self.methods))
         object.__setattr__(self, "methods", tuple(self.methods))
-        object.__setattr__(self, "layers", normalize_patterns(self.layers, "layers"))
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     @staticmethod
     def _check_methods(methods: tuple[str, ...]) -> None:

@@ -17,9 +17,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from nncompress.base.checks import check_count
+from nncompress.base.checks import check_flag
 from nncompress.base.modules import replace_module, weight_layers
-from nncompress.base.selection import check_patterns, is_excluded, normalize_patterns
+from nncompress.base.selection import check_patterns, is_excluded
+from nncompress.base.settings import CalibrationSettings, KeepClassifier, KeepFirstConv, LayerPatterns
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.lowrank.layers import CP, Cost, LayerIO, LinearSVD, Method, SpatialSVD, Tucker2, layer_cost
 from nncompress.lowrank.probe import input_grams, layer_io
@@ -129,22 +130,19 @@ def replace_layer(
 
 
 @dataclass(frozen=True)
-class Factorize(Step):
+class Factorize(LayerPatterns, Step):
     """What the factorization steps share: the rank rule, layer selection and the apply loop.
 
     Not registered itself; each subclass names its ``method`` (``layers.METHODS``).
     """
 
     rank: int | float | str = 0.25
-    layers: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
 
     method: ClassVar[Method]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         parse_rank(self.rank, self.method.rules)
-        object.__setattr__(self, "layers", normalize_patterns(self.layers, "layers"))
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
         """The layers this step would factorize (before the break-even check)."""
@@ -184,7 +182,7 @@ class Factorize(Step):
 
 @register_step("svd", family="lowrank")
 @dataclass(frozen=True)
-class SVDFactorize(Factorize):
+class SVDFactorize(KeepClassifier, CalibrationSettings, Factorize):
     """Factorize Linear layers by truncated SVD: ``Linear(in, r, bias=False)`` then ``Linear(r, out)``.
 
     Args:
@@ -200,22 +198,17 @@ class SVDFactorize(Factorize):
 
     Example:
         >>> SVDFactorize(rank="energy:0.9", activation_aware=True)  # doctest: +ELLIPSIS
-        SVDFactorize(rank='energy:0.9', layers=(), exclude=(), keep_classifier=True, activation_aware=True, ...)
+        SVDFactorize(rank='energy:0.9', activation_aware=True, ...)
     """
 
     rank: int | float | str = 0.25
-    keep_classifier: bool = True
     activation_aware: bool = False
-    calibration_batches: int = 4
 
     method: ClassVar[Method] = LinearSVD()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for flag in ("keep_classifier", "activation_aware"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
-        check_count("calibration_batches", self.calibration_batches)
+        check_flag("activation_aware", self.activation_aware)
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
         return factorizable_layers(model, nn.Linear, layers=self.layers, exclude=self.exclude,
@@ -231,15 +224,8 @@ class SVDFactorize(Factorize):
 
 
 @dataclass(frozen=True)
-class ConvFactorize(Factorize):
-    """The Conv2d factorization steps' shared setting: keep the first convolution."""
-
-    keep_first_conv: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.keep_first_conv, bool):
-            raise ValueError(f"keep_first_conv must be True or False, got {self.keep_first_conv!r}")
+class ConvFactorize(KeepFirstConv, Factorize):
+    """The Conv2d factorization steps' shared setting: keep the first convolution (``KeepFirstConv``)."""
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
         return factorizable_layers(model, nn.Conv2d, layers=self.layers, exclude=self.exclude,

@@ -22,9 +22,9 @@ def stored_weight_counts(module: nn.Module) -> tuple[int, int] | None:
     method = getattr(module, "stored_weight_counts", None)
     if callable(method):
         return method()
-    from nncompress.io.quantized import _is_packed_module
+    from nncompress.io.quantized import is_torch_ao_packed
 
-    if _is_packed_module(module):
+    if is_torch_ao_packed(module):
         weight, bias = module._weight_bias()
         values = [weight.int_repr()] + ([bias.detach()] if bias is not None else [])
         return sum(v.numel() for v in values), sum(int(v.count_nonzero()) for v in values)
@@ -136,9 +136,9 @@ def _stored_rows(name: str, module: nn.Module) -> list[dict[str, Any]] | None:
         counts = stored_weight_counts(module)
         assert counts is not None, f"{type(module).__name__} has describe() but no stored_weight_counts()"
         return [_row(name, module, module.dequantized_weight(), counts, **module.describe())]
-    from nncompress.io.quantized import _is_packed_module
+    from nncompress.io.quantized import is_torch_ao_packed
 
-    if _is_packed_module(module):
+    if is_torch_ao_packed(module):
         weight = module._weight_bias()[0]
         channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
         fmt = {"format": "int8", "bits": 8, "granularity": "channel" if channel else "tensor"}

@@ -8,7 +8,8 @@ from nncompress.measure.report import Report
 from nncompress.tasks.metrics import METRICS
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """``n`` bytes in B, KB, MB or GB (1024-based, one decimal above bytes)."""
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -16,25 +17,27 @@ def _human_bytes(n: float) -> str:
     raise AssertionError
 
 
-def _human_count(n: float) -> str:
+def human_count(n: float) -> str:
+    """``n`` as a count with a k / M / G suffix."""
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return f"{n:.0f}"
 
 
-def _rows(report: Report) -> dict[str, str]:
+def report_rows(report: Report) -> dict[str, str]:
+    """The comparison table's cells of one ``Report``, by row name."""
     lat = "-" if report.latency_ms is None else f"{report.latency_ms:.3f}"
     big = next(
         (v for k, v in report.latency.items() if k.startswith("batch_") and k != "batch_1"), None
     )
     rows = {
         f"{report.metric['name']} (test)": f"{report.metric['value']:.4f}",
-        "params": _human_count(report.params),
-        "non-zero params": _human_count(report.nonzero_params),
-        "size on disk": _human_bytes(report.size_bytes),
-        "dense fp32 size": _human_bytes(report.dense_fp32_bytes),
-        "MACs (batch 1)": _human_count(report.macs),
+        "params": human_count(report.params),
+        "non-zero params": human_count(report.nonzero_params),
+        "size on disk": human_bytes(report.size_bytes),
+        "dense fp32 size": human_bytes(report.dense_fp32_bytes),
+        "MACs (batch 1)": human_count(report.macs),
         "latency b=1 (ms, median)": lat,
         f"latency b={big['batch_size']} (ms, median)" if big else "latency batch-N": (
             f"{big['median_ms']:.3f}" if big else "-"
@@ -49,7 +52,7 @@ def _rows(report: Report) -> dict[str, str]:
 
 def comparison_table(reports: Sequence[Report], names: Sequence[str]) -> str:
     """A text table with one column per report and, for two, a ratio column (first / second)."""
-    rows = [_rows(r) for r in reports]
+    rows = [report_rows(r) for r in reports]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     header = ["", *names]
     if len(reports) == 2:
@@ -58,12 +61,13 @@ def comparison_table(reports: Sequence[Report], names: Sequence[str]) -> str:
     for key in keys:
         line = [key, *(r.get(key, "-") for r in rows)]
         if len(reports) == 2:
-            line.append(_change(key, reports[0], reports[1]))
+            line.append(row_change(key, reports[0], reports[1]))
         lines.append(line)
     return _render(lines)
 
 
-def _change(key: str, a: Report, b: Report) -> str:
+def row_change(key: str, a: Report, b: Report) -> str:
+    """The change column of row ``key`` from report ``a`` to ``b``."""
     if key.endswith("(test)"):
         return _metric_change(a.metric, b.metric)
     pairs = {
@@ -120,9 +124,9 @@ def layer_table(baseline: Report, final: Report) -> str:
     for name in names:
         b, a = before.get(name), after.get(name)
         line = [name, (a or b)["type"]]
-        line += [_shape(b["shape"]), _human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3
-        line += ([_shape(a["shape"]), format_label(a), _bits(a), _human_count(a["params"]),
-                  _human_count(a["nonzero_params"]), f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 6)
+        line += [_shape(b["shape"]), human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3
+        line += ([_shape(a["shape"]), format_label(a), _bits(a), human_count(a["params"]),
+                  human_count(a["nonzero_params"]), f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 6)
         lines.append(line)
     return _render(lines)
 

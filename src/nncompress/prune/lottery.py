@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from nncompress.base.checks import check_count
+from nncompress.base.settings import LayerSelection, TrainSettings, default
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.measure.metric import evaluate
 from nncompress.prune.magnitude import SCOPES, MagnitudePrune, apply_masks, masked_fraction
@@ -42,7 +43,7 @@ class LotteryRound:
 
 @register_step("lottery-ticket", family="prune")
 @dataclass(frozen=True)
-class LotteryTicket(Step):
+class LotteryTicket(TrainSettings, LayerSelection, Step):
     """Find a sparse trainable subnetwork by iterative magnitude pruning with rewinding.
 
     Round 0 trains the re-initialized dense model; each of ``rounds`` rounds then prunes
@@ -52,44 +53,33 @@ class LotteryTicket(Step):
     Args:
         rounds: pruning rounds R (R + 1 trainings).
         rate: fraction of the surviving weights pruned per round, in (0, 1).
-        epochs, lr, optimizer, weight_decay, max_steps: each training run.
+        epochs, lr, optimizer, weight_decay, max_steps: each training run (``TrainSettings``).
         rewind_steps: k; 0 rewinds to the initialization, k > 0 to the weights after k steps
             of round 0's training.
         scope: ``"global"`` magnitude ranking over all targeted layers, or ``"layer"``.
         train_final: train the final ticket; False returns it rewound, untrained.
-        keep_first_conv, keep_classifier, exclude: which weights to prune.
+        keep_first_conv, keep_classifier, exclude: which weights to prune (``LayerSelection``).
 
     Example:
         >>> LotteryTicket(rounds=5, rate=0.2, rewind_steps=100)  # doctest: +ELLIPSIS
-        LotteryTicket(rounds=5, rate=0.2, epochs=1.0, ...)
+        LotteryTicket(rounds=5, rate=0.2, rewind_steps=100, ..., epochs=1.0, lr=0.001, ...)
     """
 
     rounds: int = 3
     rate: float = 0.2
-    epochs: float = 1.0
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    max_steps: int | None = None
+    lr: float = default(1e-3)
     rewind_steps: int = 0
     scope: str = "global"
     train_final: bool = True
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
-    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_count("rounds", self.rounds)
         if not isinstance(self.rate, (int, float)) or not 0.0 < self.rate < 1.0:
             raise ValueError(f"rate must be in (0, 1), got {self.rate!r}")
         check_count("rewind_steps", self.rewind_steps, minimum=0)
-        if self.max_steps is not None:
-            check_count("max_steps", self.max_steps)
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
-        object.__setattr__(self, "epochs", float(self.epochs))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        train_config(self, 0)  # validates epochs, lr and optimizer now, not mid-recipe
 
     def sparsity_after(self, r: int) -> float:
         """Target sparsity after ``r`` rounds: 1 - (1 - rate)^r."""

@@ -20,28 +20,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nncompress.base.checks import check_count
+from nncompress.base.settings import CalibrationSettings, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune import importance
 from nncompress.prune.targets import prunable_weights
 
 MAGNITUDE_CRITERIA = ("magnitude", "l1", "l2")
 SCOPES = ("global", "layer")
+DEFAULT_SPARSITY = 0.5
 
 
 @register_step("unstructured-prune", family="prune")
 @dataclass(frozen=True)
-class UnstructuredPrune(Step):
+class UnstructuredPrune(LayerSelection, CalibrationSettings, Step):
     """Zero the least important individual weights of Linear and Conv layers.
 
     Args:
         sparsity: fraction of the targeted weights to zero, in [0, 1). Counts weights pruned by
-            earlier steps, so pruning a 50%-sparse model to 0.8 zeroes 30% more.
-        threshold: instead of ``sparsity``, zero every weight whose score is below it.
+            earlier steps, so pruning a 50%-sparse model to 0.8 zeroes 30% more. None: 0.5, unless
+            ``threshold`` is given.
+        threshold: instead of ``sparsity``, zero every weight whose score is below it (a finite
+            number >= 0; giving both is an error).
         scope: ``"global"`` ranks all targeted weights together; ``"layer"`` each layer alone.
         keep_first_conv: leave the first convolution dense (it is small and sensitive).
         keep_classifier: leave the last Linear layer dense.
-        exclude: module names to leave dense.
+        exclude: module names or regexes (full match) left dense, with their children.
         criterion: ``"magnitude"``/``"l1"`` (|w|), ``"l2"`` (w^2), ``"lamp"`` (w^2 rescaled per layer,
             for ``scope="global"``), ``"taylor"`` (|w dL/dw|),
             ``"wanda"`` (|w| * input norm) or ``"random"``. Taylor and Wanda read
@@ -55,17 +58,18 @@ class UnstructuredPrune(Step):
         UnstructuredPrune(sparsity=0.8, ..., criterion='wanda', layer_sparsity=(), ...)
     """
 
-    sparsity: float | None = 0.5
+    exclusive = (("threshold", "sparsity"),)
+
+    sparsity: float | None = None
     threshold: float | None = None
     scope: str = "global"
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
-    exclude: tuple[str, ...] = ()
     criterion: str = "magnitude"
     layer_sparsity: tuple[tuple[str, float], ...] = ()
-    calibration_batches: int = 4
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threshold is None and self.sparsity is None:
+            object.__setattr__(self, "sparsity", DEFAULT_SPARSITY)
         if self.threshold is None:
             check_fraction("sparsity", self.sparsity)
         elif self.threshold < 0:
@@ -76,8 +80,6 @@ class UnstructuredPrune(Step):
             raise ValueError(
                 f"criterion must be one of {', '.join(importance.CRITERIA)}; got {self.criterion!r}"
             )
-        check_count("calibration_batches", self.calibration_batches)
-        object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "layer_sparsity", normalize_overrides(self.layer_sparsity))
 
     def targets(self, model: nn.Module) -> dict[str, nn.Parameter]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nncompress.base.checks import check_count
+from nncompress.base.settings import CalibrationSettings, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune import importance
 from nncompress.prune.magnitude import apply_masks, demote_pruned, masked_fraction, weight_scores
@@ -23,7 +24,7 @@ from nncompress.prune.targets import prunable_weights
 
 @register_step("nm-prune", family="prune")
 @dataclass(frozen=True)
-class NMPrune(Step):
+class NMPrune(LayerSelection, CalibrationSettings, Step):
     """Keep the ``n`` highest-scoring weights in every group of ``m`` along the input dimension.
 
     Args:
@@ -33,7 +34,7 @@ class NMPrune(Step):
             see ``UnstructuredPrune``).
         keep_first_conv: leave the first convolution dense.
         keep_classifier: leave the last Linear layer dense.
-        exclude: module names to leave dense.
+        exclude: module names or regexes (full match) left dense, with their children.
         calibration_batches: train batches read by the data-driven criteria.
 
     Example:
@@ -44,12 +45,9 @@ class NMPrune(Step):
     n: int = 2
     m: int = 4
     criterion: str = "magnitude"
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
-    exclude: tuple[str, ...] = ()
-    calibration_batches: int = 4
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_count("n", self.n)
         check_count("m", self.m, minimum=2)
         if self.n >= self.m:
@@ -58,8 +56,6 @@ class NMPrune(Step):
         if self.criterion not in importance.CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(importance.CRITERIA)}; "
                              f"got {self.criterion!r}")
-        check_count("calibration_batches", self.calibration_batches)
-        object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         targets = prunable_weights(model, keep_first_conv=self.keep_first_conv,

@@ -15,14 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from nncompress.base.checks import check_count
+from nncompress.base.checks import check_choice, check_count
+from nncompress.base.settings import CalibrationSettings, KDSettings, LayerSelection, TrainSettings
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune import importance
 from nncompress.prune.magnitude import SCOPES, UnstructuredPrune, apply_masks, check_fraction, masked_fraction
 from nncompress.train.best import BestOnValidation
 from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps, train_config
 from nncompress.train.masks import mask_hooks
-from nncompress.train.objective import check_step_distill, distill_note, step_loss, task_loss
+from nncompress.train.objective import distill_note, step_loss, task_loss
 
 PATHS = ("geometric", "linear")
 
@@ -96,25 +97,24 @@ def make_pruner(step: Any, sparsity: float) -> UnstructuredPrune:
     )
 
 
-def check_training(step: Any) -> None:
-    """Validate a step's shared pruning settings (criterion, scope, calibration, training)."""
-    if step.criterion not in importance.CRITERIA:
-        raise ValueError(f"criterion must be one of {', '.join(importance.CRITERIA)}; "
-                         f"got {step.criterion!r}")
-    if step.scope not in SCOPES:
-        raise ValueError(f"scope must be 'global' or 'layer', got {step.scope!r}")
-    check_count("calibration_batches", step.calibration_batches)
-    if step.max_steps is not None:
-        check_count("max_steps", step.max_steps)
-    object.__setattr__(step, "exclude", tuple(step.exclude))
-    object.__setattr__(step, "epochs", float(step.epochs))
-    check_step_distill(step)
-    train_config(step, 0)  # validates epochs, lr and optimizer now, not mid-recipe
+@dataclass(frozen=True, kw_only=True)
+class ScheduledPruneSettings(TrainSettings, KDSettings, LayerSelection, CalibrationSettings):
+    """The settings block of the steps that prune while training: what to prune and how to score it
+    (``criterion``, ``scope`` and the layer selection, as in ``UnstructuredPrune``), the training run
+    and optional distillation."""
+
+    criterion: str = "magnitude"
+    scope: str = "global"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("criterion", self.criterion, importance.CRITERIA)
+        check_choice("scope", self.scope, SCOPES)
 
 
 @register_step("gradual-prune", family="prune")
 @dataclass(frozen=True)
-class GradualPrune(Step):
+class GradualPrune(ScheduledPruneSettings, Step):
     """Prune while fine-tuning, along Zhu & Gupta's cubic ramp, then train on with masks fixed.
 
     Args:
@@ -125,11 +125,7 @@ class GradualPrune(Step):
             the steps after ``end`` fine-tune the final sparse model.
         keep_best: evaluate on the validation split at each epoch's end once the ramp is done and
             return the best of those checkpoints (same masks), not the last.
-        epochs, lr, optimizer, max_steps: the fine-tuning run (see ``FineTune``).
-        criterion, scope, keep_first_conv, keep_classifier, exclude, calibration_batches:
-            which weights to prune and how to score them (see ``UnstructuredPrune``).
-        distill, kd_alpha, kd_temperature: train on soft labels from the model before compression
-            mixed with the task loss (as in ``qat``); without a teacher, the task loss alone.
+        criterion, scope, layer selection, training run, distillation: ``ScheduledPruneSettings``.
 
     Example:
         >>> GradualPrune(sparsity=0.9, frequency=50, epochs=4)  # doctest: +ELLIPSIS
@@ -142,21 +138,9 @@ class GradualPrune(Step):
     begin: float = 0.0
     end: float = 0.75
     keep_best: bool = False
-    epochs: float = 1.0
-    lr: float = 5e-4
-    optimizer: str = "adamw"
-    max_steps: int | None = None
-    criterion: str = "magnitude"
-    scope: str = "global"
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
-    exclude: tuple[str, ...] = ()
-    calibration_batches: int = 4
-    distill: bool = False
-    kd_alpha: float = 0.9
-    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_fraction("sparsity", self.sparsity)
         check_fraction("initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.sparsity:
@@ -166,7 +150,6 @@ class GradualPrune(Step):
         if not 0.0 <= self.begin <= self.end <= 1.0:
             raise ValueError(f"need 0 <= begin <= end <= 1 (fractions of the training steps), "
                              f"got begin={self.begin}, end={self.end}")
-        check_training(self)
 
     def config(self, seed: int) -> TrainConfig:
         return train_config(self, seed)
@@ -216,18 +199,15 @@ class GradualPrune(Step):
 
 @register_step("iterative-prune", family="prune")
 @dataclass(frozen=True)
-class IterativePrune(Step):
+class IterativePrune(ScheduledPruneSettings, Step):
     """Prune in ``rounds`` rounds, each followed by a short fine-tune with the masks fixed.
 
     Args:
         sparsity: final sparsity of the targeted weights, in [0, 1).
         rounds: number of prune-then-fine-tune rounds.
         path: ``"geometric"`` (the same fraction of survivors each round) or ``"linear"``.
-        epochs, lr, optimizer, max_steps: each round's fine-tuning run.
-        criterion, scope, keep_first_conv, keep_classifier, exclude, calibration_batches:
-            which weights to prune and how to score them (see ``UnstructuredPrune``).
-        distill, kd_alpha, kd_temperature: train on soft labels from the model before compression
-            mixed with the task loss (as in ``qat``); without a teacher, the task loss alone.
+        criterion, scope, layer selection, each round's training run, distillation:
+            ``ScheduledPruneSettings``.
 
     Example:
         >>> IterativePrune(sparsity=0.9, rounds=3, path="geometric")  # doctest: +ELLIPSIS
@@ -237,26 +217,13 @@ class IterativePrune(Step):
     sparsity: float = 0.9
     rounds: int = 3
     path: str = "geometric"
-    epochs: float = 1.0
-    lr: float = 5e-4
-    optimizer: str = "adamw"
-    max_steps: int | None = None
-    criterion: str = "magnitude"
-    scope: str = "global"
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
-    exclude: tuple[str, ...] = ()
-    calibration_batches: int = 4
-    distill: bool = False
-    kd_alpha: float = 0.9
-    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_fraction("sparsity", self.sparsity)
         check_count("rounds", self.rounds)
         if self.path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}; got {self.path!r}")
-        check_training(self)
 
     def config(self, seed: int) -> TrainConfig:
         return train_config(self, seed)

@@ -109,7 +109,7 @@ class SparseGPTPrune(OneShotPrune):
 
     Example:
         >>> SparseGPTPrune(pattern="2:4")  # doctest: +ELLIPSIS
-        SparseGPTPrune(sparsity=None, pattern='2:4', ..., percdamp=0.01, block_size=128)
+        SparseGPTPrune(sparsity=None, pattern='2:4', percdamp=0.01, block_size=128, ...)
     """
 
     percdamp: float = 0.01

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.selection import check_patterns, is_excluded, matched_modules
+from nncompress.base.settings import CalibrationSettings, Exclusions
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.models.vit import MultiHeadSelfAttention
 from nncompress.prune import importance
@@ -66,22 +68,9 @@ def _check_settings(sparsity: float, criterion: str, calibration_batches: int, m
         raise ValueError(f"macs_reduction must be a fraction in (0, 1) or None, got {macs_reduction!r}")
 
 
-def matches(name: str, patterns: tuple[str, ...]) -> bool:
-    """Whether ``name`` is one of ``patterns`` or lies inside one of them."""
-    return any(name == p or name.startswith(p + ".") for p in patterns)
-
-
 def check_exclude(model: nn.Module, exclude: tuple[str, ...]) -> None:
-    """Every excluded name must be a submodule or parameter of ``model``."""
-    modules = [n for n, _ in model.named_modules() if n]
-    known = set(modules) | {n for n, _ in model.named_parameters()}
-    bad = [e for e in exclude if e not in known]
-    if bad:
-        shown = ", ".join(modules[:15]) + (", ..." if len(modules) > 15 else "")
-        raise ValueError(
-            f"exclude names no module or parameter of {type(model).__name__}: "
-            f"{', '.join(map(repr, bad))}; its modules are: {shown}"
-        )
+    """Every ``exclude`` pattern must name a submodule or a parameter (``cls_token``) of ``model``."""
+    check_patterns(model, exclude, "exclude", list_layers=lambda m: list(m.named_modules())[1:], parameters=True)
 
 
 def example_inputs(model: nn.Module, task: Task) -> Any:
@@ -261,7 +250,7 @@ def _cut_free_parameter(
 
 @register_step("channel-prune", family="prune")
 @dataclass(frozen=True)
-class ChannelPrune(Step):
+class ChannelPrune(Exclusions, CalibrationSettings, Step):
     """Remove whole channels and neurons, cutting every layer coupled to them.
 
     Args:
@@ -293,12 +282,11 @@ class ChannelPrune(Step):
     scope: str = "layer"
     round_to: int = 1
     min_channels: int = 1
-    exclude: tuple[str, ...] = ()
-    calibration_batches: int = 4
     macs_reduction: float | None = None
     fold_norms: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_settings(self.sparsity, self.criterion, self.calibration_batches, self.macs_reduction)
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
@@ -306,7 +294,6 @@ class ChannelPrune(Step):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         from nncompress.base.canonical import canonicalize
@@ -318,7 +305,7 @@ class ChannelPrune(Step):
                            "nn.Linear (same outputs) so their channels can be cut")
         check_exclude(model, self.exclude)
         modules = dict(model.named_modules())
-        opaque = [n for n in self.exclude if n in modules and not isinstance(modules[n], LAYERS)]
+        opaque = [n for n in matched_modules(model, self.exclude) if not isinstance(modules[n], LAYERS)]
         graph = trace_channels(model, example_inputs(model, ctx.task), opaque=opaque)
         if graph.kept_whole:
             shown = ", ".join(n or "(the model's own forward)" for n in graph.kept_whole[:8])
@@ -378,7 +365,7 @@ class ChannelPrune(Step):
 
     def _may_prune(self, group: ChannelGroup) -> bool:
         producers = [m.name for m in group.members if m.kind != "in"]
-        return group.size > self.min_channels and not any(matches(n, self.exclude) for n in producers)
+        return group.size > self.min_channels and not any(is_excluded(n, self.exclude) for n in producers)
 
 
 def head_scores(
@@ -415,7 +402,7 @@ def head_scores(
 
 @register_step("head-prune", family="prune")
 @dataclass(frozen=True)
-class HeadPrune(Step):
+class HeadPrune(Exclusions, CalibrationSettings, Step):
     """Remove whole attention heads (q/k/v rows and proj columns) of MultiHeadSelfAttention.
 
     Args:
@@ -427,23 +414,21 @@ class HeadPrune(Step):
 
     Example:
         >>> HeadPrune(sparsity=0.5)
-        HeadPrune(sparsity=0.5, criterion='l1', exclude=(), calibration_batches=4)
+        HeadPrune(sparsity=0.5, criterion='l1', macs_reduction=None, calibration_batches=4, exclude=())
     """
 
     sparsity: float = 0.5
     criterion: str = "l1"
-    exclude: tuple[str, ...] = ()
-    calibration_batches: int = 4
     macs_reduction: float | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_settings(self.sparsity, self.criterion, self.calibration_batches, self.macs_reduction)
-        object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         check_exclude(model, self.exclude)
         layers = {n: m for n, m in model.named_modules()
-                  if isinstance(m, MultiHeadSelfAttention) and not matches(n, self.exclude)}
+                  if isinstance(m, MultiHeadSelfAttention) and not is_excluded(n, self.exclude)}
         if not layers:
             ctx.log.append("head-prune: no MultiHeadSelfAttention layers to prune; model unchanged")
             return model

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from nncompress.base.modules import CONV_KINDS, edge_layers
+from nncompress.base.selection import check_patterns, is_excluded
+
+PRUNABLE = (nn.Linear, *CONV_KINDS)
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every Linear/Conv layer (subclasses included), in definition order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
 def prunable_weights(
@@ -14,20 +22,12 @@ def prunable_weights(
     keep_classifier: bool = True,
     exclude: tuple[str, ...] = (),
 ) -> dict[str, nn.Parameter]:
-    """``{"<module>.weight": parameter}`` for the Linear/Conv layers a pruner may sparsify."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
-    skip = set(exclude)
-    known = {n for n, _ in layers}
-    unknown = skip - {n for n, _ in model.named_modules()}
-    if unknown:
-        raise ValueError(
-            f"exclude names no module: {', '.join(sorted(unknown))}; Linear/Conv modules are: "
-            f"{', '.join(sorted(known))}"
-        )
-    convs = [n for n, m in layers if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
-    if keep_first_conv and convs:
-        skip.add(convs[0])
-    if keep_classifier and linears:
-        skip.add(linears[-1])
-    return {f"{n}.weight": m.weight for n, m in layers if n not in skip}
+    """``{"<module>.weight": parameter}`` for the Linear/Conv layers a pruner may sparsify.
+
+    ``exclude`` holds module names or regexes (``base.selection``): a match leaves the module and its
+    children dense.
+    """
+    layers = prunable_layers(model)
+    check_patterns(model, tuple(exclude), "exclude", list_layers=prunable_layers)
+    kept = edge_layers(layers, first_conv=keep_first_conv, classifier=keep_classifier)
+    return {f"{n}.weight": m.weight for n, m in layers if n not in kept and not is_excluded(n, tuple(exclude))}

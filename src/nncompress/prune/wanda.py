@@ -24,8 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from nncompress.base.checks import check_count, check_flag
-from nncompress.base.selection import normalize_patterns
+from nncompress.base.settings import BlockCalibration, LinearSelection
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -83,7 +82,7 @@ def wanda_mask(
 
 
 @dataclass(frozen=True)
-class OneShotPrune(Step):
+class OneShotPrune(LinearSelection, BlockCalibration, Step):
     """Settings shared by the one-shot pruners (not a step itself).
 
     Args:
@@ -105,15 +104,11 @@ class OneShotPrune(Step):
 
     sparsity: float | None = None
     pattern: str = "unstructured"
-    layers: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    keep_classifier: bool = True
-    calibration_batches: int = 8
-    blocks: str | None = None
 
     needs: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         nm = parse_pattern(self.pattern)
         if nm is not None and self.sparsity is not None:
             raise ValueError(
@@ -122,11 +117,7 @@ class OneShotPrune(Step):
             )
         if self.sparsity is not None:
             check_fraction("sparsity", self.sparsity)
-        check_flag("keep_classifier", self.keep_classifier)
-        check_count("calibration_batches", self.calibration_batches)
         check_blocks_setting(self.blocks)
-        object.__setattr__(self, "layers", normalize_patterns(self.layers, "layers"))
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from nncompress.base.checks import check_count, check_flag
+from nncompress.base.settings import BlockCalibration
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -140,7 +141,7 @@ def awq_clip(
 
 @register_step("awq", family="quantize")
 @dataclass(frozen=True)
-class AWQQuantize(WeightOnlyQuantize):
+class AWQQuantize(BlockCalibration, WeightOnlyQuantize):
     """AWQ activation-aware weight-only quantization to packed low-bit Linears (Lin et al. 2024).
 
     Per-input-channel scaling searched on calibration data, optional output-aware clipping, then
@@ -167,8 +168,6 @@ class AWQQuantize(WeightOnlyQuantize):
     grid: int = 20
     clip: bool = True
     max_shrink: float = 0.5
-    calibration_batches: int = 8
-    blocks: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -178,7 +177,6 @@ class AWQQuantize(WeightOnlyQuantize):
             raise ValueError(f"max_shrink must be a number in [0, 1), got {self.max_shrink!r}")
         if not 0 <= self.max_shrink < 1:
             raise ValueError(f"max_shrink must be a number in [0, 1), got {self.max_shrink!r}")
-        check_count("calibration_batches", self.calibration_batches)
         check_blocks_setting(self.blocks)
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:

@@ -28,12 +28,11 @@ from torch import nn
 
 from nncompress.base.checks import check_bits
 from nncompress.base.modules import edge_layers
-from nncompress.base.selection import normalize_patterns
+from nncompress.base.settings import KDSettings, LayerSelection, TrainSettings, default
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.layers import binary_module
 from nncompress.quantize.qat import (
     LSQWeightFakeQuant,
-    check_training_settings,
     convert_fake_quant,
     fake_quant_layer,
     plan_layers,
@@ -116,7 +115,7 @@ def prepare_binary(model: nn.Module, plan: dict[str, int]) -> list[str]:
 
 @register_step("binarize", family="quantize", produces="binary")
 @dataclass(frozen=True)
-class Binarize(Step):
+class Binarize(TrainSettings, KDSettings, LayerSelection, Step):
     """Train hidden Linear/Conv2d layers with binary weights (XNOR-Net), then store 1 bit per weight.
 
     Args:
@@ -134,31 +133,20 @@ class Binarize(Step):
 
     Example:
         >>> Binarize(epochs=3, edge_bits=8)  # doctest: +ELLIPSIS
-        Binarize(epochs=3.0, lr=0.0005, ..., keep_first_conv=True, keep_classifier=True, edge_bits=8, exclude=())
+        Binarize(latent_clip=None, edge_bits=8, exclude=(), ..., epochs=3.0, lr=0.0005, ...)
     """
 
-    epochs: float = 2.0
-    lr: float = 5e-4
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    max_steps: int | None = None
-    distill: bool = True
-    kd_alpha: float = 0.9
-    kd_temperature: float = 4.0
+    epochs: float = default(2.0)
+    distill: bool = default(True)
     latent_clip: float | None = None
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
     edge_bits: int | None = None
-    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "epochs", float(self.epochs))
-        check_training_settings(self)
+        super().__post_init__()
         check_bits("edge_bits", self.edge_bits, allow_none=True)
         c = self.latent_clip
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0):
             raise ValueError(f"latent_clip must be > 0 or None, got {c!r}")
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     def config(self, seed: int) -> TrainConfig:
         return train_config(self, seed)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from nncompress.base.checks import check_bits, check_count, check_flag
-from nncompress.base.selection import normalize_patterns
+from nncompress.base.settings import BlockCalibration, LinearSelection
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -207,7 +207,7 @@ def normalize_group_size(value: object) -> int | None:
 
 
 @dataclass(frozen=True)
-class WeightOnlyQuantize(Step):
+class WeightOnlyQuantize(LinearSelection, Step):
     """Settings shared by the one-shot weight-only quantizers (not a step itself).
 
     Args:
@@ -236,19 +236,14 @@ class WeightOnlyQuantize(Step):
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = False
-    layers: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    keep_classifier: bool = True
     rest_bits: int = 32
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_bits("bits", self.bits)
         check_rest_bits(self.rest_bits)
         object.__setattr__(self, "group_size", normalize_group_size(self.group_size))
         check_flag("symmetric", self.symmetric)
-        check_flag("keep_classifier", self.keep_classifier)
-        object.__setattr__(self, "layers", normalize_patterns(self.layers, "layers"))
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     def targets(self, model: nn.Module) -> dict[str, nn.Linear]:
         """The plain Linears this step quantizes, by name (ValueError for unknown names)."""
@@ -324,7 +319,7 @@ class RTNQuantize(WeightOnlyQuantize):
 
 @register_step("gptq", family="quantize")
 @dataclass(frozen=True)
-class GPTQQuantize(WeightOnlyQuantize):
+class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
     """GPTQ one-shot weight quantization to packed low-bit Linears (Frantar et al. 2023).
 
     Each selected Linear is quantized from its inputs' Hessian, collected after the earlier layers
@@ -348,15 +343,12 @@ class GPTQQuantize(WeightOnlyQuantize):
     act_order: bool = False
     percdamp: float = 0.01
     block_size: int = 128
-    calibration_batches: int = 8
-    blocks: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_flag("act_order", self.act_order)
         check_percdamp(self.percdamp)
         check_count("block_size", self.block_size)
-        check_count("calibration_batches", self.calibration_batches)
         check_blocks_setting(self.blocks)
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:

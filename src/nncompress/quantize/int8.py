@@ -28,6 +28,8 @@ from torch import nn
 
 from nncompress.base.checks import check_choice, check_count
 from nncompress.base.data import as_args, calibration_inputs
+from nncompress.base.selection import check_patterns, matched_modules
+from nncompress.base.settings import CalibrationSettings, Exclusions, default
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.measure.flops import mark_reference_macs
 from nncompress.quantize.onnx_layers import consumers_of
@@ -36,49 +38,27 @@ OBSERVERS = ("minmax", "histogram")
 BACKENDS = ("auto", "onnxruntime", "torch")
 
 
-def _check_exclude(model: nn.Module, exclude: tuple[str, ...]) -> None:
-    names = {n for n, _ in model.named_modules() if n}
-    unknown = [e for e in exclude if e not in names]
-    if unknown:
-        raise ValueError(
-            f"exclude names unknown module(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: module names such as {', '.join(sorted(names)[:8])}"
-        )
+def _check_exclude(model: nn.Module, exclude: tuple[str, ...]) -> tuple[str, ...]:
+    """The module names ``exclude`` selects (``base.selection``); ValueError for a pattern naming none."""
+    check_patterns(model, exclude, "exclude")
+    return matched_modules(model, exclude)
 
 
 def _excluded(name: str, exclude: tuple[str, ...]) -> bool:
     return any(name == e or name.startswith(f"{e}.") for e in exclude)
 
 
-def _has_weight_matrix(module: nn.Module) -> bool:
-    """The module itself (not a child) holds a parameter of 2+ dimensions."""
-    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
-
-
 # --- torch.ao backend -------------------------------------------------------------------------
 
 
-DYNAMIC_KINDS = (nn.Linear, nn.LSTM, nn.GRU)  # what torch.ao runs with dynamic int8 kernels
-RNN_KINDS = (nn.LSTM, nn.GRU)
-
-
-def dynamic_targets(model: nn.Module, exclude: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of the Linear (subclasses too), LSTM and GRU layers outside ``exclude``:
-    what dynamic int8 quantizes."""
-    return [
-        (name, m) for name, m in model.named_modules()
-        if (isinstance(m, nn.Linear) or type(m) in RNN_KINDS) and not _excluded(name, exclude)
-    ]
-
-
 def torch_dynamic_int8(model: nn.Module, *, per_channel: bool = True, exclude: tuple[str, ...] = ()) -> nn.Module:
-    """A copy of ``model`` whose ``nn.Linear``, ``nn.LSTM`` and ``nn.GRU`` layers (except
-    ``exclude``) run dynamic int8: int8 weights (the LSTM/GRU gate matrices included), activations
-    quantized per batch, torch.ao's int8 GEMM and recurrent kernels."""
+    """A copy of ``model`` whose ``nn.Linear`` layers (except ``exclude``) run dynamic int8."""
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    spec = {name: qconfig for name, _ in dynamic_targets(model, exclude)}
+    spec = {
+        name: qconfig for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _excluded(name, exclude)
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
         return quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
@@ -330,7 +310,7 @@ def onnxruntime_dynamic_int8(
 
 @register_step("int8-static", family="quantize", produces="int8-runtime")
 @dataclass(frozen=True)
-class StaticInt8Quantize(Step):
+class StaticInt8Quantize(Exclusions, CalibrationSettings, Step):
     """Post-training static int8: calibrate on train batches, convert to real int8 kernels.
 
     Settings:
@@ -339,7 +319,7 @@ class StaticInt8Quantize(Step):
             torch.ao ``HistogramObserver`` / onnxruntime entropy calibration).
         per_channel: one weight scale per output channel (else one per tensor).
         backend: ``"auto"`` (onnxruntime when installed, else torch), ``"onnxruntime"``, ``"torch"``.
-        exclude: module names (and their children) kept in fp32.
+        exclude: module names or regexes (full match) kept in fp32, with their children.
         threads: onnxruntime intra-op threads for batches above 8 (0: ``torch.get_num_threads()``);
             smaller batches use one.
         min_int8_in_channels: onnxruntime backend only: convolutions with fewer input channels
@@ -356,20 +336,16 @@ class StaticInt8Quantize(Step):
         ('int8-static', ('fc3',), 'auto')
     """
 
-    calibration_batches: int = 8
+    calibration_batches: int = default(8)
     observer: str = "minmax"
     per_channel: bool = True
     backend: str = "auto"
-    exclude: tuple[str, ...] = ()
     threads: int = 0
     min_int8_in_channels: int = 4
 
     def __post_init__(self) -> None:
-        if isinstance(self.exclude, str):
-            object.__setattr__(self, "exclude", (self.exclude,))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        for name in ("calibration_batches", "min_int8_in_channels"):
-            check_count(name, getattr(self, name))
+        super().__post_init__()
+        check_count("min_int8_in_channels", self.min_int8_in_channels)
         check_choice("observer", self.observer, OBSERVERS)
         check_choice("backend", self.backend, BACKENDS)
         if not isinstance(self.per_channel, bool):
@@ -378,9 +354,9 @@ class StaticInt8Quantize(Step):
             raise ValueError(f"threads={self.threads!r} must be an integer >= 0 (0: torch's thread count)")
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
-        _check_exclude(model, self.exclude)
+        exclude = _check_exclude(model, self.exclude)
         calibration = calibration_inputs(ctx.task.train, self.calibration_batches, ctx.task.name)
-        settings = {"observer": self.observer, "per_channel": self.per_channel, "exclude": self.exclude}
+        settings = {"observer": self.observer, "per_channel": self.per_channel, "exclude": exclude}
         note = f"calibrated on {len(calibration)} batch(es)"
         if self.backend in ("auto", "onnxruntime"):
             try:
@@ -407,7 +383,7 @@ class StaticInt8Quantize(Step):
                 f"int8-static: torch.ao FX tracing failed ({type(e).__name__}: {e}); "
                 "fell back to dynamic int8 Linear layers"
             )
-            out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=self.exclude)
+            out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=exclude)
             return mark_reference_macs(out, model, ctx.task.single_example())
         ctx.log.append(f"int8-static: torch.ao FX x86 int8 (conv-bn-relu fused), {note}")
         return mark_reference_macs(out, model, ctx.task.single_example())
@@ -415,14 +391,10 @@ class StaticInt8Quantize(Step):
 
 @register_step("int8-dynamic", family="quantize", produces="int8-runtime")
 @dataclass(frozen=True)
-class DynamicInt8Quantize(Step):
-    """Dynamic int8 for Linear, LSTM and GRU layers (weights int8, activations quantized per batch at run time).
+class DynamicInt8Quantize(Exclusions, Step):
+    """Dynamic int8 for Linear layers (weights int8, activations quantized per batch at run time).
 
-    Needs no calibration data; helps Linear-heavy models (MLPs, transformers) and recurrent nets
-    most. ``nn.LSTM`` / ``nn.GRU`` run torch.ao's int8 recurrent kernels (a model holding one takes
-    the torch backend: ONNX Runtime's quantizer leaves GRUs float) and the artifact stores their
-    gate matrices in int8. Other weight layers (convolutions, embeddings) are left float and named
-    in the step's notes; a model with no layer to quantize is an error.
+    Needs no calibration data; helps Linear-heavy models (MLPs, transformers) most.
 
     Settings:
         per_channel: one weight scale per output channel (else one per tensor).
@@ -432,7 +404,7 @@ class DynamicInt8Quantize(Step):
             with a log line saying why.
         reduce_range: onnxruntime backend only: 7-bit weights (for u8s8 kernels without VNNI that
             could saturate int16 sums); off because it cost accuracy and no speed here.
-        exclude: module names (and their children) kept in fp32.
+        exclude: module names or regexes (full match) kept in fp32, with their children.
         threads: onnxruntime intra-op threads for batches above 8 (0: ``torch.get_num_threads()``).
 
     Example:
@@ -443,13 +415,10 @@ class DynamicInt8Quantize(Step):
     per_channel: bool = True
     backend: str = "onnxruntime"
     reduce_range: bool = False
-    exclude: tuple[str, ...] = ()
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.exclude, str):
-            object.__setattr__(self, "exclude", (self.exclude,))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        super().__post_init__()
         check_choice("backend", self.backend, DYNAMIC_BACKENDS)
         for name in ("per_channel", "reduce_range"):
             if not isinstance(getattr(self, name), bool):
@@ -458,25 +427,9 @@ class DynamicInt8Quantize(Step):
             raise ValueError(f"threads={self.threads!r} must be an integer >= 0 (0: torch's thread count)")
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
-        _check_exclude(model, self.exclude)
-        exclude = self.exclude
+        exclude = _check_exclude(model, self.exclude)
         example = ctx.task.single_example()
-        targets = dynamic_targets(model, exclude)
-        left = [(n, type(m).__name__) for n, m in model.named_modules()
-                if _has_weight_matrix(m) and not isinstance(m, DYNAMIC_KINDS) and not _excluded(n, exclude)]
-        if not targets:
-            shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) or "none"
-            raise ValueError(f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; "
-                             f"weight layers found: {shown}")
-        if left:
-            shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) + (", ..." if len(left) > 6 else "")
-            ctx.log.append(f"int8-dynamic: {len(left)} weight layer(s) left float (not Linear/LSTM/GRU): {shown}")
-        rnns = [f"{n} ({type(m).__name__})" for n, m in targets if type(m) in RNN_KINDS]
-        backend = self.backend
-        if backend == "onnxruntime" and rnns:
-            ctx.log.append(f"int8-dynamic: {', '.join(rnns)}: int8 recurrent kernels in torch.ao only; using torch.ao")
-            backend = "torch"
-        if backend == "onnxruntime":
+        if self.backend == "onnxruntime":
             try:
                 out, summary = onnxruntime_dynamic_int8(
                     model,
@@ -493,9 +446,6 @@ class DynamicInt8Quantize(Step):
                 ctx.log.append(f"int8-dynamic: {summary}")
                 return mark_reference_macs(out, model, example)
         out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=exclude)
-        dynamic = "torch.ao.nn.quantized.dynamic"
-        done = [type(m).__name__ for m in out.modules() if type(m).__module__.startswith(dynamic)]
-        n_rnn, n_linear = sum(t in ("LSTM", "GRU") for t in done), sum(t == "Linear" for t in done)
-        ctx.log.append(f"int8-dynamic: torch.ao, {n_linear} Linear and {n_rnn} LSTM/GRU layer(s) now "
-                       "dynamic int8" + (f": {', '.join(rnns)}" if rnns else ""))
+        n = sum(1 for m in out.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"))
+        ctx.log.append(f"int8-dynamic: torch.ao, {n} Linear layer(s) now dynamic int8")
         return mark_reference_macs(out, model, example)

@@ -11,7 +11,7 @@ paper's last stage); the log gives both the fixed-width and the stored size of t
 
 Example:
     >>> KMeansQuantize(bits_conv=5, bits_linear=4, epochs=1)  # doctest: +ELLIPSIS
-    KMeansQuantize(bits_conv=5, bits_linear=4, epochs=1.0, lr=0.0003, ...)
+    KMeansQuantize(bits_conv=5, bits_linear=4, ..., epochs=1.0, lr=0.0003, ...)
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.base.modules import check_supported, replace_module, weight_layers
-from nncompress.base.selection import check_patterns, is_excluded, normalize_patterns
+from nncompress.base.selection import check_patterns, is_excluded
+from nncompress.base.settings import Exclusions, KDSettings, TrainSettings, default
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.io.encodings import pow2_int8_exponent
 from nncompress.io.huffman import encode_symbols
 from nncompress.quantize.codebook import kmeans_codebook
 from nncompress.quantize.layers import codebook_module
-from nncompress.train.loop import TrainConfig, fit
-from nncompress.train.objective import check_step_distill, distill_note, step_loss
+from nncompress.train.loop import fit, train_config
+from nncompress.train.objective import distill_note, step_loss
 
 ZERO_FRACTION = 0.01  # a layer with at least this share of exact zeros counts as pruned
 STORAGE = ("float32", "float16", "int8")
@@ -94,7 +95,7 @@ class SharedWeight(nn.Module):
 
 @register_step("kmeans-quantize", family="quantize", produces="codebook")
 @dataclass(frozen=True)
-class KMeansQuantize(Step):
+class KMeansQuantize(TrainSettings, KDSettings, Exclusions, Step):
     """Share weights with k-means codebooks, fine-tune the centroids, store packed cluster indices.
 
     Args:
@@ -120,37 +121,23 @@ class KMeansQuantize(Step):
 
     bits_conv: int = 5
     bits_linear: int = 4
-    epochs: float = 1.0
-    lr: float = 3e-4
+    lr: float = default(3e-4)
+    zero_epochs_allowed = True  # epochs = 0: cluster only, no centroid fine-tuning
     keep_zero: str = "auto"
-    exclude: tuple[str, ...] = ()
-    max_steps: int | None = None
     centroid_dtype: str = "float32"
     bias_dtype: str = "float32"
-    distill: bool = False
-    kd_alpha: float = 0.9
-    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("bits_conv", "bits_linear"):
             bits = getattr(self, name)
             if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
                 raise ValueError(f"{name} must be an integer in [1, 8], got {bits!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs >= 0:
-            raise ValueError(f"epochs must be a number >= 0 (0 = no centroid fine-tuning), got {self.epochs!r}")
-        object.__setattr__(self, "epochs", float(self.epochs))
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         if self.keep_zero not in ("auto", "always", "never"):
             raise ValueError(f"keep_zero must be 'auto', 'always' or 'never', got {self.keep_zero!r}")
         for name in ("centroid_dtype", "bias_dtype"):
             if getattr(self, name) not in STORAGE:
                 raise ValueError(f"{name} must be one of {', '.join(STORAGE)}; got {getattr(self, name)!r}")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise ValueError(f"max_steps must be an integer >= 1 or None, got {self.max_steps!r}")
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
-        check_step_distill(self)
 
     def _keeps_zero(self, name: str, weight: torch.Tensor, ctx: StepContext, bits: int) -> bool:
         if bits < 2 or self.keep_zero == "never":
@@ -190,7 +177,7 @@ class KMeansQuantize(Step):
         frozen = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        config = TrainConfig(epochs=self.epochs, lr=self.lr, max_steps=self.max_steps, seed=ctx.seed)
+        config = train_config(self, ctx.seed)
         try:
             return fit(model, ctx.task.train, config, loss_fn=step_loss(self, ctx), params=centroids,
                        description=self.kind)

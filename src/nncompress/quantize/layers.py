@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,9 @@ class PackedWeightLayer(nn.Module):
 
     bits: int
     weight_shape: tuple[int, ...]
+    # What the layer is, for io (artifact, ONNX) to dispatch on without importing the private classes:
+    op: ClassVar[str] = ""  # "linear" or "conv" (the geometry mixin)
+    code_format: ClassVar[str] = ""  # "uniform", "codebook", "binary" or "half" (the codes mixin)
 
     def __init__(self, source: WeightLayer, bits: int, *, bias_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -190,6 +193,7 @@ class PackedWeightLayer(nn.Module):
 
 
 class _LinearOp(PackedWeightLayer):
+    op = "linear"
     in_features: int
     out_features: int
 
@@ -204,6 +208,7 @@ class _LinearOp(PackedWeightLayer):
 
 
 class _ConvOp(PackedWeightLayer):
+    op = "conv"
     in_channels: int
     out_channels: int
 
@@ -252,6 +257,7 @@ def _scale_storage(scale: torch.Tensor, scale_dtype: torch.dtype | None) -> torc
 class _UniformCodes(PackedWeightLayer):
     """Weight = dequantize(codes, scale, zero_point, spec); codes packed at ``spec.bits``."""
 
+    code_format = "uniform"
     spec: QuantSpec
 
     def __init__(
@@ -438,6 +444,8 @@ def quantize_weight_module(
 class _CodebookCodes(PackedWeightLayer):
     """Weight = centroids[codes]; codes packed at ``bits``."""
 
+    code_format = "codebook"
+
     def __init__(
         self,
         source: WeightLayer,
@@ -529,6 +537,8 @@ def codebook_module(
 class _BinaryCodes(PackedWeightLayer):
     """Weight = alpha * sign; one bit per weight (1 = +1), alpha per output channel."""
 
+    code_format = "binary"
+
     def __init__(self, source: WeightLayer, alpha: torch.Tensor | None = None) -> None:
         super().__init__(source, 1)
         self._store_signs(source.weight, alpha)
@@ -592,6 +602,8 @@ def binary_module(module: WeightLayer, alpha: torch.Tensor | None = None) -> nn.
 
 class _HalfCodes(PackedWeightLayer):
     """Weight and bias stored as float16 (saturating at +-65504), computed in the input's dtype."""
+
+    code_format = "half"
 
     def __init__(self, source: WeightLayer) -> None:
         super().__init__(source, 16, bias_dtype=torch.float16)

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.base.checks import check_bits, check_count
+from nncompress.base.checks import check_bits
 from nncompress.base.data import first_batches
+from nncompress.base.settings import CalibrationSettings
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.primitives import QuantSpec, compute_qparams, fake_quantize
-from nncompress.quantize.ptq import WeightQuantize
+from nncompress.quantize.ptq import PackingSettings, WeightQuantize
 from nncompress.tasks.task import call_model, primary_output
 
 CRITERIA = ("loss", "output-mse")
@@ -129,7 +130,7 @@ def allocate_bits(
 
 @register_step("mixed-precision", family="quantize")
 @dataclass(frozen=True)
-class MixedPrecisionQuantize(Step):
+class MixedPrecisionQuantize(PackingSettings, CalibrationSettings, Step):
     """Weight-only PTQ with per-layer bits chosen by sensitivity to meet an average bit budget.
 
     Each candidate layer is quantized alone at every width in ``bits_options`` and the output
@@ -145,7 +146,7 @@ class MixedPrecisionQuantize(Step):
         criterion: ``"loss"`` (increase of the task loss on those batches, with their labels) or
             ``"output-mse"`` (relative error of the outputs; needs no labels).
         granularity, group_size, symmetric, method, keep_first_conv, keep_classifier, exclude,
-            rest_bits: as in ``weight-quantize``.
+            rest_bits: the ``PackingSettings`` block, as in ``weight-quantize``.
 
     Example:
         >>> MixedPrecisionQuantize(avg_bits=3.5, bits_options=(2, 3, 4, 8)).avg_bits
@@ -154,18 +155,10 @@ class MixedPrecisionQuantize(Step):
 
     avg_bits: float = 4.0
     bits_options: tuple[int, ...] = (2, 3, 4, 8)
-    calibration_batches: int = 4
     criterion: str = "loss"
-    granularity: str = "channel"
-    group_size: int | None = None
-    symmetric: bool = True
-    method: str = "mse"
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
-    exclude: tuple[str, ...] = ()
-    rest_bits: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(
             self, "bits_options", tuple(sorted({check_bits("bits_options", b) for b in self.bits_options}))
         )
@@ -178,10 +171,8 @@ class MixedPrecisionQuantize(Step):
                 f"avg_bits={self.avg_bits} is below the smallest of bits_options {self.bits_options}; "
                 "add a smaller width or raise avg_bits"
             )
-        check_count("calibration_batches", self.calibration_batches)
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {self.criterion!r}")
-        self.weight_quantize({})  # validates the shared settings
 
     def weight_quantize(self, layer_bits: dict[str, int]) -> WeightQuantize:
         """The ``weight-quantize`` step with these per-layer bits and this step's other settings."""

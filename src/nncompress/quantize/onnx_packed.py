@@ -1,4 +1,4 @@
-"""ONNX forms of nncompress's packed weight layers (``quantize/layers.py``), for ``export_onnx``.
+"""ONNX forms of nncompress's packed weight layers (``quantize/layers.py``), for ``io.export_onnx``.
 
 Each packed layer is swapped, in a copy of the model, for an :class:`ExportedLayer` that runs the
 packed layer itself in PyTorch (so tracing sees the exact outputs) and, through a
@@ -39,16 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.quantize.layers import (
-    PACKED_LAYERS,
-    PackedWeightLayer,
-    _BinaryCodes,
-    _CodebookCodes,
-    _ConvOp,
-    _HalfCodes,
-    _LinearOp,
-    _UniformCodes,
-)
+from nncompress.quantize.layers import PACKED_LAYERS, PackedWeightLayer
 from nncompress.quantize.primitives import pack_bits, to_unsigned
 
 NBITS_BITS = (2, 4, 8)  # MatMulNBits widths ONNX Runtime's CPU kernel runs
@@ -148,7 +139,7 @@ def _bias(g: Any, layer: ExportedLayer, v: dict[str, Any]) -> dict[str, Any]:
 def _emit_weighted(g: Any, layer: ExportedLayer, x: Any, v: dict[str, Any]) -> Any:
     w, bias = _weight(g, layer, v), _bias(g, layer, v)
     source = layer.source[0]
-    if isinstance(source, _LinearOp):
+    if source.op == "linear":
         return _finish_linear(g, g.op("MatMul", x, w), bias)
     a = layer.plan.attrs
     args = [x, w] + ([bias["bias"]] if bias else [])
@@ -159,7 +150,7 @@ def _emit_weighted(g: Any, layer: ExportedLayer, x: Any, v: dict[str, Any]) -> A
 # --- planning ----------------------------------------------------------------------------------------
 
 
-def _conv_attrs(layer: _ConvOp) -> dict[str, Any]:
+def _conv_attrs(layer: PackedWeightLayer) -> dict[str, Any]:
     """Conv attributes in ONNX form; string padding ("same"/"valid") made explicit (torch's "same"
     puts the odd extra pixel at the end, like ONNX SAME_UPPER)."""
     kh, kw = layer.weight_shape[2:]
@@ -197,11 +188,11 @@ def _pow2_blocks(length: int, whole_row: bool, bits: int) -> list[int]:
     return sizes
 
 
-def _nbits_block(layer: _UniformCodes) -> int | None:
+def _nbits_block(layer: PackedWeightLayer) -> int | None:
     """The MatMulNBits block size with the fewest bytes, or None when the layer cannot use the op."""
     spec = layer.spec
     float_zero = layer.zero_point is not None and layer.zero_point.is_floating_point()
-    if not isinstance(layer, _LinearOp) or spec.bits not in NBITS_BITS or spec.axis != 0:
+    if layer.op != "linear" or spec.bits not in NBITS_BITS or spec.axis != 0:
         return None
     if spec.bits == 8 and float_zero:  # ONNX Runtime's CPU kernel refuses 8-bit with float zeros
         return None
@@ -218,7 +209,7 @@ def _nbits_block(layer: _UniformCodes) -> int | None:
     return min(sizes, key=lambda b: (cost(b), -b))
 
 
-def _per_block(values: torch.Tensor, layer: _UniformCodes, block: int, n_blocks: int) -> torch.Tensor:
+def _per_block(values: torch.Tensor, layer: PackedWeightLayer, block: int, n_blocks: int) -> torch.Tensor:
     """(N, n_blocks) of per-tensor / per-channel / per-group ``values`` (scale or zero point)."""
     n, spec = layer.out_features, layer.spec
     v = values.reshape(-1)
@@ -238,7 +229,7 @@ def _pack_rows(codes: torch.Tensor, bits: int, width: int) -> torch.Tensor:
     return pack_bits(padded, bits).reshape(codes.shape[0], -1)
 
 
-def _plan_matmulnbits(layer: _UniformCodes, block: int) -> Plan:
+def _plan_matmulnbits(layer: PackedWeightLayer, block: int) -> Plan:
     spec, n, k = layer.spec, layer.out_features, layer.in_features
     n_blocks = -(-k // block)
     codes = layer.codes()
@@ -261,7 +252,7 @@ def _plan_matmulnbits(layer: _UniformCodes, block: int) -> Plan:
     return Plan("matmulnbits", f"MatMulNBits {spec.bits}-bit, block {block}", tensors, _emit_matmulnbits, attrs)
 
 
-def _qdq_tensors(layer: _UniformCodes) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+def _qdq_tensors(layer: PackedWeightLayer) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """int8/uint8 codes with their scale and zero point for DequantizeLinear, or None (float zeros)."""
     spec = layer.spec
     zeros = layer.zero_points()
@@ -270,7 +261,7 @@ def _qdq_tensors(layer: _UniformCodes) -> tuple[dict[str, torch.Tensor], dict[st
     dtype = torch.int8 if spec.symmetric else torch.uint8
     codes = layer.codes().to(dtype)
     scale, zero = layer.scale.float().reshape(-1), zeros.to(dtype).reshape(-1)
-    linear = isinstance(layer, _LinearOp)
+    linear = layer.op == "linear"
     attrs: dict[str, Any] = {}
     if spec.granularity == "tensor":
         scale, zero = scale.reshape(()), zero.reshape(())
@@ -288,12 +279,12 @@ def _qdq_tensors(layer: _UniformCodes) -> tuple[dict[str, torch.Tensor], dict[st
 
 def _plan_dense(layer: PackedWeightLayer, why: str) -> Plan:
     weight = layer.dequantized_weight().detach().float()
-    weight = weight.t() if isinstance(layer, _LinearOp) else weight
+    weight = weight.t() if layer.op == "linear" else weight
     return Plan("dense", f"dense fp32 ({why})", {"weight": weight.contiguous(), **_bias_tensors(layer)},
                 _emit_weighted)
 
 
-def _plan_uniform(layer: _UniformCodes) -> Plan:
+def _plan_uniform(layer: PackedWeightLayer) -> Plan:
     spec = layer.spec
     block = _nbits_block(layer)
     # 8-bit per tensor / channel stays QDQ (ONNX Runtime's standard int8 weight form); MatMulNBits otherwise
@@ -309,32 +300,45 @@ def _plan_uniform(layer: _UniformCodes) -> Plan:
                 {**tensors, **_bias_tensors(layer)}, _emit_weighted, attrs)
 
 
+def _plan_binary(layer: PackedWeightLayer, linear: bool) -> Plan:
+    signs = layer.signs().to(torch.int8)
+    alpha = layer.alpha.float().reshape(-1)
+    tensors = {"codes": (signs.t() if linear else signs).contiguous(), "scale": alpha,
+               "zero_point": torch.zeros_like(alpha, dtype=torch.int8)}
+    return Plan("qdq", "QDQ binary (+-1 in int8, scale per channel)", {**tensors, **_bias_tensors(layer)},
+                _emit_weighted, {"axis": 1 if linear else 0})
+
+
+def _plan_codebook(layer: PackedWeightLayer, linear: bool) -> Plan:
+    codes = layer.codes()
+    tensors = {"codes": (codes.t() if linear else codes).contiguous(), "centroids": layer.centroids.float()}
+    return Plan("codebook", f"codebook {layer.bits}-bit (Gather of {layer.centroids.numel()} centroids)",
+                {**tensors, **_bias_tensors(layer)}, _emit_weighted)
+
+
+def _plan_half(layer: PackedWeightLayer, linear: bool) -> Plan:
+    w = layer.weight16.detach()
+    return Plan("fp16", "fp16 (Cast)", {"weight16": (w.t() if linear else w).contiguous(), **_bias_tensors(layer)},
+                _emit_weighted)
+
+
+# The ONNX form of each code format (``PackedWeightLayer.code_format``): a new packed format adds one entry.
+PLANNERS: dict[str, Callable[[PackedWeightLayer, bool], Plan]] = {
+    "uniform": lambda layer, linear: _plan_uniform(layer),
+    "binary": _plan_binary,
+    "codebook": _plan_codebook,
+    "half": _plan_half,
+}
+
+
 def plan_packed_layer(layer: PackedWeightLayer) -> Plan:
     """The ONNX form of one packed layer (see the module docstring for the choices)."""
     if type(layer) not in PACKED_LAYERS:
         accepted = ", ".join(c.__name__ for c in PACKED_LAYERS)
         raise ValueError(f"no ONNX form for {type(layer).__name__}; accepted: {accepted}")
-    linear = isinstance(layer, _LinearOp)
-    if isinstance(layer, _UniformCodes):
-        plan = _plan_uniform(layer)
-    elif isinstance(layer, _BinaryCodes):
-        signs = layer.signs().to(torch.int8)
-        alpha = layer.alpha.float().reshape(-1)
-        tensors = {"codes": (signs.t() if linear else signs).contiguous(), "scale": alpha,
-                   "zero_point": torch.zeros_like(alpha, dtype=torch.int8)}
-        plan = Plan("qdq", "QDQ binary (+-1 in int8, scale per channel)", {**tensors, **_bias_tensors(layer)},
-                    _emit_weighted, {"axis": 1 if linear else 0})
-    elif isinstance(layer, _CodebookCodes):
-        codes = layer.codes()
-        tensors = {"codes": (codes.t() if linear else codes).contiguous(), "centroids": layer.centroids.float()}
-        plan = Plan("codebook", f"codebook {layer.bits}-bit (Gather of {layer.centroids.numel()} centroids)",
-                    {**tensors, **_bias_tensors(layer)}, _emit_weighted)
-    elif isinstance(layer, _HalfCodes):
-        w = layer.weight16.detach()
-        plan = Plan("fp16", "fp16 (Cast)", {"weight16": (w.t() if linear else w).contiguous(), **_bias_tensors(layer)},
-                    _emit_weighted)
-    else:  # pragma: no cover - PACKED_LAYERS covers the four code families
-        plan = _plan_dense(layer, type(layer).__name__)
+    linear = layer.op == "linear"
+    planner = PLANNERS.get(layer.code_format)
+    plan = planner(layer, linear) if planner else _plan_dense(layer, type(layer).__name__)
     if not linear:
         plan.attrs = {**_conv_attrs(layer), **plan.attrs}
     return plan

@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.base.checks import FLOAT_BITS, check_bits, check_count
+from nncompress.base.checks import FLOAT_BITS, check_bits
 from nncompress.base.data import calibration_inputs
 from nncompress.base.modules import check_supported, replace_module, values_per_channel, weight_layers
 from nncompress.base.selection import check_patterns, is_excluded, matches, normalize_patterns
+from nncompress.base.settings import CalibrationSettings, Exclusions, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.io.encodings import pow2_int8_exponent
 from nncompress.quantize.bias_correction import empirical_bias_correction
@@ -120,9 +121,40 @@ def round_other_params(model: nn.Module, bits: int, exclude: tuple[str, ...] = (
     return rounded
 
 
+@dataclass(frozen=True, kw_only=True)
+class PackingSettings(LayerSelection):
+    """The settings block of the steps that pack weights to integer codes (``weight-quantize``,
+    ``mixed-precision``): scale granularity, group size, symmetry, range method, the layers kept
+    float and how the parameters left (biases, norms) are stored (see ``WeightQuantize``)."""
+
+    granularity: str = "channel"
+    group_size: int | None = None
+    symmetric: bool = True
+    method: str = "mse"
+    rest_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rest_bits is not None and self.rest_bits not in REST_BITS:
+            accepted = ", ".join(map(str, REST_BITS))
+            raise ValueError(f"rest_bits must be one of {accepted} or None; got {self.rest_bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {self.granularity!r}")
+        if self.group_size is not None:
+            if self.granularity != "group":
+                raise ValueError(
+                    f"group_size={self.group_size} is only used with granularity='group', "
+                    f"got granularity={self.granularity!r}"
+                )
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+                raise ValueError(f"group_size must be an integer >= 1 or None, got {self.group_size!r}")
+        if self.method not in QPARAM_METHODS:
+            raise ValueError(f"method must be one of {', '.join(QPARAM_METHODS)}; got {self.method!r}")
+
+
 @register_step("weight-quantize", family="quantize")
 @dataclass(frozen=True)
-class WeightQuantize(Step):
+class WeightQuantize(PackingSettings, CalibrationSettings, Step):
     """Weight-only post-training quantization to packed ``bits``-bit integer codes.
 
     Args:
@@ -155,46 +187,21 @@ class WeightQuantize(Step):
 
     Example:
         >>> WeightQuantize(bits=4, granularity="group", group_size=64)  # doctest: +ELLIPSIS
-        WeightQuantize(bits=4, granularity='group', group_size=64, symmetric=True, method='mse', ...)
+        WeightQuantize(bits=4, ..., granularity='group', group_size=64, symmetric=True, method='mse', ...)
     """
 
     bits: int = 4
-    granularity: str = "channel"
-    group_size: int | None = None
-    symmetric: bool = True
-    method: str = "mse"
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
-    exclude: tuple[str, ...] = ()
     layer_bits: tuple[tuple[str, int], ...] = ()
     float_format: str = "fp32"
-    rest_bits: int | None = None
     bias_correction: bool = False
-    calibration_batches: int = 4
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_bits("bits", self.bits)
         if not isinstance(self.bias_correction, bool):
             raise ValueError(f"bias_correction={self.bias_correction!r} must be True or False")
-        check_count("calibration_batches", self.calibration_batches)
-        if self.rest_bits is not None and self.rest_bits not in REST_BITS:
-            accepted = ", ".join(map(str, REST_BITS))
-            raise ValueError(f"rest_bits must be one of {accepted} or None; got {self.rest_bits!r}")
         if self.float_format not in FLOAT_FORMATS:
             raise ValueError(f"float_format must be one of {', '.join(FLOAT_FORMATS)}; got {self.float_format!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {self.granularity!r}")
-        if self.group_size is not None:
-            if self.granularity != "group":
-                raise ValueError(
-                    f"group_size={self.group_size} is only used with granularity='group', "
-                    f"got granularity={self.granularity!r}"
-                )
-            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
-                raise ValueError(f"group_size must be an integer >= 1 or None, got {self.group_size!r}")
-        if self.method not in QPARAM_METHODS:
-            raise ValueError(f"method must be one of {', '.join(QPARAM_METHODS)}; got {self.method!r}")
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
         object.__setattr__(self, "layer_bits", normalize_layer_bits(self.layer_bits))
 
     def _calibration(self, ctx: StepContext) -> list[Any]:
@@ -263,7 +270,7 @@ class WeightQuantize(Step):
 
 @register_step("fp16", family="quantize", produces="float16")
 @dataclass(frozen=True)
-class Float16Weights(Step):
+class Float16Weights(Exclusions, Step):
     """Store Linear/Conv2d weights and biases as float16; compute stays float32.
 
     The artifact shrinks to about half; inputs and outputs stay float32 (weights are upcast once
@@ -276,11 +283,6 @@ class Float16Weights(Step):
         >>> Float16Weights(exclude=("head",))
         Float16Weights(exclude=('head',))
     """
-
-    exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         check_patterns(model, self.exclude, "exclude")

@@ -45,7 +45,8 @@ from torch import nn
 from nncompress.base.checks import check_bits
 from nncompress.base.modules import edge_layers
 from nncompress.base.modules import weight_layers as base_weight_layers
-from nncompress.base.selection import check_patterns, is_excluded, normalize_patterns
+from nncompress.base.selection import check_patterns, is_excluded
+from nncompress.base.settings import KDSettings, LayerSelection, TrainSettings, default
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.layers import quantize_weight_module
 from nncompress.quantize.primitives import QPARAM_METHODS, QuantSpec, compute_qparams, fake_quantize, qparams_from_range
@@ -459,16 +460,9 @@ def train_simulated(
                description=description)
 
 
-def check_training_settings(step: Any) -> None:
-    """Validate the shared training settings (epochs, lr, optimizer, KD weights) of a step."""
-    TrainConfig(epochs=step.epochs, lr=step.lr, optimizer=step.optimizer, weight_decay=step.weight_decay,
-                max_steps=step.max_steps)
-    objective.check_step_distill(step)
-
-
 @register_step("qat", family="quantize")
 @dataclass(frozen=True)
-class QuantizationAwareTraining(Step):
+class QuantizationAwareTraining(TrainSettings, KDSettings, LayerSelection, Step):
     """Quantization-aware training of Linear/Conv2d weights, then real packing at the learned scales.
 
     Trains with fake-quant (simulated) per-channel symmetric weights and, with ``act_bits``,
@@ -498,36 +492,25 @@ class QuantizationAwareTraining(Step):
 
     Example:
         >>> QuantizationAwareTraining(bits=4, method="lsq", epochs=2)  # doctest: +ELLIPSIS
-        QuantizationAwareTraining(bits=4, method='lsq', act_bits=None, epochs=2.0, lr=1e-05, ...)
+        QuantizationAwareTraining(bits=4, method='lsq', act_bits=None, ..., epochs=2.0, lr=1e-05, ...)
     """
 
     bits: int = 4
     method: str = "lsq"
     act_bits: int | None = None
-    epochs: float = 1.0
-    lr: float = 1e-5
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    max_steps: int | None = None
-    distill: bool = True
-    kd_alpha: float = 0.9
-    kd_temperature: float = 4.0
-    keep_first_conv: bool = True
-    keep_classifier: bool = True
+    lr: float = default(1e-5)
+    distill: bool = default(True)
     edge_bits: int | None = None
-    exclude: tuple[str, ...] = ()
     ste_range: str = "minmax"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "epochs", float(self.epochs))
+        super().__post_init__()
         check_bits("bits", self.bits)
         check_method(self.method)
         check_bits("act_bits", self.act_bits, allow_none=True)
         check_bits("edge_bits", self.edge_bits, allow_none=True)
         if self.ste_range not in QPARAM_METHODS:
             raise ValueError(f"ste_range must be one of {', '.join(QPARAM_METHODS)}; got {self.ste_range!r}")
-        check_training_settings(self)
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     def config(self, seed: int) -> TrainConfig:
         return train_config(self, seed)

@@ -33,8 +33,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from nncompress.base.checks import check_count, check_flag
-from nncompress.base.selection import normalize_patterns
+from nncompress.base.settings import BlockCalibration, LinearSelection
 from nncompress.core.sequential import (
     BlockRun,
     LayerGroup,
@@ -135,7 +134,7 @@ class ScaledInputLinear(nn.Module):
 
 @register_step("w8a8", family="quantize")
 @dataclass(frozen=True)
-class W8A8Quantize(Step):
+class W8A8Quantize(LinearSelection, BlockCalibration, Step):
     """W8A8 without smoothing; int8 packed weights, int8 activations fake-quantized (simulated).
 
     Weights: int8 codes, one scale per output channel, packed. Activations: *fake-quantized*
@@ -157,24 +156,16 @@ class W8A8Quantize(Step):
 
     Example:
         >>> W8A8Quantize(act_mode="tensor")  # doctest: +ELLIPSIS
-        W8A8Quantize(act_mode='tensor', layers=(), exclude=(), keep_classifier=True, ...)
+        W8A8Quantize(act_mode='tensor', ..., exclude=(), layers=(), keep_classifier=True)
     """
 
     act_mode: str = "token"
-    layers: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    keep_classifier: bool = True
-    calibration_batches: int = 8
-    blocks: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.act_mode not in ACT_MODES:
             raise ValueError(f"act_mode must be one of {', '.join(ACT_MODES)}; got {self.act_mode!r}")
-        check_flag("keep_classifier", self.keep_classifier)
-        check_count("calibration_batches", self.calibration_batches)
         check_blocks_setting(self.blocks)
-        object.__setattr__(self, "layers", normalize_patterns(self.layers, "layers"))
-        object.__setattr__(self, "exclude", normalize_patterns(self.exclude, "exclude"))
 
     smooths: ClassVar[bool] = False
 
@@ -273,7 +264,7 @@ class SmoothQuant(W8A8Quantize):
 
     Example:
         >>> SmoothQuant(alpha=0.6)  # doctest: +ELLIPSIS
-        SmoothQuant(act_mode='token', ..., alpha=0.6)
+        SmoothQuant(act_mode='token', alpha=0.6, ...)
     """
 
     alpha: float = 0.5

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nncompress.io.atomic import atomic_write_text
 from nncompress.report import plots
 from nncompress.report.inputs import RunFiles, load_run
 from nncompress.report.layers import factorized_layers, layer_names
@@ -86,21 +85,21 @@ def _settings(settings: dict[str, Any]) -> str:
 def _summary(report: dict[str, Any]) -> tuple[str, str]:
     """Headline cards and the before/after table: the same figures as ``nncompress report``."""
     from nncompress.measure.report import Report
-    from nncompress.measure.table import _change, _human_bytes, _human_count, _rows
+    from nncompress.measure.table import human_bytes, human_count, report_rows, row_change
 
     base, final = Report.from_dict(report["baseline"]), Report.from_dict(report["final"])
-    rows_b, rows_f = _rows(base), _rows(final)
+    rows_b, rows_f = report_rows(base), report_rows(final)
     metric_key = next(iter(rows_b))
     lat = "latency b=1 (ms, median)"
     energy = final.energy.get("total_uj")
     cards = [
-        (metric_key, f"{rows_b[metric_key]} → {rows_f[metric_key]}", _change(metric_key, base, final)),
-        ("size on disk", f"{_human_bytes(base.size_bytes)} → {_human_bytes(final.size_bytes)}",
-         _change("size on disk", base, final)),
-        ("MACs (batch 1)", f"{_human_count(base.macs)} → {_human_count(final.macs)}",
-         _change("MACs (batch 1)", base, final)),
+        (metric_key, f"{rows_b[metric_key]} → {rows_f[metric_key]}", row_change(metric_key, base, final)),
+        ("size on disk", f"{human_bytes(base.size_bytes)} → {human_bytes(final.size_bytes)}",
+         row_change("size on disk", base, final)),
+        ("MACs (batch 1)", f"{human_count(base.macs)} → {human_count(final.macs)}",
+         row_change("MACs (batch 1)", base, final)),
         ("latency b=1", f"{rows_b[lat]} → {rows_f[lat]} ms" if final.latency_ms is not None else "not timed",
-         _change(lat, base, final)),
+         row_change(lat, base, final)),
         ("energy estimate", "-" if energy is None else f"{rows_b['energy estimate (uJ)']} → {energy:.1f} µJ",
          "estimate" if energy is not None else ""),
     ]
@@ -110,7 +109,7 @@ def _summary(report: dict[str, Any]) -> tuple[str, str]:
     )
     keys = list(dict.fromkeys([*rows_b, *rows_f]))
     table = _table(["", "baseline", "compressed", "change"],
-                   [[k, rows_b.get(k, "-"), rows_f.get(k, "-"), _change(k, base, final)] for k in keys])
+                   [[k, rows_b.get(k, "-"), rows_f.get(k, "-"), row_change(k, base, final)] for k in keys])
     source = final.energy.get("source")
     if source:
         table += f'<p class="sub">Energy: {_e(source)}.</p>'
@@ -118,10 +117,10 @@ def _summary(report: dict[str, Any]) -> tuple[str, str]:
 
 
 def _steps_table(report: dict[str, Any]) -> str:
-    from nncompress.measure.table import _human_bytes, _human_count
+    from nncompress.measure.table import human_bytes, human_count
 
     rows = [[i, s["kind"], _settings(s.get("settings", {})), f"{s.get('seconds', 0.0):.1f}",
-             _value(s["metric"]), _human_count(s.get("nonzero_params", 0)), _human_bytes(s["size_bytes"]),
+             _value(s["metric"]), human_count(s.get("nonzero_params", 0)), human_bytes(s["size_bytes"]),
              "<br>".join(_e(n) for n in s.get("notes", []))]
             for i, s in enumerate(report.get("steps", []), start=1)]
     return _table(["#", "step", "settings", "seconds", "metric after", "non-zero params", "size (est.)", "notes"],
@@ -129,7 +128,7 @@ def _steps_table(report: dict[str, Any]) -> str:
 
 
 def _layers_table(report: dict[str, Any]) -> str:
-    from nncompress.measure.table import _human_count, format_label
+    from nncompress.measure.table import format_label, human_count
 
     before = {r["name"]: r for r in report["baseline"].get("layers", [])}
     after = {r["name"]: r for r in report["final"].get("layers", [])}
@@ -137,9 +136,9 @@ def _layers_table(report: dict[str, Any]) -> str:
     for name in layer_names(report["baseline"].get("layers", []), report["final"].get("layers", [])):
         b, a = before.get(name), after.get(name)
         row = [name, (a or b)["type"]]
-        row += ([_shape(b["shape"]), _human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3)
-        row += ([_shape(a["shape"]), format_label(a), _value(a.get("bits")), _human_count(a["params"]),
-                 _human_count(a["nonzero_params"]), f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 6)
+        row += ([_shape(b["shape"]), human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3)
+        row += ([_shape(a["shape"]), format_label(a), _value(a.get("bits")), human_count(a["params"]),
+                 human_count(a["nonzero_params"]), f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 6)
         rows.append(row)
     return _table(["layer", "type", "shape", "params", "sparsity", "→ shape", "format", "bits", "params",
                    "non-zero", "sparsity"], rows, left=(0, 1))
@@ -182,7 +181,7 @@ def _plots(files: RunFiles) -> list[str]:
 def _search_section(files: RunFiles) -> str:
     if files.search is None and not files.trials:
         return ""
-    from nncompress.measure.table import _human_bytes
+    from nncompress.measure.table import human_bytes
 
     parts = ["<h2>Search</h2>"]
     search = files.search or {}
@@ -198,7 +197,7 @@ def _search_section(files: RunFiles) -> str:
         chosen, front = search.get("chosen"), set(search.get("pareto", []))
         listed = [t for t in files.trials if t["trial"] in front or t["trial"] == chosen]
         rows = [[t["trial"], t.get("stage", "-"), "chosen" if t["trial"] == chosen else "front", _value(t["metric"]),
-                 _human_bytes(t["size_bytes"]), t["macs"], _value(t.get("latency_ms")),
+                 human_bytes(t["size_bytes"]), t["macs"], _value(t.get("latency_ms")),
                  "yes" if t.get("meets_budget") else "no", _params(t["params"])] for t in listed]
         parts.append(f'<p class="sub">{len(files.trials)} trials in trials.jsonl; the front and the chosen one:</p>')
         parts.append(_table(["trial", "stage", "", "val metric", "size", "MACs", "latency ms", "meets budget",
@@ -268,6 +267,8 @@ def render_html(run_dir: str | os.PathLike) -> Path:
         >>> render_html("runs/demo")  # doctest: +SKIP
         PosixPath('runs/demo/report.html')
     """
+    from nncompress.io.atomic import atomic_write_text  # here: io's run folders render reports
+
     files = load_run(run_dir)
     path = Path(run_dir) / HTML_NAME
     atomic_write_text(path, build_html(files))

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nncompress.measure.table import _human_bytes, _human_count, format_label
+from nncompress.measure.table import format_label, human_bytes, human_count
 from nncompress.report.layers import Factorized, layer_names
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _metric_label(metric: dict[str, Any], split: str) -> str:
 def _bytes_axis(ax: Axes, axis: str = "y") -> None:
     from matplotlib.ticker import FuncFormatter
 
-    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(FuncFormatter(lambda v, _: _human_bytes(v)))
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
 
 
 def steps_plot(report: dict[str, Any]) -> str:
@@ -141,7 +141,7 @@ def steps_plot(report: dict[str, Any]) -> str:
         top.margins(y=0.2)  # room for the value labels above the points
         _points(bottom, xs, sizes, "size", color=AFTER)
         _points(bottom, [xs[-1]], [final["size_bytes"]], "saved", color=ACCENT, marker="D", linestyle="none",
-                label=f"saved artifact ({_human_bytes(final['size_bytes'])})")
+                label=f"saved artifact ({human_bytes(final['size_bytes'])})")
         bottom.set_ylabel("size (artifact)")
         bottom.set_ylim(bottom=0)
         _bytes_axis(bottom)
@@ -223,7 +223,7 @@ def ranks_plot(factorized: Sequence[Factorized]) -> str:
         shares = [100 * layer.kept for layer in factorized]
         _bar_ids(ax.barh(range(len(factorized)), shares, height=0.6, color=AFTER), "bar")
         for i, (layer, share) in enumerate(zip(factorized, shares)):
-            ax.text(share + 1, i, f"{text(layer.label())} ({_human_count(layer.params_after)} params)",
+            ax.text(share + 1, i, f"{text(layer.label())} ({human_count(layer.params_after)} params)",
                     va="center", fontsize=8)
         ax.set_yticks(range(len(factorized)), [text(layer.name) for layer in factorized])
         ax.invert_yaxis()

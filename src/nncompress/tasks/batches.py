@@ -51,10 +51,6 @@ class TensorBatches:
         n = len(self.targets)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.targets)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch)
         self._epoch += 1

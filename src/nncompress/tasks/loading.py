@@ -13,10 +13,14 @@ from nncompress.tasks.task import Task
 ACCEPTED = "a reference task name ({names}) or path/to/file.py:factory returning a Task"
 
 
-def _module_name(path: Path) -> str:
-    # Deterministic, so that artifacts pickling classes from this file find them again.
+def user_module_name(path: Path) -> str:
+    """The module name a user's task file is imported under: deterministic, so that artifacts
+    pickling classes from this file find them again (and ``--trust`` can name it)."""
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
     return f"nncompress_user_{path.stem}_{digest}"
+
+
+_module_name = user_module_name  # the old private name, until cli/commands.py imports the public one
 
 
 def task_from_file(spec: str) -> Task:
@@ -27,7 +31,7 @@ def task_from_file(spec: str) -> Task:
         raise FileNotFoundError(
             f"task file {path} does not exist (expected path/to/file.py:factory)"
         )
-    name = _module_name(path)
+    name = user_module_name(path)
     module = sys.modules.get(name)
     if module is None:
         loader_spec = importlib.util.spec_from_file_location(name, path)

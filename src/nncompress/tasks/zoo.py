@@ -25,15 +25,14 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from nncompress.base.train_config import TrainConfig
 from nncompress.io.atomic import atomic_path, atomic_write_text
-from nncompress.measure.metric import evaluate
 from nncompress.models import GPT, GPTConfig, LeNet5, LeNet300100, ResNet, VisionTransformer
 from nncompress.paths import cache_dir
 from nncompress.tasks.batches import TensorBatches, random_crop_flip
 from nncompress.tasks.fmnist import Splits, load_splits
 from nncompress.tasks.metrics import accuracy, perplexity, token_cross_entropy
 from nncompress.tasks.text import CorpusConfig, TextSplits, corpus_description, load_text_splits, unigram_perplexity
-from nncompress.train.loop import TrainConfig, fit
 
 PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
 EVAL_BATCH = 500
@@ -252,6 +251,9 @@ def train_baseline(
 
 
 def _train_image(e: ZooEntry, data_dir: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    from nncompress.measure.metric import evaluate  # here: measure and train sit above tasks
+    from nncompress.train.loop import fit
+
     splits = load_splits(data_dir)
     torch.manual_seed(e.train.seed)
     model = e.build()
@@ -279,6 +281,9 @@ def _lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> t
 
 
 def _train_text(e: TextZooEntry, data_dir: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    from nncompress.measure.metric import evaluate  # here: measure and train sit above tasks
+    from nncompress.train.loop import fit
+
     splits = load_text_splits(data_dir, e.corpus)
     torch.manual_seed(e.train.seed)
     model = e.build()

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.settings import TrainSettings
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.train.loop import TrainConfig, fit
 from nncompress.train.masks import mask_hooks
@@ -17,23 +18,15 @@ from nncompress.train.objective import task_loss
 
 @register_step("finetune", family="train")
 @dataclass(frozen=True)
-class FineTune(Step):
+class FineTune(TrainSettings, Step):
     """Train the compressed model on the task's data; pruned weights stay exactly zero.
+
+    Settings: the ``TrainSettings`` block (``base.settings``): epochs, lr, optimizer, weight_decay, max_steps.
 
     Example:
         >>> FineTune(epochs=2, lr=5e-4)
         FineTune(epochs=2.0, lr=0.0005, optimizer='adamw', weight_decay=0.0, max_steps=None)
     """
-
-    epochs: float = 1.0
-    lr: float = 5e-4
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    max_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "epochs", float(self.epochs))
-        self.config(0)  # validates the settings now, not mid-recipe
 
     def config(self, seed: int) -> TrainConfig:
         return TrainConfig(

@@ -15,42 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.train_config import TrainConfig
 from nncompress.tasks.task import call_model, primary_output
 from nncompress.train.progress import progress
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Hook = Callable[[nn.Module], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: optimizer, schedule, length. Defaults suit fine-tuning a small model."""
-
-    epochs: float = 1.0
-    lr: float = 1e-3
-    optimizer: str = "adamw"  # adamw | sgd
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "cosine"  # cosine | onecycle | constant
-    warmup_fraction: float = 0.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    seed: int = 0
-    max_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "onecycle", "constant"):
-            raise ValueError(
-                f"schedule must be 'cosine', 'onecycle' or 'constant', got {self.schedule!r}"
-            )
 
 
 @dataclass
