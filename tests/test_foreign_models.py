@@ -54,10 +54,10 @@ def test_channel_prune_shrinks_vision_models_and_they_still_run(name, at_least):
 
 @pytest.mark.parametrize("name", ["hf-llama", "hf-t5", "hf-gpt2"])
 def test_hugging_face_models_are_traced_part_by_part(name):
-    """The model's own forward is not fx-traceable; its MLPs are, so their hidden width is cut
-    (GPT-2's Conv1D layers rewritten as nn.Linear first)."""
+    """Parts of the model are not fx-traceable and are kept whole; its MLPs are traced, so their
+    hidden width is cut (GPT-2's Conv1D layers rewritten as nn.Linear first)."""
     original, pruned, log = channel_prune(name)
-    assert any("kept whole, torch.fx could not trace: (the model's own forward)" in line for line in log)
+    assert any("kept whole, torch.fx could not trace: " in line for line in log)  # attention, at least
     def mlp_widths(model: nn.Module) -> list[int]:
         return [m.weight.shape[0] if isinstance(m, nn.Linear) else m.weight.shape[1]  # HF Conv1D: (in, out)
                 for n, m in model.named_modules() if n.endswith(("mlp.gate_proj", "DenseReluDense.wi", "mlp.c_fc"))]

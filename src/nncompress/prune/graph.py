@@ -17,6 +17,7 @@ The idea follows DepGraph (Fang et al. 2023, "Towards Any Structural Pruning").
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -26,6 +27,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from nncompress.models.vit import MultiHeadSelfAttention
 from nncompress.prune.surgery import BATCHNORMS, CONVS
@@ -155,12 +157,14 @@ class _Spaces:
 class _Tracer(fx.Tracer):
     """fx tracer that keeps our attention and the given opaque modules as single calls."""
 
-    def __init__(self, opaque: set[str]) -> None:
+    def __init__(self, opaque: set[str], root: str = "") -> None:
         super().__init__()
-        self.opaque = opaque
+        self.opaque, self.root = opaque, root
         self.path: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname == self.root:
+            return False  # the module being traced (wrapped as ``m``): always traced into
         if isinstance(m, MultiHeadSelfAttention) or qualname in self.opaque or norm_axis(m) is not None:
             return True
         return super().is_leaf_module(m, qualname)
@@ -202,7 +206,7 @@ def trace_channels(
     model.eval()
     try:
         with torch.no_grad():
-            result = _trace_tree(model, *_as_call(example_inputs), set(opaque))
+            result = _trace_tree(model, *_as_call(model, example_inputs), set(opaque))
     finally:
         model.train(was_training)
     if result.kept_whole == [""] and not result.groups:
@@ -213,62 +217,81 @@ def trace_channels(
     return result
 
 
-def _as_call(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Example inputs as the model takes them (tensor, tuple or dict) -> (args, kwargs)."""
+def _as_call(model: nn.Module, inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Example inputs as the model takes them (tensor, tuple or dict) -> (args, kwargs).
+
+    A model that can build a key/value cache (``use_cache``) runs without one: the cache object
+    is no tensor torch.fx can pass between layers, and pruning concerns the weights, not it.
+    """
     if isinstance(inputs, dict):
-        return (), dict(inputs)
+        kwargs = dict(inputs)
+        with contextlib.suppress(TypeError, ValueError):
+            if "use_cache" in inspect.signature(model.forward).parameters:
+                kwargs.setdefault("use_cache", False)
+        return (), kwargs
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
     return (inputs,), {}
 
 
-def _bound_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter of ``module.forward`` with the value it gets in this call (defaults filled)."""
-    signature = inspect.signature(module.forward)
-    bound = signature.bind_partial(*args, **kwargs)
-    values = {}
-    for name, param in signature.parameters.items():
-        if param.kind is inspect.Parameter.VAR_POSITIONAL:
-            values[name] = bound.arguments.get(name, ())
-        elif param.kind is inspect.Parameter.VAR_KEYWORD:
-            values[name] = bound.arguments.get(name, {})
-        else:
-            values[name] = bound.arguments.get(name, param.default)
-    return values
+class _CallBase(nn.Module):
+    """Calls the wrapped module ``m`` as it was called once, its tensors replaced by this module's
+    inputs. fx traces into ``m.forward`` with every other argument a plain Python value (None,
+    flags, an empty ``**kwargs``, a cache object), so code that branches on them traces."""
+
+    def __init__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.m = module
+        leaves, self.spec = pytree.tree_flatten((args, kwargs))
+        self.slots = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
+        self.example = [leaves[i] for i in self.slots]
+        self.leaves = [None if i in self.slots else v for i, v in enumerate(leaves)]
+
+    def call(self, tensors: list[Any]) -> Any:
+        leaves = list(self.leaves)
+        for i, t in zip(self.slots, tensors, strict=True):
+            leaves[i] = t
+        args, kwargs = pytree.tree_unflatten(leaves, self.spec)
+        return self.m(*args, **kwargs)
+
+
+def _call_module(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _CallBase:
+    """A _CallBase whose ``forward`` takes one named argument per tensor (fx needs real parameters)."""
+    n = sum(isinstance(v, torch.Tensor) for v in pytree.tree_leaves((args, kwargs)))
+    names = ", ".join(f"t{i}" for i in range(n))
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self{', ' if n else ''}{names}):\n    return self.call([{names}])\n", namespace)  # noqa: S102
+    cls = type("_Call", (_CallBase,), {"forward": namespace["forward"]})
+    return cls(module, args, kwargs)
 
 
 def _trace_part(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opaque: set[str]
 ) -> ChannelGraph:
-    """Trace one module (submodules failing torch.fx are kept whole) and run its walker once.
-
-    Inputs that are not tensors (None, flags, sizes) are fixed at their values for the trace,
-    so code that branches on them traces. Raises _Untraceable when the module's own code fails.
-    """
+    """Trace one module as it was called (submodules failing torch.fx are kept whole) and run
+    its walker once. Raises _Untraceable when the module's own code fails."""
+    wrapper = _call_module(module, args, kwargs)
+    inner = {f"m.{o}" for o in opaque}
     kept: list[str] = []
     graph = None
     for _ in range(MAX_RETRIES):
-        tracer = _Tracer(opaque | set(kept))
+        tracer = _Tracer(inner | set(kept), root="m")
         try:
-            values = _bound_inputs(module, args, kwargs)
-            fixed = {k: v for k, v in values.items() if not _holds_tensor(v)}
-            with warnings.catch_warnings():  # fx cannot guard inputs fixed to None: they are, by construction
-                warnings.filterwarnings("ignore", message="Was not able to add assertion")
-                graph = tracer.trace(module, concrete_args=fixed or None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = tracer.trace(wrapper)
             break
         except Exception as e:
-            if not tracer.path or tracer.path[-1] in kept:
+            if len(tracer.path) < 2 or tracer.path[-1] in kept:
                 raise _Untraceable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
             kept.append(tracer.path[-1])  # trace again with this submodule as a black box
     if graph is None:
         raise _Untraceable(f"more than {MAX_RETRIES} submodules failed to trace")
-    walker = _Walker(fx.GraphModule(module, graph), module, opaque | set(kept))
-    placeholders = [str(n.target).lstrip("*") for n in graph.nodes if n.op == "placeholder"]
-    # one placeholder per parameter, in signature order (fx may rename them: is_causal_1)
-    same = len(placeholders) == len(values)
-    inputs = list(values.values()) if same else [values.get(name) for name in placeholders]
-    walker.run(*inputs)
-    return ChannelGraph(walker.spaces.groups(), walker.followers, kept)
+    walker = _Walker(fx.GraphModule(wrapper, graph), wrapper, inner | set(kept))
+    walker.run(*wrapper.example)
+    traced = ChannelGraph([], {}, [k.removeprefix("m.") for k in kept])
+    _add_part(traced, ChannelGraph(walker.spaces.groups(), walker.followers), "", strip="m.")
+    return traced
 
 
 def _holds_tensor(value: Any) -> bool:
@@ -324,7 +347,8 @@ def _trace_tree(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
         try:
             traced = _trace_part(module, *call, inner)
         except _Untraceable as e:
-            result.kept_whole.append(name)
+            if name not in result.kept_whole:
+                result.kept_whole.append(name)
             result.errors[name] = str(e)
             children(name, module)
             return
@@ -338,9 +362,10 @@ def _trace_tree(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     return result
 
 
-def _add_part(result: ChannelGraph, part: ChannelGraph, prefix: str) -> None:
+def _add_part(result: ChannelGraph, part: ChannelGraph, prefix: str, strip: str = "") -> None:
     """Add a submodule's groups to ``result``, member names made relative to the model."""
     def full(name: str) -> str:
+        name = name.removeprefix(strip)
         return f"{prefix}.{name}" if name and prefix else name or prefix
 
     for g in part.groups:
