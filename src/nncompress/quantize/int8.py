@@ -48,17 +48,35 @@ def _excluded(name: str, exclude: tuple[str, ...]) -> bool:
     return any(name == e or name.startswith(f"{e}.") for e in exclude)
 
 
+def _has_weight_matrix(module: nn.Module) -> bool:
+    """The module itself (not a child) holds a parameter of 2+ dimensions."""
+    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
+
+
 # --- torch.ao backend -------------------------------------------------------------------------
 
 
+DYNAMIC_KINDS = (nn.Linear, nn.LSTM, nn.GRU)  # what torch.ao runs with dynamic int8 kernels
+RNN_KINDS = (nn.LSTM, nn.GRU)
+
+
+def dynamic_targets(model: nn.Module, exclude: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the Linear (subclasses too), LSTM and GRU layers outside ``exclude``:
+    what dynamic int8 quantizes."""
+    return [
+        (name, m) for name, m in model.named_modules()
+        if (isinstance(m, nn.Linear) or type(m) in RNN_KINDS) and not _excluded(name, exclude)
+    ]
+
+
 def torch_dynamic_int8(model: nn.Module, *, per_channel: bool = True, exclude: tuple[str, ...] = ()) -> nn.Module:
-    """A copy of ``model`` whose ``nn.Linear`` layers (except ``exclude``) run dynamic int8."""
+    """A copy of ``model`` whose ``nn.Linear``, ``nn.LSTM`` and ``nn.GRU`` layers (except
+    ``exclude``) run dynamic int8: int8 weights (the LSTM/GRU gate matrices included), activations
+    quantized per batch, torch.ao's int8 GEMM and recurrent kernels."""
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    spec = {
-        name: qconfig for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _excluded(name, exclude)
-    }
+    spec = {name: qconfig for name, _ in dynamic_targets(model, exclude)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
         return quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
@@ -392,9 +410,13 @@ class StaticInt8Quantize(Exclusions, CalibrationSettings, Step):
 @register_step("int8-dynamic", family="quantize", produces="int8-runtime")
 @dataclass(frozen=True)
 class DynamicInt8Quantize(Exclusions, Step):
-    """Dynamic int8 for Linear layers (weights int8, activations quantized per batch at run time).
+    """Dynamic int8 for Linear, LSTM and GRU layers (weights int8, activations quantized per batch at run time).
 
-    Needs no calibration data; helps Linear-heavy models (MLPs, transformers) most.
+    Needs no calibration data; helps Linear-heavy models (MLPs, transformers) and recurrent nets
+    most. ``nn.LSTM`` / ``nn.GRU`` run torch.ao's int8 recurrent kernels (a model holding one takes
+    the torch backend: ONNX Runtime's quantizer leaves GRUs float) and the artifact stores their
+    gate matrices in int8. Other weight layers (convolutions, embeddings) are left float and named
+    in the step's notes; a model with no layer to quantize is an error.
 
     Settings:
         per_channel: one weight scale per output channel (else one per tensor).
@@ -429,7 +451,22 @@ class DynamicInt8Quantize(Exclusions, Step):
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         exclude = _check_exclude(model, self.exclude)
         example = ctx.task.single_example()
-        if self.backend == "onnxruntime":
+        targets = dynamic_targets(model, exclude)
+        left = [(n, type(m).__name__) for n, m in model.named_modules()
+                if _has_weight_matrix(m) and not isinstance(m, DYNAMIC_KINDS) and not _excluded(n, exclude)]
+        if not targets:
+            shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) or "none"
+            raise ValueError(f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; "
+                             f"weight layers found: {shown}")
+        if left:
+            shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) + (", ..." if len(left) > 6 else "")
+            ctx.log.append(f"int8-dynamic: {len(left)} weight layer(s) left float (not Linear/LSTM/GRU): {shown}")
+        rnns = [f"{n} ({type(m).__name__})" for n, m in targets if type(m) in RNN_KINDS]
+        backend = self.backend
+        if backend == "onnxruntime" and rnns:
+            ctx.log.append(f"int8-dynamic: {', '.join(rnns)}: int8 recurrent kernels in torch.ao only; using torch.ao")
+            backend = "torch"
+        if backend == "onnxruntime":
             try:
                 out, summary = onnxruntime_dynamic_int8(
                     model,
@@ -446,6 +483,9 @@ class DynamicInt8Quantize(Exclusions, Step):
                 ctx.log.append(f"int8-dynamic: {summary}")
                 return mark_reference_macs(out, model, example)
         out = torch_dynamic_int8(model, per_channel=self.per_channel, exclude=exclude)
-        n = sum(1 for m in out.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"))
-        ctx.log.append(f"int8-dynamic: torch.ao, {n} Linear layer(s) now dynamic int8")
+        dynamic = "torch.ao.nn.quantized.dynamic"
+        done = [type(m).__name__ for m in out.modules() if type(m).__module__.startswith(dynamic)]
+        n_rnn, n_linear = sum(t in ("LSTM", "GRU") for t in done), sum(t == "Linear" for t in done)
+        ctx.log.append(f"int8-dynamic: torch.ao, {n_linear} Linear and {n_rnn} LSTM/GRU layer(s) now "
+                       "dynamic int8" + (f": {', '.join(rnns)}" if rnns else ""))
         return mark_reference_macs(out, model, example)
