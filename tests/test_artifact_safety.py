@@ -260,3 +260,84 @@ def test_huffman_counts_are_checked_before_decoding(key, value, match, tmp_path)
     bad = _rewrite(path, tmp_path / "bad.ncz", **{"manifest.json": json.dumps(manifest).encode()})
     with pytest.raises(nc.ArtifactError, match=match):
         nc.load(bad)
+
+
+def _hf_gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config)
+
+
+def _hf_llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=100, bos_token_id=0, eos_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize(
+    ("build", "package", "x"),
+    [
+        (_hf_gpt2, "transformers", lambda: torch.randint(0, 100, (2, 9))),
+        (_hf_llama, "transformers", lambda: torch.randint(0, 100, (2, 9))),
+        (lambda: __import__("timm").create_model("test_efficientnet", num_classes=4), "timm",
+         lambda: torch.randn(2, 3, 64, 64)),
+        (lambda: __import__("torchvision").models.mobilenet_v3_small(width_mult=0.25, num_classes=4), "torchvision",
+         lambda: torch.randn(2, 3, 64, 64)),
+    ],
+    ids=["gpt2", "llama", "timm", "torchvision"],
+)
+def test_models_of_other_packages_load_when_trusted_bit_exactly(build, package, x, tmp_path):
+    pytest.importorskip(package)
+    torch.manual_seed(0)
+    model = build().eval()
+    path = nc.save(model, tmp_path / "m.ncz")
+    with pytest.raises(nc.ArtifactError, match=f"names {package}\\..*trust=\\('{package}',\\)"):
+        nc.load(path)
+    loaded = nc.load(path, trust=(package,))
+    inputs = x()
+    with torch.inference_mode():
+        out, expected = loaded(inputs), model(inputs)
+    if hasattr(expected, "logits"):
+        out, expected = out.logits, expected.logits
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "return open('/tmp/x')",
+        "return torch.load('/tmp/x')",
+        "return torch.save(x, '/tmp/x')",
+        "return getattr(torch, 'load')('/tmp/x')",
+        "return x.__class__",
+        "return getattr(x, '__class__')",
+        "return x.numpy().tofile('/tmp/x')",
+        "import os\n    return os.system('x')",
+        "return (lambda: 1)()",
+        "return [y for y in x]",
+        "return torch.utils.data",
+        "return eval('1')",
+        "return 'abc'.format(x)",
+    ],
+)
+def test_fx_graph_code_that_is_not_tensor_ops_is_refused(body):
+    from nncompress.io.fx_safe import check_forward_source
+
+    with pytest.raises(ValueError, match="graph code"):
+        check_forward_source(f"def forward(self, x):\n    {body}")
+
+
+def test_fx_graph_code_of_tensor_ops_is_accepted():
+    from nncompress.io.fx_safe import check_forward_source
+
+    check_forward_source(
+        "def forward(self, x : torch.Tensor):\n"
+        "    a = getattr(self.blocks, '1').fc(x);  x = None\n"
+        "    b = torch.quantize_per_tensor(a, self._scale_0, self._zero_point_0, torch.quint8)\n"
+        "    c = torch.ops.quantized.add(b, b, 1.0, 0)\n"
+        "    d = torch._C._nn.gelu(c.dequantize())[(slice(None, None, None), 0)]\n"
+        "    return d.view(-1, 2) + 1"
+    )

@@ -172,7 +172,7 @@ def save(
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The artifact's manifest (versions, encodings, metadata) without loading the model."""
     with _open(path) as zf:
-        return _manifest(zf, path)
+        return _manifest(zf, path)[0]
 
 
 def _open(path: str | os.PathLike) -> zipfile.ZipFile:
@@ -206,7 +206,8 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: str | os.PathLike, limit:
     return data
 
 
-def _manifest(zf: zipfile.ZipFile, path: str | os.PathLike) -> dict[str, Any]:
+def _manifest(zf: zipfile.ZipFile, path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int]]:
+    """The checked manifest and each tensor's element count."""
     data = _read_member(zf, MANIFEST, path, _member_limit(path))
     try:
         manifest = json.loads(data)
@@ -222,12 +223,12 @@ def _manifest(zf: zipfile.ZipFile, path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(
             f"{path} has artifact version {version}; this nncompress reads up to {VERSION}: upgrade nncompress"
         )
-    _check_entries(manifest, path)
-    return manifest
+    return manifest, _check_entries(manifest, path)
 
 
-def _check_entries(manifest: dict[str, Any], path: str | os.PathLike) -> None:
-    """The manifest's structure: types of every field, kinds, encodings, shapes, dtypes and aliases."""
+def _check_entries(manifest: dict[str, Any], path: str | os.PathLike) -> dict[str, int]:
+    """The manifest's structure: types of every field, kinds, encodings, shapes, dtypes and aliases;
+    returns each tensor's element count."""
 
     def bad(name: str, why: str) -> ArtifactError:
         return ArtifactError(f"{path}: member {MANIFEST}: tensor {name!r} {why}")
@@ -240,13 +241,14 @@ def _check_entries(manifest: dict[str, Any], path: str | os.PathLike) -> None:
     hashes = manifest.get("sha256", {})
     if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
         raise ArtifactError(f"{path}: member {MANIFEST} 'sha256' must map member names to hex digests")
+    numels: dict[str, int] = {}
     for name, entry in entries.items():
         if not isinstance(entry, dict):
             raise bad(name, f"must be a table, got {type(entry).__name__}")
         if entry.get("kind") not in KINDS:
             raise bad(name, f"has kind {entry.get('kind')!r}; known: {', '.join(KINDS)}")
         try:
-            numel_of(entry.get("shape"))
+            numels[name] = numel_of(entry.get("shape"))
         except ValueError as e:
             raise bad(name, str(e)) from e
         if not isinstance(entry.get("dtype"), str) or not isinstance(getattr(torch, entry["dtype"], None), torch.dtype):
@@ -263,13 +265,12 @@ def _check_entries(manifest: dict[str, Any], path: str | os.PathLike) -> None:
             raise bad(name, f"has unknown encoding {entry.get('encoding')!r}; known: {', '.join(ENCODINGS)}")
         elif not isinstance(entry.get("header"), dict):
             raise bad(name, "has no header table")
+    return numels
 
 
-def _decoded_bytes(entries: dict[str, Any]) -> int:
+def _decoded_bytes(entries: dict[str, Any], numels: dict[str, int]) -> int:
     """Bytes the stored (non-alias) tensors take once decoded."""
-    return sum(
-        numel_of(e["shape"]) * getattr(torch, e["dtype"]).itemsize for e in entries.values() if "alias_of" not in e
-    )
+    return sum(numels[n] * getattr(torch, e["dtype"]).itemsize for n, e in entries.items() if "alias_of" not in e)
 
 
 def _check_hash(manifest: dict[str, Any], member: str, data: bytes, path: str | os.PathLike) -> None:
@@ -435,7 +436,7 @@ def load(path: str | os.PathLike, *, trust: str | Iterable[str] | None = None) -
     trusted = trust_policy.normalize_trust(trust)
     try:
         with _open(path) as zf:
-            manifest = _manifest(zf, path)
+            manifest, numels = _manifest(zf, path)
             entries = manifest["tensors"]
             names = set(zf.namelist())
             legacy = SKELETON not in names and LEGACY_SKELETON in names  # artifacts of nncompress <= 0.1
@@ -443,14 +444,14 @@ def load(path: str | os.PathLike, *, trust: str | Iterable[str] | None = None) -
             unknown = names - {MANIFEST, TENSORS, skeleton_member}
             if unknown:
                 raise ArtifactError(f"{path} holds unknown member(s) {', '.join(sorted(unknown))}")
-            decoded = _decoded_bytes(entries)
+            decoded = _decoded_bytes(entries, numels)
             budget = max(MIN_DECODED_BYTES, MAX_EXPANSION * os.path.getsize(path))
             if decoded > budget:
                 raise ArtifactError(
                     f"{path}: the manifest's tensors take {decoded} bytes decoded, more than {MAX_EXPANSION}x the file"
                 )
             # parts never take much more than the decoded tensors: values, indices, scales, tables
-            limit = sum(9 * numel_of(e["shape"]) + 4096 for e in entries.values() if "alias_of" not in e) + (1 << 20)
+            limit = sum(9 * numels[n] + 4096 for n, e in entries.items() if "alias_of" not in e) + (1 << 20)
             data = _read_member(zf, TENSORS, path, min(limit, 16 * decoded + (1 << 20)))
             _check_hash(manifest, TENSORS, data, path)
             skeleton_bytes = _read_member(zf, skeleton_member, path, _member_limit(path))

@@ -196,9 +196,24 @@ def resolve(module: str, qualname: str, trust: tuple[str, ...], source: str) -> 
     exact = _exact_globals()
     if key in exact:
         return exact[key]
-    trusted = (*trust, *_TRUSTED)
+    trusted = tuple(sorted({*trust, *_TRUSTED}))
     if key in GUARDED:
         return GUARDED[key](tuple(p for p in trusted if p.split(".")[0] not in FORBIDDEN), source)
+    try:
+        return _resolve_class(module, qualname, trusted)
+    except _Refused as e:
+        raise UntrustedCodeError(str(e).replace("<source>", source)) from e.__cause__
+
+
+class _Refused(Exception):
+    """Internal: ``_resolve_class`` refused (the message has a ``<source>`` placeholder)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve_class(module: str, qualname: str, trusted: tuple[str, ...]) -> Any:
+    """The allowed class or function ``module.qualname`` (cached: a skeleton names each many times)."""
+    key = f"{module}.{qualname}"
+    source = "<source>"
     try:
         if _under(module, BUILTIN_CLASS_PREFIXES):
             obj = _resolve_attr(module, qualname)
@@ -209,7 +224,7 @@ def resolve(module: str, qualname: str, trust: tuple[str, ...], source: str) -> 
             if (isinstance(obj, (type, types.FunctionType))) and _is_canonical(obj, module, qualname):
                 return obj
     except (ImportError, AttributeError) as e:
-        raise UntrustedCodeError(
+        raise _Refused(
             f"{source}: the model skeleton names {key}, which cannot be imported here ({e}); install or "
             "import the package that defines the model"
         ) from e
@@ -222,7 +237,7 @@ def resolve(module: str, qualname: str, trust: tuple[str, ...], source: str) -> 
         if top not in FORBIDDEN
         else "no trust setting allows it: the artifact is unsafe or corrupt"
     )
-    raise UntrustedCodeError(f"{source}: the model skeleton names {key}, which is not allowed to load; {hint}")
+    raise _Refused(f"{source}: the model skeleton names {key}, which is not allowed to load; {hint}")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
