@@ -209,12 +209,61 @@ def trace_channels(
             result = _trace_tree(model, *_as_call(model, example_inputs), set(opaque))
     finally:
         model.train(was_training)
+    result.groups += _attention_head_groups(model, result.groups)
     if result.kept_whole == [""] and not result.groups:
         raise ValueError(
             f"torch.fx cannot trace {type(model).__name__} ({result.errors['']}) nor any of its "
             "submodules; name the submodule that fails in `exclude` so it is kept whole and not traced"
         )
     return result
+
+
+OUTPUT_PROJECTIONS = ("o_proj", "dense", "out_proj")
+
+
+def attention_heads(module: nn.Module) -> tuple[str, int, int, int] | None:
+    """``(output projection, heads, kv_heads, head_dim)`` of a Hugging Face-style attention, else None.
+
+    The pattern (Llama, Mistral, Qwen2, Gemma, Phi): ``q_proj``/``k_proj``/``v_proj`` and an output
+    projection as ``nn.Linear``, an int ``head_dim``, ``num_key_value_groups`` query heads per
+    key/value head, heads reshaped with ``-1`` so their count is read from the weights; nothing
+    else holding a per-head size (T5's relative bias table has one: not matched).
+    """
+    out_name = next((n for n in OUTPUT_PROJECTIONS if isinstance(getattr(module, n, None), nn.Linear)), None)
+    q, k, v = (getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj"))
+    hd = getattr(module, "head_dim", None)
+    if out_name is None or not all(isinstance(p, nn.Linear) for p in (q, k, v)) or not isinstance(hd, int) or hd < 1:
+        return None
+    o = getattr(module, out_name)
+    if q.out_features % hd or k.out_features % hd or k.out_features != v.out_features or (
+            o.in_features != q.out_features):
+        return None
+    heads, kv = q.out_features // hd, k.out_features // hd
+    if heads % kv or getattr(module, "num_key_value_groups", None) != heads // kv:
+        return None
+    known = {"q_proj", "k_proj", "v_proj", out_name, "q_norm", "k_norm", "q_layernorm", "k_layernorm", "rotary_emb"}
+    if any(n not in known for n, _ in module.named_children()) or any(True for _ in module.parameters(recurse=False)):
+        return None
+    return out_name, heads, kv, hd
+
+
+def _attention_head_groups(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """One group per Hugging Face-style attention: its key/value heads, each with the query heads
+    that share it (q/k/v rows, output-projection columns), unless tracing already coupled them."""
+    taken = {(m.kind, m.name) for g in groups for m in g.members}
+    found = []
+    for name, module in model.named_modules():
+        shape = attention_heads(module)
+        if shape is None:
+            continue
+        out_name, heads, kv, hd = shape
+        rep = heads // kv
+        at = f"{name}." if name else ""
+        members = (Member("out", f"{at}q_proj", 0, rep * hd), Member("out", f"{at}k_proj", 0, hd),
+                   Member("out", f"{at}v_proj", 0, hd), Member("in", f"{at}{out_name}", 0, rep * hd))
+        if kv > 1 and not any((m.kind, m.name) in taken for m in members):
+            found.append(ChannelGroup(kv, members))
+    return found
 
 
 def _as_call(model: nn.Module, inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
