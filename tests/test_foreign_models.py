@@ -107,6 +107,34 @@ def test_hugging_face_attention_loses_whole_heads(name):
     assert torch.allclose(after, before, atol=1e-5)
 
 
+def test_gpt2_fused_attention_loses_whole_heads():
+    """GPT-2's c_attn writes q|k|v in one matrix: a head is hd rows in each third, and the
+    attention's split_size follows the cut."""
+    entry = fz.get("hf-gpt2")
+    model = entry.build()
+    blocks = model.transformer.h
+    heads, d = blocks[0].attn.num_heads, blocks[0].attn.split_size
+    hd = d // heads
+    with torch.no_grad():
+        for block in blocks:  # Conv1D weights are (in, out): zero the last head's q, k, v columns
+            for part in range(3):
+                block.attn.c_attn.weight[:, (part + 1) * d - hd:(part + 1) * d] = 0
+                block.attn.c_attn.bias[(part + 1) * d - hd:(part + 1) * d] = 0
+            block.attn.c_proj.weight[-hd:, :] = 0
+    x = entry.example()
+    before = fz.logits_of(call_model(model, x))
+    ctx = StepContext(task=entry.task(batches=1))
+    with torch.no_grad():
+        step = ChannelPrune(sparsity=1 / heads, exclude=("transformer.h.0.mlp", "transformer.h.1.mlp"))
+        pruned = step.apply(model, ctx)
+    for block in pruned.transformer.h:
+        assert (block.attn.num_heads, block.attn.split_size) == (heads - 1, d - hd)
+        assert block.attn.c_attn.out_features == 3 * (d - hd)
+    with torch.no_grad():
+        after = fz.logits_of(call_model(pruned, x))
+    assert torch.allclose(after, before, atol=1e-5)
+
+
 def test_timm_fused_norm_act_is_one_group_member():
     entry = fz.get("timm-efficientnet_b0")
     model = entry.build()

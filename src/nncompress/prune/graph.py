@@ -247,20 +247,54 @@ def attention_heads(module: nn.Module) -> tuple[str, int, int, int] | None:
     return out_name, heads, kv, hd
 
 
+def fused_attention_heads(module: nn.Module) -> tuple[int, int] | None:
+    """``(heads, head_dim)`` of a GPT-2-style attention (one ``c_attn`` writing q|k|v, ``c_proj``,
+    both ``nn.Linear`` after canonicalization; ``split_size`` = heads * head_dim), else None."""
+    qkv, proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
+    heads, hd, split = (getattr(module, k, None) for k in ("num_heads", "head_dim", "split_size"))
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)) or not all(
+            isinstance(v, int) and v > 0 for v in (heads, hd, split)):
+        return None
+    if split != heads * hd or qkv.out_features != 3 * split or proj.in_features != split or hasattr(module, "q_attn"):
+        return None
+    if any(n not in ("c_attn", "c_proj", "attn_dropout", "resid_dropout") for n, _ in module.named_children()):
+        return None
+    return heads, hd
+
+
+def refresh_head_counts(model: nn.Module) -> list[str]:
+    """After heads were cut, set a GPT-2-style attention's ``split_size``/``num_heads`` from its
+    weights (its forward splits q|k|v by ``split_size``); returns the modules updated."""
+    updated = []
+    for name, module in model.named_modules():
+        qkv, hd = getattr(module, "c_attn", None), getattr(module, "head_dim", None)
+        if isinstance(qkv, nn.Linear) and isinstance(getattr(module, "split_size", None), int) and isinstance(hd, int) \
+                and module.split_size != qkv.out_features // 3 and qkv.out_features % (3 * hd) == 0:
+            module.split_size = qkv.out_features // 3
+            module.num_heads = module.split_size // hd
+            updated.append(name)
+    return updated
+
+
 def _attention_head_groups(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
     """One group per Hugging Face-style attention: its key/value heads, each with the query heads
     that share it (q/k/v rows, output-projection columns), unless tracing already coupled them."""
     taken = {(m.kind, m.name) for g in groups for m in g.members}
     found = []
     for name, module in model.named_modules():
-        shape = attention_heads(module)
-        if shape is None:
-            continue
-        out_name, heads, kv, hd = shape
-        rep = heads // kv
         at = f"{name}." if name else ""
-        members = (Member("out", f"{at}q_proj", 0, rep * hd), Member("out", f"{at}k_proj", 0, hd),
-                   Member("out", f"{at}v_proj", 0, hd), Member("in", f"{at}{out_name}", 0, rep * hd))
+        shape, fused = attention_heads(module), fused_attention_heads(module)
+        if shape is not None:
+            out_name, heads, kv, hd = shape
+            rep = heads // kv
+            members = (Member("out", f"{at}q_proj", 0, rep * hd), Member("out", f"{at}k_proj", 0, hd),
+                       Member("out", f"{at}v_proj", 0, hd), Member("in", f"{at}{out_name}", 0, rep * hd))
+        elif fused is not None:
+            kv, hd = fused  # every head has its own key/value
+            members = tuple(Member("out", f"{at}c_attn", part * kv * hd, hd) for part in range(3)) + (
+                Member("in", f"{at}c_proj", 0, hd),)
+        else:
+            continue
         if kv > 1 and not any((m.kind, m.name) in taken for m in members):
             found.append(ChannelGroup(kv, members))
     return found

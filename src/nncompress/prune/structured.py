@@ -31,7 +31,7 @@ from nncompress.base.settings import CalibrationSettings, Exclusions
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.models.vit import MultiHeadSelfAttention
 from nncompress.prune import importance
-from nncompress.prune.graph import ChannelGroup, Member, trace_channels
+from nncompress.prune.graph import ChannelGroup, Member, refresh_head_counts, trace_channels
 from nncompress.prune.surgery import (
     BATCHNORMS,
     CONVS,
@@ -325,6 +325,7 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
         removed = self._removed(groups, scores, sparsity)
         with torch.no_grad():
             cut_groups(model, groups, removed, ctx)
+        refresh_head_counts(model)  # GPT-2's attention splits q|k|v by a stored width
         total, gone = sum(g.size for g in groups), sum(len(r) for r in removed)
         ctx.log.append(f"channel-prune: removed {gone} of {total} channels in {len(groups)} groups"
                        f" (sparsity {sparsity:.4f})")
