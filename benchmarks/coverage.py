@@ -8,7 +8,9 @@ CPU budget: models over 3M parameters run channel pruning, save/load and ONNX ex
 output error against the fp32 model on the example batch, parameters and artifact bytes before
 and after, seconds, and the step's notes. A step that raises nothing but changes nothing (same
 outputs, parameters and file) is a ``fail``: a silent no-op. After every step the model is saved
-and loaded again; a reload that fails or does not give the same outputs makes the cell partial.
+and loaded again; a reload that fails or does not give the same outputs makes the cell partial,
+as do a step whose notes say it fell back (e.g. ONNX Runtime int8 to torch.ao) and a quantizing
+step whose file grew.
 
 Writes ``benchmarks/results/coverage.json`` and ``benchmarks/results/coverage.md`` (a table for the
 README) and prints the table.
@@ -195,6 +197,10 @@ def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tenso
         cell.update(status="fail", reason="silent no-op: outputs, parameters and file unchanged")
     elif problem:
         cell.update(status="partial", reason=problem)
+    elif fallback := next((n for n in ctx.log if "failed (" in n or "fell back" in n), None):
+        cell.update(status="partial", reason=f"fell back: {fallback[:200]}")
+    elif nc.STEPS[kind].family == "quantize" and size is not None and size > base_stats["size"]:
+        cell.update(status="partial", reason=f"quantized file grew: {base_stats['size']} -> {size} bytes")
     else:
         cell.update(status="pass")
     return cell
