@@ -20,13 +20,13 @@ from nncompress.measure.flops import count_macs
 from nncompress.measure.size import count_params
 from nncompress.models import ResNet, VisionTransformer
 from nncompress.models.vit import MultiHeadSelfAttention
+from nncompress.prune.criteria import member_tensors
 from nncompress.prune.graph import trace_channels
 from nncompress.prune.structured import (
     ChannelPrune,
     HeadPrune,
     gradients,
     group_scores,
-    member_tensors,
 )
 from nncompress.prune.surgery import CONVS, channel_counts, cut_conv, cut_embedding, cut_layernorm
 

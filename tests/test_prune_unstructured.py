@@ -13,7 +13,7 @@ from torch import nn
 import nncompress as nc
 from nncompress.core.step import StepContext, step_from_dict
 from nncompress.prune import importance
-from nncompress.prune.importance import CRITERIA
+from nncompress.prune.criteria import CRITERIA
 from nncompress.prune.magnitude import MagnitudePrune, UnstructuredPrune, keep_top
 from nncompress.tasks.batches import TensorBatches
 

@@ -1,13 +1,13 @@
-"""Importance criteria: pure tensor functions that score weights (higher = keep), plus the hooks
-that gather the statistics the data-driven ones need (gradients, input norms).
+"""Importance maths: pure tensor functions that score weights (higher = keep), plus the hooks that
+gather the statistics the data-driven criteria need (gradients, input norms). The criteria
+themselves, one class each, are in ``prune/criteria/``.
 
 - magnitude: |w|^p (Han et al. 2015); L1 with p=1, L2 (squared) with p=2.
 - taylor: |w * dL/dw| accumulated over batches (Molchanov et al. 2019, first-order Taylor).
 - wanda: |w_ij| * ||x_j||_2 over calibration inputs (Sun et al. 2024).
-- lamp: w^2 over the sum of w^2 of the layer's weights at least as large (Lee et al. 2021): magnitude
-  rescaled per layer so that one global ranking allocates sparsity across layers sensibly.
+- lamp: w^2 over the sum of w^2 of the layer's weights at least as large (Lee et al. 2021).
 - random: uniform noise, the control every criterion must beat.
-Structured criteria reduce element scores over a group (a filter, a neuron) with ``reduce``.
+Structured criteria reduce element scores over a group (a filter, a neuron) with ``reduce_groups``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import torch
 from torch import nn
 
 from nncompress.tasks.task import call_model
-
-CRITERIA = ("magnitude", "l1", "l2", "lamp", "taylor", "wanda", "random")
 
 
 def magnitude(weight: torch.Tensor, p: int = 1) -> torch.Tensor:

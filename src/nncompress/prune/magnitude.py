@@ -1,6 +1,6 @@
 """Unstructured pruning (Han et al. 2015): zero the individual weights of lowest importance.
 
-Importance is pluggable (``prune/importance.py``): magnitude (L1 or L2), LAMP, first-order Taylor
+Importance is pluggable (``prune/criteria/``, one class per criterion): magnitude (L1 or L2), LAMP, first-order Taylor
 (gradients of the task loss), Wanda (|w| times input-feature norms) or random. Prune a percentage
 (``sparsity``) or below an absolute score ``threshold``; over all layers at once
 (``scope="global"``) or each alone (``scope="layer"``); with per-layer overrides
@@ -22,7 +22,7 @@ from torch import nn
 
 from nncompress.base.settings import CalibrationSettings, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.prune import importance
+from nncompress.prune.criteria import get_criterion
 from nncompress.prune.targets import prunable_weights
 
 MAGNITUDE_CRITERIA = ("magnitude", "l1", "l2")
@@ -76,10 +76,7 @@ class UnstructuredPrune(LayerSelection, CalibrationSettings, Step):
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
-        if self.criterion not in importance.CRITERIA:
-            raise ValueError(
-                f"criterion must be one of {', '.join(importance.CRITERIA)}; got {self.criterion!r}"
-            )
+        get_criterion(self.criterion)
         object.__setattr__(self, "layer_sparsity", normalize_overrides(self.layer_sparsity))
 
     def targets(self, model: nn.Module) -> dict[str, nn.Parameter]:
@@ -202,40 +199,12 @@ def weight_scores(
     ctx: StepContext,
     batches: int,
 ) -> dict[str, torch.Tensor]:
-    """Importance of every weight of ``targets`` under ``criterion`` (higher = keep)."""
-    if criterion in MAGNITUDE_CRITERIA:
-        p = 2 if criterion == "l2" else 1
-        return {n: importance.magnitude(w, p) for n, w in targets.items()}
-    if criterion == "lamp":
-        return {n: importance.lamp(w) for n, w in targets.items()}
-    if criterion == "random":
-        gen = torch.Generator().manual_seed(ctx.seed)
-        return {n: importance.random_scores(w, gen).to(w.device) for n, w in targets.items()}
+    """Importance of every weight of ``targets`` under ``criterion`` (``prune/criteria``; higher = keep)."""
     was_training = model.training
     try:
-        if criterion == "taylor":
-            grads = importance.collect_gradients(
-                model, dict(targets), ctx.task.train, ctx.task.loss, max_batches=batches
-            )
-            return {n: importance.taylor(w, grads[n]) for n, w in targets.items()}
-        modules = {n: model.get_submodule(module_name(n)) for n in targets}
-        norms = importance.collect_input_norms(model, modules, ctx.task.train, batches)
-        missing = sorted(set(targets) - set(norms))
-        if missing:
-            raise ValueError(f"wanda: layers never ran on the train split: {', '.join(missing)}")
-        return {n: wanda_scores(modules[n], w, norms[n]) for n, w in targets.items()}
+        return get_criterion(criterion).weight_scores(model, targets, ctx, batches)
     finally:
         model.train(was_training)
-
-
-def wanda_scores(module: nn.Module, weight: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """Wanda scores, also for grouped convolutions (each filter sees its group's channels)."""
-    groups = getattr(module, "groups", 1)
-    if groups == 1:
-        return importance.wanda(weight, norm)
-    out, per_group = weight.shape[:2]
-    norms = norm.reshape(groups, per_group).repeat_interleave(out // groups, dim=0)  # (out, in/g)
-    return weight.detach().abs() * norms.reshape(out, per_group, *[1] * (weight.dim() - 2))
 
 
 def demote_pruned(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

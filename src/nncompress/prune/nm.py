@@ -17,7 +17,7 @@ from torch import nn
 from nncompress.base.checks import check_count
 from nncompress.base.settings import CalibrationSettings, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.prune import importance
+from nncompress.prune.criteria import get_criterion
 from nncompress.prune.magnitude import apply_masks, demote_pruned, masked_fraction, weight_scores
 from nncompress.prune.targets import prunable_weights
 
@@ -53,9 +53,7 @@ class NMPrune(LayerSelection, CalibrationSettings, Step):
         if self.n >= self.m:
             raise ValueError(f"n must be smaller than m (n:m sparsity keeps n of every m), "
                              f"got n={self.n}, m={self.m}")
-        if self.criterion not in importance.CRITERIA:
-            raise ValueError(f"criterion must be one of {', '.join(importance.CRITERIA)}; "
-                             f"got {self.criterion!r}")
+        get_criterion(self.criterion)
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         targets = prunable_weights(model, keep_first_conv=self.keep_first_conv,

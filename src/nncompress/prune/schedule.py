@@ -18,7 +18,7 @@ from torch import nn
 from nncompress.base.checks import check_choice, check_count
 from nncompress.base.settings import CalibrationSettings, KDSettings, LayerSelection, TrainSettings
 from nncompress.core.step import Step, StepContext, register_step
-from nncompress.prune import importance
+from nncompress.prune.criteria import get_criterion
 from nncompress.prune.magnitude import SCOPES, UnstructuredPrune, apply_masks, check_fraction, masked_fraction
 from nncompress.train.best import BestOnValidation
 from nncompress.train.loop import LossFn, TrainConfig, TrainHistory, fit, total_steps, train_config
@@ -108,7 +108,7 @@ class ScheduledPruneSettings(TrainSettings, KDSettings, LayerSelection, Calibrat
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("criterion", self.criterion, importance.CRITERIA)
+        get_criterion(self.criterion)
         check_choice("scope", self.scope, SCOPES)
 
 
