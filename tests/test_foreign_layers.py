@@ -312,3 +312,81 @@ def test_int8_dynamic_rnn_file_under_30_percent_within_one_point(cell, tmp_path)
     loaded = nc.load(nc.save(result.model, tmp_path / "m.ncz"), trust=("test_foreign_layers",))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.model(x), rtol=0, atol=0)
+
+
+# --- 4. Conv1d in weight-quantize and tucker; skipped layers named; nothing to do is an error ---------
+
+
+class _Conv1dNet(nn.Module):
+    """A 1-D conv net (speech/text style) with an embedding-like table the steps do not handle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(10, 4)
+        self.c1 = nn.Conv1d(4, 32, 3, padding=1)
+        self.c2 = nn.Conv1d(32, 48, 5, padding=2)
+        self.c3 = nn.Conv1d(48, 48, 3, padding=1)
+        self.head = nn.Linear(48, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.table.weight[:1, :, None]
+        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.head(x.mean(-1))
+
+
+def _conv1d_task():
+    import nncompress as nc
+    from nncompress.tasks.batches import TensorBatches
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 4, 20, generator=g), torch.randint(0, 4, (128,), generator=g)
+    return nc.Task(name="conv1d", train=TensorBatches(x, y, batch_size=32), val=TensorBatches(x, y, batch_size=64),
+                   test=TensorBatches(x, y, batch_size=64), baseline=_Conv1dNet)
+
+
+def test_weight_quantize_packs_conv1d_and_names_what_it_skips(tmp_path):
+    import nncompress as nc
+    from nncompress.base.checks import NothingToDo
+    from nncompress.core.step import StepContext
+    from nncompress.quantize.layers import QuantizedConv1d
+
+    task = _conv1d_task()
+    torch.manual_seed(0)
+    model = _Conv1dNet().eval()
+    x = task.single_example()
+    with torch.no_grad():
+        before = model(x)
+    ctx = StepContext(task=task)
+    out = nc.WeightQuantize(bits=8, bias_correction=True, calibration_batches=1).apply(model, ctx)
+    assert type(out.c1) is nn.Conv1d  # keep_first_conv covers Conv1d
+    assert isinstance(out.c2, QuantizedConv1d) and isinstance(out.c3, QuantizedConv1d)
+    assert any("table (Embedding)" in line and "left as they are" in line for line in ctx.log), ctx.log
+    with torch.no_grad():
+        assert (out(x) - before).abs().max() < 0.02 * before.abs().max() + 1e-3
+    loaded = nc.load(nc.save(out, tmp_path / "m.ncz"), trust=("test_foreign_layers",))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), out(x), rtol=0, atol=0)
+    with pytest.raises(NothingToDo, match=r"no Linear, Conv1d or Conv2d layer left.*table \(Embedding\)"):
+        nc.WeightQuantize(exclude=("c2", "c3")).apply(_Conv1dNet(), StepContext(task=task))
+
+
+def test_tucker_factorizes_conv1d_with_a_recomposed_weight():
+    import nncompress as nc
+    from nncompress.base.factorized import Factorized
+    from nncompress.core.step import StepContext
+
+    task = _conv1d_task()
+    torch.manual_seed(0)
+    model = _Conv1dNet().eval()
+    x = task.single_example()
+    ref = copy.deepcopy(model)
+    ctx = StepContext(task=task)
+    out = nc.TuckerFactorize(rank=0.5).apply(model, ctx)
+    assert isinstance(out.c3, Factorized) and [type(m) for m in out.c3] == [nn.Conv1d] * 3
+    assert out.c3.weight.shape == ref.c3.weight.shape and torch.equal(out.c3.bias, ref.c3.bias)
+    assert any("table (Embedding)" in line for line in ctx.log), ctx.log
+    with torch.no_grad():  # the recomposed weight is what the three convs compute
+        y = torch.randn(2, 48, 9)
+        direct = nn.functional.conv1d(y, out.c3.weight, out.c3.bias, padding=1)
+        torch.testing.assert_close(out.c3(y), direct, rtol=1e-4, atol=1e-5)
+        assert torch.isfinite(out(x)).all()

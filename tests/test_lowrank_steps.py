@@ -11,6 +11,7 @@ from conftest import make_task
 from torch import nn
 
 import nncompress as nc
+from nncompress.base.checks import NothingToDo
 from nncompress.core.step import StepContext
 from nncompress.lowrank.decompose import relative_error
 from nncompress.measure.flops import count_macs
@@ -121,9 +122,9 @@ def test_layers_and_exclude_select_what_is_factorized():
 def test_full_rank_ratio_leaves_every_layer_and_says_why():
     model, task = model_and_task(mlp)
     ctx = StepContext(task=task)
-    nc.SVDFactorize(rank=1.0).apply(model, ctx)
+    with pytest.raises(NothingToDo, match=r"svd: factorized none of 2 Linear layer\(s\).*break-even"):
+        nc.SVDFactorize(rank=1.0).apply(model, ctx)  # changing nothing is an error, not a success
     assert sum("skipped" in line for line in ctx.log) == 2
-    assert ctx.log[-1] == "svd: factorized 0 of 2 Linear layers; their weights 265,200 -> 265,200 params"
 
 
 def test_energy_rank_keeps_the_fraction_of_each_layer():
@@ -239,11 +240,12 @@ def test_one_by_one_convs_are_left_to_spatial_svd(step):
     assert isinstance(out.b, nn.Sequential) and [m.kernel_size for m in out.b] == [(1, 1), (1, 1)]
 
 
-def test_conv_steps_leave_a_model_without_convs_alone():
+def test_conv_steps_refuse_a_model_without_convs():
     model, task = model_and_task(mlp)
-    ctx = StepContext(task=task)
-    assert nc.CPFactorize().apply(model, ctx) is model
-    assert ctx.log == ["cp: no Conv2d layer to factorize"]
+    with pytest.raises(NothingToDo, match="cp: no Conv2d layer to factorize"):
+        nc.CPFactorize().apply(model, StepContext(task=task))
+    with pytest.raises(NothingToDo, match="tucker: no Conv2d/Conv1d layer to factorize"):
+        nc.TuckerFactorize().apply(model, StepContext(task=task))
 
 
 # --- budget ------------------------------------------------------------------------------------

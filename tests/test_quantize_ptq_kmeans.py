@@ -103,7 +103,7 @@ def test_bad_settings_raise_clear_errors():
         _apply(WeightQuantize(granularity="group"), LeNet300100(num_classes=4))
     with pytest.raises(ValueError, match="exclude entry 'nope' names no module"):
         _apply(WeightQuantize(exclude=("nope",)), LeNet300100(num_classes=4))
-    with pytest.raises(ValueError, match="layer_bits pattern 'conv9' matches no Linear/Conv2d"):
+    with pytest.raises(ValueError, match="layer_bits pattern 'conv9' matches no Linear/Conv1d/Conv2d"):
         _apply(WeightQuantize(layer_bits={"conv9": 4}), LeNet5(num_classes=4))
     with pytest.raises(ValueError, match=r"layer_bits\['fc1'\] must be an integer in \[2, 8\] or 32"):
         WeightQuantize(layer_bits={"fc1": 1})

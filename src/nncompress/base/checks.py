@@ -74,3 +74,8 @@ def check_choice(name: str, value: Any, accepted: Iterable[Any]) -> Any:
     if isinstance(value, (list, dict, set)) or value not in accepted:
         raise ValueError(f"{name}={value!r} is not supported; accepted: {', '.join(map(repr, accepted))}")
     return value
+
+
+class NothingToDo(ValueError):
+    """A step found nothing it can change in this model; the message names why (which layer kinds it
+    handles, which it found). A step that changes nothing is an error, never a silent success."""

@@ -66,7 +66,7 @@ def values_per_channel(module: nn.Module) -> int:
 def check_supported(layers: list[tuple[str, nn.Module]]) -> None:
     """Raise ValueError for a convolution whose padding mode the packed layers cannot run."""
     for name, m in layers:
-        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+        if isinstance(m, CONV_KINDS) and m.padding_mode != "zeros":
             raise ValueError(
                 f"layer {name!r} uses padding_mode={m.padding_mode!r}; packed layers support 'zeros' only "
                 "(exclude the layer)"

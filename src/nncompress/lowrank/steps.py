@@ -17,8 +17,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from nncompress.base.checks import check_flag
-from nncompress.base.modules import replace_module, weight_layers
+from nncompress.base.checks import NothingToDo, check_flag
+from nncompress.base.modules import replace_module, skipped_layers, skipped_note, weight_layers
 from nncompress.base.selection import check_patterns, is_excluded
 from nncompress.base.settings import CalibrationSettings, KeepClassifier, KeepFirstConv, LayerPatterns
 from nncompress.core.step import Step, StepContext, register_step
@@ -26,29 +26,32 @@ from nncompress.lowrank.layers import CP, Cost, LayerIO, LinearSVD, Method, Spat
 from nncompress.lowrank.probe import input_grams, layer_io
 from nncompress.lowrank.ranks import Rank, RankRule, break_even, choose_rank, describe_rank, parse_rank
 
+FACTORIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)  # every layer type some method factorizes
+
 
 def factorizable_layers(
     model: nn.Module,
-    layer_type: type[nn.Module],
+    layer_type: type[nn.Module] | tuple[type[nn.Module], ...],
     *,
     layers: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
     keep_first_conv: bool = False,
     keep_classifier: bool = False,
 ) -> dict[str, nn.Module]:
-    """``{name: module}`` of the plain ``layer_type`` layers selected: inside ``layers`` (names or
-    regexes of the layers or their parents; empty: all), outside ``exclude``, minus the first
-    Conv2d / last Linear when asked to keep them."""
+    """``{name: module}`` of the plain ``layer_type`` layers (a type or a tuple of types) selected:
+    inside ``layers`` (names or regexes of the layers or their parents; empty: all), outside
+    ``exclude``, minus the first convolution / last Linear when asked to keep them."""
     check_patterns(model, layers, "layers")
     check_patterns(model, exclude, "exclude")
-    found = weight_layers(model)
-    convs = [n for n, m in found if isinstance(m, nn.Conv2d)]
+    types = layer_type if isinstance(layer_type, tuple) else (layer_type,)
+    found = weight_layers(model, FACTORIZABLE)
+    convs = [n for n, m in found if isinstance(m, (nn.Conv1d, nn.Conv2d))]
     linears = [n for n, m in found if isinstance(m, nn.Linear)]
     kept = {convs[0]} if keep_first_conv and convs else set()
     kept |= {linears[-1]} if keep_classifier and linears else set()
     return {
         n: m for n, m in found
-        if type(m) is layer_type and n not in kept and (not layers or is_excluded(n, layers))
+        if type(m) in types and n not in kept and (not layers or is_excluded(n, layers))
         and not is_excluded(n, exclude)
     }
 
@@ -146,7 +149,7 @@ class Factorize(LayerPatterns, Step):
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
         """The layers this step would factorize (before the break-even check)."""
-        return factorizable_layers(model, self.method.layer_type, layers=self.layers, exclude=self.exclude)
+        return factorizable_layers(model, self.method.layer_types, layers=self.layers, exclude=self.exclude)
 
     def grams(self, model: nn.Module, names: list[str], ctx: StepContext) -> dict[str, torch.Tensor]:
         """Calibration statistics per layer, for activation-aware methods (none here)."""
@@ -154,12 +157,17 @@ class Factorize(LayerPatterns, Step):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         rule = parse_rank(self.rank, self.method.rules)
-        kind, layer_type = self.kind, self.method.layer_type.__name__
+        kind, layer_type = self.kind, "/".join(t.__name__ for t in self.method.layer_types)
+        note = skipped_note(kind, [(n, t) for n, t in skipped_layers(model, FACTORIZABLE)
+                                   if not is_excluded(n, self.exclude)])
+        if note:
+            ctx.log.append(note)
         targets = self.targets(model)
         runnable = runnable_layers(self.method, model, targets, ctx) if targets else {}
         if not runnable:
-            ctx.log.append(f"{kind}: no {layer_type} layer to factorize")
-            return model
+            why = "none selected" if not targets else "every one skipped (see the notes above)"
+            raise NothingToDo(f"{kind}: no {layer_type} layer to factorize ({why}; {len(targets)} candidate(s) "
+                              f"after layers/exclude{'/keep_classifier' if hasattr(self, 'keep_classifier') else ''})")
         grams = self.grams(model, list(runnable), ctx)
         before = after = 0
         done = 0
@@ -175,6 +183,9 @@ class Factorize(LayerPatterns, Step):
             model = replace_layer(model, name, new, ctx, kind)
             ctx.log.append(plan.done(kind, error))
             after, done = after + plan.cost.params, done + 1
+        if not done:
+            raise NothingToDo(f"{kind}: factorized none of {len(runnable)} {layer_type} layer(s): every rank chosen "
+                              f"by rank={self.rank!r} is at or above the break-even (a lower rank would pay)")
         ctx.log.append(f"{kind}: factorized {done} of {len(runnable)} {layer_type} layers; "
                        f"their weights {before:,} -> {after:,} params")
         return model
@@ -228,17 +239,17 @@ class ConvFactorize(KeepFirstConv, Factorize):
     """The Conv2d factorization steps' shared setting: keep the first convolution (``KeepFirstConv``)."""
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
-        return factorizable_layers(model, nn.Conv2d, layers=self.layers, exclude=self.exclude,
+        return factorizable_layers(model, self.method.layer_types, layers=self.layers, exclude=self.exclude,
                                    keep_first_conv=self.keep_first_conv)
 
 
 @register_step("tucker", family="lowrank")
 @dataclass(frozen=True)
 class TuckerFactorize(ConvFactorize):
-    """Factorize Conv2d layers by Tucker-2 (Kim et al. 2016) into 1x1, kh x kw and 1x1 convolutions.
+    """Factorize Conv2d and Conv1d layers by Tucker-2 (Kim et al. 2016) into 1x1, kh x kw and 1x1 convolutions.
 
     The layers: 1x1 conv C_in -> r_in, kh x kw conv r_in -> r_out (the layer's stride, padding,
-    dilation, padding mode), 1x1 conv r_out -> C_out (the bias).
+    dilation, padding mode), 1x1 conv r_out -> C_out (the bias); a Conv1d becomes three Conv1d.
 
     Args:
         rank: per channel mode: ``"vbmf"`` (Kim et al.'s choice, on each mode's unfolding), an
@@ -246,7 +257,7 @@ class TuckerFactorize(ConvFactorize):
             ``"energy:F"`` / ``"error:E"`` (per mode), or ``"params:P"`` (both modes at the same
             fraction, the largest within P of the layer's parameters).
         layers, exclude: module names or regexes to factorize / leave (empty ``layers``: all).
-        keep_first_conv: leave the first Conv2d as it is (few input channels: it rarely pays).
+        keep_first_conv: leave the first convolution as it is (few input channels: it rarely pays).
 
     Grouped convolutions are skipped (logged).
 

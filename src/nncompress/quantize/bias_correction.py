@@ -25,9 +25,10 @@ def output_means(model: nn.Module, layers: list[str], inputs: list[Any]) -> dict
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
-    def record(name: str, _module: nn.Module, _x: torch.Tensor, out: torch.Tensor) -> None:
+    def record(name: str, module: nn.Module, _x: torch.Tensor, out: torch.Tensor) -> None:
         y = out.detach().float()
-        rows = y.transpose(0, 1).reshape(y.shape[1], -1) if y.dim() == 4 else y.reshape(-1, y.shape[-1]).t()
+        conv = module.weight.dim() > 2  # Conv1d/Conv2d, float or packed: channels on axis 1
+        rows = y.transpose(0, 1).reshape(y.shape[1], -1) if conv else y.reshape(-1, y.shape[-1]).t()
         sums[name] = sums.get(name, 0) + rows.sum(1)
         counts[name] = counts.get(name, 0) + rows.shape[1]
 

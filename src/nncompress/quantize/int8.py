@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.base.checks import check_choice, check_count
+from nncompress.base.checks import NothingToDo, check_choice, check_count
 from nncompress.base.data import as_args, calibration_inputs
 from nncompress.base.selection import check_patterns, matched_modules
 from nncompress.base.settings import CalibrationSettings, Exclusions, default
@@ -456,7 +456,7 @@ class DynamicInt8Quantize(Exclusions, Step):
                 if _has_weight_matrix(m) and not isinstance(m, DYNAMIC_KINDS) and not _excluded(n, exclude)]
         if not targets:
             shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) or "none"
-            raise ValueError(f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; "
+            raise NothingToDo(f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; "
                              f"weight layers found: {shown}")
         if left:
             shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) + (", ..." if len(left) > 6 else "")

@@ -1,8 +1,9 @@
 """Weight-only post-training quantization with real packed weights (``weight-quantize``), and float16
 weight storage (``fp16``).
 
-``weight-quantize`` replaces each targeted ``nn.Linear`` / ``nn.Conv2d`` by a ``QuantizedLinear`` /
-``QuantizedConv2d`` (``quantize/layers.py``) holding ``bits``-bit codes packed into uint8 buffers
+``weight-quantize`` replaces each targeted ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` by a
+``QuantizedLinear`` / ``QuantizedConv1d`` / ``QuantizedConv2d`` (``quantize/layers.py``) holding
+``bits``-bit codes packed into uint8 buffers
 plus per-tensor, per-channel or per-group scales, so the artifact is about ``bits / 32`` of the
 float one. Activations stay float; no calibration data is needed. ``method="mse"`` searches, per
 channel or group, the clipping range with the smallest weight reconstruction error.
@@ -23,9 +24,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.base.checks import FLOAT_BITS, check_bits
+from nncompress.base.checks import FLOAT_BITS, NothingToDo, check_bits
 from nncompress.base.data import calibration_inputs
-from nncompress.base.modules import check_supported, replace_module, values_per_channel, weight_layers
+from nncompress.base.modules import (
+    LayerKinds,
+    check_supported,
+    replace_module,
+    skipped_layers,
+    skipped_note,
+    values_per_channel,
+    weight_layers,
+)
 from nncompress.base.selection import check_patterns, is_excluded, matches, normalize_patterns
 from nncompress.base.settings import CalibrationSettings, Exclusions, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
@@ -35,6 +44,8 @@ from nncompress.quantize.layers import half_module, quantize_weight_module
 from nncompress.quantize.primitives import GRANULARITIES, QPARAM_METHODS, QuantSpec
 
 FLOAT_FORMATS = ("fp32", "fp16")
+PACKABLE: LayerKinds = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the float layers packed layers replace
+CONVS = (nn.Conv1d, nn.Conv2d)
 
 
 def normalize_layer_bits(pairs: object) -> tuple[tuple[str, int], ...]:
@@ -59,24 +70,24 @@ def select_layers(
     layer_bits: tuple[tuple[str, int], ...],
     default_bits: int,
 ) -> dict[str, int]:
-    """``{layer name: bits}`` of the Linear/Conv2d layers to quantize.
+    """``{layer name: bits}`` of the Linear/Conv1d/Conv2d layers to quantize.
 
     ``exclude`` always wins; a ``layer_bits`` pattern (first match) sets a layer's bits and also
     selects a first conv / classifier that ``keep_*`` would leave float; bits 32 leaves it float.
     """
     check_patterns(model, exclude, "exclude")
-    layers = [(n, m) for n, m in weight_layers(model) if not is_excluded(n, exclude)]
+    layers = [(n, m) for n, m in weight_layers(model, PACKABLE) if not is_excluded(n, exclude)]
     check_supported(layers)
     names = [n for n, _ in layers]
     for pattern, _ in layer_bits:
         if not any(matches(n, pattern) for n in names):
             raise ValueError(
-                f"layer_bits pattern {pattern!r} matches no Linear/Conv2d layer left after exclusions; "
+                f"layer_bits pattern {pattern!r} matches no Linear/Conv1d/Conv2d layer left after exclusions; "
                 f"layers: {', '.join(names)}"
             )
     kept: set[str] = set()
-    convs = [n for n, m in weight_layers(model) if isinstance(m, nn.Conv2d)]
-    linears = [n for n, m in weight_layers(model) if isinstance(m, nn.Linear)]
+    convs = [n for n, m in weight_layers(model, PACKABLE) if isinstance(m, CONVS)]
+    linears = [n for n, m in weight_layers(model, PACKABLE) if isinstance(m, nn.Linear)]
     if keep_first_conv and convs:
         kept.add(convs[0])
     if keep_classifier and linears:
@@ -165,14 +176,14 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
             divide every targeted layer's inputs per output channel.
         symmetric: signed codes with zero point 0; False: unsigned codes with packed zero points.
         method: ``"mse"`` (clipping range of least squared error) or ``"minmax"`` (full range).
-        keep_first_conv: leave the first Conv2d in float (it is small and sensitive).
+        keep_first_conv: leave the first Conv1d/Conv2d in float (it is small and sensitive).
         keep_classifier: leave the last Linear in float.
         exclude: module names or regexes (full match) left in float, with their children.
         layer_bits: ``(name or regex, bits)`` pairs (or a dict) overriding ``bits`` per layer,
             first match wins; 32 keeps a layer in float, and an override selects a layer that
             ``keep_first_conv`` / ``keep_classifier`` would keep.
         float_format: ``"fp32"``, or ``"fp16"`` to also store the biases of packed layers and the
-            Linear/Conv2d layers left float (kept, ``layer_bits`` 32) as float16. Excluded layers
+            Linear/Conv1d/Conv2d layers left float (kept, ``layer_bits`` 32) as float16. Excluded layers
             stay float32.
         rest_bits: the float32 parameters left (biases, norms, embeddings, position tables),
             outside ``exclude``: 32 as they are, 16 rounded to float16 values, 8 rounded to an
@@ -225,7 +236,9 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
             default_bits=self.bits,
         )
         if not chosen:
-            raise ValueError("weight-quantize: no Linear or Conv2d layer left to quantize after exclusions")
+            other = skipped_note(self.kind, skipped_layers(model, PACKABLE)) or "no weight layer of other kinds either"
+            raise NothingToDo(f"weight-quantize: no Linear, Conv1d or Conv2d layer left to quantize after exclusions "
+                             f"and keep_first_conv/keep_classifier ({other})")
         if self.granularity == "group":
             size = self.spec(self.bits).group_size
             for name in chosen:
@@ -239,6 +252,10 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         chosen = self.plan(model)  # validate everything before touching the model
+        note = skipped_note(self.kind, [(n, t) for n, t in skipped_layers(model, PACKABLE)
+                                        if not is_excluded(n, self.exclude)])
+        if note:
+            ctx.log.append(note)
         half = self.float_format == "fp16"
         bias_dtype = torch.float16 if half else torch.float32
         float_model = copy.deepcopy(model) if self.bias_correction else None
@@ -254,7 +271,7 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
             applied = empirical_bias_correction(float_model, model, list(chosen), self._calibration(ctx))
             ctx.log.append(f"bias correction: {len(applied)} layers, largest shift removed {max(applied.values()):.3g}")
         if half:
-            left = [n for n, _ in weight_layers(model) if not is_excluded(n, self.exclude)]
+            left = [n for n, _ in weight_layers(model, PACKABLE) if not is_excluded(n, self.exclude)]
             for name in left:
                 model = replace_module(model, name, half_module(model.get_submodule(name)))
                 ctx.log.append(f"{name}: float16")
@@ -271,7 +288,7 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
 @register_step("fp16", family="quantize", produces="float16")
 @dataclass(frozen=True)
 class Float16Weights(Exclusions, Step):
-    """Store Linear/Conv2d weights and biases as float16; compute stays float32.
+    """Store Linear/Conv1d/Conv2d weights and biases as float16; compute stays float32.
 
     The artifact shrinks to about half; inputs and outputs stay float32 (weights are upcast once
     and cached). Other parameters (norms, embeddings) stay float32.
@@ -286,10 +303,14 @@ class Float16Weights(Exclusions, Step):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         check_patterns(model, self.exclude, "exclude")
-        layers = [(n, m) for n, m in weight_layers(model) if not is_excluded(n, self.exclude)]
+        layers = [(n, m) for n, m in weight_layers(model, PACKABLE) if not is_excluded(n, self.exclude)]
         check_supported(layers)
+        skipped = [(n, t) for n, t in skipped_layers(model, PACKABLE) if not is_excluded(n, self.exclude)]
         if not layers:
-            raise ValueError("fp16: no Linear or Conv2d layer left to convert after exclusions")
+            other = skipped_note(self.kind, skipped) or "no weight layer of other kinds either"
+            raise NothingToDo(f"fp16: no Linear, Conv1d or Conv2d layer left to convert after exclusions ({other})")
+        if skipped:
+            ctx.log.append(skipped_note(self.kind, skipped))
         for name, module in layers:
             model = replace_module(model, name, half_module(module))
         ctx.log.append(f"{self.kind}: {len(layers)} layers store float16 weights")
