@@ -16,7 +16,7 @@ from torch import nn
 from nncompress.core.step import StepContext
 from nncompress.io.onnx_export import export_onnx
 from nncompress.prune.graph import attention_heads, trace_channels
-from nncompress.prune.structured import ChannelPrune
+from nncompress.prune.structured import ChannelPrune, HeadPrune
 from nncompress.tasks.task import call_model
 
 pytest.importorskip("transformers")
@@ -133,6 +133,21 @@ def test_gpt2_fused_attention_loses_whole_heads():
     with torch.no_grad():
         after = fz.logits_of(call_model(pruned, x))
     assert torch.allclose(after, before, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "attn", "rows"), [("hf-llama", "self_attn", "k_proj"), ("hf-gpt2", "attn", "c_attn")])
+def test_head_prune_reaches_hugging_face_attention(name, attn, rows):
+    entry = fz.get(name)
+    model = entry.build()
+    ctx = StepContext(task=entry.task(batches=1))
+    with torch.no_grad():
+        pruned = HeadPrune(sparsity=0.5).apply(model, ctx)
+    blocks = pruned.model.layers if name == "hf-llama" else pruned.transformer.h
+    widths = [getattr(getattr(b, attn), rows).out_features for b in blocks]
+    assert widths == [16 if name == "hf-llama" else 96] * len(blocks)  # 32 -> 16 (2 -> 1 kv heads), 192 -> 96
+    assert any("key/value heads" in line for line in ctx.log)
+    with torch.no_grad():
+        assert torch.isfinite(fz.logits_of(call_model(pruned, entry.example()))).all()
 
 
 def test_timm_fused_norm_act_is_one_group_member():

@@ -276,6 +276,12 @@ def refresh_head_counts(model: nn.Module) -> list[str]:
     return updated
 
 
+def attention_head_groups(model: nn.Module) -> list[ChannelGroup]:
+    """The head groups of every Hugging Face-style attention in ``model`` (see ``attention_heads``
+    and ``fused_attention_heads``): one group per attention, one channel per key/value head."""
+    return _attention_head_groups(model, [])
+
+
 def _attention_head_groups(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
     """One group per Hugging Face-style attention: its key/value heads, each with the query heads
     that share it (q/k/v rows, output-projection columns), unless tracing already coupled them."""
