@@ -31,7 +31,8 @@ from nncompress.base.settings import CalibrationSettings, Exclusions
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.models.vit import MultiHeadSelfAttention
 from nncompress.prune import importance
-from nncompress.prune.graph import ChannelGroup, Member, attention_head_groups, refresh_head_counts, trace_channels
+from nncompress.prune.criteria import get_criterion
+from nncompress.prune.graph import ChannelGroup, attention_head_groups, refresh_head_counts, trace_channels
 from nncompress.prune.surgery import (
     BATCHNORMS,
     CONVS,
@@ -43,7 +44,6 @@ from nncompress.prune.surgery import (
 )
 from nncompress.tasks.task import Task, slice_batch
 
-CRITERIA = ("l1", "l2", "taylor", "random")
 SCOPES = ("layer", "global")
 LAYERS = (*CONVS, *BATCHNORMS, nn.Linear, nn.LayerNorm, nn.Embedding, MultiHeadSelfAttention)
 
@@ -54,8 +54,7 @@ def _check_settings(sparsity: float, criterion: str, calibration_batches: int, m
         0.0 <= sparsity < 1.0
     ):
         raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
+    get_criterion(criterion, structured=True)
     if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or (
         calibration_batches < 1
     ):
@@ -99,76 +98,12 @@ def slice_masks(masks: dict[str, Any], prefix: str, slicers: Slicers) -> None:
 
 
 # --- importance -------------------------------------------------------------------------
-def member_tensors(model: nn.Module, member: Member) -> list[tuple[str, torch.Tensor, int]]:
-    """(parameter name, tensor, channel dim) of what a producer or norm member holds per channel."""
-    if member.kind == "param":
-        owner, _, leaf = member.name.rpartition(".")
-        t = getattr(model.get_submodule(owner) if owner else model, leaf)
-        return [(member.name, t, member.axis)]
-    if member.kind not in ("out", "norm"):
-        return []
-    m = model.get_submodule(member.name)
-    prefix, dim = member.name, 0
-    if isinstance(m, MultiHeadSelfAttention):
-        m, prefix = m.proj, f"{member.name}.proj"
-    if isinstance(m, nn.Embedding):
-        dim = 1
-    found = [(f"{prefix}.{k}", getattr(m, k, None), dim) for k in ("weight", "bias")]
-    return [(n, t, d) for n, t, d in found if isinstance(t, torch.Tensor)]
-
-
-def _folded_magnitude(layer: nn.Module, bn: nn.Module, p: int) -> torch.Tensor | None:
-    """Per-row |W|^p and |shift|^p of a Conv/Linear with its BatchNorm folded in (eval maths)."""
-    if bn.running_var is None or bn.running_mean is None:
-        return None
-    scale = (bn.running_var + bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach()
-    bias = layer.bias.detach() if layer.bias is not None else 0.0
-    shift = (bias - bn.running_mean) * scale + (bn.bias.detach() if bn.bias is not None else 0.0)
-    rows = importance.reduce_groups(importance.magnitude(layer.weight, p), 0)
-    return rows * scale.abs().pow(p) + shift.abs().pow(p)
-
-
-def member_scores(
-    model: nn.Module, member: Member, criterion: str, grads: dict[str, torch.Tensor],
-    followers: dict[str, str],
-) -> torch.Tensor | None:
-    """Score of each position along the member's cut axis, or None when it does not vote."""
-    if criterion != "taylor" and member.kind == "norm":
-        return None  # magnitudes of norm layers vote only when folded into their producer
-    if criterion != "taylor" and member.name in followers and member.kind == "out":
-        p = 1 if criterion == "l1" else 2
-        bn = model.get_submodule(followers[member.name])
-        folded = _folded_magnitude(model.get_submodule(member.name), bn, p)
-        if folded is not None:
-            return folded
-    total = None
-    for name, t, dim in member_tensors(model, member):
-        if criterion == "taylor":
-            if name not in grads:
-                continue
-            e = importance.taylor(t, grads[name])
-        else:
-            e = importance.magnitude(t, 1 if criterion == "l1" else 2)
-        s = importance.reduce_groups(e, dim)
-        total = s if total is None else total + s
-    return total
-
-
 def group_scores(
     model: nn.Module, group: ChannelGroup, criterion: str, grads: dict[str, torch.Tensor],
     followers: dict[str, str], generator: torch.Generator,
 ) -> torch.Tensor:
-    """One score per channel of the group (higher = keep): the sum over its producers."""
-    if criterion == "random":
-        return torch.rand(group.size, generator=generator)
-    total = torch.zeros(group.size)
-    for member in group.members:
-        s = member_scores(model, member, criterion, grads, followers)
-        if s is not None:
-            total += s.detach().float().cpu()[group.positions(member)].sum(-1)
-    return total
+    """One score per channel of the group (higher = keep), by the criterion's ``channel_scores``."""
+    return get_criterion(criterion, structured=True).channel_scores(model, group, grads, followers, generator)
 
 
 # --- which channels go ------------------------------------------------------------------
@@ -315,7 +250,7 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
         if not groups:
             ctx.log.append("channel-prune: no prunable channel groups; model unchanged")
             return model
-        grads = gradients(model, ctx, self.calibration_batches) if self.criterion == "taylor" else {}
+        grads = gradients(model, ctx, self.calibration_batches) if get_criterion(self.criterion).needs_gradients else {}
         gen = torch.Generator().manual_seed(ctx.seed)
         followers = graph.followers if self.fold_norms else {}  # producer -> its BatchNorm, to fold
         scores = [group_scores(model, g, self.criterion, grads, followers, gen) for g in groups]
@@ -373,32 +308,10 @@ def head_scores(
     attn: MultiHeadSelfAttention, name: str, criterion: str, grads: dict[str, torch.Tensor],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """One score per head (higher = keep).
-
-    l1/l2: norm of what the head can write into the model, proj_h @ [W_v,h | b_v,h]; zero when
-    either its values or its output columns are zero. taylor: |w * g| over its q/k/v rows and
-    proj columns.
-    """
-    h, d = attn.num_heads, attn.head_dim
-    if criterion == "random":
-        return torch.rand(h, generator=generator)
-    if criterion == "taylor":
-        total = torch.zeros(h * d)
-        for part in ("q", "k", "v"):
-            for leaf in ("weight", "bias"):
-                key, t = f"{name}.{part}.{leaf}", getattr(getattr(attn, part), leaf)
-                if t is not None and key in grads:
-                    total += importance.reduce_groups(importance.taylor(t, grads[key]), 0).cpu()
-        key = f"{name}.proj.weight"
-        if key in grads:
-            total += importance.reduce_groups(importance.taylor(attn.proj.weight, grads[key]), 1).cpu()
-        return total.view(h, d).sum(1)
-    v = attn.v.weight.detach()  # (h*d, dim)
-    if attn.v.bias is not None:
-        v = torch.cat([v, attn.v.bias.detach()[:, None]], 1)
-    p_h = attn.proj.weight.detach().view(-1, h, d)  # (dim, h, d)
-    ov = torch.einsum("ohk,hkc->hoc", p_h, v.view(h, d, -1))  # (h, dim, dim + 1)
-    return importance.magnitude(ov, 1 if criterion == "l1" else 2).flatten(1).sum(1).float().cpu()
+    """One score per head (higher = keep), by the criterion's ``head_scores``: for l1/l2 the norm of
+    what the head can write into the model, proj_h @ [W_v,h | b_v,h]; for taylor |w * g| over its
+    q/k/v rows and proj columns."""
+    return get_criterion(criterion, structured=True).head_scores(attn, name, grads, generator)
 
 
 def _cut_foreign_heads(
@@ -458,7 +371,7 @@ class HeadPrune(Exclusions, CalibrationSettings, Step):
             ctx.log.append("head-prune: no MultiHeadSelfAttention or Hugging Face attention layers to prune; "
                            "model unchanged")
             return model
-        grads = gradients(model, ctx, self.calibration_batches) if self.criterion == "taylor" else {}
+        grads = gradients(model, ctx, self.calibration_batches) if get_criterion(self.criterion).needs_gradients else {}
         gen = torch.Generator().manual_seed(ctx.seed)
         with torch.no_grad():
             for name, attn in layers.items():
