@@ -75,7 +75,7 @@ def test_threshold_alone_leaves_sparsity_unset_and_the_default_stays_half():
 def test_blocks_validate_themselves():
     with pytest.raises(ValueError, match="optimizer='adam' is not supported"):
         TrainSettings(optimizer="adam")
-    with pytest.raises(ValueError, match="kd_temperature must be a number > 0"):
+    with pytest.raises(ValueError, match="kd_temperature must be > 0"):
         KDSettings(kd_temperature=0)
     with pytest.raises(ValueError, match="keep_classifier must be True or False"):
         LayerSelection(keep_classifier="yes")

@@ -82,7 +82,9 @@ class KDSettings(SettingsBlock):
         alpha = self.kd_alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ValueError(f"kd_alpha must be in [0, 1] (the soft-label weight; 0 = task loss only), got {alpha!r}")
-        check_number("kd_temperature", self.kd_temperature, low=0, low_open=True)
+        t = self.kd_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
+            raise ValueError(f"kd_temperature must be > 0 (and finite), got {t!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
