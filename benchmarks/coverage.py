@@ -307,6 +307,10 @@ def markdown(rows: list[dict[str, Any]], columns: list[str], info: dict[str, Any
     for r in rows:
         marks = [MARK[r["cells"][c]["status"]] if c in r["cells"] else " " for c in columns]
         lines.append(f"| {r['model']} | " + " | ".join(marks) + " |")
+    per = info["per_column"]
+    lines.append("| **pass / applicable** | " + " | ".join(
+        f"{per.get(c, {}).get('pass', 0)}/{sum(per.get(c, {}).get(k, 0) for k in ('pass', 'partial', 'fail'))}"
+        for c in columns) + " |")
     reasons = Counter((c, r["cells"][c].get("reason", "")) for r in rows for c in columns
                       if c in r["cells"] and r["cells"][c]["status"] in ("fail", "partial"))
     if reasons:
