@@ -390,3 +390,24 @@ def test_tucker_factorizes_conv1d_with_a_recomposed_weight():
         direct = nn.functional.conv1d(y, out.c3.weight, out.c3.bias, padding=1)
         torch.testing.assert_close(out.c3(y), direct, rtol=1e-4, atol=1e-5)
         assert torch.isfinite(out(x)).all()
+
+
+@pytest.mark.parametrize("kind", ["weight-quantize", "int8-dynamic", "svd"])
+def test_compress_reaches_gpt2_conv1d_layers(kind, tmp_path):
+    import nncompress as nc
+    from nncompress.tasks.hf import causal_lm_task
+
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 97, (24, 16), generator=torch.Generator().manual_seed(0))
+    task = causal_lm_task(model, ids, max_length=16, batch_size=4)
+    step = {"weight-quantize": nc.WeightQuantize(bits=8), "int8-dynamic": nc.DynamicInt8Quantize(),
+            "svd": nc.SVDFactorize(rank=0.5)}[kind]
+    result = nc.compress(model, [step], task, measure_config=nc.MeasureConfig(latency=False))
+    notes = result.report.steps[0].notes
+    assert "canonical: transformer.h.0.attn.c_attn: Conv1D -> Linear" in notes
+    assert not any(type(m).__name__ == "Conv1D" for m in result.model.modules())
+    changed = [n for n in notes if "h.0.mlp.c_fc" in n and "canonical" not in n]
+    assert changed or kind == "int8-dynamic", notes  # the per-layer line of the MLP's first layer
+    base, final = result.report.baseline, result.report.final
+    assert final.size_bytes < (0.6 if kind != "svd" else 0.95) * base.size_bytes  # embeddings stay float
+    assert final.metric["value"] < base.metric["value"] * (1.05 if kind != "svd" else 1.5)  # perplexity

@@ -179,13 +179,7 @@ def test_tasks_from_texts_and_a_tokenizer():
     assert report.metric["value"] == want and report.macs > 0
 
 
-_CONV1D_PENDING = pytest.mark.xfail(
-    raises=ValueError, strict=False,
-    reason="GPT-2's HF Conv1D layers become nn.Linear once base.canonical.canonicalize runs inside compress",
-)
-
-
-@pytest.mark.parametrize("kind", [pytest.param("gpt2", marks=_CONV1D_PENDING), "bert"])
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])  # GPT-2's Conv1D: nn.Linear by compress's canonical pass
 def test_magnitude_prune_a_raw_hf_model_through_compress(kind):
     model = tiny(kind)
     task = task_for(kind, model)

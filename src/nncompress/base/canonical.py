@@ -224,26 +224,32 @@ class ProjectedMultiheadAttention(nn.Module):
         q = q.reshape(b, tgt, -1, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = k.reshape(b, src, -1, self.head_dim).transpose(1, 2)  # (B, H, S, D)
         v = v.reshape(b, src, q.shape[1], -1).transpose(1, 2)  # (B, H, S, Dv)
-        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, H, L, S)
-        mask = _float_mask(attn_mask, scores.dtype, "attn_mask")
+        dtype = q.dtype
+        mask = _float_mask(attn_mask, dtype, "attn_mask")
         if mask is None and is_causal:
-            causal = torch.ones(tgt, src, dtype=torch.bool, device=q.device).triu(1)
-            mask = _float_mask(causal, scores.dtype, "attn_mask")
-        if mask is not None:  # (L, S) or (B * H, L, S)
-            scores = scores + (mask.reshape(b, -1, tgt, src) if mask.dim() == 3 else mask)
-        pad = _float_mask(key_padding_mask, scores.dtype, "key_padding_mask")
+            mask = _float_mask(torch.ones(tgt, src, dtype=torch.bool, device=q.device).triu(1), dtype, "attn_mask")
+        if mask is not None and mask.dim() == 3:  # (B * H, L, S)
+            mask = mask.reshape(b, -1, tgt, src)
+        pad = _float_mask(key_padding_mask, dtype, "key_padding_mask")
         if pad is not None:  # (B, S)
-            scores = scores + pad[:, None, None, :]
-        weights = scores.softmax(dim=-1)
-        if self.training and self.dropout > 0:
-            weights = F.dropout(weights, p=self.dropout)
-        out = (weights @ v).transpose(1, 2).reshape(b, tgt, -1)  # (B, L, H * Dv)
+            mask = pad[:, None, None, :] if mask is None else mask + pad[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, H, L, S)
+            weights = (scores if mask is None else scores + mask).softmax(dim=-1)
+            if dropout:  # as nn.MultiheadAttention: the returned weights are the dropped-out ones
+                weights = F.dropout(weights, p=dropout)
+            out = weights @ v
+        else:  # one fused kernel (and one ONNX Attention pattern) where the weights are not returned
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(b, tgt, -1)  # (B, L, H * Dv)
         out = self.out_proj(out)
         if not batched:
             out = out.squeeze(0)
         elif not self.batch_first:
             out = out.transpose(0, 1)
-        if not need_weights:
+        if weights is None:
             return out, None
         if average_attn_weights:
             weights = weights.mean(dim=1)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.canonical import canonicalize
 from nncompress.core.recipe import check_order, describe_recipe
 from nncompress.core.step import Step, StepContext
 from nncompress.measure.metric import ModelCallError, evaluate
@@ -137,13 +138,14 @@ def compress(
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    work = copy.deepcopy(model) if copy_model else model
-    ctx = StepContext(task=task, teacher=teacher, seed=seed)
+    # foreign layers (HF Conv1D, nn.MultiheadAttention) as plain nn.Linear, same outputs; first step's notes
+    canonical = canonicalize(copy.deepcopy(model) if copy_model else model)
+    work, ctx = canonical.model, StepContext(task=task, teacher=teacher, seed=seed, log=canonical.log_lines())
     records = []
     for step in recipe:
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        log_start = len(ctx.log)
+        log_start = len(ctx.log) if records else 0
         work = step.apply(work, ctx)
         seconds = time.perf_counter() - t0
         records.append(
