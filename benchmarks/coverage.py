@@ -4,7 +4,8 @@ Each cell runs one step on one model nncompress did not write (random weights, s
 records ``pass``, ``partial`` (with the reason), ``fail`` (the error's first line), ``n/a`` (the
 step has nothing to act on by design, e.g. head pruning without attention) or ``skipped`` (the
 CPU budget: models over 3M parameters run channel pruning, save/load and ONNX export only, over
-15M channel pruning only, so every torchvision classification model is still pruned); plus the
+15M channel pruning only, without saving, so every torchvision classification model is still
+pruned); plus the
 output error against the fp32 model on the example batch, parameters and artifact bytes before
 and after, seconds, and the step's notes. A step that raises nothing but changes nothing (same
 outputs, parameters and file) is a ``fail``: a silent no-op. After every step the model is saved
@@ -160,8 +161,8 @@ def errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tensor, base_stats: dict[str, Any],
-              folder: Path) -> dict[str, Any]:
-    """Run one step on a copy of ``base``; judge, measure, save and reload the result."""
+              folder: Path, *, save: bool = True) -> dict[str, Any]:
+    """Run one step on a copy of ``base``; judge, measure, save and reload the result (``save``)."""
     kind, settings = STEP_COLUMNS[column]
     cell: dict[str, Any] = {"step": kind, "settings": settings}
     inputs = entry.example()
@@ -184,7 +185,7 @@ def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tenso
     cell["notes"] = ctx.log[-6:]
     cell.update(errors(out, ref))
     params, nonzero = params_of(work)
-    size, problem = save_and_reload(work, inputs, out, folder)
+    size, problem = save_and_reload(work, inputs, out, folder) if save else (None, None)
     cell.update(params_before=base_stats["params"], params_after=params, nonzero_before=base_stats["nonzero"],
                 nonzero_after=nonzero, size_before=base_stats["size"], size_after=size)
     changed = (params, nonzero) != (base_stats["params"], base_stats["nonzero"]) or size != base_stats["size"] \
@@ -251,8 +252,8 @@ def model_row(entry: fz.ZooEntry, columns: list[str], run_all: bool) -> dict[str
         MEDIUM_COLUMNS if params <= MEDIUM_PARAMS else BIG_COLUMNS)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        base_size, problem = save_and_reload(base, entry.example(), ref, folder) if any(
-            c in allowed for c in columns if c != "onnx") else (None, None)
+        saving = params <= MEDIUM_PARAMS or run_all  # saving a 100M+ model takes a minute on 2 cores
+        base_size, problem = save_and_reload(base, entry.example(), ref, folder) if saving else (None, None)
         base_stats = {"params": params, "nonzero": nonzero, "size": base_size}
         row["size_bytes"] = base_size
         for column in columns:
@@ -267,7 +268,7 @@ def model_row(entry: fz.ZooEntry, columns: list[str], run_all: bool) -> dict[str
             elif column == "onnx":
                 row["cells"][column] = onnx_cell(entry, base, folder)
             else:
-                row["cells"][column] = step_cell(column, entry, base, ref, base_stats, folder)
+                row["cells"][column] = step_cell(column, entry, base, ref, base_stats, folder, save=saving)
             status = row["cells"][column]["status"]
             print(f"  {entry.name:32s} {column:16s} {status:8s} {row['cells'][column].get('reason', '')[:110]}",
                   flush=True)
