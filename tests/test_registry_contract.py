@@ -42,11 +42,12 @@ EXAMPLES: dict[str, dict] = {
 
 
 # (model, step) pairs where the step has nothing to change, which is an error (NothingToDo), not a
-# silent success: no Conv2d for the conv factorizations, only the kept classifier Linear for svd.
+# silent success: no Conv2d for the conv factorizations, and on the ResNet only the kept classifier
+# Linear for the Linear-only steps.
 NOT_APPLICABLE = {
     ("mlp", "cp"), ("mlp", "spatial-svd"), ("mlp", "tucker"),
     ("vit", "cp"), ("vit", "spatial-svd"), ("vit", "tucker"),
-    ("resnet", "svd"),
+    *(("resnet", kind) for kind in ("svd", "rtn", "gptq", "awq", "hqq", "smoothquant", "w8a8")),
 }
 
 

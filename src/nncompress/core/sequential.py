@@ -679,8 +679,10 @@ def calibration_batches(ctx: Any, count: int, purpose: str) -> list[Any]:
 
 
 def no_targets(targets: dict, kind: str, ctx: Any) -> bool:
-    """True (and a log line saying so) when a step found no Linear layer to work on."""
+    """False when a step has Linear layers to work on; else raises NothingToDo (a step that changes
+    nothing is an error, not a success)."""
     if targets:
         return False
-    ctx.log.append(f"{kind}: no Linear layer to quantize (only the kept last Linear, or none)")
-    return True
+    from nncompress.base.checks import NothingToDo
+
+    raise NothingToDo(f"{kind}: no Linear layer to quantize (only the kept last Linear, or none selected)")
