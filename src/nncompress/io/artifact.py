@@ -28,6 +28,7 @@ import json
 import lzma
 import os
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -273,19 +274,35 @@ def _decoded_bytes(entries: dict[str, Any], numels: dict[str, int]) -> int:
     return sum(numels[n] * getattr(torch, e["dtype"]).itemsize for n, e in entries.items() if "alias_of" not in e)
 
 
-def _check_hash(manifest: dict[str, Any], member: str, data: bytes, path: str | os.PathLike) -> None:
-    expected = manifest.get("sha256", {}).get(member)  # absent in artifacts written before hashes
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise ArtifactError(f"{path}: member {member} is damaged (its sha256 differs from the manifest's)")
+class _HashCheck:
+    """A member's sha256 against the manifest's; computed in a thread for large members (hashlib
+    releases the GIL), so decoding the tensors overlaps it. ``verify`` raises on a mismatch."""
 
+    THREAD_BYTES = 1 << 20
 
-def _assign(model: nn.Module, name: str, tensor: torch.Tensor, kind: str) -> None:
-    mod_name, _, leaf = name.rpartition(".")
-    module = model.get_submodule(mod_name) if mod_name else model
-    if kind == "param":
-        module._parameters[leaf] = tensor  # type: ignore[assignment]
-    else:
-        module._buffers[leaf] = tensor
+    def __init__(self, manifest: dict[str, Any], member: str, data: bytes, path: str | os.PathLike) -> None:
+        self.expected = manifest.get("sha256", {}).get(member)  # absent in artifacts written before hashes
+        self.member, self.path, self.digest = member, path, ""
+        self.thread: threading.Thread | None = None
+        if self.expected is None:
+            return
+        if len(data) < self.THREAD_BYTES:
+            self._hash(data)
+        else:
+            self.thread = threading.Thread(target=self._hash, args=(data,), daemon=True)
+            self.thread.start()
+
+    def _hash(self, data: bytes) -> None:
+        self.digest = hashlib.sha256(data).hexdigest()
+
+    def verify(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.expected is not None and self.digest != self.expected:
+            raise ArtifactError(
+                f"{self.path}: member {self.member} is damaged (its sha256 differs from the manifest's)"
+            )
 
 
 def _unpickle_skeleton(data: bytes, legacy: bool, trust: tuple[str, ...], path: str | os.PathLike) -> nn.Module:
@@ -340,9 +357,26 @@ def _decode_entries(
     return built
 
 
+def _slots(model: nn.Module) -> tuple[dict[str, tuple[nn.Module, str, torch.Tensor, str]], bool]:
+    """name -> (owning module, attribute, placeholder, "param"|"buffer") for every persistent tensor of the
+    skeleton, and whether it holds any torch.ao quantized module (one walk)."""
+    out: dict[str, tuple[nn.Module, str, torch.Tensor, str]] = {}
+    has_ao = False
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        has_ao = has_ao or type(module).__module__.startswith("torch.ao.nn.")
+        prefix = f"{mod_name}." if mod_name else ""
+        for leaf, p in module._parameters.items():
+            if p is not None:
+                out[prefix + leaf] = (module, leaf, p, "param")
+        for leaf, b in module._buffers.items():
+            if b is not None and leaf not in module._non_persistent_buffers_set:
+                out[prefix + leaf] = (module, leaf, b, "buffer")
+    return out, has_ao
+
+
 def _place(model: nn.Module, entries: dict[str, Any], built: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Put every tensor into its slot; each slot of the skeleton must get one of the same kind, shape, dtype."""
-    slots = _persistent_tensors(model)
+    slots, has_ao = _slots(model)
     packed: dict[str, torch.Tensor] = {}
     for name, entry in entries.items():
         tensor = built[entry.get("alias_of", name)]
@@ -352,18 +386,22 @@ def _place(model: nn.Module, entries: dict[str, Any], built: dict[str, torch.Ten
         slot = slots.pop(name, None)
         if slot is None:
             raise ArtifactError(f"{path}: tensor {name!r} of the manifest has no place in the skeleton")
-        placeholder, kind, _ = slot
+        module, leaf, placeholder, kind = slot
         if kind != entry["kind"] or placeholder.dtype != tensor.dtype or placeholder.shape != tensor.shape:
             raise ArtifactError(
                 f"{path}: tensor {name!r} is a {entry['kind']} {entry['dtype']} {entry['shape']} in the manifest "
                 f"but a {kind} {str(placeholder.dtype).removeprefix('torch.')} {list(placeholder.shape)} "
                 "in the skeleton"
             )
-        _assign(model, name, tensor, entry["kind"])
-    missing = [n for n, (t, _, _) in slots.items() if t.is_meta]
+        (module._parameters if kind == "param" else module._buffers)[leaf] = tensor
+    missing = [n for n, slot in slots.items() if slot[2].is_meta]
     if missing:
         names = ", ".join(sorted(missing)[:5])
         raise ArtifactError(f"{path}: the manifest stores no tensor for the skeleton's {names}")
+    if not has_ao:  # no torch.ao module: nothing to repack
+        if packed:
+            raise ArtifactError(f"{path}: int8 entries {', '.join(sorted(packed)[:5])} match no quantized module")
+        return
     modules = qio.packed_modules(model)
     weights = {f"{n}.weight" if n else "weight" for n in modules}
     if weights - set(packed):
@@ -453,20 +491,25 @@ def load(path: str | os.PathLike, *, trust: str | Iterable[str] | None = None) -
             # parts never take much more than the decoded tensors: values, indices, scales, tables
             limit = sum(9 * numels[n] + 4096 for n, e in entries.items() if "alias_of" not in e) + (1 << 20)
             data = _read_member(zf, TENSORS, path, min(limit, 16 * decoded + (1 << 20)))
-            _check_hash(manifest, TENSORS, data, path)
+            tensors_hash = _HashCheck(manifest, TENSORS, data, path)  # verified before anything is returned
             skeleton_bytes = _read_member(zf, skeleton_member, path, _member_limit(path))
-            _check_hash(manifest, skeleton_member, skeleton_bytes, path)
+            _HashCheck(manifest, skeleton_member, skeleton_bytes, path).verify()
         try:
-            stored = safetensors.torch.load(data)
-        except (safetensors.SafetensorError, *READ_ERRORS) as e:
-            raise ArtifactError(f"{path}: member {TENSORS} is not valid safetensors: {e}") from e
-        model = _unpickle_skeleton(skeleton_bytes, legacy, trusted, path)
-        built = _decode_entries(entries, stored, path)
-        try:
-            _place(model, entries, built, path)
-        except (AttributeError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{path}: the tensors do not fit the skeleton ({type(e).__name__}: {e})") from e
-        _finish(model, path)
+            try:
+                stored = safetensors.torch.load(data)
+            except (safetensors.SafetensorError, *READ_ERRORS) as e:
+                raise ArtifactError(f"{path}: member {TENSORS} is not valid safetensors: {e}") from e
+            model = _unpickle_skeleton(skeleton_bytes, legacy, trusted, path)
+            built = _decode_entries(entries, stored, path)
+            try:
+                _place(model, entries, built, path)
+            except (AttributeError, KeyError, TypeError) as e:
+                raise ArtifactError(f"{path}: the tensors do not fit the skeleton ({type(e).__name__}: {e})") from e
+            _finish(model, path)
+        except ArtifactError:
+            tensors_hash.verify()  # a damaged member is the cause worth naming
+            raise
+        tensors_hash.verify()
         return model.eval()
     except (RecursionError, MemoryError) as e:
         raise ArtifactError(f"{path} cannot be loaded ({type(e).__name__}): the file is corrupt or too large") from e

@@ -97,6 +97,8 @@ def write_run(result: Result, out_dir: str | os.PathLike, *, overwrite: bool = T
     The final report's ``size_bytes`` is the saved file's real size.
     """
     out = check_out_dir(out_dir, overwrite=overwrite)
+    if out.is_symlink():  # swap the folder the link points to, and keep the link
+        out = Path(os.path.realpath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
