@@ -366,6 +366,11 @@ def test_weight_quantize_packs_conv1d_and_names_what_it_skips(tmp_path):
     loaded = nc.load(nc.save(out, tmp_path / "m.ncz"), trust=("test_foreign_layers",))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), out(x), rtol=0, atol=0)
+    pytest.importorskip("onnxruntime")
+    from nncompress.io.onnx_export import export_onnx
+
+    exported = export_onnx(out, tmp_path / "m.onnx", x)  # packed Conv1d as QDQ + Conv in ONNX Runtime
+    assert exported.layers["c2"].startswith("QDQ 8-bit") and exported.max_abs_error < 1e-5
     with pytest.raises(NothingToDo, match=r"no Linear, Conv1d or Conv2d layer left.*table \(Embedding\)"):
         nc.WeightQuantize(exclude=("c2", "c3")).apply(_Conv1dNet(), StepContext(task=task))
 

@@ -688,4 +688,5 @@ PACKED_LAYERS = (
     BinaryConv2d,
     HalfLinear,
     HalfConv2d,
+    *CONV1D_TWINS.values(),
 )

@@ -153,18 +153,18 @@ def _emit_weighted(g: Any, layer: ExportedLayer, x: Any, v: dict[str, Any]) -> A
 def _conv_attrs(layer: PackedWeightLayer) -> dict[str, Any]:
     """Conv attributes in ONNX form; string padding ("same"/"valid") made explicit (torch's "same"
     puts the odd extra pixel at the end, like ONNX SAME_UPPER)."""
-    kh, kw = layer.weight_shape[2:]
+    kernel = list(layer.weight_shape[2:])  # (kh, kw), or (k,) for a Conv1d
     dil = tuple(layer.dilation)
     if isinstance(layer.padding, str):
         if layer.padding == "valid":
-            begin = end = (0, 0)
+            begin = end = (0,) * len(kernel)
         else:
-            total = [d * (k - 1) for d, k in zip(dil, (kh, kw))]
+            total = [d * (k - 1) for d, k in zip(dil, kernel)]
             begin = tuple(t // 2 for t in total)
             end = tuple(t - b for t, b in zip(total, begin))
     else:
         begin = end = tuple(layer.padding)
-    return {"kernel_shape": [kh, kw], "strides": list(layer.stride), "pads": [*begin, *end],
+    return {"kernel_shape": kernel, "strides": list(layer.stride), "pads": [*begin, *end],
             "dilations": list(dil), "group": layer.groups}
 
 
