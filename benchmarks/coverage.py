@@ -160,6 +160,19 @@ def errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     return {"max_abs_error": err, "rel_error": err / max(float(ref.abs().max()), 1e-12)}
 
 
+def canonical(model: nn.Module, ctx: StepContext) -> nn.Module:
+    """What ``nc.compress`` does before the first step, where this nncompress has it: foreign layers
+    (HF Conv1D, nn.MultiheadAttention) rewritten as plain ones, the rewrites in the notes."""
+    try:
+        from nncompress.base.canonical import canonicalize
+    except ImportError:
+        return model
+    result = canonicalize(model)
+    if hasattr(result, "log_lines"):
+        ctx.log.extend(result.log_lines())
+    return result.model
+
+
 def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tensor, base_stats: dict[str, Any],
               folder: Path, *, save: bool = True) -> dict[str, Any]:
     """Run one step on a copy of ``base``; judge, measure, save and reload the result (``save``)."""
@@ -171,6 +184,7 @@ def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tenso
     work = copy.deepcopy(base)
     start = time.perf_counter()
     try:
+        work = canonical(work, ctx)
         step = nc.STEPS[kind](**settings)
         with time_limit(CELL_SECONDS), warnings.catch_warnings():
             warnings.simplefilter("ignore")
