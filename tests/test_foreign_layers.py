@@ -251,6 +251,9 @@ def test_dynamic_int8_rnn_artifact_stores_int8_and_round_trips_bit_exactly(cell,
     assert (tmp_path / "q.ncz").stat().st_size < 0.35 * fp32  # int8 matrices, float32 biases and scales
     with pytest.raises(ValueError, match="1.weight_hh_l0 is not stored"):
         qio.restore_rnns(loaded, {k: v for k, v in stored.items() if k != "1.weight_hh_l0"})
+    from nncompress.measure.size import count_params
+
+    assert count_params(q) == count_params(model)  # the int8 gate matrices are still the model's parameters
 
 
 def _sequence_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ def _is_packed_module(module: nn.Module) -> bool:
     origin = type(module).__module__  # torch.ao.nn.quantized(.dynamic), torch.ao.nn.intrinsic.quantized
     if not (origin.startswith("torch.ao.nn.") and ".quantized" in origin):
         return False
-    if not (hasattr(module, "_weight_bias") and hasattr(module, "set_weight_bias")) or _is_dynamic_rnn(module):
+    if not (hasattr(module, "_weight_bias") and hasattr(module, "set_weight_bias")) or is_dynamic_int8_rnn(module):
         return False  # LSTM/GRU: dicts of per-gate weights, see packed_rnn_modules
     try:
         weight, _ = module._weight_bias()
@@ -135,7 +135,7 @@ def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 # --- torch.ao dynamic int8 LSTM / GRU: per-gate int8 matrices in cell-params objects ------------
 
 
-def _is_dynamic_rnn(module: nn.Module) -> bool:
+def is_dynamic_int8_rnn(module: nn.Module) -> bool:
     """A torch.ao dynamic quantized LSTM/GRU holding int8 (not float16) weights."""
     from torch.ao.nn.quantized.dynamic import GRU, LSTM
 
@@ -144,7 +144,7 @@ def _is_dynamic_rnn(module: nn.Module) -> bool:
 
 def packed_rnn_modules(model: nn.Module) -> dict[str, nn.Module]:
     """name -> torch.ao dynamic int8 ``LSTM``/``GRU``."""
-    return {name: m for name, m in model.named_modules() if _is_dynamic_rnn(m)}
+    return {name: m for name, m in model.named_modules() if is_dynamic_int8_rnn(m)}
 
 
 def rnn_packed_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

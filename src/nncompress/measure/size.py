@@ -22,13 +22,18 @@ def stored_weight_counts(module: nn.Module) -> tuple[int, int] | None:
     method = getattr(module, "stored_weight_counts", None)
     if callable(method):
         return method()
-    from nncompress.io.quantized import is_torch_ao_packed
+    from nncompress.io.quantized import is_dynamic_int8_rnn, is_torch_ao_packed
 
     if is_torch_ao_packed(module):
         weight, bias = module._weight_bias()
         values = [weight.int_repr()] + ([bias.detach()] if bias is not None else [])
-        return sum(v.numel() for v in values), sum(int(v.count_nonzero()) for v in values)
-    return None
+    elif is_dynamic_int8_rnn(module):  # per-gate int8 matrices and float biases, in cell-params objects
+        found = module._weight_bias()
+        values = [w.int_repr() for w in found["weight"].values()]
+        values += [b.detach() for b in found["bias"].values() if b is not None]
+    else:
+        return None
+    return sum(v.numel() for v in values), sum(int(v.count_nonzero()) for v in values)
 
 
 def tensor_nonzero(t: torch.Tensor) -> int:
