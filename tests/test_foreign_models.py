@@ -71,24 +71,29 @@ def test_hugging_face_models_are_traced_part_by_part(name):
     assert out.shape == fz.logits_of(call_model(original, x)).shape
 
 
-@pytest.mark.parametrize("name", ["hf-llama", "hf-phi"])
+@pytest.mark.parametrize("name", ["hf-llama", "hf-phi", "hf-gemma"])
 def test_hugging_face_attention_loses_whole_heads(name):
     """A key/value head whose q/k/v rows and output columns are zero scores lowest and goes, with
-    the query heads that share it; with the MLPs excluded the outputs stay the same."""
+    the query heads that share it (Gemma's one key/value head: a query head alone); with the MLPs
+    excluded the outputs stay the same."""
     entry = fz.get(name)
     model = entry.build()
-    out_name = "o_proj" if name == "hf-llama" else "dense"
+    out_name = "dense" if name == "hf-phi" else "o_proj"
     layers = model.model.layers
     heads = [attention_heads(layer.self_attn) for layer in layers]
     assert heads[0] is not None
     _, n_heads, kv, hd = heads[0]
     rep = n_heads // kv
+    mqa = kv == 1
+    if mqa:  # the group is the query heads, one at a time
+        kv, rep = n_heads, 1
     with torch.no_grad():
         for layer in layers:  # zero the last key/value head and its query heads
             attn = layer.self_attn
             attn.q_proj.weight[-rep * hd:] = 0
-            attn.k_proj.weight[-hd:] = 0
-            attn.v_proj.weight[-hd:] = 0
+            if not mqa:
+                attn.k_proj.weight[-hd:] = 0
+                attn.v_proj.weight[-hd:] = 0
             for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
                 if proj.bias is not None:
                     proj.bias[-(rep if proj is attn.q_proj else 1) * hd:] = 0
@@ -100,7 +105,7 @@ def test_hugging_face_attention_loses_whole_heads(name):
     with torch.no_grad():
         pruned = ChannelPrune(sparsity=1 / kv, exclude=mlps).apply(model, ctx)
     for layer in pruned.model.layers:
-        assert layer.self_attn.k_proj.out_features == (kv - 1) * hd
+        assert layer.self_attn.k_proj.out_features == (1 if mqa else kv - 1) * hd
         assert getattr(layer.self_attn, out_name).in_features == (kv - 1) * rep * hd
     with torch.no_grad():
         after = fz.logits_of(call_model(pruned, x))

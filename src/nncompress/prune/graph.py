@@ -263,11 +263,18 @@ def fused_attention_heads(module: nn.Module) -> tuple[int, int] | None:
 
 
 def refresh_head_counts(model: nn.Module) -> list[str]:
-    """After heads were cut, set a GPT-2-style attention's ``split_size``/``num_heads`` from its
-    weights (its forward splits q|k|v by ``split_size``); returns the modules updated."""
+    """After heads were cut, set a GPT-2-style attention's ``split_size``/``num_heads`` (its forward
+    splits q|k|v by ``split_size``) and a one-key/value-head attention's ``num_key_value_groups``
+    from the weights; returns the modules updated."""
     updated = []
     for name, module in model.named_modules():
-        qkv, hd = getattr(module, "c_attn", None), getattr(module, "head_dim", None)
+        q, k, hd = getattr(module, "q_proj", None), getattr(module, "k_proj", None), getattr(module, "head_dim", None)
+        groups = getattr(module, "num_key_value_groups", None)
+        if isinstance(q, nn.Linear) and isinstance(k, nn.Linear) and isinstance(hd, int) and isinstance(groups, int) \
+                and k.out_features == hd and q.out_features % hd == 0 and groups != q.out_features // hd:
+            module.num_key_value_groups = q.out_features // hd  # MQA: query heads per (the one) key/value head
+            updated.append(name)
+        qkv = getattr(module, "c_attn", None)
         if isinstance(qkv, nn.Linear) and isinstance(getattr(module, "split_size", None), int) and isinstance(hd, int) \
                 and module.split_size != qkv.out_features // 3 and qkv.out_features % (3 * hd) == 0:
             module.split_size = qkv.out_features // 3
@@ -290,7 +297,10 @@ def _attention_head_groups(model: nn.Module, groups: list[ChannelGroup]) -> list
     for name, module in model.named_modules():
         at = f"{name}." if name else ""
         shape, fused = attention_heads(module), fused_attention_heads(module)
-        if shape is not None:
+        if shape is not None and shape[2] == 1:  # one key/value head (MQA): its query heads go alone
+            out_name, kv, _, hd = shape  # the group's channels are the query heads (kv: the group size)
+            members = (Member("out", f"{at}q_proj", 0, hd), Member("in", f"{at}{out_name}", 0, hd))
+        elif shape is not None:
             out_name, heads, kv, hd = shape
             rep = heads // kv
             members = (Member("out", f"{at}q_proj", 0, rep * hd), Member("out", f"{at}k_proj", 0, hd),
