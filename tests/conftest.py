@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torchvision_compat import import_torchvision
 
 import nncompress as nc
+from nncompress.base.compat import import_torchvision
 from nncompress.models import LeNet5, LeNet300100, ResNet, VisionTransformer
 from nncompress.tasks.batches import TensorBatches
 
@@ -15,7 +15,7 @@ from nncompress.tasks.batches import TensorBatches
 # torch.nn's classes unless told (nncompress.io.trust), and these two modules are ours.
 nc.io.trust_modules("llm_archs", "prune_archs")
 
-import_torchvision()  # before anything (transformers included) imports it: see torchvision_compat.py
+import_torchvision()  # before anything (transformers included) imports it: see nncompress/base/compat.py
 
 
 @pytest.fixture(autouse=True)

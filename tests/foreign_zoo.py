@@ -29,81 +29,24 @@ import torch.nn.functional as F
 from torch import nn
 
 import nncompress as nc
+from nncompress.base import compat
+from nncompress.tasks.outputs import primary_output
 
 NUM_CLASSES = 10
 BATCH = 2
 SEQ = 8
 VOCAB = 128
 
-TORCHVISION_OP_SCHEMAS = {
-    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "roi_align": "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-    "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor",
-    "_roi_align_backward": "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, "
-    "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
-    "SymInt width, int sampling_ratio, bool aligned) -> Tensor",
-    "ps_roi_align": "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-    "SymInt pooled_width, int sampling_ratio) -> (Tensor, Tensor)",
-    "_ps_roi_align_backward": "_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, "
-    "float spatial_scale, SymInt pooled_height, SymInt pooled_width, int sampling_ratio, "
-    "SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor",
-    "roi_pool": "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-    "SymInt pooled_width) -> (Tensor, Tensor)",
-    "_roi_pool_backward": "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
-    "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
-    "SymInt width) -> Tensor",
-    "ps_roi_pool": "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-    "SymInt pooled_width) -> (Tensor, Tensor)",
-    "_ps_roi_pool_backward": "_ps_roi_pool_backward(Tensor grad, Tensor rois, Tensor channel_mapping, "
-    "float spatial_scale, SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
-    "SymInt height, SymInt width) -> Tensor",
-    "qroi_align": "qroi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-    "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor",
-    "deform_conv2d": "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, "
-    "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, "
-    "SymInt groups, SymInt offset_groups, bool use_mask) -> Tensor",
-    "_deform_conv2d_backward": "_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, "
-    "Tensor offset, Tensor mask, Tensor bias, SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, "
-    "SymInt dilation_h, SymInt dilation_w, SymInt groups, SymInt offset_groups, bool use_mask) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-}
-_TORCHVISION_LIB: list[Any] = []
-
-
 def import_torchvision() -> Any:
-    """Import torchvision (and so timm) with its compiled ops' schemas defined, once."""
-    import importlib.util
-    import sys
-
-    if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "models"):
-        return sys.modules["torchvision"]
-    if importlib.util.find_spec("torchvision") is None:
+    """torchvision (and so timm), importable beside the CPU torch: see nncompress/base/compat.py."""
+    torchvision = compat.import_torchvision()
+    if torchvision is None:
         raise ImportError("torchvision is not installed")
-    if not _TORCHVISION_LIB:
-        lib = torch.library.Library("torchvision", "FRAGMENT")
-        for schema in TORCHVISION_OP_SCHEMAS.values():
-            with contextlib.suppress(RuntimeError):  # already defined (a CPU build's real ops)
-                lib.define(schema)
-        _TORCHVISION_LIB.append(lib)
-    import torchvision
-
     return torchvision
 
 
 # --- what models return, read the same way by every loss and metric --------------------
-def logits_of(out: Any) -> torch.Tensor:
-    """The main tensor of a model output: a tensor, the first of a tuple, ``.logits`` or ``["logits"]``."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(out, dict):
-        return logits_of(out.get("logits", next(iter(out.values()))))
-    if isinstance(out, (tuple, list)):
-        return logits_of(out[0])
-    raise TypeError(f"cannot find logits in a {type(out).__name__}")
+logits_of = primary_output  # a tensor, the first of a tuple, or the logits of a dict / ModelOutput
 
 
 def classify_loss(out: Any, targets: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.compat import prepare_import
+
 TOKENIZERS = ("smollm2",)  # named tokenizers; anything else is a local Hugging Face tokenizer folder
 
 
@@ -84,6 +86,7 @@ def load_tokenizer(spec: str):  # -> transformers tokenizer (typed loosely: tran
     if not Path(spec).is_dir():
         raise ValueError(f"--tokenizer {spec!r}: accepted are {', '.join(TOKENIZERS)} or a local tokenizer folder")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prepare_import("transformers")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(spec, local_files_only=True)

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.compat import prepare_import
 from nncompress.io.errors import ArtifactError
 
 _TRUSTED: set[str] = set()  # module prefixes trusted for this process (trust_modules)
@@ -153,6 +154,7 @@ def _resolve_attr(module: str, qualname: str) -> Any:
     """``module.qualname`` imported, walking the dotted qualname without dunder attributes."""
     if any(part.startswith("__") or not part.isidentifier() for part in qualname.split(".")):
         raise AttributeError(qualname)
+    prepare_import(module)  # transformers/timm import torchvision, which may need its op schemas declared
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nncompress.base.compat import prepare_import
 from nncompress.io.atomic import atomic_write_bytes
 from nncompress.paths import cache_dir
 from nncompress.tasks.batches import TensorBatches
@@ -86,6 +87,7 @@ def model_path() -> Path:
 def _offline_quiet() -> Iterator[None]:
     """Hub access off (local files only) and transformers' loading progress bar hidden, restored after."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local_files_only below also keeps the hub out
+    prepare_import("transformers")
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.compat import prepare_import
 from nncompress.io.atomic import atomic_write_bytes
 from nncompress.paths import cache_dir
 from nncompress.tasks.batches import TensorBatches
@@ -162,6 +163,7 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.
 
 def llama_config(meta: dict[str, Any], tied: bool):  # -> transformers.LlamaConfig (transformers is optional)
     """The ``LlamaConfig`` the GGUF metadata describes (no quantization config: the weights are float)."""
+    prepare_import("transformers")
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -185,6 +187,7 @@ def _quiet_transformers() -> Iterator[None]:
     """Hub access off and transformers' progress bars and info logs hidden, restored after."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _require("transformers")
+    prepare_import("transformers")
     from transformers.utils import logging as hf_logging
 
     shown, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()

@@ -1,4 +1,5 @@
-"""Make ``import torchvision`` work where its wheel's compiled ops do not load with the installed torch.
+"""Make ``import torchvision`` (and so ``transformers`` and ``timm``) work where torchvision's compiled ops
+do not load with the installed torch.
 
 PyPI's torchvision 0.28 wheel is a CUDA build: beside the CPU ``torch==2.13.0`` its ``_C`` extension
 does not load, and ``torchvision/_meta_registrations.py`` then fails with "operator torchvision::nms
@@ -10,6 +11,7 @@ again. Calling one of those ops then raises; the classification models never do.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import torch
@@ -49,8 +51,15 @@ _SCHEMAS = (
 _LIBRARIES: list[torch.library.Library] = []  # kept alive: a dropped Library removes its schemas
 
 
+FOREIGN_PACKAGES = ("transformers", "timm", "torchvision")  # import torchvision when present
+
+
 def import_torchvision() -> object | None:
     """torchvision, imported (declaring its op schemas first if its compiled ops do not load); None if absent."""
+    if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "models"):
+        return sys.modules["torchvision"]
+    if importlib.util.find_spec("torchvision") is None:
+        return None
     try:
         import torchvision
     except ModuleNotFoundError:
@@ -66,3 +75,10 @@ def import_torchvision() -> object | None:
         _LIBRARIES.append(library)
         import torchvision
     return torchvision
+
+
+def prepare_import(module: str) -> None:
+    """Before importing ``module``: if it is one of :data:`FOREIGN_PACKAGES` (they import torchvision when it
+    is installed), make torchvision importable first."""
+    if module.partition(".")[0] in FOREIGN_PACKAGES:
+        import_torchvision()
