@@ -33,9 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a smaller set, for smoke tests")
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default: benchmarks/results/<family>.json)"
-    )
+    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/<family>.json)")
     return parser.parse_args(argv)
 
 
@@ -97,23 +95,37 @@ def run_recipe(
     return row
 
 
-def peer_row(task: nc.Task, method: str, tool: str, baseline_model: nn.Module, model: nn.Module,
-             save: Any, settings_: dict[str, Any], seconds: float,
-             config: nc.MeasureConfig | None = None) -> dict:
+def peer_row(
+    task: nc.Task,
+    method: str,
+    tool: str,
+    baseline_model: nn.Module,
+    model: nn.Module,
+    save: Any,
+    settings_: dict[str, Any],
+    seconds: float,
+    config: nc.MeasureConfig | None = None,
+) -> dict:
     """A contract row for a peer: its model measured by us (timed alternately with the
     baseline, as our rows are); sizes of both as the peer's users save them."""
     config = config or nc.MeasureConfig()
-    baseline, report = (nc.measure(m, task, config=replace(config, latency=False), size_bytes=0)
-                        for m in (baseline_model, model))  # sizes: the peer's own files, below
+    baseline, report = (
+        nc.measure(m, task, config=replace(config, latency=False), size_bytes=0) for m in (baseline_model, model)
+    )  # sizes: the peer's own files, below
     add_latency([baseline, report], [baseline_model, model], task, config)
     with tempfile.TemporaryDirectory() as d:  # both saved the peer's way
         for i, (m, r) in enumerate(((baseline_model, baseline), (model, report))):
             path = os.path.join(d, f"model{i}.pt")
             save(m, path)
             r.size_bytes = os.path.getsize(path)
-    return {"task": task.name, "method": method, "tool": tool, "settings": settings_,
-            "baseline": contract_fields(baseline),
-            "result": {**contract_fields(report), "compress_seconds": round(seconds, 2)}}
+    return {
+        "task": task.name,
+        "method": method,
+        "tool": tool,
+        "settings": settings_,
+        "baseline": contract_fields(baseline),
+        "result": {**contract_fields(report), "compress_seconds": round(seconds, 2)},
+    }
 
 
 def write_results(family: str, rows: list[dict[str, Any]], out: str | None = None) -> Path:

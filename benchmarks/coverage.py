@@ -57,8 +57,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # `kernels` functions; the recurrent nets live in tests/foreign_zoo.py)
 TRUST = ("transformers", "kernels", "timm", "torchvision", "foreign_zoo", "tests")
 CELL_SECONDS = 120  # a cell that runs longer is stopped and fails
-QUICK_MODELS = ("tv-mobilenet_v3_small", "tv-resnet18", "timm-efficientnet_b0", "hf-gpt2", "hf-llama",
-                "hf-bert", "hf-t5", "rnn-lstm", "conv1d-net")
+QUICK_MODELS = (
+    "tv-mobilenet_v3_small",
+    "tv-resnet18",
+    "timm-efficientnet_b0",
+    "hf-gpt2",
+    "hf-llama",
+    "hf-bert",
+    "hf-t5",
+    "rnn-lstm",
+    "conv1d-net",
+)
 
 # column -> (step kind, settings): small settings, one or more per registered family
 STEP_COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -97,6 +106,7 @@ BIG_COLUMNS = ("channel-prune",)
 @contextlib.contextmanager
 def time_limit(seconds: int) -> Iterator[None]:
     """Raise TimeoutError in the main thread after ``seconds`` (checked between Python bytecodes)."""
+
     def stop(_signum: int, _frame: Any) -> None:
         raise TimeoutError(f"stopped after {seconds} s")
 
@@ -173,8 +183,16 @@ def canonical(model: nn.Module, ctx: StepContext) -> nn.Module:
     return result.model
 
 
-def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tensor, base_stats: dict[str, Any],
-              folder: Path, *, save: bool = True) -> dict[str, Any]:
+def step_cell(
+    column: str,
+    entry: fz.ZooEntry,
+    base: nn.Module,
+    ref: torch.Tensor,
+    base_stats: dict[str, Any],
+    folder: Path,
+    *,
+    save: bool = True,
+) -> dict[str, Any]:
     """Run one step on a copy of ``base``; judge, measure, save and reload the result (``save``)."""
     kind, settings = STEP_COLUMNS[column]
     cell: dict[str, Any] = {"step": kind, "settings": settings}
@@ -191,8 +209,12 @@ def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tenso
             work = step.apply(work, ctx)
             out = outputs(work, inputs)
     except Exception as e:
-        cell.update(status="fail", reason=first_line(e), notes=ctx.log[-6:],
-                    where=traceback.extract_tb(e.__traceback__)[-1].filename.split("site-packages/")[-1])
+        cell.update(
+            status="fail",
+            reason=first_line(e),
+            notes=ctx.log[-6:],
+            where=traceback.extract_tb(e.__traceback__)[-1].filename.split("site-packages/")[-1],
+        )
         cell["seconds"] = round(time.perf_counter() - start, 2)
         return cell
     cell["seconds"] = round(time.perf_counter() - start, 2)
@@ -200,10 +222,19 @@ def step_cell(column: str, entry: fz.ZooEntry, base: nn.Module, ref: torch.Tenso
     cell.update(errors(out, ref))
     params, nonzero = params_of(work)
     size, problem = save_and_reload(work, inputs, out, folder) if save else (None, None)
-    cell.update(params_before=base_stats["params"], params_after=params, nonzero_before=base_stats["nonzero"],
-                nonzero_after=nonzero, size_before=base_stats["size"], size_after=size)
-    changed = (params, nonzero) != (base_stats["params"], base_stats["nonzero"]) or size != base_stats["size"] \
+    cell.update(
+        params_before=base_stats["params"],
+        params_after=params,
+        nonzero_before=base_stats["nonzero"],
+        nonzero_after=nonzero,
+        size_before=base_stats["size"],
+        size_after=size,
+    )
+    changed = (
+        (params, nonzero) != (base_stats["params"], base_stats["nonzero"])
+        or size != base_stats["size"]
         or cell["max_abs_error"] != 0.0
+    )
     if not torch.isfinite(out).all():
         cell.update(status="fail", reason="the compressed model's outputs are not finite")
     elif out.shape != ref.shape:
@@ -239,8 +270,13 @@ def onnx_cell(entry: fz.ZooEntry, base: nn.Module, folder: Path) -> dict[str, An
     except Exception as e:
         return {"status": "fail", "reason": first_line(e), "seconds": round(time.perf_counter() - start, 2)}
     rel = result.max_abs_error / max(result.max_abs_output, 1e-12)
-    cell = {"seconds": round(time.perf_counter() - start, 2), "size_after": result.bytes,
-            "max_abs_error": result.max_abs_error, "rel_error": rel, "notes": result.notes}
+    cell = {
+        "seconds": round(time.perf_counter() - start, 2),
+        "size_after": result.bytes,
+        "max_abs_error": result.max_abs_error,
+        "rel_error": rel,
+        "notes": result.notes,
+    }
     if cell["rel_error"] > 1e-3:
         cell.update(status="partial", reason=f"ONNX Runtime differs from PyTorch by {cell['rel_error']:.2g} (relative)")
     else:
@@ -262,8 +298,9 @@ def model_row(entry: fz.ZooEntry, columns: list[str], run_all: bool) -> dict[str
         return row
     params, nonzero = params_of(base)
     row["params"] = params
-    allowed = columns if run_all or params <= FULL_PARAMS else (
-        MEDIUM_COLUMNS if params <= MEDIUM_PARAMS else BIG_COLUMNS)
+    allowed = (
+        columns if run_all or params <= FULL_PARAMS else (MEDIUM_COLUMNS if params <= MEDIUM_PARAMS else BIG_COLUMNS)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         saving = params <= MEDIUM_PARAMS or run_all  # saving a 100M+ model takes a minute on 2 cores
@@ -272,20 +309,25 @@ def model_row(entry: fz.ZooEntry, columns: list[str], run_all: bool) -> dict[str
         row["size_bytes"] = base_size
         for column in columns:
             if column not in allowed:
-                row["cells"][column] = {"status": "skipped", "reason": f"CPU budget: {params / 1e6:.0f}M parameters"
-                                        f" run only {', '.join(allowed)}"}
+                row["cells"][column] = {
+                    "status": "skipped",
+                    "reason": f"CPU budget: {params / 1e6:.0f}M parameters run only {', '.join(allowed)}",
+                }
             elif column in NEEDS_TAG and NEEDS_TAG[column] not in entry.tags:
                 row["cells"][column] = {"status": "n/a", "reason": f"no {NEEDS_TAG[column]} layers"}
             elif column == "save-load":
-                row["cells"][column] = save_load_cell(entry, base, ref, folder) if not problem else {
-                    "status": "fail", "reason": problem}
+                row["cells"][column] = (
+                    save_load_cell(entry, base, ref, folder) if not problem else {"status": "fail", "reason": problem}
+                )
             elif column == "onnx":
                 row["cells"][column] = onnx_cell(entry, base, folder)
             else:
                 row["cells"][column] = step_cell(column, entry, base, ref, base_stats, folder, save=saving)
             status = row["cells"][column]["status"]
-            print(f"  {entry.name:32s} {column:16s} {status:8s} {row['cells'][column].get('reason', '')[:110]}",
-                  flush=True)
+            print(
+                f"  {entry.name:32s} {column:16s} {status:8s} {row['cells'][column].get('reason', '')[:110]}",
+                flush=True,
+            )
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -301,9 +343,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         for col, c in r["cells"].items():
             per_column.setdefault(col, Counter())[c["status"]] += 1
-    return {"counts": dict(counts), "applicable": applicable,
-            "pass_rate": counts["pass"] / applicable if applicable else 0.0,
-            "per_column": {k: dict(v) for k, v in per_column.items()}}
+    return {
+        "counts": dict(counts),
+        "applicable": applicable,
+        "pass_rate": counts["pass"] / applicable if applicable else 0.0,
+        "per_column": {k: dict(v) for k, v in per_column.items()},
+    }
 
 
 def markdown(rows: list[dict[str, Any]], columns: list[str], info: dict[str, Any]) -> str:
@@ -323,11 +368,20 @@ def markdown(rows: list[dict[str, Any]], columns: list[str], info: dict[str, Any
         marks = [MARK[r["cells"][c]["status"]] if c in r["cells"] else " " for c in columns]
         lines.append(f"| {r['model']} | " + " | ".join(marks) + " |")
     per = info["per_column"]
-    lines.append("| **pass / applicable** | " + " | ".join(
-        f"{per.get(c, {}).get('pass', 0)}/{sum(per.get(c, {}).get(k, 0) for k in ('pass', 'partial', 'fail'))}"
-        for c in columns) + " |")
-    reasons = Counter((c, r["cells"][c].get("reason", "")) for r in rows for c in columns
-                      if c in r["cells"] and r["cells"][c]["status"] in ("fail", "partial"))
+    lines.append(
+        "| **pass / applicable** | "
+        + " | ".join(
+            f"{per.get(c, {}).get('pass', 0)}/{sum(per.get(c, {}).get(k, 0) for k in ('pass', 'partial', 'fail'))}"
+            for c in columns
+        )
+        + " |"
+    )
+    reasons = Counter(
+        (c, r["cells"][c].get("reason", ""))
+        for r in rows
+        for c in columns
+        if c in r["cells"] and r["cells"][c]["status"] in ("fail", "partial")
+    )
     if reasons:
         lines += ["", "Most frequent failures and partials (column: reason, cells):", ""]
         lines += [f"- {c}: {why} ({n})" for (c, why), n in reasons.most_common(25)]
@@ -359,8 +413,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_MODELS)}")
     parser.add_argument("--models", default=None, help="comma-separated substrings of zoo names (hf-,tv-resnet)")
     parser.add_argument("--steps", default=None, help="comma-separated columns (default: all)")
-    parser.add_argument("--all", action="store_true", help=f"every column on every model (default: models over "
-                        f"{FULL_PARAMS // 10**6}M parameters run only {', '.join(MEDIUM_COLUMNS)})")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help=f"every column on every model (default: models over "
+        f"{FULL_PARAMS // 10**6}M parameters run only {', '.join(MEDIUM_COLUMNS)})",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: a shared CPU)")
     parser.add_argument("--out", default=str(RESULTS / "coverage.json"))
     args = parser.parse_args(argv)
@@ -380,16 +438,24 @@ def main(argv: list[str] | None = None) -> None:
         write(out, rows, columns, time.perf_counter() - start, args)
     print_table(rows, columns)
     info = summary(rows)
-    print(f"\n{info['counts']} — {info['pass_rate']:.1%} of {info['applicable']} applicable cells pass; "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"\n{info['counts']} — {info['pass_rate']:.1%} of {info['applicable']} applicable cells pass; "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def write(out: Path, rows: list[dict[str, Any]], columns: list[str], seconds: float, args: argparse.Namespace) -> None:
     info = summary(rows)
-    data = {"columns": columns, "settings": {c: STEP_COLUMNS[c][1] for c in columns if c in STEP_COLUMNS},
-            "summary": info, "seconds": round(seconds, 1), "threads": args.threads, "versions": versions(),
-            "rows": rows}
+    data = {
+        "columns": columns,
+        "settings": {c: STEP_COLUMNS[c][1] for c in columns if c in STEP_COLUMNS},
+        "summary": info,
+        "seconds": round(seconds, 1),
+        "threads": args.threads,
+        "versions": versions(),
+        "rows": rows,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(data, indent=1, default=str) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown(rows, columns, info))

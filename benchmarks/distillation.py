@@ -49,8 +49,16 @@ def _train(model: nn.Module, task: nc.Task, step: nc.FineTune, teacher: nn.Modul
     return step.apply(model, ctx)
 
 
-def _row(task: nc.Task, method: str, teacher: nn.Module, teacher_report: nc.Report, models: list[nn.Module],
-         metrics: list[float], settings: dict[str, Any], seconds: float) -> dict:
+def _row(
+    task: nc.Task,
+    method: str,
+    teacher: nn.Module,
+    teacher_report: nc.Report,
+    models: list[nn.Module],
+    metrics: list[float],
+    settings: dict[str, Any],
+    seconds: float,
+) -> dict:
     """A contract row: the seed-0 model is measured and saved; ``result.metric`` is the seed mean."""
     artifact = RESULTS / "artifacts" / FAMILY / f"{task.name}--{method}.ncz"
     nc.save(models[0], artifact, metadata={"task": task.name, "method": method, "seed": 0})
@@ -67,10 +75,17 @@ def _row(task: nc.Task, method: str, teacher: nn.Module, teacher_report: nc.Repo
         "artifact_seed": 0,
         "artifact_metric": metrics[0],
     }
-    return {"task": task.name, "method": method, "settings": {**settings, **spread},
-            "baseline": contract_fields(teacher_report),
-            "result": {**result, "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
-                       "compress_seconds": round(seconds, 2)}}
+    return {
+        "task": task.name,
+        "method": method,
+        "settings": {**settings, **spread},
+        "baseline": contract_fields(teacher_report),
+        "result": {
+            **result,
+            "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+            "compress_seconds": round(seconds, 2),
+        },
+    }
 
 
 def student_rows(task_name: str, seeds: tuple[int, ...], quick: bool) -> list[dict]:
@@ -83,12 +98,16 @@ def student_rows(task_name: str, seeds: tuple[int, ...], quick: bool) -> list[di
     epochs = 0.2 if quick else epochs
     kd = nc.Distill(epochs=epochs, lr=lr, alpha=0.9, temperature=4.0)
     ce = nc.FineTune(epochs=epochs, lr=lr)
-    arms: dict[str, dict[str, Any]] = {name: {"models": [], "metrics": [], "seconds": 0.0}
-                                       for name in ("kd", "kd-random-init", "scratch")}
+    arms: dict[str, dict[str, Any]] = {
+        name: {"models": [], "metrics": [], "seconds": 0.0} for name in ("kd", "kd-random-init", "scratch")
+    }
     description = ""
     for seed in seeds:
-        for arm, init, step, with_teacher in (("kd", "teacher", kd, True), ("kd-random-init", "random", kd, True),
-                                              ("scratch", "random", ce, False)):
+        for arm, init, step, with_teacher in (
+            ("kd", "teacher", kd, True),
+            ("kd-random-init", "random", kd, True),
+            ("scratch", "random", ce, False),
+        ):
             t0 = time.perf_counter()
             student, description = student_for(teacher, 0.25, example_inputs=example, init=init, seed=seed)
             student = _train(student, task, step, teacher if with_teacher else None, seed)
@@ -98,11 +117,25 @@ def student_rows(task_name: str, seeds: tuple[int, ...], quick: bool) -> list[di
     name = _student_tag(description)
     rows = []
     for arm, data in arms.items():
-        settings = {"student": description, "epochs": epochs, "lr": lr,
-                    "loss": "0.9 * T^2 KL(T=4) + 0.1 CE" if arm.startswith("kd") else "CE",
-                    "init": "teacher channels (L1)" if arm == "kd" else "random"}
-        rows.append(_row(task, f"{arm}-{name}", teacher, teacher_report, data["models"], data["metrics"],
-                         settings, data["seconds"] / len(seeds)))
+        settings = {
+            "student": description,
+            "epochs": epochs,
+            "lr": lr,
+            "loss": "0.9 * T^2 KL(T=4) + 0.1 CE" if arm.startswith("kd") else "CE",
+            "init": "teacher channels (L1)" if arm == "kd" else "random",
+        }
+        rows.append(
+            _row(
+                task,
+                f"{arm}-{name}",
+                teacher,
+                teacher_report,
+                data["models"],
+                data["metrics"],
+                settings,
+                data["seconds"] / len(seeds),
+            )
+        )
     return rows
 
 
@@ -129,15 +162,27 @@ def half_depth_rows(quick: bool) -> list[dict]:
         student = shallower(teacher, "every_other")
         description = "blocks 0 and 2 of 4, teacher weights"
         if halve_mlp:
-            others = tuple(n for n, m in student.named_modules()
-                           if isinstance(m, (nn.Linear, nn.Conv2d)) and not n.endswith("mlp.fc1"))
+            others = tuple(
+                n
+                for n, m in student.named_modules()
+                if isinstance(m, (nn.Linear, nn.Conv2d)) and not n.endswith("mlp.fc1")
+            )
             student = _train(student, task, nc.ChannelPrune(sparsity=0.5, scope="layer", exclude=others), None, 0)
             description += "; MLP hidden 128 -> 64 (L1-strongest units)"
         student = _train(student, task, step, teacher, 0).eval()
         metric = evaluate(student, task.test, task.metric_fn)
-        rows.append(_row(task, method, teacher, teacher_report, [student], [metric],
-                         {"student": description, "epochs": step.epochs, "lr": step.lr,
-                          "loss": "0.9 * T^2 KL(T=4) + 0.1 CE"}, time.perf_counter() - t0))
+        rows.append(
+            _row(
+                task,
+                method,
+                teacher,
+                teacher_report,
+                [student],
+                [metric],
+                {"student": description, "epochs": step.epochs, "lr": step.lr, "loss": "0.9 * T^2 KL(T=4) + 0.1 CE"},
+                time.perf_counter() - t0,
+            )
+        )
     return rows
 
 
@@ -148,10 +193,16 @@ def recovery_rows(quick: bool) -> list[dict]:
     teacher_report = nc.measure(teacher, task, config=nc.MeasureConfig(latency=False))
     epochs = 0.2 if quick else 3
     cases = {
-        "prune80": (nc.ChannelPrune(macs_reduction=0.8, scope="global"),
-                    nc.Distill(epochs=epochs, lr=2e-3), nc.FineTune(epochs=epochs, lr=2e-3)),
-        "w3": (None, nc.QuantizationAwareTraining(bits=3, epochs=min(epochs, 1), lr=1e-4, distill=True),
-               nc.QuantizationAwareTraining(bits=3, epochs=min(epochs, 1), lr=1e-4, distill=False)),
+        "prune80": (
+            nc.ChannelPrune(macs_reduction=0.8, scope="global"),
+            nc.Distill(epochs=epochs, lr=2e-3),
+            nc.FineTune(epochs=epochs, lr=2e-3),
+        ),
+        "w3": (
+            None,
+            nc.QuantizationAwareTraining(bits=3, epochs=min(epochs, 1), lr=1e-4, distill=True),
+            nc.QuantizationAwareTraining(bits=3, epochs=min(epochs, 1), lr=1e-4, distill=False),
+        ),
     }
     rows = []
     for case, (compress, with_kd, plain) in cases.items():
@@ -160,9 +211,18 @@ def recovery_rows(quick: bool) -> list[dict]:
             t0 = time.perf_counter()
             model = _train(copy.deepcopy(start), task, step, teacher, 0).eval()
             metric = evaluate(model, task.test, task.metric_fn)
-            rows.append(_row(task, f"recovery-{case}-{suffix}", teacher, teacher_report, [model], [metric],
-                             {"compression": compress.describe() if compress else "qat 3-bit",
-                              "recovery": step.describe()}, time.perf_counter() - t0))
+            rows.append(
+                _row(
+                    task,
+                    f"recovery-{case}-{suffix}",
+                    teacher,
+                    teacher_report,
+                    [model],
+                    [metric],
+                    {"compression": compress.describe() if compress else "qat 3-bit", "recovery": step.describe()},
+                    time.perf_counter() - t0,
+                )
+            )
     return rows
 
 

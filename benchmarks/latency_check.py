@@ -32,11 +32,23 @@ def check(task_name: str, artifact: str, rounds: int, repeats: int) -> dict:
             torch.set_num_threads(threads)
             for batch in (1, 64):
                 for _ in range(repeats):
-                    stats = interleaved_latency(models, one.repeat(batch, *[1] * (one.dim() - 1)), batch_size=batch,
-                                                rounds=rounds, runs=10 * rounds, min_seconds=2.0)
-                    out["timings"].append({"threads": threads, "batch_size": batch,
-                                           "baseline_ms": stats[0].median_ms, "artifact_ms": stats[1].median_ms,
-                                           "speedup": stats[0].median_ms / stats[1].median_ms})
+                    stats = interleaved_latency(
+                        models,
+                        one.repeat(batch, *[1] * (one.dim() - 1)),
+                        batch_size=batch,
+                        rounds=rounds,
+                        runs=10 * rounds,
+                        min_seconds=2.0,
+                    )
+                    out["timings"].append(
+                        {
+                            "threads": threads,
+                            "batch_size": batch,
+                            "baseline_ms": stats[0].median_ms,
+                            "artifact_ms": stats[1].median_ms,
+                            "speedup": stats[0].median_ms / stats[1].median_ms,
+                        }
+                    )
     finally:
         torch.set_num_threads(previous)
     return out
@@ -59,8 +71,10 @@ def main() -> None:
         for threads in sorted({t["threads"] for t in row["timings"]}):
             for batch in (1, 64):
                 ups = [t["speedup"] for t in row["timings"] if t["threads"] == threads and t["batch_size"] == batch]
-                print(f"{task_name} {Path(artifact).name} threads={threads} batch={batch}: speed-up "
-                      f"median {statistics.median(ups):.2f}x (runs: {', '.join(f'{u:.2f}' for u in ups)})")
+                print(
+                    f"{task_name} {Path(artifact).name} threads={threads} batch={batch}: speed-up "
+                    f"median {statistics.median(ups):.2f}x (runs: {', '.join(f'{u:.2f}' for u in ups)})"
+                )
     print(f"wrote {write_results('latency-check', rows, args.out)}")
 
 

@@ -113,15 +113,22 @@ def row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.Report, 
     fp16_bytes = baseline.params * 2
     notes = [line for step in result.report.steps for line in step.notes]
     return {
-        "task": task.name, "method": method,
-        "settings": {"recipe": result.report.recipe, "fp16_bytes": fp16_bytes,
-                     "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
-                     "tokens_per_s": report.latency["batch_1"]["tokens_per_s"],
-                     "baseline_tokens_per_s": baseline.latency["batch_1"]["tokens_per_s"],
-                     "notes": [n for n in notes if "simulated" in n or "fake" in n][:3]},
+        "task": task.name,
+        "method": method,
+        "settings": {
+            "recipe": result.report.recipe,
+            "fp16_bytes": fp16_bytes,
+            "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
+            "tokens_per_s": report.latency["batch_1"]["tokens_per_s"],
+            "baseline_tokens_per_s": baseline.latency["batch_1"]["tokens_per_s"],
+            "notes": [n for n in notes if "simulated" in n or "fake" in n][:3],
+        },
         "baseline": contract_fields(baseline),
-        "result": {**contract_fields(report), "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
-                   "compress_seconds": round(seconds, 2)},
+        "result": {
+            **contract_fields(report),
+            "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+            "compress_seconds": round(seconds, 2),
+        },
     }
 
 
@@ -133,8 +140,10 @@ def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
         baseline = nc.measure(teacher, task, config=nc.MeasureConfig(latency=False))
         rows.append(row(task, method, recipe, baseline, teacher))
         got, base = rows[-1]["result"]["metric"]["value"], rows[-1]["baseline"]["metric"]["value"]
-        print(f"{name} {method}: {got:.4f} (baseline {base:.4f}), {rows[-1]['settings']['vs_fp16']:.1%} of fp16",
-              flush=True)
+        print(
+            f"{name} {method}: {got:.4f} (baseline {base:.4f}), {rows[-1]['settings']['vs_fp16']:.1%} of fp16",
+            flush=True,
+        )
     return rows
 
 
@@ -196,16 +205,26 @@ def smollm2_row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.
     fp16_bytes = baseline.params * 2
     notes = [line for step in result.report.steps for line in step.notes]
     return {
-        "task": task.name, "method": method,
-        "settings": {"recipe": result.report.recipe, "fp16_bytes": fp16_bytes,
-                     "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
-                     "decode_tokens_per_s": decode_tokens_per_s(loaded, task),
-                     "baseline_decode_tokens_per_s": base_speed, "threads": torch.get_num_threads(),
-                     "compress_seconds": round(compress_s, 2), "save_seconds": round(save_s, 2),
-                     "load_seconds": round(load_s, 2), "notes": notes[:4]},
+        "task": task.name,
+        "method": method,
+        "settings": {
+            "recipe": result.report.recipe,
+            "fp16_bytes": fp16_bytes,
+            "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
+            "decode_tokens_per_s": decode_tokens_per_s(loaded, task),
+            "baseline_decode_tokens_per_s": base_speed,
+            "threads": torch.get_num_threads(),
+            "compress_seconds": round(compress_s, 2),
+            "save_seconds": round(save_s, 2),
+            "load_seconds": round(load_s, 2),
+            "notes": notes[:4],
+        },
         "baseline": contract_fields(baseline),
-        "result": {**contract_fields(report), "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
-                   "compress_seconds": round(compress_s, 2)},
+        "result": {
+            **contract_fields(report),
+            "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+            "compress_seconds": round(compress_s, 2),
+        },
     }
 
 
@@ -227,9 +246,12 @@ def smollm2_rows(quick: bool) -> list[dict]:
         rows.append(smollm2_row(task, method, recipe, baseline, base_speed))
         r = rows[-1]
         got, base = r["result"]["metric"]["value"], r["baseline"]["metric"]["value"]
-        print(f"{SMOLLM2} {method}: {got:.3f} (baseline {base:.3f}), "
-              f"{r['settings']['vs_fp16']:.1%} of fp16, compress {r['settings']['compress_seconds']:.0f} s, "
-              f"decode {r['settings']['decode_tokens_per_s']} tok/s", flush=True)
+        print(
+            f"{SMOLLM2} {method}: {got:.3f} (baseline {base:.3f}), "
+            f"{r['settings']['vs_fp16']:.1%} of fp16, compress {r['settings']['compress_seconds']:.0f} s, "
+            f"decode {r['settings']['decode_tokens_per_s']} tok/s",
+            flush=True,
+        )
     return rows
 
 
@@ -254,8 +276,9 @@ def main() -> None:
         calib = 2 if args.quick else CALIBRATION
         smooth = nc.SmoothQuant(alpha=alpha, act_mode="dynamic", calibration_batches=calib)
         real = {"int8-dynamic": [nc.DynamicInt8Quantize(backend="torch")], "smoothquant-dynamic-int8": [smooth]}
-        rows += task_rows("minilm-embed", {**real, **activations(args.quick),
-                                           "rtn-w4": wo["rtn-w4"], "gptq-w4": wo["gptq-w4"]})
+        rows += task_rows(
+            "minilm-embed", {**real, **activations(args.quick), "rtn-w4": wo["rtn-w4"], "gptq-w4": wo["gptq-w4"]}
+        )
     if SMOLLM2 in wanted:
         rows += smollm2_rows(args.quick)
     out = args.out or str(RESULTS / f"{FAMILY}.json")

@@ -44,8 +44,10 @@ from nncompress.tasks.task import run_with_hooks
 
 FAMILY = "lowrank"
 LAYERS_ONLY = os.environ.get("NNCOMPRESS_BENCH_LAYERS_ONLY") == "1"
-LOG_LINE = re.compile(r"^(?P<kind>[\w-]+): (?P<name>\S+) rank (?P<rank>.+?)(?: of (?P<full>.+?))?"
-                      r"(?: \(break-even .+?\))?, relative error (?P<error>[\d.]+)")
+LOG_LINE = re.compile(
+    r"^(?P<kind>[\w-]+): (?P<name>\S+) rank (?P<rank>.+?)(?: of (?P<full>.+?))?"
+    r"(?: \(break-even .+?\))?, relative error (?P<error>[\d.]+)"
+)
 
 
 def _factorized_layers(notes: list[str]) -> dict[str, dict[str, Any]]:
@@ -54,8 +56,12 @@ def _factorized_layers(notes: list[str]) -> dict[str, dict[str, Any]]:
     for line in notes:
         m = LOG_LINE.match(line)
         if m:
-            out[m["name"]] = {"step": m["kind"], "rank": m["rank"], "full_rank": m["full"],
-                              "reported_error": float(m["error"])}
+            out[m["name"]] = {
+                "step": m["kind"],
+                "rank": m["rank"],
+                "full_rank": m["full"],
+                "reported_error": float(m["error"]),
+            }
     return out
 
 
@@ -74,8 +80,7 @@ def _dense_weight(module: nn.Module) -> torch.Tensor | None:
     if kinds == [nn.Conv2d] * 3:
         return torch.einsum("oa,abyx,bi->oiyx", w[2][:, :, 0, 0], w[1], w[0][:, :, 0, 0])
     if kinds == [nn.Conv2d] * 4:
-        return torch.einsum("or,ry,rx,ri->oiyx", w[3][:, :, 0, 0], w[1][:, 0, :, 0], w[2][:, 0, 0, :],
-                            w[0][:, :, 0, 0])
+        return torch.einsum("or,ry,rx,ri->oiyx", w[3][:, :, 0, 0], w[1][:, 0, :, 0], w[2][:, 0, 0, :], w[0][:, :, 0, 0])
     return None
 
 
@@ -86,8 +91,9 @@ def _eckart_young(weight: torch.Tensor, rank: int) -> float:
 
 
 @torch.no_grad()
-def _output_errors(original: nn.Module, factorized: nn.Module, names: list[str], inputs: torch.Tensor
-                   ) -> dict[str, float]:
+def _output_errors(
+    original: nn.Module, factorized: nn.Module, names: list[str], inputs: torch.Tensor
+) -> dict[str, float]:
     """Relative output error of each factorized layer alone, on the inputs the original layer sees."""
     seen: dict[str, torch.Tensor] = {}
     run_with_hooks(original.eval(), names, [inputs], lambda n, _m, x, _out: seen.__setitem__(n, x))
@@ -100,8 +106,9 @@ def _output_errors(original: nn.Module, factorized: nn.Module, names: list[str],
 
 
 @torch.no_grad()
-def _layer_report(task: nc.Task, baseline: nn.Module, factorized: nn.Module, notes: list[str],
-                  activation_aware: bool) -> list[dict]:
+def _layer_report(
+    task: nc.Task, baseline: nn.Module, factorized: nn.Module, notes: list[str], activation_aware: bool
+) -> list[dict]:
     """Per factorized layer: its rank; the error the step reported (the relative weight error, or
     for activation-aware SVD the relative output error on its calibration batches); the relative
     weight error rebuilt here from the saved factors; for plain SVD of a Linear the Eckart-Young
@@ -113,19 +120,22 @@ def _layer_report(task: nc.Task, baseline: nn.Module, factorized: nn.Module, not
     for name, info in layers.items():
         original = baseline.get_submodule(name).weight.detach().double()
         dense = _dense_weight(factorized.get_submodule(name))
-        row = {"layer": name, **info,
-               "reported_error_is": "output error on calibration data" if activation_aware else "weight error",
-               "weight_error": round(float((dense - original).norm() / original.norm()), 5) if dense is not None
-               else None,
-               "output_error": round(outputs[name], 5)}
+        row = {
+            "layer": name,
+            **info,
+            "reported_error_is": "output error on calibration data" if activation_aware else "weight error",
+            "weight_error": round(float((dense - original).norm() / original.norm()), 5) if dense is not None else None,
+            "output_error": round(outputs[name], 5),
+        }
         if original.dim() == 2 and not activation_aware and info["rank"].isdigit():
             row["eckart_young_error"] = round(_eckart_young(original, int(info["rank"])), 5)
         rows.append(row)
     return rows
 
 
-def factorize_row(task: nc.Task, method: str, factorize: list[nc.Step], finetune: nc.Step,
-                  baseline_report: nc.Report, seed: int = 0) -> tuple[dict, nn.Module]:
+def factorize_row(
+    task: nc.Task, method: str, factorize: list[nc.Step], finetune: nc.Step, baseline_report: nc.Report, seed: int = 0
+) -> tuple[dict, nn.Module]:
     """Factorize (``factorize`` steps), record each layer's error, fine-tune, measure, save: one row.
     Returns the row and the factorized model before fine-tuning (its ranks, for the peers)."""
     teacher = task.baseline().eval()
@@ -144,12 +154,24 @@ def factorize_row(task: nc.Task, method: str, factorize: list[nc.Step], finetune
     nc.save(model, artifact, metadata={"task": task.name, "method": method, "recipe": recipe, "seed": seed})
     report = nc.measure(model, task, config=nc.MeasureConfig(latency=False), size_bytes=os.path.getsize(artifact))
     add_latency([baseline_report, report], [teacher, model], task, nc.MeasureConfig())
-    settings = {"recipe": recipe, "seed": seed, "metric_before_finetune": before_ft, "layers": layers,
-                "notes": [n for n in notes if "skipped" in n or "factorized" in n]}
-    row = {"task": task.name, "method": method, "settings": settings,
-           "baseline": contract_fields(baseline_report),
-           "result": {**contract_fields(report), "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
-                      "compress_seconds": round(seconds, 2)}}
+    settings = {
+        "recipe": recipe,
+        "seed": seed,
+        "metric_before_finetune": before_ft,
+        "layers": layers,
+        "notes": [n for n in notes if "skipped" in n or "factorized" in n],
+    }
+    row = {
+        "task": task.name,
+        "method": method,
+        "settings": settings,
+        "baseline": contract_fields(baseline_report),
+        "result": {
+            **contract_fields(report),
+            "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+            "compress_seconds": round(seconds, 2),
+        },
+    }
     return row, factorized
 
 
@@ -167,8 +189,9 @@ def _conv_ranks(factorized: nn.Module, kind: str) -> dict[str, Any]:
     return ranks
 
 
-def tltorch_row(task: nc.Task, method: str, kind: str, ours: nn.Module, finetune: nc.Step, baseline_report: nc.Report,
-                seed: int = 0) -> dict:
+def tltorch_row(
+    task: nc.Task, method: str, kind: str, ours: nn.Module, finetune: nc.Step, baseline_report: nc.Report, seed: int = 0
+) -> dict:
     """The same convs at the same ranks as ``ours``, factorized by TensorLy-Torch, then the same fine-tuning."""
     import tltorch
 
@@ -182,19 +205,33 @@ def tltorch_row(task: nc.Task, method: str, kind: str, ours: nn.Module, finetune
         tl_rank = [rank[0], rank[1], kh, kw] if kind == "tucker" else rank
         with warnings.catch_warnings():  # its SVD start asks small modes for more vectors than they have
             warnings.filterwarnings("ignore", message=".*n_eigenvecs.*", category=UserWarning)
-            new = tltorch.FactorizedConv.from_conv(conv, rank=tl_rank, factorization=kind,
-                                                   implementation="factorized")
+            new = tltorch.FactorizedConv.from_conv(conv, rank=tl_rank, factorization=kind, implementation="factorized")
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, new)
     before_ft = evaluate(model.eval(), task.test, task.metric_fn)
     model = finetune.apply(model, nc.StepContext(task=task, teacher=teacher, seed=seed)).eval()
     seconds = time.perf_counter() - t0
-    row = peer_row(task, method, "tensorly-torch", teacher, model, lambda m, p: torch.save(m.state_dict(), p),
-                   {"ranks": "the same per-layer ranks as ours", "factorization": kind, "implementation": "factorized",
-                    "metric_before_finetune": before_ft, "finetune": finetune.describe()}, seconds)
-    row["baseline"] = contract_fields(baseline_report) | {"latency_ms": row["baseline"]["latency_ms"],
-                                                          "latency": row["baseline"]["latency"],
-                                                          "size_bytes": row["baseline"]["size_bytes"]}
+    row = peer_row(
+        task,
+        method,
+        "tensorly-torch",
+        teacher,
+        model,
+        lambda m, p: torch.save(m.state_dict(), p),
+        {
+            "ranks": "the same per-layer ranks as ours",
+            "factorization": kind,
+            "implementation": "factorized",
+            "metric_before_finetune": before_ft,
+            "finetune": finetune.describe(),
+        },
+        seconds,
+    )
+    row["baseline"] = contract_fields(baseline_report) | {
+        "latency_ms": row["baseline"]["latency_ms"],
+        "latency": row["baseline"]["latency"],
+        "size_bytes": row["baseline"]["size_bytes"],
+    }
     return row
 
 
@@ -213,27 +250,42 @@ class Spec:
 
 def specs(quick: bool) -> list[Spec]:
     """Every row of the benchmark, in table order."""
+
     def kd(epochs: float, lr: float = 1e-3) -> nc.Step:
         return nc.Distill(epochs=0.2 if quick else epochs, lr=lr)
 
     keep = (0.1, 0.25, 0.4, 0.6)
     cp_kd = kd(3, 3e-4)  # CP fine-tunes best at a small learning rate (Lebedev et al.)
     out = [
-        Spec("fmnist-resnet", "tucker-macs50-kd",
-             (nc.LowRankBudget(target=0.5, resource="macs", methods=("tucker",), keep=keep),), kd(3)),
+        Spec(
+            "fmnist-resnet",
+            "tucker-macs50-kd",
+            (nc.LowRankBudget(target=0.5, resource="macs", methods=("tucker",), keep=keep),),
+            kd(3),
+        ),
         Spec("fmnist-resnet", "tucker-vbmf-kd", (nc.TuckerFactorize(rank="vbmf"),), kd(3)),
         Spec("fmnist-resnet", "cp-params25-kd", (nc.CPFactorize(rank="params:0.25"),), cp_kd),
-        Spec("fmnist-resnet", "tensorly-torch-tucker-same-ranks-kd", finetune=kd(3), peer="tucker",
-             source="tucker-macs50-kd"),
+        Spec(
+            "fmnist-resnet",
+            "tensorly-torch-tucker-same-ranks-kd",
+            finetune=kd(3),
+            peer="tucker",
+            source="tucker-macs50-kd",
+        ),
         Spec("fmnist-resnet", "tensorly-torch-cp-same-ranks-kd", finetune=cp_kd, peer="cp", source="cp-params25-kd"),
     ]
     for name, epochs in (("fmnist-mlp", 3), ("fmnist-vit", 4)):
         out += [
-            Spec(name, "svd-params50-kd",
-                 (nc.LowRankBudget(target=0.5, resource="params", methods=("svd",), keep=keep),), kd(epochs)),
+            Spec(
+                name,
+                "svd-params50-kd",
+                (nc.LowRankBudget(target=0.5, resource="params", methods=("svd",), keep=keep),),
+                kd(epochs),
+            ),
             Spec(name, "svd-params45-kd", (nc.SVDFactorize(rank="params:0.45"),), kd(epochs)),
-            Spec(name, "svd-aware-params45-kd", (nc.SVDFactorize(rank="params:0.45", activation_aware=True),),
-                 kd(epochs)),
+            Spec(
+                name, "svd-aware-params45-kd", (nc.SVDFactorize(rank="params:0.45", activation_aware=True),), kd(epochs)
+            ),
         ]
     return out
 
@@ -270,8 +322,10 @@ def refresh_layers(rows: list[dict], all_specs: dict[tuple[str, str], Spec]) -> 
         aware = any(getattr(step, "activation_aware", False) for step in spec.factorize)
         if abs(metric - row["settings"]["metric_before_finetune"]) > 1e-6:
             if not aware:
-                raise SystemExit(f"{spec.task} {spec.method}: factorizing again gave {metric} before fine-tuning, "
-                                 f"the saved row {row['settings']['metric_before_finetune']}")
+                raise SystemExit(
+                    f"{spec.task} {spec.method}: factorizing again gave {metric} before fine-tuning, "
+                    f"the saved row {row['settings']['metric_before_finetune']}"
+                )
             # its calibration batches are the next ones the task's train iterator yields, which
             # depends on what ran before: say which factorization the layer table describes
             row["settings"]["layers_metric_before_finetune"] = metric

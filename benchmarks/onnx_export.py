@@ -34,9 +34,9 @@ from _common import RESULTS, contract_fields, write_results  # noqa: E402
 
 import nncompress as nc  # noqa: E402
 from nncompress.io.onnx_export import export_onnx  # noqa: E402
-from nncompress.measure.onnx_latency import OrtModule  # noqa: E402
 from nncompress.measure.latency import interleaved_latency  # noqa: E402
 from nncompress.measure.metric import evaluate  # noqa: E402
+from nncompress.measure.onnx_latency import OrtModule  # noqa: E402
 from nncompress.tasks.task import repeat_batch  # noqa: E402
 
 FAMILY = "onnx"
@@ -61,8 +61,9 @@ def variants(task: str, quick: bool) -> list[Variant]:
             Variant("int8-static", "quantization/fmnist-lenet5--int8-static.ncz"),
             Variant("int8-dynamic", "onnx/fmnist-lenet5--int8-dynamic.ncz", (nc.DynamicInt8Quantize(),)),
             Variant("channel-50-ft1", "onnx/fmnist-lenet5--channel-50-ft1.ncz", (nc.ChannelPrune(sparsity=0.5), ft)),
-            Variant("svd-params50-ft1", "onnx/fmnist-lenet5--svd-params50-ft1.ncz",
-                    (nc.SVDFactorize(rank="params:0.5"), ft)),
+            Variant(
+                "svd-params50-ft1", "onnx/fmnist-lenet5--svd-params50-ft1.ncz", (nc.SVDFactorize(rank="params:0.5"), ft)
+            ),
         ],
         "fmnist-resnet": [
             Variant("int8-static", "quantization/fmnist-resnet--int8-static.ncz"),
@@ -100,8 +101,13 @@ def _median_stats(runs: list[list[dict[str, float]]]) -> list[dict[str, Any]]:
     out = []
     for per_model in zip(*runs):
         medians = [s["median_ms"] for s in per_model]
-        out.append({"median_ms": statistics.median(medians), "repeat_medians_ms": [round(m, 4) for m in medians],
-                    "threads": per_model[0]["threads"]})
+        out.append(
+            {
+                "median_ms": statistics.median(medians),
+                "repeat_medians_ms": [round(m, 4) for m in medians],
+                "threads": per_model[0]["threads"],
+            }
+        )
     return out
 
 
@@ -120,9 +126,15 @@ def time_models(models: dict[str, Any], example: Any, repeats: int, gpt: bool) -
             for threads in counts:
                 torch.set_num_threads(threads)
                 live = [OrtModule(m, threads=threads) if isinstance(m, Path) else m for m in models.values()]
-                repeated = [[s.to_dict() for s in interleaved_latency(live, inputs, batch_size=batch, runs=runs,
-                                                                     min_seconds=min_s, rounds=5)]
-                            for _ in range(repeats)]
+                repeated = [
+                    [
+                        s.to_dict()
+                        for s in interleaved_latency(
+                            live, inputs, batch_size=batch, runs=runs, min_seconds=min_s, rounds=5
+                        )
+                    ]
+                    for _ in range(repeats)
+                ]
                 for name, stats in zip(models, _median_stats(repeated)):
                     if name not in best or stats["median_ms"] < best[name]["median_ms"]:
                         best[name] = stats
@@ -165,52 +177,97 @@ def run_task(task_name: str, quick: bool, repeats: int, rebuild: bool, tmp: Path
         exp = exports[method]
         report = nc.measure(model, task, config=no_latency, size_bytes=os.path.getsize(path))
         fields = contract_fields(report)
-        fields.update(latency_ms=_ms(timing[f"pytorch {method}"], "batch_1"), latency=timing[f"pytorch {method}"],
-                      artifact=str(path.relative_to(RESULTS.parent.parent)))
+        fields.update(
+            latency_ms=_ms(timing[f"pytorch {method}"], "batch_1"),
+            latency=timing[f"pytorch {method}"],
+            artifact=str(path.relative_to(RESULTS.parent.parent)),
+        )
         onnx_metric = evaluate(OrtModule(exp.path, threads=1), task.test, task.metric_fn)
         mine, fp32, torch_fp32 = timing[f"onnx {method}"], timing["onnx fp32"], timing["pytorch fp32"]
         counts: dict[str, int] = {}
         for label in exp.layers.values():
             counts[label] = counts.get(label, 0) + 1
-        rows.append({
-            "task": task_name,
-            "method": f"onnx-{method}",
-            "settings": {"source_artifact": fields["artifact"], "opset": exp.opset, "exporter": "torchscript",
-                         "check_batch": len(check_inputs), "timing_repeats": repeats, "batch_large": LARGE,
-                         "ort_spinning": False},
-            "baseline": baseline_fields,
-            "result": fields,
-            "onnx": {
-                "bytes": exp.bytes,
-                "fp32_bytes": exports["fp32"].bytes,
-                "max_abs_error": exp.max_abs_error,
-                "max_abs_output": exp.max_abs_output,
-                "metric": {"name": task.metric_name, "value": onnx_metric, "pytorch": report.metric["value"],
-                           "onnx_fp32": fp32_metric},
-                "layer_formats": counts,
-                "notes": exp.notes,
-                "export_seconds": round(seconds[method], 2),
-                "latency_ms": {k: {"onnx": _ms(mine, k), "onnx_fp32": _ms(fp32, k), "pytorch_fp32": _ms(torch_fp32, k),
-                                   "pytorch": _ms(timing[f"pytorch {method}"], k)} for k in SIZES},
-                "speedup_vs_pytorch_fp32": {k: round(_ms(torch_fp32, k) / _ms(mine, k), 3) for k in SIZES},
-                "speedup_vs_onnx_fp32": {k: round(_ms(fp32, k) / _ms(mine, k), 3) for k in SIZES},
-                "latency": {"onnx": mine, "onnx_fp32": fp32},
-            },
-        })
+        rows.append(
+            {
+                "task": task_name,
+                "method": f"onnx-{method}",
+                "settings": {
+                    "source_artifact": fields["artifact"],
+                    "opset": exp.opset,
+                    "exporter": "torchscript",
+                    "check_batch": len(check_inputs),
+                    "timing_repeats": repeats,
+                    "batch_large": LARGE,
+                    "ort_spinning": False,
+                },
+                "baseline": baseline_fields,
+                "result": fields,
+                "onnx": {
+                    "bytes": exp.bytes,
+                    "fp32_bytes": exports["fp32"].bytes,
+                    "max_abs_error": exp.max_abs_error,
+                    "max_abs_output": exp.max_abs_output,
+                    "metric": {
+                        "name": task.metric_name,
+                        "value": onnx_metric,
+                        "pytorch": report.metric["value"],
+                        "onnx_fp32": fp32_metric,
+                    },
+                    "layer_formats": counts,
+                    "notes": exp.notes,
+                    "export_seconds": round(seconds[method], 2),
+                    "latency_ms": {
+                        k: {
+                            "onnx": _ms(mine, k),
+                            "onnx_fp32": _ms(fp32, k),
+                            "pytorch_fp32": _ms(torch_fp32, k),
+                            "pytorch": _ms(timing[f"pytorch {method}"], k),
+                        }
+                        for k in SIZES
+                    },
+                    "speedup_vs_pytorch_fp32": {k: round(_ms(torch_fp32, k) / _ms(mine, k), 3) for k in SIZES},
+                    "speedup_vs_onnx_fp32": {k: round(_ms(fp32, k) / _ms(mine, k), 3) for k in SIZES},
+                    "latency": {"onnx": mine, "onnx_fp32": fp32},
+                },
+            }
+        )
     return rows
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
-    header = ["task", "method", "metric (ort)", "onnx KB", "vs fp32", "max err", "b1 ort ms", "b1 ort fp32",
-              "b1 pt fp32", f"b{LARGE} ort", f"b{LARGE} ort fp32", f"b{LARGE} pt fp32"]
+    header = [
+        "task",
+        "method",
+        "metric (ort)",
+        "onnx KB",
+        "vs fp32",
+        "max err",
+        "b1 ort ms",
+        "b1 ort fp32",
+        "b1 pt fp32",
+        f"b{LARGE} ort",
+        f"b{LARGE} ort fp32",
+        f"b{LARGE} pt fp32",
+    ]
     lines = [header]
     for r in rows:
         o = r["onnx"]
         lat = o["latency_ms"]
-        lines.append([r["task"], r["method"], f"{o['metric']['value']:.4f}", f"{o['bytes'] / 1024:.1f}",
-                      f"{o['bytes'] / o['fp32_bytes']:.2f}", f"{o['max_abs_error']:.2g}",
-                      *(f"{lat[k][m]:.3f}" for k in ("batch_1", f"batch_{LARGE}") for m in ("onnx", "onnx_fp32",
-                                                                                             "pytorch_fp32"))])
+        lines.append(
+            [
+                r["task"],
+                r["method"],
+                f"{o['metric']['value']:.4f}",
+                f"{o['bytes'] / 1024:.1f}",
+                f"{o['bytes'] / o['fp32_bytes']:.2f}",
+                f"{o['max_abs_error']:.2g}",
+                *(
+                    f"{lat[k][m]:.3f}"
+                    for k in ("batch_1", f"batch_{LARGE}")
+                    for m in ("onnx", "onnx_fp32", "pytorch_fp32")
+                ),
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for i, line in enumerate(lines):
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
@@ -223,8 +280,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fmnist-lenet5 only, two variants, one repeat")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing runs per batch size (median)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the models this benchmark makes")
-    parser.add_argument("--tasks", default="fmnist-lenet5,fmnist-resnet,fmnist-mlp,stdlib-gpt",
-                        help="tasks to run; with the default --out, other tasks' rows stay as they were")
+    parser.add_argument(
+        "--tasks",
+        default="fmnist-lenet5,fmnist-resnet,fmnist-mlp,stdlib-gpt",
+        help="tasks to run; with the default --out, other tasks' rows stay as they were",
+    )
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/onnx.json)")
     args = parser.parse_args()
     tasks = ["fmnist-lenet5"] if args.quick else [t for t in args.tasks.split(",") if t]

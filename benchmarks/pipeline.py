@@ -38,10 +38,22 @@ SEEDS = (0, 1, 2)  # the recipe's spread over seeds (data order); the first seed
 
 # Han, Mao & Dally 2016, "Deep Compression", Table 1 (MNIST; top-1 error before -> after).
 PAPER_MNIST = {
-    "fmnist-mlp": {"model": "LeNet-300-100", "error_before": 0.0164, "error_after": 0.0158,
-                   "size_before_kb": 1070, "size_after_kb": 27, "x_smaller": 40},
-    "fmnist-lenet5": {"model": "LeNet-5", "error_before": 0.0080, "error_after": 0.0074,
-                      "size_before_kb": 1720, "size_after_kb": 44, "x_smaller": 39},
+    "fmnist-mlp": {
+        "model": "LeNet-300-100",
+        "error_before": 0.0164,
+        "error_after": 0.0158,
+        "size_before_kb": 1070,
+        "size_after_kb": 27,
+        "x_smaller": 40,
+    },
+    "fmnist-lenet5": {
+        "model": "LeNet-5",
+        "error_before": 0.0080,
+        "error_after": 0.0074,
+        "size_before_kb": 1720,
+        "size_after_kb": 44,
+        "x_smaller": 39,
+    },
 }
 
 
@@ -78,10 +90,14 @@ def run(task_name: str, is_quick: bool, seeds: tuple[int, ...] = SEEDS) -> dict[
     if is_quick:
         recipe = [quick(s) for s in recipe]
     row = run_recipe(FAMILY, task, RECIPE, recipe, seed=seeds[0])
-    others = [nc.compress(task.baseline(), recipe, task, seed=s, measure_config=nc.MeasureConfig(latency=False))
-              for s in seeds[1:]]
-    seed_metrics = {str(seeds[0]): row["result"]["metric"]["value"],
-                    **{str(s): r.report.final.metric["value"] for s, r in zip(seeds[1:], others)}}
+    others = [
+        nc.compress(task.baseline(), recipe, task, seed=s, measure_config=nc.MeasureConfig(latency=False))
+        for s in seeds[1:]
+    ]
+    seed_metrics = {
+        str(seeds[0]): row["result"]["metric"]["value"],
+        **{str(s): r.report.final.metric["value"] for s, r in zip(seeds[1:], others)},
+    }
     artifact = row["result"]["artifact"]
     reloaded = evaluate(nc.load(RESULTS.parent.parent / artifact), task.test, task.metric_fn)
     row["settings"].update(
@@ -100,11 +116,16 @@ def print_paper(rows: list[dict[str, Any]]) -> None:
     lines = [["task", "ours x smaller", "ours Δ pts", "paper model (MNIST)", "paper x smaller", "paper Δ pts"]]
     for r in rows:
         b, res, paper = r["baseline"], r["result"], r["settings"]["paper_mnist"]
-        lines.append([
-            r["task"], f"{res['dense_fp32_bytes'] / res['size_bytes']:.1f}",
-            f"{(res['metric']['value'] - b['metric']['value']) * 100:+.2f}",
-            paper["model"], f"{paper['x_smaller']}", f"{(paper['error_before'] - paper['error_after']) * 100:+.2f}",
-        ])
+        lines.append(
+            [
+                r["task"],
+                f"{res['dense_fp32_bytes'] / res['size_bytes']:.1f}",
+                f"{(res['metric']['value'] - b['metric']['value']) * 100:+.2f}",
+                paper["model"],
+                f"{paper['x_smaller']}",
+                f"{(paper['error_before'] - paper['error_after']) * 100:+.2f}",
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for line in lines:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
@@ -117,8 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     print_paper(rows)
     for r in rows:
         settings = r["settings"]
-        print(f"{r['task']}: {settings['breakdown']} bytes; reloaded metric {settings['reloaded_metric']:.4f}; "
-              f"test metric by seed {settings['seed_metrics']}")
+        print(
+            f"{r['task']}: {settings['breakdown']} bytes; reloaded metric {settings['reloaded_metric']:.4f}; "
+            f"test metric by seed {settings['seed_metrics']}"
+        )
     print(f"wrote {write_results(FAMILY, rows, args.out)}")
 
 

@@ -34,10 +34,18 @@ MACS_REDUCTION = 0.8
 def settings(quick: bool) -> dict[str, nc.FineTune]:
     """The recovery training each row gets (ours and the peers' alike)."""
     if quick:
-        return {"mlp": nc.FineTune(epochs=1, lr=1e-3), "resnet": nc.Distill(epochs=1, lr=2e-3),
-                "resnet-ft": nc.FineTune(epochs=1, lr=2e-3), "vit": nc.FineTune(epochs=1, lr=5e-4)}
-    return {"mlp": nc.FineTune(epochs=8, lr=2e-3), "resnet": nc.Distill(epochs=10, lr=2e-3),
-            "resnet-ft": nc.FineTune(epochs=10, lr=2e-3), "vit": nc.FineTune(epochs=3, lr=5e-4)}
+        return {
+            "mlp": nc.FineTune(epochs=1, lr=1e-3),
+            "resnet": nc.Distill(epochs=1, lr=2e-3),
+            "resnet-ft": nc.FineTune(epochs=1, lr=2e-3),
+            "vit": nc.FineTune(epochs=1, lr=5e-4),
+        }
+    return {
+        "mlp": nc.FineTune(epochs=8, lr=2e-3),
+        "resnet": nc.Distill(epochs=10, lr=2e-3),
+        "resnet-ft": nc.FineTune(epochs=10, lr=2e-3),
+        "vit": nc.FineTune(epochs=3, lr=5e-4),
+    }
 
 
 def ours(quick: bool) -> list[dict]:
@@ -51,13 +59,13 @@ def ours(quick: bool) -> list[dict]:
     channel = nc.ChannelPrune(macs_reduction=MACS_REDUCTION, scope="global")
     name = f"channel-global-macs{round(100 * MACS_REDUCTION)}"
     rows.append(run_recipe(FAMILY, resnet, name, [channel, ft["resnet"]]))
-    rows.append(run_recipe(FAMILY, resnet, f"{name}-finetune",
-                           [channel, ft["resnet-ft"]]))
+    rows.append(run_recipe(FAMILY, resnet, f"{name}-finetune", [channel, ft["resnet-ft"]]))
     vit = nc.tasks.get("fmnist-vit")
     rows.append(run_recipe(FAMILY, vit, "2:4", [nc.NMPrune(n=2, m=4), ft["vit"]]))
     rounds = 2 if quick else 8
-    lottery = nc.LotteryTicket(rounds=rounds, rate=0.2, epochs=1 if quick else 8, lr=2e-3, weight_decay=0.05,
-                               rewind_steps=200)
+    lottery = nc.LotteryTicket(
+        rounds=rounds, rate=0.2, epochs=1 if quick else 8, lr=2e-3, weight_decay=0.05, rewind_steps=200
+    )
     rows.append(run_recipe(FAMILY, mlp, f"lottery-{round(100 * (1 - 0.8**rounds))}", [lottery]))
     return rows
 
@@ -81,9 +89,16 @@ def torch_prune_peer(quick: bool) -> dict:
     finetune(model, task, ft, baseline)  # the mask is a forward pre-hook: pruned weights stay zero
     for module, name in params:
         torch_prune.remove(module, name)
-    return peer_row(task, "magnitude-global-90", "torch.nn.utils.prune", baseline, model,
-                    lambda m, p: torch.save(m.state_dict(), p),  # how a torch user saves it: dense
-                    {"amount": 0.9, "finetune": ft.settings()}, time.perf_counter() - t0)
+    return peer_row(
+        task,
+        "magnitude-global-90",
+        "torch.nn.utils.prune",
+        baseline,
+        model,
+        lambda m, p: torch.save(m.state_dict(), p),  # how a torch user saves it: dense
+        {"amount": 0.9, "finetune": ft.settings()},
+        time.perf_counter() - t0,
+    )
 
 
 def torch_pruning_peer(quick: bool) -> dict | None:
@@ -102,20 +117,36 @@ def torch_pruning_peer(quick: bool) -> dict | None:
     example = task.single_example()
     dense = count_macs(model, example)
     steps = 200
-    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                  pruning_ratio=0.9, iterative_steps=steps, ignored_layers=[model.fc],
-                                  global_pruning=True)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=1),
+        pruning_ratio=0.9,
+        iterative_steps=steps,
+        ignored_layers=[model.fc],
+        global_pruning=True,
+    )
     taken = 0
     while 1 - count_macs(model, example) / dense < MACS_REDUCTION and taken < steps:
         pruner.step()
         taken += 1
     finetune(model, task, ft, baseline)
-    return peer_row(task, f"channel-global-macs{round(100 * MACS_REDUCTION)}", "Torch-Pruning", baseline, model,
-                    lambda m, p: torch.save(m, p),  # Torch-Pruning's advice: pickle the whole model
-                    {"importance": "GroupMagnitudeImportance(p=1)", "global_pruning": True,
-                     "pruner_steps": taken, "finetune": ft.settings(),
-                     "macs_reduction": round(1 - count_macs(model, example) / dense, 4)},
-                    time.perf_counter() - t0)
+    return peer_row(
+        task,
+        f"channel-global-macs{round(100 * MACS_REDUCTION)}",
+        "Torch-Pruning",
+        baseline,
+        model,
+        lambda m, p: torch.save(m, p),  # Torch-Pruning's advice: pickle the whole model
+        {
+            "importance": "GroupMagnitudeImportance(p=1)",
+            "global_pruning": True,
+            "pruner_steps": taken,
+            "finetune": ft.settings(),
+            "macs_reduction": round(1 - count_macs(model, example) / dense, 4),
+        },
+        time.perf_counter() - t0,
+    )
 
 
 def main() -> None:

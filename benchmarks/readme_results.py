@@ -46,16 +46,21 @@ def _metric_text(metric: dict[str, Any]) -> str:
 def onnx_markdown(rows: list[dict[str, Any]]) -> str:
     """ONNX rows: file vs the fp32 ONNX file, max output error, and ONNX Runtime latency against the
     fp32 export and PyTorch fp32 timed in the same run."""
-    lines = ["| task | model | ONNX file vs fp32 ONNX | max abs error | metric in ONNX Runtime | "
-             "batch-1 ms: ORT / ORT fp32 / PyTorch fp32 | batch-64 ms: same |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| task | model | ONNX file vs fp32 ONNX | max abs error | metric in ONNX Runtime | "
+        "batch-1 ms: ORT / ORT fp32 / PyTorch fp32 | batch-64 ms: same |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         o = r["onnx"]
         lat = o["latency_ms"]
         big = next(k for k in lat if k != "batch_1")
         cells = [
-            r["task"], f"`{r['method'].removeprefix('onnx-')}`", f"{o['bytes'] / o['fp32_bytes']:.2f}",
-            f"{o['max_abs_error']:.1e}", _metric_text(o["metric"]),
+            r["task"],
+            f"`{r['method'].removeprefix('onnx-')}`",
+            f"{o['bytes'] / o['fp32_bytes']:.2f}",
+            f"{o['max_abs_error']:.1e}",
+            _metric_text(o["metric"]),
             " / ".join(f"{lat['batch_1'][k]:.3f}" for k in ("onnx", "onnx_fp32", "pytorch_fp32")),
             " / ".join(f"{lat[big][k]:.2f}" for k in ("onnx", "onnx_fp32", "pytorch_fp32")),
         ]
@@ -72,31 +77,51 @@ def deep_compression_markdown(pipeline: list[dict[str, Any]], peers: list[dict[s
     """Issue 9's Deep Compression table: each pipeline row beside Han et al. 2016's MNIST row (a
     reference, not measured here) and the smallest peer file, from ``peers.json``, on the same task
     at no lower accuracy than ours. Sizes are against the dense fp32 weights (4 bytes a parameter)."""
-    lines = ["| task | ours: × smaller than fp32 (bytes) | ours: metric (Δ), reloaded file | ours over seeds | "
-             "Han et al. 2016 on MNIST: model, × smaller, Δ | smallest peer file at ≥ our metric (× smaller) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| task | ours: × smaller than fp32 (bytes) | ours: metric (Δ), reloaded file | ours over seeds | "
+        "Han et al. 2016 on MNIST: model, × smaller, Δ | smallest peer file at ≥ our metric (× smaller) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in pipeline:
         b, res = r["baseline"], r["result"]
         dense = res["dense_fp32_bytes"]
         paper = r["settings"]["paper_mnist"]
         mine = res["metric"]["value"]
         reloaded = r["settings"].get("reloaded_metric", mine)
-        rivals = [p for p in peers if p["task"] == r["task"] and p["tool"] != "nncompress"
-                  and p["result"]["metric"]["value"] >= mine]
+        rivals = [
+            p
+            for p in peers
+            if p["task"] == r["task"] and p["tool"] != "nncompress" and p["result"]["metric"]["value"] >= mine
+        ]
         best = min(rivals, key=lambda p: p["result"]["size_bytes"], default=None)
         seeds = [float(v) for v in r["settings"].get("seed_metrics", {}).values()]
-        spread = (f"{_metric_text({**res['metric'], 'value': statistics.mean(seeds)})} ± "
-                  f"{100 * statistics.stdev(seeds):.2f} ({len(seeds)} seeds)" if len(seeds) > 1 else "one seed")
-        peer = (f"{best['tool']} `{best['method']}`: {best['result']['size_bytes'] / 1024:.1f} KB "
-                f"({dense / best['result']['size_bytes']:.1f}×), {_metric_text(best['result']['metric'])}"
-                if best else "none in peers.json")
-        lines.append("| " + " | ".join([
-            r["task"], f"{dense / res['size_bytes']:.1f}× ({res['size_bytes']:,} B)",
-            f"{_metric_text(res['metric'])} ({_points(mine - b['metric']['value'])}), "
-            f"{_metric_text({**res['metric'], 'value': reloaded})}", spread,
-            f"{paper['model']}: {paper['x_smaller']}×, {_points(paper['error_before'] - paper['error_after'])}",
-            peer,
-        ]) + " |")
+        spread = (
+            f"{_metric_text({**res['metric'], 'value': statistics.mean(seeds)})} ± "
+            f"{100 * statistics.stdev(seeds):.2f} ({len(seeds)} seeds)"
+            if len(seeds) > 1
+            else "one seed"
+        )
+        peer = (
+            f"{best['tool']} `{best['method']}`: {best['result']['size_bytes'] / 1024:.1f} KB "
+            f"({dense / best['result']['size_bytes']:.1f}×), {_metric_text(best['result']['metric'])}"
+            if best
+            else "none in peers.json"
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["task"],
+                    f"{dense / res['size_bytes']:.1f}× ({res['size_bytes']:,} B)",
+                    f"{_metric_text(res['metric'])} ({_points(mine - b['metric']['value'])}), "
+                    f"{_metric_text({**res['metric'], 'value': reloaded})}",
+                    spread,
+                    f"{paper['model']}: {paper['x_smaller']}×, {_points(paper['error_before'] - paper['error_after'])}",
+                    peer,
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -109,23 +134,30 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 def generate(results: Path = RESULTS) -> str:
     """The block's text (without the markers) from the JSON files in ``results``."""
-    parts = [f"<!-- generated by `python benchmarks/readme_results.py` from {results.relative_to(ROOT)}/*.json; "
-             "edit the JSON's producer, not this block -->"]
+    parts = [
+        f"<!-- generated by `python benchmarks/readme_results.py` from {results.relative_to(ROOT)}/*.json; "
+        "edit the JSON's producer, not this block -->"
+    ]
     for stem, heading, command in FAMILIES:
         path = results / f"{stem}.json"
         if path.exists():
             parts += [f"### {heading} (`{command}`)", family_markdown(_rows(path))]
     pipeline, peers = results / "pipeline.json", results / "peers.json"
     if pipeline.exists():
-        parts += ["### Deep Compression beside Han et al. 2016 (`python benchmarks/pipeline.py`, peers from "
-                  "`benchmarks/peers/run.py`)",
-                  deep_compression_markdown(_rows(pipeline), _rows(peers) if peers.exists() else [])]
+        parts += [
+            "### Deep Compression beside Han et al. 2016 (`python benchmarks/pipeline.py`, peers from "
+            "`benchmarks/peers/run.py`)",
+            deep_compression_markdown(_rows(pipeline), _rows(peers) if peers.exists() else []),
+        ]
     path = results / f"{ONNX[0]}.json"
     if path.exists():
         parts += [f"### {ONNX[1]} (`{ONNX[2]}`)", onnx_markdown(_rows(path))]
     if peers.exists():
-        parts += ["### Peer tools, side by side (`python benchmarks/peers/run.py`)", peers_markdown(_rows(peers)),
-                  PEERS_NOTE]
+        parts += [
+            "### Peer tools, side by side (`python benchmarks/peers/run.py`)",
+            peers_markdown(_rows(peers)),
+            PEERS_NOTE,
+        ]
     return "\n\n".join(parts)
 
 
@@ -134,7 +166,7 @@ def replace_block(text: str, block: str) -> str:
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise ValueError(f"README has no '{BEGIN}' ... '{END}' block (both markers, in that order, are needed)")
-    return f"{text[:start + len(BEGIN)]}\n{block}\n{text[end:]}"
+    return f"{text[: start + len(BEGIN)]}\n{block}\n{text[end:]}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

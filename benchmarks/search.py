@@ -47,8 +47,9 @@ def _val_metric(task: nc.Task, model, recipe: list[nc.Step]) -> float:
     return evaluate(work, task.val, task.metric_fn)
 
 
-def _uniform(task: nc.Task, model, base_val: float,
-             grid: list[tuple[str, list[nc.Step]]]) -> tuple[str, list, float] | None:
+def _uniform(
+    task: nc.Task, model, base_val: float, grid: list[tuple[str, list[nc.Step]]]
+) -> tuple[str, list, float] | None:
     """The last (strongest) setting of ``grid`` meeting the budget on val, with its val metric
     (None when none does)."""
     best = None
@@ -62,16 +63,26 @@ def _uniform(task: nc.Task, model, base_val: float,
 
 def grids(model, quick: bool) -> dict[str, list[tuple[str, list[nc.Step]]]]:
     layers = [n for n in search_layers(model)]
-    bits = [(f"uniform-quant-w{b}", [nc.WeightQuantize(bits=b, method="mse", granularity="channel")])
-            for b in ((8, 4, 3) if quick else (8, 6, 5, 4, 3, 2))]
-    prune = [(f"uniform-prune-{int(s * 100)}", [nc.MagnitudePrune(sparsity=s, scope="global")])
-             for s in ((0.3, 0.4) if quick else (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))]
+    bits = [
+        (f"uniform-quant-w{b}", [nc.WeightQuantize(bits=b, method="mse", granularity="channel")])
+        for b in ((8, 4, 3) if quick else (8, 6, 5, 4, 3, 2))
+    ]
+    prune = [
+        (f"uniform-prune-{int(s * 100)}", [nc.MagnitudePrune(sparsity=s, scope="global")])
+        for s in ((0.3, 0.4) if quick else (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
+    ]
     convs = tuple(n for n in layers if model.get_submodule(n).kernel_size != (1, 1))
     pointwise = tuple(n for n in layers if model.get_submodule(n).kernel_size == (1, 1))
-    lowrank = [(f"uniform-lowrank-params{int(f * 100)}",
-                [nc.TuckerFactorize(rank=f"params:{f}", layers=convs),
-                 nc.SpatialSVDFactorize(rank=f"params:{f}", layers=pointwise)])
-               for f in ((0.9,) if quick else (0.95, 0.9, 0.75, 0.6, 0.5))]
+    lowrank = [
+        (
+            f"uniform-lowrank-params{int(f * 100)}",
+            [
+                nc.TuckerFactorize(rank=f"params:{f}", layers=convs),
+                nc.SpatialSVDFactorize(rank=f"params:{f}", layers=pointwise),
+            ],
+        )
+        for f in ((0.9,) if quick else (0.95, 0.9, 0.75, 0.6, 0.5))
+    ]
     return {"prune": prune, "quantize": bits, "lowrank": lowrank}
 
 
@@ -81,8 +92,14 @@ def search_row(task: nc.Task, quick: bool, workers: int) -> dict[str, Any]:
     method = "search-size-drop1"
     with tempfile.TemporaryDirectory(prefix="nncompress-bench-search-") as tmp:
         t0 = time.perf_counter()
-        result = search(TASK, Budget(max_drop=MAX_DROP), Path(tmp) / "run", objective="size", config=config,
-                        progress=lambda line: print("  " + line, flush=True))
+        result = search(
+            TASK,
+            Budget(max_drop=MAX_DROP),
+            Path(tmp) / "run",
+            objective="size",
+            config=config,
+            progress=lambda line: print("  " + line, flush=True),
+        )
         seconds = time.perf_counter() - t0
         artifact = RESULTS / "artifacts" / FAMILY / f"{TASK}--{method}.ncz"
         artifact.parent.mkdir(parents=True, exist_ok=True)
@@ -93,15 +110,29 @@ def search_row(task: nc.Task, quick: bool, workers: int) -> dict[str, Any]:
     return {
         "task": TASK,
         "method": method,
-        "settings": {"budget": s["budget"], "objective": "size", "trials": s["trials"], "workers": workers,
-                     "space": s["space"], "chosen": s["chosen"], "params": s["params"], "recipe": rep.recipe,
-                     "val_metric": s["val_metric"], "baseline_val_metric": s["baseline_val_metric"],
-                     "test_drop": s["test_drop"], "meets_budget_on_test": s["meets_budget_on_test"],
-                     "pareto": s["pareto"], "search_seconds": round(seconds, 1),
-                     "trials_meeting_budget": sum(t["meets_budget"] for t in trials)},
+        "settings": {
+            "budget": s["budget"],
+            "objective": "size",
+            "trials": s["trials"],
+            "workers": workers,
+            "space": s["space"],
+            "chosen": s["chosen"],
+            "params": s["params"],
+            "recipe": rep.recipe,
+            "val_metric": s["val_metric"],
+            "baseline_val_metric": s["baseline_val_metric"],
+            "test_drop": s["test_drop"],
+            "meets_budget_on_test": s["meets_budget_on_test"],
+            "pareto": s["pareto"],
+            "search_seconds": round(seconds, 1),
+            "trials_meeting_budget": sum(t["meets_budget"] for t in trials),
+        },
         "baseline": contract_fields(rep.baseline),
-        "result": {**contract_fields(rep.final), "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
-                   "compress_seconds": round(seconds, 2)},
+        "result": {
+            **contract_fields(rep.final),
+            "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
+            "compress_seconds": round(seconds, 2),
+        },
     }
 
 
@@ -123,19 +154,27 @@ def main() -> None:
             continue
         method, recipe, val = found
         row = run_recipe(FAMILY, task, method, recipe)
-        row["settings"].update({"val_metric": val, "baseline_val_metric": base_val, "budget": {"max_drop": MAX_DROP},
-                                "selection": f"strongest setting of the grid meeting the budget on val ({technique})"})
+        row["settings"].update(
+            {
+                "val_metric": val,
+                "baseline_val_metric": base_val,
+                "budget": {"max_drop": MAX_DROP},
+                "selection": f"strongest setting of the grid meeting the budget on val ({technique})",
+            }
+        )
         rows.append(row)
     rows.append(search_row(task, args.quick, args.workers))
     path = write_results(FAMILY, rows, args.out)
     print_table(rows)
     best = min(rows[:-1], key=lambda r: r["result"]["size_bytes"])
     found = rows[-1]
-    print(f"\nbest single technique: {best['method']} {best['result']['size_bytes']:,} bytes, "
-          f"test {best['result']['metric']['value']:.4f}; search: {found['result']['size_bytes']:,} bytes "
-          f"({found['result']['size_bytes'] / best['result']['size_bytes']:.1%} of it), "
-          f"test {found['result']['metric']['value']:.4f} (drop {found['settings']['test_drop']:+.4f}, "
-          f"{'meets' if found['settings']['meets_budget_on_test'] else 'MISSES'} the 1-point budget on test)")
+    print(
+        f"\nbest single technique: {best['method']} {best['result']['size_bytes']:,} bytes, "
+        f"test {best['result']['metric']['value']:.4f}; search: {found['result']['size_bytes']:,} bytes "
+        f"({found['result']['size_bytes'] / best['result']['size_bytes']:.1%} of it), "
+        f"test {found['result']['metric']['value']:.4f} (drop {found['settings']['test_drop']:+.4f}, "
+        f"{'meets' if found['settings']['meets_budget_on_test'] else 'MISSES'} the 1-point budget on test)"
+    )
     print(f"wrote {path}")
 
 

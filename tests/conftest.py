@@ -59,9 +59,7 @@ SMALL_MODELS = {
     "mlp": lambda: LeNet300100(num_classes=4),
     "lenet5": lambda: LeNet5(num_classes=4),
     "resnet": lambda: ResNet(widths=(4, 8), num_classes=4),
-    "vit": lambda: VisionTransformer(
-        patch_size=7, dim=16, depth=2, num_heads=2, mlp_hidden=32, num_classes=4
-    ),
+    "vit": lambda: VisionTransformer(patch_size=7, dim=16, depth=2, num_heads=2, mlp_hidden=32, num_classes=4),
 }
 
 

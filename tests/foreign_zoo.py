@@ -37,6 +37,7 @@ BATCH = 2
 SEQ = 8
 VOCAB = 128
 
+
 def import_torchvision() -> Any:
     """torchvision (and so timm), importable beside the CPU torch: see nncompress/base/compat.py."""
     torchvision = compat.import_torchvision()
@@ -182,14 +183,23 @@ def _torchvision(name: str) -> ZooEntry:
         tags.add("attention")
     if name in TV_BIG_NAMES:
         tags.add("big")
-    return ZooEntry(f"tv-{name}", "torchvision", build, _images(TV_SIZE.get(name, 64)), _labels(),
-                    tags=frozenset(tags))
+    return ZooEntry(f"tv-{name}", "torchvision", build, _images(TV_SIZE.get(name, 64)), _labels(), tags=frozenset(tags))
 
 
 TIMM = {  # name -> image side
-    "resnet18": 64, "efficientnet_b0": 64, "mobilenetv3_small_100": 64, "convnext_atto": 64,
-    "vit_tiny_patch16_224": 64, "deit_tiny_patch16_224": 64, "regnetx_002": 64, "ghostnet_100": 64,
-    "lcnet_050": 64, "mixnet_s": 64, "densenet121": 64, "mobilevit_xxs": 64, "rexnet_100": 64,
+    "resnet18": 64,
+    "efficientnet_b0": 64,
+    "mobilenetv3_small_100": 64,
+    "convnext_atto": 64,
+    "vit_tiny_patch16_224": 64,
+    "deit_tiny_patch16_224": 64,
+    "regnetx_002": 64,
+    "ghostnet_100": 64,
+    "lcnet_050": 64,
+    "mixnet_s": 64,
+    "densenet121": 64,
+    "mobilevit_xxs": 64,
+    "rexnet_100": 64,
     "cspresnet50": 64,
 }
 
@@ -210,23 +220,72 @@ def _timm(name: str, side: int) -> ZooEntry:
 
 # Hugging Face: tiny configs (2 layers, width 64, vocabulary 128)
 DECODERS = {
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
-             {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64, "bos_token_id": 0, "eos_token_id": 1}),
-    "llama": ("LlamaConfig", "LlamaForCausalLM",
-              {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "num_key_value_heads": 2, "max_position_embeddings": 64}),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
-              {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "num_key_value_heads": 2, "max_position_embeddings": 64}),
-    "mistral": ("MistralConfig", "MistralForCausalLM",
-                {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "max_position_embeddings": 64, "sliding_window": None}),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM",
-              {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 64}),
-    "phi": ("PhiConfig", "PhiForCausalLM",
-            {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "max_position_embeddings": 64}),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64, "bos_token_id": 0, "eos_token_id": 1},
+    ),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+        },
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+        },
+    ),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "sliding_window": None,
+        },
+    ),
+    "gemma": (
+        "GemmaConfig",
+        "GemmaForCausalLM",
+        {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 64,
+        },
+    ),
+    "phi": (
+        "PhiConfig",
+        "PhiForCausalLM",
+        {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+        },
+    ),
 }
 
 
@@ -245,40 +304,123 @@ def _hf(config_name: str, model_name: str, settings: dict[str, Any]) -> Callable
 def _decoder(key: str) -> ZooEntry:
     config_name, model_name, settings = DECODERS[key]
     settings = {"vocab_size": VOCAB, **settings}
-    return ZooEntry(f"hf-{key}", "hf", _hf(config_name, model_name, settings), _tokens(), _next_tokens(),
-                    loss=lm_loss, metric=token_accuracy, tags=frozenset({"attention", "decoder"}))
+    return ZooEntry(
+        f"hf-{key}",
+        "hf",
+        _hf(config_name, model_name, settings),
+        _tokens(),
+        _next_tokens(),
+        loss=lm_loss,
+        metric=token_accuracy,
+        tags=frozenset({"attention", "decoder"}),
+    )
 
 
 def _hf_entries() -> list[ZooEntry]:
     text = {"vocab_size": VOCAB, "max_position_embeddings": 64, "num_labels": NUM_CLASSES}
     entries = [_decoder(k) for k in DECODERS]
     entries += [
-        ZooEntry("hf-bert", "hf", _hf("BertConfig", "BertForSequenceClassification", {
-            **text, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4}), _tokens(), _labels(), tags=frozenset({"attention"})),
-        ZooEntry("hf-distilbert", "hf", _hf("DistilBertConfig", "DistilBertForSequenceClassification", {
-            **text, "dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4}), _tokens(), _labels(),
-            tags=frozenset({"attention"})),
-        ZooEntry("hf-t5", "hf", _hf("T5Config", "T5ForConditionalGeneration", {
-            "vocab_size": VOCAB, "d_model": 64, "d_ff": 128, "d_kv": 16, "num_layers": 2, "num_heads": 4,
-            "decoder_start_token_id": 0}), _tokens(decoder=True), _next_tokens("decoder_input_ids"),
-            loss=lm_loss, metric=token_accuracy, tags=frozenset({"attention", "seq2seq"})),
-        ZooEntry("hf-vit", "hf", _hf("ViTConfig", "ViTForImageClassification", {
-            "image_size": 32, "patch_size": 8, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_labels": NUM_CLASSES}),
-            _images(32, key="pixel_values"), _labels(), tags=frozenset({"attention"})),
-        ZooEntry("hf-whisper-encoder", "hf", _hf("WhisperConfig", "WhisperForAudioClassification", {
-            "vocab_size": VOCAB, "num_mel_bins": 16, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-            "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
-            "decoder_ffn_dim": 128, "max_source_positions": 16, "num_labels": NUM_CLASSES,
-            "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 3}),
-            _features(16, 32, key="input_features"), _labels(), tags=frozenset({"attention", "conv"})),
+        ZooEntry(
+            "hf-bert",
+            "hf",
+            _hf(
+                "BertConfig",
+                "BertForSequenceClassification",
+                {**text, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+            ),
+            _tokens(),
+            _labels(),
+            tags=frozenset({"attention"}),
+        ),
+        ZooEntry(
+            "hf-distilbert",
+            "hf",
+            _hf(
+                "DistilBertConfig",
+                "DistilBertForSequenceClassification",
+                {**text, "dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4},
+            ),
+            _tokens(),
+            _labels(),
+            tags=frozenset({"attention"}),
+        ),
+        ZooEntry(
+            "hf-t5",
+            "hf",
+            _hf(
+                "T5Config",
+                "T5ForConditionalGeneration",
+                {
+                    "vocab_size": VOCAB,
+                    "d_model": 64,
+                    "d_ff": 128,
+                    "d_kv": 16,
+                    "num_layers": 2,
+                    "num_heads": 4,
+                    "decoder_start_token_id": 0,
+                },
+            ),
+            _tokens(decoder=True),
+            _next_tokens("decoder_input_ids"),
+            loss=lm_loss,
+            metric=token_accuracy,
+            tags=frozenset({"attention", "seq2seq"}),
+        ),
+        ZooEntry(
+            "hf-vit",
+            "hf",
+            _hf(
+                "ViTConfig",
+                "ViTForImageClassification",
+                {
+                    "image_size": 32,
+                    "patch_size": 8,
+                    "hidden_size": 64,
+                    "intermediate_size": 128,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "num_labels": NUM_CLASSES,
+                },
+            ),
+            _images(32, key="pixel_values"),
+            _labels(),
+            tags=frozenset({"attention"}),
+        ),
+        ZooEntry(
+            "hf-whisper-encoder",
+            "hf",
+            _hf(
+                "WhisperConfig",
+                "WhisperForAudioClassification",
+                {
+                    "vocab_size": VOCAB,
+                    "num_mel_bins": 16,
+                    "d_model": 64,
+                    "encoder_layers": 2,
+                    "decoder_layers": 2,
+                    "encoder_attention_heads": 4,
+                    "decoder_attention_heads": 4,
+                    "encoder_ffn_dim": 128,
+                    "decoder_ffn_dim": 128,
+                    "max_source_positions": 16,
+                    "num_labels": NUM_CLASSES,
+                    "pad_token_id": 0,
+                    "bos_token_id": 1,
+                    "eos_token_id": 2,
+                    "decoder_start_token_id": 3,
+                },
+            ),
+            _features(16, 32, key="input_features"),
+            _labels(),
+            tags=frozenset({"attention", "conv"}),
+        ),
     ]
     return entries
 
 
-def _features(channels: int, length: int, key: str | None = None, batch_first: bool = False
-              ) -> Callable[[int, int], Any]:
+def _features(
+    channels: int, length: int, key: str | None = None, batch_first: bool = False
+) -> Callable[[int, int], Any]:
     def make(n: int, seed: int) -> Any:
         shape = (n, length, channels) if batch_first else (n, channels, length)
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -308,9 +450,15 @@ class Conv1dNet(nn.Module):
     def __init__(self, channels: int = 16, width: int = 32, classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv1d(channels, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Conv1d(width, 2 * width, 3, padding=1, stride=2), nn.BatchNorm1d(2 * width), nn.ReLU(),
-            nn.Conv1d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm1d(2 * width), nn.ReLU(),
+            nn.Conv1d(channels, width, 5, padding=2),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, 2 * width, 3, padding=1, stride=2),
+            nn.BatchNorm1d(2 * width),
+            nn.ReLU(),
+            nn.Conv1d(2 * width, 2 * width, 3, padding=1),
+            nn.BatchNorm1d(2 * width),
+            nn.ReLU(),
         )
         self.head = nn.Linear(2 * width, classes)
 
@@ -320,24 +468,70 @@ class Conv1dNet(nn.Module):
 
 def _rnn_entries() -> list[ZooEntry]:
     return [
-        ZooEntry("rnn-lstm", "rnn", lambda: RecurrentClassifier("lstm"), _features(16, 12, batch_first=True),
-                 _labels(), tags=frozenset({"rnn"})),
-        ZooEntry("rnn-gru", "rnn", lambda: RecurrentClassifier("gru"), _features(16, 12, batch_first=True),
-                 _labels(), tags=frozenset({"rnn"})),
+        ZooEntry(
+            "rnn-lstm",
+            "rnn",
+            lambda: RecurrentClassifier("lstm"),
+            _features(16, 12, batch_first=True),
+            _labels(),
+            tags=frozenset({"rnn"}),
+        ),
+        ZooEntry(
+            "rnn-gru",
+            "rnn",
+            lambda: RecurrentClassifier("gru"),
+            _features(16, 12, batch_first=True),
+            _labels(),
+            tags=frozenset({"rnn"}),
+        ),
         ZooEntry("conv1d-net", "rnn", Conv1dNet, _features(16, 32), _labels(), tags=frozenset({"conv"})),
     ]
 
 
 # torchvision models over 40M parameters (counted once on the meta device): the matrix runs only
 # channel pruning on them, to keep the CPU benchmark under a quarter of an hour
-TV_BIG_NAMES = frozenset({
-    "alexnet", "convnext_base", "convnext_large", "convnext_small", "efficientnet_b6", "efficientnet_b7",
-    "efficientnet_v2_l", "efficientnet_v2_m", "regnet_x_16gf", "regnet_x_32gf", "regnet_x_8gf",
-    "regnet_y_128gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_8gf", "resnet101", "resnet152",
-    "resnext101_32x8d", "resnext101_64x4d", "swin_b", "swin_s", "swin_v2_b", "swin_v2_s", "vgg11",
-    "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vit_b_16", "vit_b_32",
-    "vit_h_14", "vit_l_16", "vit_l_32", "wide_resnet101_2", "wide_resnet50_2",
-})
+TV_BIG_NAMES = frozenset(
+    {
+        "alexnet",
+        "convnext_base",
+        "convnext_large",
+        "convnext_small",
+        "efficientnet_b6",
+        "efficientnet_b7",
+        "efficientnet_v2_l",
+        "efficientnet_v2_m",
+        "regnet_x_16gf",
+        "regnet_x_32gf",
+        "regnet_x_8gf",
+        "regnet_y_128gf",
+        "regnet_y_16gf",
+        "regnet_y_32gf",
+        "regnet_y_8gf",
+        "resnet101",
+        "resnet152",
+        "resnext101_32x8d",
+        "resnext101_64x4d",
+        "swin_b",
+        "swin_s",
+        "swin_v2_b",
+        "swin_v2_s",
+        "vgg11",
+        "vgg11_bn",
+        "vgg13",
+        "vgg13_bn",
+        "vgg16",
+        "vgg16_bn",
+        "vgg19",
+        "vgg19_bn",
+        "vit_b_16",
+        "vit_b_32",
+        "vit_h_14",
+        "vit_l_16",
+        "vit_l_32",
+        "wide_resnet101_2",
+        "wide_resnet50_2",
+    }
+)
 
 
 @cache

@@ -18,8 +18,21 @@ from nncompress.core.step import BUILTIN_STEP_MODULES, Step, builtin_steps
 
 SRC = Path(nc.__file__).parent
 # Packages the low layer must not import (it sits below all of them).
-ABOVE_BASE = {"prune", "quantize", "distill", "lowrank", "train", "io", "measure", "report", "search", "tasks",
-              "core", "cli", "models"}
+ABOVE_BASE = {
+    "prune",
+    "quantize",
+    "distill",
+    "lowrank",
+    "train",
+    "io",
+    "measure",
+    "report",
+    "search",
+    "tasks",
+    "core",
+    "cli",
+    "models",
+}
 # io/run.py writes run folders (model, report.json, report.html): it sits above core and report, unlike
 # the rest of io (artifact format, atomic writes, ONNX Runtime sessions), so it is its own node here.
 OWN_NODE = {"nncompress.io.run": "io.run"}
@@ -85,9 +98,13 @@ def test_package_imports_form_a_dag():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt]
-                cycles.append(" -> ".join(cycle) + "  (" + "; ".join(
-                    f"{a}->{b}: {edges[(a, b)][0]}" for a, b in zip(cycle, cycle[1:])) + ")")
+                cycle = path[path.index(nxt) :] + [node, nxt] if nxt in path else [node, nxt]
+                cycles.append(
+                    " -> ".join(cycle)
+                    + "  ("
+                    + "; ".join(f"{a}->{b}: {edges[(a, b)][0]}" for a, b in zip(cycle, cycle[1:]))
+                    + ")"
+                )
             elif nxt not in state:
                 visit(nxt, path + [node])
         state[node] = 2
@@ -101,10 +118,15 @@ def test_package_imports_form_a_dag():
 def test_the_low_layer_imports_no_family():
     bad = [
         f"{module}:{line} imports {target}"
-        for module, tree in MODULES.items() if module.startswith("nncompress.base")
-        for stmt in ast.walk(tree) if isinstance(stmt, (ast.Import, ast.ImportFrom))
-        for line, target in ([(stmt.lineno, stmt.module or "")] if isinstance(stmt, ast.ImportFrom)
-                             else [(stmt.lineno, a.name) for a in stmt.names])
+        for module, tree in MODULES.items()
+        if module.startswith("nncompress.base")
+        for stmt in ast.walk(tree)
+        if isinstance(stmt, (ast.Import, ast.ImportFrom))
+        for line, target in (
+            [(stmt.lineno, stmt.module or "")]
+            if isinstance(stmt, ast.ImportFrom)
+            else [(stmt.lineno, a.name) for a in stmt.names]
+        )
         if target.startswith("nncompress.") and target.split(".")[1] in ABOVE_BASE
     ]
     assert not bad, bad
@@ -123,7 +145,7 @@ def test_no_package_imports_another_package_private_names():
 
 def test_step_table_registry_and_exports_agree():
     steps = builtin_steps()
-    assert BUILTIN_STEP_MODULES == step_modules()
+    assert step_modules() == BUILTIN_STEP_MODULES
     assert {cls.__name__: (kind, cls.__module__) for kind, cls in steps.items()} == BUILTIN_STEPS
     for name, (kind, module) in BUILTIN_STEPS.items():
         assert name in nc.__all__ and getattr(nc, name) is steps[kind], name

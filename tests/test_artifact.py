@@ -122,9 +122,7 @@ def _corrupt(path, tmp_path, how):
     return out
 
 
-@pytest.mark.parametrize(
-    "how", ["truncated", "random", "empty", "flipped", "no-manifest", "bad-format"]
-)
+@pytest.mark.parametrize("how", ["truncated", "random", "empty", "flipped", "no-manifest", "bad-format"])
 def test_corrupt_artifacts_raise_artifact_error(how, tmp_path):
     path = nc.save(init_model("lenet5"), tmp_path / "ok.ncz")
     with pytest.raises(nc.ArtifactError):

@@ -70,15 +70,35 @@ def _manifest_edits(manifest: dict, rng: random.Random) -> list[object]:
     out += [entry(lambda e, v=v: e.update(shape=v)) for v in ([], [1], [10**12], [-1], ["3"], None, [2.5], [0])]
     out += [entry(lambda e, v=v: e.update(dtype=v)) for v in ("float64", "int8", "qint8", "Tensor", "nope", 3)]
     out += [entry(lambda e, v=v: e.update(alias_of=v)) for v in (name, rng.choice(names), "nope", 1, None)]
-    out += [entry(lambda e, v=v: e.update(encoding=v)) for v in ("dense", "sparse-bitmask", "sparse-indices",
-                                                                 "huffman", "quantized-affine", "x", None)]
-    out += [entry(lambda e, v=v: e.update(header=v)) for v in ({}, [], None, {"narrowed": {"data": "int8*2^99999"}},
-                                                               {"narrowed": {"nope": "float16"}}, {"narrowed": []})]
+    out += [
+        entry(lambda e, v=v: e.update(encoding=v))
+        for v in ("dense", "sparse-bitmask", "sparse-indices", "huffman", "quantized-affine", "x", None)
+    ]
+    out += [
+        entry(lambda e, v=v: e.update(header=v))
+        for v in (
+            {},
+            [],
+            None,
+            {"narrowed": {"data": "int8*2^99999"}},
+            {"narrowed": {"nope": "float16"}},
+            {"narrowed": []},
+        )
+    ]
     out += [entry(lambda e, v=v: e.update(requires_grad=v)) for v in ("yes", 1, None, False)]
-    for key, values in {"count": (10**8, 10**12, -1, 0, 1.5, None), "table": (10**6, 0), "nonzero": (10**8, -1),
-                        "gap_symbols": (10**9,), "gap_width": (0, 13, 40), "value_table": (10**5,),
-                        "gap_table": (10**5,), "background": (-1, 10**3), "bits": (0, 9, 1.5),
-                        "layout": ("plain", "sparse", "x", None), "alphabet": (2,)}.items():
+    for key, values in {
+        "count": (10**8, 10**12, -1, 0, 1.5, None),
+        "table": (10**6, 0),
+        "nonzero": (10**8, -1),
+        "gap_symbols": (10**9,),
+        "gap_width": (0, 13, 40),
+        "value_table": (10**5,),
+        "gap_table": (10**5,),
+        "background": (-1, 10**3),
+        "bits": (0, 9, 1.5),
+        "layout": ("plain", "sparse", "x", None),
+        "alphabet": (2,),
+    }.items():
         coded = [n for n, e in manifest["tensors"].items() if e.get("encoding") == "huffman"]
         for v in values if coded else ():
             out.append(edit(lambda m, k=key, v=v, n=coded[0]: m["tensors"][n]["header"].update({k: v})))

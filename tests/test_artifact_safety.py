@@ -190,8 +190,12 @@ def _edited(path, tmp_path, edit):
         (lambda m: m["tensors"]["fc1.bias"].update(kind="buffer"), "fc1.bias"),
         (lambda m: m["tensors"]["fc1.bias"].update(kind="weights"), "kind 'weights'"),
         (lambda m: m["tensors"]["fc2.bias"].update(alias_of="fc1.bias"), "alias of 'fc1.bias'"),
-        (lambda m: m["tensors"].update(extra={"kind": "param", "shape": [1], "dtype": "float32",
-                                              "encoding": "dense", "header": {}}), "extra"),
+        (
+            lambda m: m["tensors"].update(
+                extra={"kind": "param", "shape": [1], "dtype": "float32", "encoding": "dense", "header": {}}
+            ),
+            "extra",
+        ),
         (lambda m: m.update(version=[1]), "version"),
         (lambda m: m.update(tensors=[]), "'tensors' must be a table"),
     ],
@@ -213,8 +217,11 @@ def test_a_parameter_left_unset_is_refused(tmp_path):
     manifest = _manifest(path)
     manifest.pop("sha256")
     manifest["tensors"].pop("fc1.weight")
-    bad = _rewrite(path, tmp_path / "bad.ncz", **{TENSORS: safetensors.torch.save(stored),
-                                                   "manifest.json": json.dumps(manifest).encode()})
+    bad = _rewrite(
+        path,
+        tmp_path / "bad.ncz",
+        **{TENSORS: safetensors.torch.save(stored), "manifest.json": json.dumps(manifest).encode()},
+    )
     with pytest.raises(nc.ArtifactError, match="no tensor for the skeleton's fc1.weight"):
         nc.load(bad)
 
@@ -244,14 +251,17 @@ def huffman_model() -> nn.Module:
     return nn.Sequential(codebook_module(layer, centroids, codes, 5)).eval()
 
 
-@pytest.mark.parametrize(("key", "value", "match"), [
-    ("count", 10**8, "do not pack into shape"),
-    ("nonzero", 10**8, "'nonzero' must be an integer"),
-    ("gap_symbols", 10**9, "'gap_symbols' must be an integer"),
-    ("gap_width", 40, "'gap_width'"),
-    ("background", 99, "'background'"),
-    ("bits", 1.5, "'bits'"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("count", 10**8, "do not pack into shape"),
+        ("nonzero", 10**8, "'nonzero' must be an integer"),
+        ("gap_symbols", 10**9, "'gap_symbols' must be an integer"),
+        ("gap_width", 40, "'gap_width'"),
+        ("background", 99, "'background'"),
+        ("bits", 1.5, "'bits'"),
+    ],
+)
 def test_huffman_counts_are_checked_before_decoding(key, value, match, tmp_path):
     path = nc.save(huffman_model(), tmp_path / "k.ncz")
     manifest = _manifest(path)
@@ -272,8 +282,16 @@ def _hf_gpt2() -> nn.Module:
 def _hf_llama() -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=100, bos_token_id=0, eos_token_id=0)
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=100,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -282,10 +300,16 @@ def _hf_llama() -> nn.Module:
     [
         (_hf_gpt2, "transformers", lambda: torch.randint(0, 100, (2, 9))),
         (_hf_llama, "transformers", lambda: torch.randint(0, 100, (2, 9))),
-        (lambda: __import__("timm").create_model("test_efficientnet", num_classes=4), "timm",
-         lambda: torch.randn(2, 3, 64, 64)),
-        (lambda: __import__("torchvision").models.mobilenet_v3_small(width_mult=0.25, num_classes=4), "torchvision",
-         lambda: torch.randn(2, 3, 64, 64)),
+        (
+            lambda: __import__("timm").create_model("test_efficientnet", num_classes=4),
+            "timm",
+            lambda: torch.randn(2, 3, 64, 64),
+        ),
+        (
+            lambda: __import__("torchvision").models.mobilenet_v3_small(width_mult=0.25, num_classes=4),
+            "torchvision",
+            lambda: torch.randn(2, 3, 64, 64),
+        ),
     ],
     ids=["gpt2", "llama", "timm", "torchvision"],
 )

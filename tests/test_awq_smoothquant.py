@@ -148,8 +148,10 @@ def test_smoothquant_w8a8_beats_plain_w8a8_on_a_transformer(act_mode, tmp_path):
     task = lm_task()
     ids, ref = _ids_and_ref(task)
     errors = {}
-    for step in (W8A8Quantize(act_mode=act_mode, calibration_batches=2), SmoothQuant(act_mode=act_mode,
-                                                                                     calibration_batches=2)):
+    for step in (
+        W8A8Quantize(act_mode=act_mode, calibration_batches=2),
+        SmoothQuant(act_mode=act_mode, calibration_batches=2),
+    ):
         ctx = StepContext(task=task)
         model = step.apply(tiny_lm(), ctx)
         errors[step.kind] = _error(model, ids, ref)
@@ -167,8 +169,10 @@ def test_dynamic_act_mode_runs_real_int8_kernels_and_smoothing_helps_them(tmp_pa
     task = lm_task()
     ids, ref = _ids_and_ref(task)
     errors = {}
-    for step in (W8A8Quantize(act_mode="dynamic", calibration_batches=2),
-                 SmoothQuant(alpha=0.75, act_mode="dynamic", calibration_batches=2)):
+    for step in (
+        W8A8Quantize(act_mode="dynamic", calibration_batches=2),
+        SmoothQuant(alpha=0.75, act_mode="dynamic", calibration_batches=2),
+    ):
         ctx = StepContext(task=task)
         model = step.apply(tiny_lm(), ctx)
         errors[step.kind] = _error(model, ids, ref)

@@ -14,9 +14,7 @@ from test_tasks import TASK_FILE
 from nncompress.cli.main import main
 from nncompress.tasks import fmnist
 
-needs_fmnist = pytest.mark.skipif(
-    not fmnist.DEBIAN_DIR.is_dir(), reason="Fashion-MNIST not installed"
-)
+needs_fmnist = pytest.mark.skipif(not fmnist.DEBIAN_DIR.is_dir(), reason="Fashion-MNIST not installed")
 QUICK_RECIPE = """
 [[steps]]
 kind = "magnitude-prune"
@@ -62,9 +60,7 @@ def test_compress_then_evaluate_reproduces_the_report(tmp_path, capsys):
     assert [s["kind"] for s in report["final"]["steps"]] == ["magnitude-prune", "finetune"]
     assert report["baseline"]["metric"]["value"] >= 0.89  # the shipped LeNet-300-100
 
-    code, stdout, err = run(
-        ["evaluate", out / "model.ncz", "--task", "fmnist-mlp", "--no-latency"], capsys
-    )
+    code, stdout, err = run(["evaluate", out / "model.ncz", "--task", "fmnist-mlp", "--no-latency"], capsys)
     assert code == 0, err
     measured = json.loads(stdout)
     assert measured["metric"] == report["final"]["metric"]  # exactly, not approximately
@@ -72,9 +68,7 @@ def test_compress_then_evaluate_reproduces_the_report(tmp_path, capsys):
     assert measured["nonzero_params"] == report["final"]["nonzero_params"]
 
     # refusing to overwrite an earlier run
-    code, _, err = run(
-        ["compress", "--task", "fmnist-mlp", "--recipe", recipe, "--out", out], capsys
-    )
+    code, _, err = run(["compress", "--task", "fmnist-mlp", "--recipe", recipe, "--out", out], capsys)
     assert code == 2 and "--overwrite" in err
 
     code, stdout, _ = run(["report", out], capsys)
@@ -147,9 +141,7 @@ def test_model_whose_forward_fails(tmp_path, file_task, capsys):
     from nncompress.models import LeNet5
 
     artifact = nc.save(LeNet5(), tmp_path / "lenet.ncz")  # expects images, the task gives vectors
-    code, _, err = run(
-        ["evaluate", artifact, "--task", f"{file_task}:make", "--no-latency"], capsys
-    )
+    code, _, err = run(["evaluate", artifact, "--task", f"{file_task}:make", "--no-latency"], capsys)
     assert_one_line_error(code, err, "forward failed", "(8, 6)")
 
 
@@ -157,9 +149,7 @@ def test_bad_recipe_leaves_no_output(tmp_path, file_task, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text('[[steps]]\nkind = "magnitude-prune"\nsparsity = 2.0\n')
     out = tmp_path / "out"
-    code, _, err = run(
-        ["compress", "--task", f"{file_task}:make", "--recipe", recipe, "--out", out], capsys
-    )
+    code, _, err = run(["compress", "--task", f"{file_task}:make", "--recipe", recipe, "--out", out], capsys)
     assert_one_line_error(code, err, "sparsity")
     assert not out.exists()
 
@@ -201,9 +191,7 @@ def test_file_task_compress_and_evaluate(tmp_path, file_task, capsys):
         capsys,
     )
     assert code == 0, err
-    code, stdout, err = run(
-        ["evaluate", out / "model.ncz", "--task", f"{file_task}:make", "--no-latency"], capsys
-    )
+    code, stdout, err = run(["evaluate", out / "model.ncz", "--task", f"{file_task}:make", "--no-latency"], capsys)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert json.loads(stdout)["metric"] == report["final"]["metric"]

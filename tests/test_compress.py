@@ -31,14 +31,10 @@ def test_global_magnitude_prune_hits_the_sparsity(task):
 
 def test_layerwise_and_threshold_modes(task):
     model = task.baseline()
-    out = nc.compress(
-        model, [nc.MagnitudePrune(sparsity=0.5, scope="layer")], task, measure_config=FAST
-    ).model
+    out = nc.compress(model, [nc.MagnitudePrune(sparsity=0.5, scope="layer")], task, measure_config=FAST).model
     for w in (out.fc1.weight, out.fc2.weight):
         assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
-    out = nc.compress(
-        model, [nc.MagnitudePrune(threshold=0.01, sparsity=None)], task, measure_config=FAST
-    ).model
+    out = nc.compress(model, [nc.MagnitudePrune(threshold=0.01, sparsity=None)], task, measure_config=FAST).model
     assert out.fc1.weight.abs()[out.fc1.weight != 0].min() > 0.01
 
 

@@ -59,6 +59,10 @@ def test_a_new_criterion_is_one_class_and_every_pruner_takes_it(row_index_criter
     keep = ctx.masks["fc1.weight"]
     assert keep[:16].sum() == 0 and keep[16:].all()  # the low rows scored lowest and went
     assert nc.NMPrune(criterion="row-index").criterion == "row-index"
-    pruned = nc.compress(_Mlp(), [nc.ChannelPrune(sparsity=0.5, criterion="row-index")], task,
-                         measure_config=nc.MeasureConfig(latency=False)).model
+    pruned = nc.compress(
+        _Mlp(),
+        [nc.ChannelPrune(sparsity=0.5, criterion="row-index")],
+        task,
+        measure_config=nc.MeasureConfig(latency=False),
+    ).model
     assert pruned.fc1.out_features == 16 and pruned.head.out_features == 4

@@ -27,7 +27,8 @@ def test_soft_kl_by_hand():
     expected2 = 4.0 * (q * math.log(q / 0.5) + (1 - q) * math.log((1 - q) / 0.5))
     assert float(soft_kl(s, t, 2.0)) == pytest.approx(expected2, rel=1e-6)
     assert float(kd_loss(s, t, torch.tensor(2.0), alpha=0.25, temperature=1.0)) == pytest.approx(
-        0.25 * expected + 0.75 * 2.0, rel=1e-6)
+        0.25 * expected + 0.75 * 2.0, rel=1e-6
+    )
     with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
         soft_kl(s, t, 0)
 
@@ -55,8 +56,12 @@ def test_distill_moves_the_student_toward_the_teacher_and_only_the_student():
 
 def test_distill_keeps_masks_and_rejects_bad_settings():
     task = make_task()
-    result = nc.compress(task.baseline(), [nc.MagnitudePrune(sparsity=0.8), Distill(max_steps=5)], task,
-                         measure_config=nc.MeasureConfig(latency=False))
+    result = nc.compress(
+        task.baseline(),
+        [nc.MagnitudePrune(sparsity=0.8), Distill(max_steps=5)],
+        task,
+        measure_config=nc.MeasureConfig(latency=False),
+    )
     assert result.report.steps[-1].nonzero_params == result.report.steps[0].nonzero_params
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\].*got 1.5"):
         Distill(alpha=1.5)
@@ -66,11 +71,14 @@ def test_distill_keeps_masks_and_rejects_bad_settings():
         Distill(max_steps=1).apply(task.baseline(), nc.StepContext(task=task))
 
 
-@pytest.mark.parametrize("step", [
-    nc.GradualPrune(sparsity=0.5, frequency=2, max_steps=6, distill=True, kd_alpha=1.0),
-    nc.IterativePrune(sparsity=0.5, rounds=2, max_steps=3, distill=True, kd_alpha=1.0),
-    nc.KMeansQuantize(bits_conv=4, bits_linear=4, max_steps=3, distill=True, kd_alpha=1.0),
-])
+@pytest.mark.parametrize(
+    "step",
+    [
+        nc.GradualPrune(sparsity=0.5, frequency=2, max_steps=6, distill=True, kd_alpha=1.0),
+        nc.IterativePrune(sparsity=0.5, rounds=2, max_steps=3, distill=True, kd_alpha=1.0),
+        nc.KMeansQuantize(bits_conv=4, bits_linear=4, max_steps=3, distill=True, kd_alpha=1.0),
+    ],
+)
 def test_pruning_and_codebook_steps_recover_by_distillation(step):
     task = make_task()
     model = task.baseline()
@@ -80,7 +88,8 @@ def test_pruning_and_codebook_steps_recover_by_distillation(step):
     with torch.no_grad():
         assert float(kd_only(model.eval(), x, y)) == pytest.approx(0.0, abs=1e-6)  # the teacher agrees with itself
         assert float(objective.step_loss(step, nc.StepContext(task=task))(model, x, y)) == pytest.approx(
-            float(task.loss(call_model(model, x), y)))  # no teacher: the task loss
+            float(task.loss(call_model(model, x), y))
+        )  # no teacher: the task loss
     result = nc.compress(model, [step], task, measure_config=nc.MeasureConfig(latency=False))
     assert any("with KD (alpha 1.0, T 4.0)" in line for line in result.report.steps[0].notes)
     with pytest.raises(ValueError, match=r"kd_alpha must be in \[0, 1\].*got 2"):

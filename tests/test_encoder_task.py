@@ -20,10 +20,14 @@ def task():
 
 
 def test_docstring_paragraphs_are_first_paragraphs_in_length_bounds():
-    source = (b'"""Module summary line here.\n\nDetails."""\ndef f():\n    """Short."""\n'
-              b'class C:\n    """A class doc\n    over two lines."""\n')
+    source = (
+        b'"""Module summary line here.\n\nDetails."""\ndef f():\n    """Short."""\n'
+        b'class C:\n    """A class doc\n    over two lines."""\n'
+    )
     assert encoder.docstring_paragraphs(source, encoder.SentenceConfig(min_chars=10)) == [
-        "Module summary line here.", "A class doc over two lines."]
+        "Module summary line here.",
+        "A class doc over two lines.",
+    ]
     assert encoder.docstring_paragraphs(b"def broken(:\n", encoder.SentenceConfig()) == []
 
 

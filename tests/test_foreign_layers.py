@@ -21,8 +21,9 @@ def _torchvision():
 def _tiny_gpt2():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
@@ -113,8 +114,9 @@ def test_transformer_encoder_layer_leaves_its_fast_path(batch_first):
 def test_torchvision_vit_projections_visible_and_exported_without_fused_op():
     tv = _torchvision()
     torch.manual_seed(0)
-    vit = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
-                                      mlp_dim=32, num_classes=5).eval()
+    vit = tv.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    ).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         ref = vit(x)
@@ -166,8 +168,11 @@ def test_packed_layers_expose_a_decoded_weight_that_is_not_saved(kind):
         assert not isinstance(weight, nn.Parameter) and "weight" not in packed.state_dict()
         assert "weight" not in dict(packed.named_parameters())
         assert packed.bias is not None and packed.bias.shape == layer.bias.shape
-        run = {"linear": torch.nn.functional.linear, "conv1d": torch.nn.functional.conv1d,
-               "conv2d": torch.nn.functional.conv2d}[kind]
+        run = {
+            "linear": torch.nn.functional.linear,
+            "conv1d": torch.nn.functional.conv1d,
+            "conv2d": torch.nn.functional.conv2d,
+        }[kind]
         kwargs = {"padding": layer.padding} if kind != "linear" else {}
         with torch.no_grad():  # forward runs exactly the weight it exposes
             assert torch.allclose(packed(x), run(x, weight, packed.bias.float(), **kwargs), atol=1e-5)
@@ -206,8 +211,11 @@ def test_model_code_reading_weight_runs_after_the_step(step, tmp_path):
     x = task.single_example()
     with torch.no_grad():
         before = model(x)
-    chosen = {"weight-quantize": nc.WeightQuantize(bits=8), "gptq": nc.GPTQQuantize(bits=8, calibration_batches=1),
-              "svd": nc.SVDFactorize(rank=0.9)}[step]
+    chosen = {
+        "weight-quantize": nc.WeightQuantize(bits=8),
+        "gptq": nc.GPTQQuantize(bits=8, calibration_batches=1),
+        "svd": nc.SVDFactorize(rank=0.9),
+    }[step]
     out = chosen.apply(model, StepContext(task=task))
     assert type(out.proj) is not nn.Linear  # the step replaced it
     assert out.proj.weight.shape == (64, 784) and out.proj.weight.dtype == torch.float32
@@ -237,8 +245,11 @@ def test_dynamic_int8_rnn_artifact_stores_int8_and_round_trips_bit_exactly(cell,
     model = nn.Sequential(nn.Linear(8, 32), cell(32, 64, num_layers=2, bidirectional=True, batch_first=True)).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
-        q = quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig,
-                                                     cell: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        q = quantize_dynamic(
+            copy.deepcopy(model),
+            {nn.Linear: per_channel_dynamic_qconfig, cell: per_channel_dynamic_qconfig},
+            dtype=torch.qint8,
+        )
     stored = qio.rnn_packed_tensors(q)
     assert len(stored) == 16 and stored["1.weight_ih_l1_reverse"].dtype == torch.qint8
     assert stored["1.weight_ih_l1_reverse"].shape == ((4 if cell is nn.LSTM else 3) * 64, 128)
@@ -291,9 +302,13 @@ def _trained_rnn_task(cell: type[nn.Module]):
             loss.backward()
             opt.step()
     model.eval()
-    task = nc.Task(name="sequences", train=TensorBatches(xtr, ytr, batch_size=64),
-                   val=TensorBatches(xte[:128], yte[:128], batch_size=64),
-                   test=TensorBatches(xte, yte, batch_size=128), baseline=lambda: model)
+    task = nc.Task(
+        name="sequences",
+        train=TensorBatches(xtr, ytr, batch_size=64),
+        val=TensorBatches(xte[:128], yte[:128], batch_size=64),
+        test=TensorBatches(xte, yte, batch_size=128),
+        baseline=lambda: model,
+    )
     return model, task
 
 
@@ -343,8 +358,13 @@ def _conv1d_task():
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 4, 20, generator=g), torch.randint(0, 4, (128,), generator=g)
-    return nc.Task(name="conv1d", train=TensorBatches(x, y, batch_size=32), val=TensorBatches(x, y, batch_size=64),
-                   test=TensorBatches(x, y, batch_size=64), baseline=_Conv1dNet)
+    return nc.Task(
+        name="conv1d",
+        train=TensorBatches(x, y, batch_size=32),
+        val=TensorBatches(x, y, batch_size=64),
+        test=TensorBatches(x, y, batch_size=64),
+        baseline=_Conv1dNet,
+    )
 
 
 def test_weight_quantize_packs_conv1d_and_names_what_it_skips(tmp_path):
@@ -408,8 +428,11 @@ def test_compress_reaches_gpt2_conv1d_layers(kind, tmp_path):
     model = _tiny_gpt2()
     ids = torch.randint(0, 97, (24, 16), generator=torch.Generator().manual_seed(0))
     task = causal_lm_task(model, ids, max_length=16, batch_size=4)
-    step = {"weight-quantize": nc.WeightQuantize(bits=8), "int8-dynamic": nc.DynamicInt8Quantize(),
-            "svd": nc.SVDFactorize(rank=0.5)}[kind]
+    step = {
+        "weight-quantize": nc.WeightQuantize(bits=8),
+        "int8-dynamic": nc.DynamicInt8Quantize(),
+        "svd": nc.SVDFactorize(rank=0.5),
+    }[kind]
     result = nc.compress(model, [step], task, measure_config=nc.MeasureConfig(latency=False))
     notes = result.report.steps[0].notes
     assert "canonical: transformer.h.0.attn.c_attn: Conv1D -> Linear" in notes

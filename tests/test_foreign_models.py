@@ -36,13 +36,16 @@ def channel_prune(name: str, sparsity: float = 0.5) -> tuple[nn.Module, nn.Modul
     return original, pruned, ctx.log
 
 
-@pytest.mark.parametrize(("name", "at_least"), [
-    ("tv-mobilenet_v3_small", 0.5),
-    ("tv-shufflenet_v2_x0_5", 0.4),
-    ("timm-efficientnet_b0", 0.5),  # BatchNormAct2d: 8% fewer parameters before it was traced as a norm
-    ("timm-regnetx_002", 0.5),  # BatchNormAct2d inside ConvNormAct: nothing pruned before
-    ("timm-convnext_atto", 0.5),  # LayerNorm2d
-])
+@pytest.mark.parametrize(
+    ("name", "at_least"),
+    [
+        ("tv-mobilenet_v3_small", 0.5),
+        ("tv-shufflenet_v2_x0_5", 0.4),
+        ("timm-efficientnet_b0", 0.5),  # BatchNormAct2d: 8% fewer parameters before it was traced as a norm
+        ("timm-regnetx_002", 0.5),  # BatchNormAct2d inside ConvNormAct: nothing pruned before
+        ("timm-convnext_atto", 0.5),  # LayerNorm2d
+    ],
+)
 def test_channel_prune_shrinks_vision_models_and_they_still_run(name, at_least):
     original, pruned, _ = channel_prune(name)
     assert params(pruned) < (1 - at_least) * params(original)
@@ -58,9 +61,13 @@ def test_hugging_face_models_are_traced_part_by_part(name):
     hidden width is cut (GPT-2's Conv1D layers rewritten as nn.Linear first)."""
     original, pruned, log = channel_prune(name)
     assert any("kept whole, torch.fx could not trace: " in line for line in log)  # attention, at least
+
     def mlp_widths(model: nn.Module) -> list[int]:
-        return [m.weight.shape[0] if isinstance(m, nn.Linear) else m.weight.shape[1]  # HF Conv1D: (in, out)
-                for n, m in model.named_modules() if n.endswith(("mlp.gate_proj", "DenseReluDense.wi", "mlp.c_fc"))]
+        return [
+            m.weight.shape[0] if isinstance(m, nn.Linear) else m.weight.shape[1]  # HF Conv1D: (in, out)
+            for n, m in model.named_modules()
+            if n.endswith(("mlp.gate_proj", "DenseReluDense.wi", "mlp.c_fc"))
+        ]
 
     before = mlp_widths(original)
     assert before and mlp_widths(pruned) == [w // 2 for w in before]
@@ -90,14 +97,14 @@ def test_hugging_face_attention_loses_whole_heads(name):
     with torch.no_grad():
         for layer in layers:  # zero the last key/value head and its query heads
             attn = layer.self_attn
-            attn.q_proj.weight[-rep * hd:] = 0
+            attn.q_proj.weight[-rep * hd :] = 0
             if not mqa:
                 attn.k_proj.weight[-hd:] = 0
                 attn.v_proj.weight[-hd:] = 0
             for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
                 if proj.bias is not None:
-                    proj.bias[-(rep if proj is attn.q_proj else 1) * hd:] = 0
-            getattr(attn, out_name).weight[:, -rep * hd:] = 0
+                    proj.bias[-(rep if proj is attn.q_proj else 1) * hd :] = 0
+            getattr(attn, out_name).weight[:, -rep * hd :] = 0
     x = entry.example()
     before = fz.logits_of(call_model(model, x))
     mlps = tuple(f"model.layers.{i}.mlp" for i in range(len(layers)))
@@ -123,8 +130,8 @@ def test_gpt2_fused_attention_loses_whole_heads():
     with torch.no_grad():
         for block in blocks:  # Conv1D weights are (in, out): zero the last head's q, k, v columns
             for part in range(3):
-                block.attn.c_attn.weight[:, (part + 1) * d - hd:(part + 1) * d] = 0
-                block.attn.c_attn.bias[(part + 1) * d - hd:(part + 1) * d] = 0
+                block.attn.c_attn.weight[:, (part + 1) * d - hd : (part + 1) * d] = 0
+                block.attn.c_attn.bias[(part + 1) * d - hd : (part + 1) * d] = 0
             block.attn.c_proj.weight[-hd:, :] = 0
     x = entry.example()
     before = fz.logits_of(call_model(model, x))

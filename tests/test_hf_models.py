@@ -31,22 +31,53 @@ def tiny(kind: str) -> torch.nn.Module:
     tr = _transformers()
     torch.manual_seed(0)
     if kind == "gpt2":
-        model = tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=2,
-                                                 bos_token_id=0, eos_token_id=0))
+        model = tr.GPT2LMHeadModel(
+            tr.GPT2Config(
+                vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+            )
+        )
     elif kind == "llama":
-        model = tr.LlamaForCausalLM(tr.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                                   max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
-                                                   pad_token_id=0))
+        model = tr.LlamaForCausalLM(
+            tr.LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                bos_token_id=0,
+                eos_token_id=0,
+                pad_token_id=0,
+            )
+        )
     elif kind == "bert":
-        model = tr.BertForSequenceClassification(tr.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
-                                                               num_attention_heads=2, intermediate_size=128,
-                                                               max_position_embeddings=64, num_labels=3))
+        model = tr.BertForSequenceClassification(
+            tr.BertConfig(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=128,
+                max_position_embeddings=64,
+                num_labels=3,
+            )
+        )
     elif kind == "t5":
-        model = tr.T5ForConditionalGeneration(tr.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128,
-                                                          num_layers=2, num_decoder_layers=2, num_heads=4,
-                                                          decoder_start_token_id=0, pad_token_id=0,
-                                                          eos_token_id=1))
+        model = tr.T5ForConditionalGeneration(
+            tr.T5Config(
+                vocab_size=VOCAB,
+                d_model=64,
+                d_kv=16,
+                d_ff=128,
+                num_layers=2,
+                num_decoder_layers=2,
+                num_heads=4,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        )
     else:
         raise ValueError(kind)
     return model.eval()
@@ -65,8 +96,7 @@ def _t5_task(model: torch.nn.Module) -> nc.Task:
     for t in (6, 9):
         ids, dec = torch.randint(2, VOCAB, (3, t), generator=g), torch.randint(2, VOCAB, (3, t - 2), generator=g)
         target = torch.cat([dec[:, 1:], torch.full((3, 1), -100)], 1)
-        batches.append(({"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": dec},
-                        target))
+        batches.append(({"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": dec}, target))
     return nc.Task("t5", batches, batches, batches, baseline=lambda: model, metric="perplexity")
 
 
@@ -83,8 +113,9 @@ def task_for(kind: str, model: torch.nn.Module) -> nc.Task:
 def test_measure_a_raw_hf_model_with_keyword_inputs(kind):
     model = tiny(kind)
     task = task_for(kind, model)
-    report = nc.measure(model, task, config=MeasureConfig(warmup=1, runs=3, min_seconds=0.0, rounds=1,
-                                                           batch_size_large=2))
+    report = nc.measure(
+        model, task, config=MeasureConfig(warmup=1, runs=3, min_seconds=0.0, rounds=1, batch_size_large=2)
+    )
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     assert report.params == params
     assert report.size_bytes > 0.8 * 4 * params  # the artifact holds the fp32 weights
@@ -174,8 +205,11 @@ def test_tasks_from_texts_and_a_tokenizer():
     with torch.no_grad():
         want = (model(**encoded).logits.argmax(-1) == y).float().mean().item()
     assert evaluate(model, [(encoded, y)], "accuracy") == want
-    report = nc.measure(model, nc.Task("enc", [(encoded, y)], [(encoded, y)], [(encoded, y)], baseline=lambda: model),
-                        config=MeasureConfig(latency=False))
+    report = nc.measure(
+        model,
+        nc.Task("enc", [(encoded, y)], [(encoded, y)], [(encoded, y)], baseline=lambda: model),
+        config=MeasureConfig(latency=False),
+    )
     assert report.metric["value"] == want and report.macs > 0
 
 

@@ -29,7 +29,7 @@ def test_code_lengths_are_a_complete_prefix_code_within_one_bit_of_entropy():
     counts = np.bincount(symbols)
     lengths = huffman.code_lengths(counts)
     present = lengths[counts > 0]
-    assert math.isclose(sum(2.0 ** -present), 1.0)  # Kraft equality: a full binary tree
+    assert math.isclose(sum(2.0**-present), 1.0)  # Kraft equality: a full binary tree
     total = int((lengths * counts).sum())
     entropy = _entropy_bits(symbols)
     assert entropy <= total < entropy + symbols.size  # Huffman is within 1 bit per symbol
@@ -39,7 +39,7 @@ def test_code_lengths_are_limited_to_15_bits():
     counts = np.array([2**i for i in range(30)])  # Fibonacci-like skew: unlimited depth 29
     lengths = huffman.code_lengths(counts)
     assert lengths.max() <= huffman.MAX_CODE_BITS
-    assert math.isclose(sum(2.0 ** -lengths), 1.0)
+    assert math.isclose(sum(2.0**-lengths), 1.0)
 
 
 def test_canonical_codes_are_prefix_free():

@@ -21,8 +21,17 @@ def _rows(model: nn.Module) -> dict[str, dict]:
 
 
 def _report(layers: list[dict]) -> Report:
-    return Report(task="t", metric={"name": "accuracy", "value": 0.5}, params=0, nonzero_params=0, size_bytes=0,
-                  dense_fp32_bytes=0, macs=0, latency_ms=None, layers=layers)
+    return Report(
+        task="t",
+        metric={"name": "accuracy", "value": 0.5},
+        params=0,
+        nonzero_params=0,
+        size_bytes=0,
+        dense_fp32_bytes=0,
+        macs=0,
+        latency_ms=None,
+        layers=layers,
+    )
 
 
 def _mlp() -> nn.Sequential:
@@ -38,8 +47,9 @@ def test_quantized_and_float_linear_rows_give_format_and_bits():
     with torch.no_grad():  # +-1 weights (none rounds to code 0), two rows zero: 32 of 128
         source.weight.copy_(torch.randn(8, 16).sign())
         source.weight[:2].zero_()
-    model = nn.Sequential(quantize_weight_module(source, QuantSpec(bits=4, granularity="channel")), nn.ReLU(),
-                          nn.Linear(8, 4))
+    model = nn.Sequential(
+        quantize_weight_module(source, QuantSpec(bits=4, granularity="channel")), nn.ReLU(), nn.Linear(8, 4)
+    )
     rows = _rows(model)
     assert list(rows) == ["0", "2"]
     q, f = rows["0"], rows["2"]
@@ -61,7 +71,11 @@ def test_group_affine_and_half_precision_rows():
     rows = _rows(model)
     assert (rows["0"]["format"], rows["0"]["bits"], rows["0"]["group_size"]) == ("uint-affine", 3, 8)
     assert (rows["1"]["type"], rows["1"]["shape"], rows["1"]["format"], rows["1"]["bits"]) == (
-        "HalfConv2d", [4, 2, 3, 3], "float16", 16)
+        "HalfConv2d",
+        [4, 2, 3, 3],
+        "float16",
+        16,
+    )
     assert (rows["2"]["format"], rows["2"]["bits"]) == ("bfloat16", 16)
     assert (rows["3"]["format"], rows["3"]["bits"]) == ("float16", 16)
 
@@ -132,8 +146,18 @@ class _SelfReporting(nn.Module):
         self.inner = nn.Linear(4, 4)
 
     def layer_rows(self) -> list[dict]:
-        return [{"name": "fc", "type": "Gemm", "shape": [4, 4], "params": 20, "nonzero_params": 20,
-                 "weight_sparsity": 0.0, "format": "int8", "bits": 8}]
+        return [
+            {
+                "name": "fc",
+                "type": "Gemm",
+                "shape": [4, 4],
+                "params": 20,
+                "nonzero_params": 20,
+                "weight_sparsity": 0.0,
+                "format": "int8",
+                "bits": 8,
+            }
+        ]
 
 
 def test_layer_rows_protocol_stands_for_the_whole_module():

@@ -201,9 +201,15 @@ def test_unfold_puts_the_mode_first():
 
 @pytest.mark.parametrize(
     ("spec", "rule"),
-    [(8, RankRule("fixed", 8)), (0.25, RankRule("ratio", 0.25)), (1.0, RankRule("ratio", 1.0)),
-     ("energy:0.95", RankRule("energy", 0.95)), ("error: 0.1", RankRule("error", 0.1)),
-     ("params:0.5", RankRule("params", 0.5)), ("vbmf", RankRule("vbmf"))],
+    [
+        (8, RankRule("fixed", 8)),
+        (0.25, RankRule("ratio", 0.25)),
+        (1.0, RankRule("ratio", 1.0)),
+        ("energy:0.95", RankRule("energy", 0.95)),
+        ("error: 0.1", RankRule("error", 0.1)),
+        ("params:0.5", RankRule("params", 0.5)),
+        ("vbmf", RankRule("vbmf")),
+    ],
 )
 def test_parse_rank_accepts_each_form(spec, rule):
     assert parse_rank(spec) == rule
@@ -211,11 +217,22 @@ def test_parse_rank_accepts_each_form(spec, rule):
 
 @pytest.mark.parametrize(
     ("spec", "why"),
-    [(0, "must be >= 1"), (-3, "must be >= 1"), (0.0, r"in \(0, 1\]"), (1.5, r"in \(0, 1\]"),
-     ("energy:1.5", r"energy must be in \(0, 1\]"), ("energy:0", r"energy must be in \(0, 1\]"),
-     ("error:1", r"error must be in \[0, 1\)"), ("params:0", r"params must be in \(0, 1\]"),
-     ("energy:lots", "'lots' is not a number"), ("bogus", "is not accepted"), ("energy", "is not accepted"),
-     (True, "is not accepted"), (None, "is not accepted"), ([4], "is not accepted")],
+    [
+        (0, "must be >= 1"),
+        (-3, "must be >= 1"),
+        (0.0, r"in \(0, 1\]"),
+        (1.5, r"in \(0, 1\]"),
+        ("energy:1.5", r"energy must be in \(0, 1\]"),
+        ("energy:0", r"energy must be in \(0, 1\]"),
+        ("error:1", r"error must be in \[0, 1\)"),
+        ("params:0", r"params must be in \(0, 1\]"),
+        ("energy:lots", "'lots' is not a number"),
+        ("bogus", "is not accepted"),
+        ("energy", "is not accepted"),
+        (True, "is not accepted"),
+        (None, "is not accepted"),
+        ([4], "is not accepted"),
+    ],
 )
 def test_parse_rank_rejects_bad_ranks_naming_the_accepted_forms(spec, why):
     with pytest.raises(ValueError, match=why) as info:

@@ -103,6 +103,7 @@ def test_tucker_core_keeps_the_conv_geometry():
 def test_spatial_svd_splits_the_geometry_per_axis():
     layer = conv(**CONV_CONFIGS["nonsquare-nobias"], dilation=(2, 3))
     vertical, horizontal = METHODS["spatial-svd"].build(layer, (4,))[0]
+
     def geometry(c: nn.Conv2d) -> tuple:
         return c.kernel_size, c.stride, c.padding, c.dilation
 
@@ -118,8 +119,14 @@ def test_grouped_convolutions_are_not_factorized(kind):
 
 @pytest.mark.parametrize(
     ("kind", "rank", "config"),
-    [("tucker", (5, 3), "stride2"), ("tucker", (2, 2), "same-reflect"), ("cp", (4,), "nonsquare-nobias"),
-     ("cp", (5,), "stride2"), ("spatial-svd", (3,), "stride2"), ("spatial-svd", (4,), "valid-dilated")],
+    [
+        ("tucker", (5, 3), "stride2"),
+        ("tucker", (2, 2), "same-reflect"),
+        ("cp", (4,), "nonsquare-nobias"),
+        ("cp", (5,), "stride2"),
+        ("spatial-svd", (3,), "stride2"),
+        ("spatial-svd", (4,), "valid-dilated"),
+    ],
 )
 def test_conv_cost_matches_the_parameters_and_the_flop_counter(kind, rank, config):
     layer = conv(**CONV_CONFIGS[config])

@@ -61,10 +61,12 @@ def test_cp_accepts_only_fixed_and_parameter_ranks():
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"calibration_batches": 0}, "calibration_batches must be an integer >= 1"),
-     ({"activation_aware": "yes"}, "activation_aware must be True or False"),
-     ({"layers": (3,)}, "layers takes module names or regexes"),
-     ({"exclude": ("fc[",)}, "exclude entry 'fc\\[' is not a valid regex")],
+    [
+        ({"calibration_batches": 0}, "calibration_batches must be an integer >= 1"),
+        ({"activation_aware": "yes"}, "activation_aware must be True or False"),
+        ({"layers": (3,)}, "layers takes module names or regexes"),
+        ({"exclude": ("fc[",)}, "exclude entry 'fc\\[' is not a valid regex"),
+    ],
 )
 def test_bad_settings_raise_a_clear_error(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -73,15 +75,17 @@ def test_bad_settings_raise_a_clear_error(settings, message):
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"target": 1.5}, r"target must be a fraction in \(0, 1\)"),
-     ({"target": 0}, r"target must be a fraction in \(0, 1\)"),
-     ({"resource": "flops"}, "resource must be one of macs, params"),
-     ({"criterion": "accuracy"}, "criterion must be one of loss, metric"),
-     ({"keep": ()}, r"keep must list fractions in \(0, 1\)"),
-     ({"keep": (0.2, 1.0)}, r"keep must list fractions in \(0, 1\)"),
-     ({"methods": ("svd", "tensor-train")}, "methods must name factorizations among svd, tucker, cp, spatial-svd"),
-     ({"methods": ("tucker", "cp")}, "one factorization per layer type"),
-     ({"val_batches": 0}, "val_batches must be an integer >= 1")],
+    [
+        ({"target": 1.5}, r"target must be a fraction in \(0, 1\)"),
+        ({"target": 0}, r"target must be a fraction in \(0, 1\)"),
+        ({"resource": "flops"}, "resource must be one of macs, params"),
+        ({"criterion": "accuracy"}, "criterion must be one of loss, metric"),
+        ({"keep": ()}, r"keep must list fractions in \(0, 1\)"),
+        ({"keep": (0.2, 1.0)}, r"keep must list fractions in \(0, 1\)"),
+        ({"methods": ("svd", "tensor-train")}, "methods must name factorizations among svd, tucker, cp, spatial-svd"),
+        ({"methods": ("tucker", "cp")}, "one factorization per layer type"),
+        ({"val_batches": 0}, "val_batches must be an integer >= 1"),
+    ],
 )
 def test_bad_budget_settings_raise_a_clear_error(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -161,8 +165,13 @@ def test_pruning_masks_of_factorized_layers_are_dropped():
 
 @pytest.mark.parametrize(
     ("step", "factory"),
-    [(nc.SVDFactorize(), mlp), (nc.SVDFactorize(activation_aware=True, calibration_batches=1), lenet5),
-     (nc.TuckerFactorize(), resnet), (nc.CPFactorize(rank=4), lenet5), (nc.SpatialSVDFactorize(), resnet)],
+    [
+        (nc.SVDFactorize(), mlp),
+        (nc.SVDFactorize(activation_aware=True, calibration_batches=1), lenet5),
+        (nc.TuckerFactorize(), resnet),
+        (nc.CPFactorize(rank=4), lenet5),
+        (nc.SpatialSVDFactorize(), resnet),
+    ],
     ids=["svd", "svd-aware", "tucker", "cp", "spatial-svd"],
 )
 def test_factorized_model_saves_and_loads_to_identical_outputs(step, factory, tmp_path):
@@ -193,8 +202,12 @@ def test_factorized_artifact_runs_in_a_process_without_lowrank_code(tmp_path):
     path = nc.save(out, tmp_path / "m.ncz")
     x = task.single_example()
     torch.save(x, tmp_path / "x.pt")
-    subprocess.run([sys.executable, "-c", LOAD_WITHOUT_LOWRANK, str(path), str(tmp_path / "x.pt"),
-                    str(tmp_path / "y.pt")], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_LOWRANK, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     with torch.inference_mode():
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), out(x), rtol=0, atol=0)
 
@@ -233,8 +246,10 @@ def test_one_by_one_convs_are_left_to_spatial_svd(step):
     ctx = StepContext(task=task)
     out = step.apply(Pointwise().eval(), ctx)
     assert isinstance(out.b, nn.Conv2d) and isinstance(out.c, nn.Sequential)
-    assert f"{step.kind}: skipped b: a 1x1 convolution: {step.kind} only adds layers to a low-rank matrix split; " \
-           "use spatial-svd" in ctx.log
+    assert (
+        f"{step.kind}: skipped b: a 1x1 convolution: {step.kind} only adds layers to a low-rank matrix split; "
+        "use spatial-svd" in ctx.log
+    )
     ctx = StepContext(task=task)
     out = nc.SpatialSVDFactorize(rank=0.25).apply(Pointwise().eval(), ctx)
     assert isinstance(out.b, nn.Sequential) and [m.kernel_size for m in out.b] == [(1, 1), (1, 1)]
@@ -253,8 +268,11 @@ def test_conv_steps_refuse_a_model_without_convs():
 
 @pytest.mark.parametrize(
     ("factory", "settings"),
-    [(lenet5, {"target": 0.45}), (resnet, {"target": 0.6, "methods": ("spatial-svd",)}),
-     (lenet5, {"target": 0.3, "resource": "params", "criterion": "metric"})],
+    [
+        (lenet5, {"target": 0.45}),
+        (resnet, {"target": 0.6, "methods": ("spatial-svd",)}),
+        (lenet5, {"target": 0.3, "resource": "params", "criterion": "metric"}),
+    ],
     ids=["lenet5-macs", "resnet-spatial-macs", "lenet5-params"],
 )
 def test_budget_meets_its_target(factory, settings, tmp_path):
@@ -281,8 +299,15 @@ def test_budget_factorizes_the_layer_that_hurts_least():
     with torch.no_grad():
         y = model(x)  # the loss is the distance to the model's own outputs: every change costs
     batches = TensorBatches(x, y, batch_size=64)
-    task = nc.Task("self", train=batches, val=batches, test=batches, baseline=lambda: model,
-                   loss=nn.functional.mse_loss, metric="neg_mse")
+    task = nc.Task(
+        "self",
+        train=batches,
+        val=batches,
+        test=batches,
+        baseline=lambda: model,
+        loss=nn.functional.mse_loss,
+        metric="neg_mse",
+    )
     ctx = StepContext(task=task)
     # each layer has 4,096 MACs; at keep 0.25 (rank 8) 1,024: the target leaves room for one of them
     out = nc.LowRankBudget(target=0.7, keep=(0.25,), val_batches=1).apply(model, ctx)

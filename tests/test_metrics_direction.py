@@ -46,8 +46,9 @@ def test_perplexity_flattened_chunked_and_ignored_positions(monkeypatch):
     g = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(4, 7, 11, generator=g), torch.randint(0, 11, (4, 7), generator=g)
     full = perplexity(logits, targets)
-    assert full == pytest.approx(math.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, 11),
-                                                                            targets.reshape(-1)).item()), rel=1e-6)
+    assert full == pytest.approx(
+        math.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)).item()), rel=1e-6
+    )
     assert perplexity(logits.reshape(-1, 11), targets.reshape(-1)) == pytest.approx(full, rel=1e-12)
     monkeypatch.setattr(metrics, "_CE_CHUNK_ELEMENTS", 11 * 3)  # 3 rows per chunk
     assert perplexity(logits, targets) == pytest.approx(full, rel=1e-6)
@@ -102,8 +103,16 @@ def _report(name: str, value: float, higher: bool | None) -> Report:
     metric = {"name": name, "value": value}
     if higher is not None:
         metric["higher_is_better"] = higher
-    return Report(task="t", metric=metric, params=10, nonzero_params=10, size_bytes=40,
-                  dense_fp32_bytes=40, macs=10, latency_ms=None)
+    return Report(
+        task="t",
+        metric=metric,
+        params=10,
+        nonzero_params=10,
+        size_bytes=40,
+        dense_fp32_bytes=40,
+        macs=10,
+        latency_ms=None,
+    )
 
 
 def test_comparison_table_labels_a_perplexity_rise_as_worse():
@@ -122,8 +131,7 @@ def _tiny_lm_task() -> nc.Task:
     data = TensorBatches(tokens[:, :-1], tokens[:, 1:], batch_size=4)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=16, context=8, dim=16, depth=1, num_heads=2, mlp_hidden=32)).eval()
-    return nc.Task("tiny-lm", data, data, data, baseline=lambda: model, metric="perplexity",
-                   loss=token_cross_entropy)
+    return nc.Task("tiny-lm", data, data, data, baseline=lambda: model, metric="perplexity", loss=token_cross_entropy)
 
 
 def test_lowrank_budget_metric_criterion_scores_perplexity_unnegated():

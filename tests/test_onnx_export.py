@@ -157,20 +157,35 @@ def test_packed_file_is_smaller_than_fp32(tmp_path):
 def _cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding="same"), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 14 * 14, 32), nn.ReLU(), nn.Linear(32, 4),
+        nn.Conv2d(1, 8, 3, padding="same"),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 14 * 14, 32),
+        nn.ReLU(),
+        nn.Linear(32, 4),
     ).eval()
 
 
 @pytest.mark.parametrize(
     ("make", "label", "op"),
     [
-        (lambda m: quantize_weight_module(m, QuantSpec(8, True, "channel")), "QDQ 8-bit codes in int8, per channel",
-         "DequantizeLinear"),
-        (lambda m: quantize_weight_module(m, QuantSpec(3, False, "group", group_size=8)),
-         "QDQ 3-bit codes in uint8, per group 8", "DequantizeLinear"),
-        (lambda m: codebook_module(m, torch.linspace(-0.2, 0.2, 8), torch.randint(0, 8, m.weight.shape), 3),
-         "codebook 3-bit (Gather of 8 centroids)", "Gather"),
+        (
+            lambda m: quantize_weight_module(m, QuantSpec(8, True, "channel")),
+            "QDQ 8-bit codes in int8, per channel",
+            "DequantizeLinear",
+        ),
+        (
+            lambda m: quantize_weight_module(m, QuantSpec(3, False, "group", group_size=8)),
+            "QDQ 3-bit codes in uint8, per group 8",
+            "DequantizeLinear",
+        ),
+        (
+            lambda m: codebook_module(m, torch.linspace(-0.2, 0.2, 8), torch.randint(0, 8, m.weight.shape), 3),
+            "codebook 3-bit (Gather of 8 centroids)",
+            "Gather",
+        ),
         (binary_module, "QDQ binary (+-1 in int8, scale per channel)", "DequantizeLinear"),
         (half_module, "fp16 (Cast)", "Cast"),
     ],
@@ -224,8 +239,16 @@ def test_nested_runtime_module_is_refused(tmp_path):
 def test_onnx_latency_times_onnx_beside_pytorch(tmp_path):
     model, x = init_model("mlp"), torch.randn(1, 1, 28, 28)
     export_onnx(model, tmp_path / "m.onnx", x)
-    stats = onnx_latency(tmp_path / "m.onnx", x, batch_sizes=(1, 4), others={"torch": model},
-                         rounds=1, runs=2, min_seconds=0.0, threads=1)
+    stats = onnx_latency(
+        tmp_path / "m.onnx",
+        x,
+        batch_sizes=(1, 4),
+        others={"torch": model},
+        rounds=1,
+        runs=2,
+        min_seconds=0.0,
+        threads=1,
+    )
     assert set(stats) == {"onnx", "torch"} and set(stats["onnx"]) == {1, 4}
     assert stats["onnx"][4].batch_size == 4 and stats["onnx"][4].median_ms > 0 and stats["torch"][1].runs >= 2
     with pytest.raises(ValueError, match="batch_sizes must be positive integers"):
@@ -257,7 +280,9 @@ def test_cli_export_writes_once_and_reports(tmp_path, capsys):
     assert out.read_bytes() == before
     assert main([*argv, "--overwrite"]) == 0
     assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out
-    assert main(["export", str(tmp_path / "none.ncz"), "--task", f"{task_file}:make", "--out",
-                 str(tmp_path / "x.onnx")]) == 2
+    assert (
+        main(["export", str(tmp_path / "none.ncz"), "--task", f"{task_file}:make", "--out", str(tmp_path / "x.onnx")])
+        == 2
+    )
     assert not (tmp_path / "x.onnx").exists()
     assert np.isfinite(result["max_abs_output"])

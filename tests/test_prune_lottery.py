@@ -26,7 +26,7 @@ def test_rounds_follow_the_geometric_sparsity(task):
     n = model.fc1.weight.numel() + model.fc2.weight.numel()
     assert [r.round for r in rounds] == [0, 1, 2]
     for r in rounds:
-        assert r.sparsity == pytest.approx(1 - 0.5 ** r.round, abs=1 / n)
+        assert r.sparsity == pytest.approx(1 - 0.5**r.round, abs=1 / n)
         assert r.trained and 0.0 <= r.metric <= 1.0
     params = dict(model.named_parameters())
     for name in TARGETS:  # the final ticket trained with its mask held
@@ -69,10 +69,14 @@ def test_late_rewinding_goes_back_to_the_weights_after_k_steps():
 
 
 def test_bad_settings_are_rejected(task):
-    for settings, message in [({"rate": 1.0}, r"rate must be in \(0, 1\), got 1.0"),
-                              ({"rate": 0}, "rate"), ({"rounds": 0}, "rounds"),
-                              ({"rewind_steps": -1}, "rewind_steps"), ({"scope": "x"}, "scope"),
-                              ({"epochs": 0}, "epochs")]:
+    for settings, message in [
+        ({"rate": 1.0}, r"rate must be in \(0, 1\), got 1.0"),
+        ({"rate": 0}, "rate"),
+        ({"rounds": 0}, "rounds"),
+        ({"rewind_steps": -1}, "rewind_steps"),
+        ({"scope": "x"}, "scope"),
+        ({"epochs": 0}, "epochs"),
+    ]:
         with pytest.raises(ValueError, match=message):
             LotteryTicket(**settings)
     step = LotteryTicket(rounds=1, max_steps=2, rewind_steps=5)

@@ -18,10 +18,8 @@ def group_counts(weight: torch.Tensor, m: int) -> torch.Tensor:
 
 def test_nm_mask_keeps_the_largest_of_each_group():
     scores = torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.5, 0.1, 7.0, 6.0]])
-    assert nm_mask(scores, 2, 4).tolist() == [[False, True, True, False,
-                                               False, False, True, True]]
-    assert nm_mask(scores, 1, 2).tolist() == [[False, True, True, False,
-                                               True, False, True, False]]
+    assert nm_mask(scores, 2, 4).tolist() == [[False, True, True, False, False, False, True, True]]
+    assert nm_mask(scores, 1, 2).tolist() == [[False, True, True, False, True, False, True, False]]
     with pytest.raises(ValueError, match="multiple of m=3"):
         nm_mask(scores, 1, 3)
 
@@ -66,8 +64,12 @@ def test_earlier_masks_stay_and_groups_keep_at_most_n(task):
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"n": 4, "m": 4}, "n must be smaller than m.*n=4, m=4"), ({"n": 0}, "n must be an integer"),
-     ({"m": 1, "n": 1}, "m must be an integer >= 2"), ({"criterion": "l0"}, "criterion")],
+    [
+        ({"n": 4, "m": 4}, "n must be smaller than m.*n=4, m=4"),
+        ({"n": 0}, "n must be an integer"),
+        ({"m": 1, "n": 1}, "m must be an integer >= 2"),
+        ({"criterion": "l0"}, "criterion"),
+    ],
 )
 def test_bad_settings_are_rejected(settings, message):
     with pytest.raises(ValueError, match=message):

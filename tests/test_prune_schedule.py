@@ -28,11 +28,13 @@ def targeted(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize(
     ("step", "initial", "expected"),
     [
-        (-10, 0.0, 0.0), (0, 0.0, 0.0),
+        (-10, 0.0, 0.0),
+        (0, 0.0, 0.0),
         (25, 0.0, 0.4625),  # 0.8 - 0.8 * 0.75^3
         (50, 0.0, 0.7),  # 0.8 - 0.8 * 0.5^3
         (50, 0.2, 0.725),  # 0.8 - 0.6 * 0.5^3
-        (100, 0.0, 0.8), (150, 0.0, 0.8),
+        (100, 0.0, 0.8),
+        (150, 0.0, 0.8),
     ],
 )
 def test_cubic_ramp_matches_hand_computed_values(step, initial, expected):
@@ -54,8 +56,11 @@ def test_gradual_prune_follows_the_ramp_during_training(task):
     n = sum(w.numel() for w in targeted(model))
     # 8 batches per epoch x 2 epochs capped at 12 steps; ramp over steps 0..6 every 2
     GradualPrune(sparsity=0.8, frequency=2, end=0.5, epochs=2, max_steps=12).apply(model, ctx)
-    updates = [tuple(map(float, m.groups())) for line in ctx.log
-               if (m := re.match(r"gradual-prune step (\d+): target ([\d.]+), ([\d.]+) zero", line))]
+    updates = [
+        tuple(map(float, m.groups()))
+        for line in ctx.log
+        if (m := re.match(r"gradual-prune step (\d+): target ([\d.]+), ([\d.]+) zero", line))
+    ]
     assert [int(u[0]) for u in updates] == [0, 2, 4, 6]
     for step, target, achieved in updates:
         assert target == pytest.approx(0.8 - 0.8 * (1 - step / 6) ** 3, abs=1e-4)
@@ -69,8 +74,11 @@ def test_iterative_prune_reaches_each_round_and_finetune_keeps_it(task):
     recipe = [IterativePrune(sparsity=0.875, rounds=3, max_steps=2), nc.FineTune(max_steps=3)]
     result = nc.compress(task.baseline(), recipe, task, measure_config=FAST)
     iterative, tuned = result.report.steps
-    rounds = [float(m.group(1)) for line in iterative.notes
-              if (m := re.search(r"round \d+: target [\d.]+, ([\d.]+) zero", line))]
+    rounds = [
+        float(m.group(1))
+        for line in iterative.notes
+        if (m := re.search(r"round \d+: target [\d.]+, ([\d.]+) zero", line))
+    ]
     n = sum(w.numel() for w in targeted(result.model))
     assert rounds == pytest.approx([0.5, 0.75, 0.875], abs=1e-4 + 1 / n)
     assert sum(int((w == 0).sum()) for w in targeted(result.model)) == round(0.875 * n)
@@ -121,8 +129,11 @@ def test_gradual_prune_keep_best_returns_the_best_validation_checkpoint(task, mo
 def test_best_on_validation_follows_the_metric_direction(task, higher_is_better):
     from nncompress.train.best import BestOnValidation
 
-    view = type("View", (), {"val": task.val, "metric_fn": task.metric_fn, "metric_name": "accuracy",
-                             "higher_is_better": higher_is_better})()
+    view = type(
+        "View",
+        (),
+        {"val": task.val, "metric_fn": task.metric_fn, "metric_name": "accuracy", "higher_is_better": higher_is_better},
+    )()
     model = task.baseline()
     states, values = [], []
     best = BestOnValidation(view)

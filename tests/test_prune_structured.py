@@ -32,8 +32,7 @@ from nncompress.prune.surgery import CONVS, channel_counts, cut_conv, cut_embedd
 
 MODELS = {
     "resnet": lambda: ResNet(widths=(8, 16), num_classes=4),
-    "vit": lambda: VisionTransformer(patch_size=7, dim=16, depth=2, num_heads=4, mlp_hidden=32,
-                                     num_classes=4),
+    "vit": lambda: VisionTransformer(patch_size=7, dim=16, depth=2, num_heads=4, mlp_hidden=32, num_classes=4),
     **ARCHS,
 }
 X = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -88,15 +87,18 @@ def rows(module: nn.Module) -> torch.Tensor:
 
 # --- the dependency graph ---------------------------------------------------------------
 def names_by_group(model: nn.Module) -> list[set[tuple[str, str, int, int]]]:
-    return [{(m.kind, m.name, m.offset, m.inner) for m in g.members}
-            for g in trace_channels(model, X).groups]
+    return [{(m.kind, m.name, m.offset, m.inner) for m in g.members} for g in trace_channels(model, X).groups]
 
 
 def test_resnet_residual_groups_couple_shortcut_and_block_input():
     groups = names_by_group(build("resnet"))
     stream0 = next(g for g in groups if ("out", "stem.0", 0, 1) in g)
-    assert {("out", "stages.0.0.conv2", 0, 1), ("in", "stages.1.0.shortcut.0", 0, 1),
-            ("in", "stages.1.0.conv1", 0, 1), ("norm", "stem.1", 0, 1)} <= stream0
+    assert {
+        ("out", "stages.0.0.conv2", 0, 1),
+        ("in", "stages.1.0.shortcut.0", 0, 1),
+        ("in", "stages.1.0.conv1", 0, 1),
+        ("norm", "stem.1", 0, 1),
+    } <= stream0
     stream1 = next(g for g in groups if ("out", "stages.1.0.conv2", 0, 1) in g)
     assert {("out", "stages.1.0.shortcut.0", 0, 1), ("in", "fc", 0, 1)} <= stream1
     assert len(groups) == 4  # two residual streams, two inner convs; fc's output is never a group
@@ -105,7 +107,8 @@ def test_resnet_residual_groups_couple_shortcut_and_block_input():
 def test_concat_offsets_flatten_strides_and_depthwise_coupling():
     dense = names_by_group(build("densenet"))
     assert {("in", "transition.0", 8, 1), ("in", "layer2.0", 8, 1)} <= next(
-        g for g in dense if ("out", "layer1.0", 0, 1) in g)
+        g for g in dense if ("out", "layer1.0", 0, 1) in g
+    )
     assert ("in", "transition.0", 12, 1) in next(g for g in dense if ("out", "layer2.0", 0, 1) in g)
     grouped = trace_channels(build("grouped"), X).groups
     g4 = next(g for g in grouped if any(m.name == "g4.0" and m.kind == "out" for m in g.members))
@@ -162,8 +165,11 @@ def macs_by_module(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     prefix = type(model).__name__ + "."
-    return {k.removeprefix(prefix): int(sum(v.values())) // 2
-            for k, v in counter.get_flop_counts().items() if k.startswith(prefix)}
+    return {
+        k.removeprefix(prefix): int(sum(v.values())) // 2
+        for k, v in counter.get_flop_counts().items()
+        if k.startswith(prefix)
+    }
 
 
 def layer_shapes(model: nn.Module) -> dict[str, tuple[int, int, int]]:
@@ -206,8 +212,12 @@ def test_pruned_artifact_runs_in_a_process_without_pruning_code(name, tmp_path):
     pruned, _ = run(ChannelPrune(sparsity=0.5), build(name))
     path = nc.save(pruned, tmp_path / "m.ncz")
     torch.save(X, tmp_path / "x.pt")
-    subprocess.run([sys.executable, "-c", LOAD_WITHOUT_PRUNING, str(path), str(tmp_path / "x.pt"),
-                    str(tmp_path / "y.pt")], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_PRUNING, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), out(pruned), rtol=0, atol=0)
 
 
@@ -338,10 +348,12 @@ def test_exclude_keeps_outputs_and_bad_settings_raise():
     assert pruned.cls_token.shape[-1] == 16 and pruned.blocks[0].mlp.fc1.out_features == 16
     with pytest.raises(ValueError, match=r"exclude entry 'nope' names no module.*layers are: stem"):
         run(ChannelPrune(exclude=("nope",)), build("resnet"))
-    bad = [({"sparsity": 1.5}, r"sparsity .*\[0, 1\), got 1.5"),
-           ({"criterion": "l3"}, r"one of l1, l2, taylor, random; got 'l3'"),
-           ({"scope": "net"}, r"layer, global; got 'net'"),
-           ({"round_to": 0}, r"round_to must be an integer >= 1, got 0")]
+    bad = [
+        ({"sparsity": 1.5}, r"sparsity .*\[0, 1\), got 1.5"),
+        ({"criterion": "l3"}, r"one of l1, l2, taylor, random; got 'l3'"),
+        ({"scope": "net"}, r"layer, global; got 'net'"),
+        ({"round_to": 0}, r"round_to must be an integer >= 1, got 0"),
+    ]
     for settings, message in bad:
         with pytest.raises(ValueError, match=message):
             ChannelPrune(**settings)
@@ -414,8 +426,7 @@ def test_head_prune_keeps_one_head_and_sparsity_zero_is_identity():
     before = out(model)
     same, _ = run(HeadPrune(sparsity=0.0), model)
     torch.testing.assert_close(out(same), before, rtol=0, atol=0)
-    pruned, _ = run(HeadPrune(sparsity=0.99, criterion="taylor"),
-                    model, make_task(lambda: build("vit"), n_train=64))
+    pruned, _ = run(HeadPrune(sparsity=0.99, criterion="taylor"), model, make_task(lambda: build("vit"), n_train=64))
     assert [b.attn.num_heads for b in pruned.blocks] == [1, 1]
     assert pruned(X).shape == (3, 4)
 

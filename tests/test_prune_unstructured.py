@@ -27,8 +27,9 @@ def zeros_of(*weights: torch.Tensor) -> int:
 def tiny_task() -> nc.Task:
     """One sample x = (3, 1), target 0, MSE loss: scores are computable by hand."""
     batches = TensorBatches(torch.tensor([[3.0, 1.0]]), torch.tensor([[0.0]]), batch_size=1)
-    return nc.Task("tiny", train=batches, val=batches, test=batches, baseline=lambda: None,
-                   metric="neg_mse", loss=F.mse_loss)
+    return nc.Task(
+        "tiny", train=batches, val=batches, test=batches, baseline=lambda: None, metric="neg_mse", loss=F.mse_loss
+    )
 
 
 def tiny_model() -> nn.Module:
@@ -82,8 +83,7 @@ def test_global_lamp_keeps_every_layer_where_magnitude_empties_one():
 def test_threshold_applies_to_the_criterion_score():
     model, ctx = tiny_model(), StepContext(task=tiny_task())
     # wanda scores (3, 2): a threshold of 2.5 drops only the second weight
-    UnstructuredPrune(threshold=2.5, sparsity=None, criterion="wanda",
-                      keep_classifier=False).apply(model, ctx)
+    UnstructuredPrune(threshold=2.5, sparsity=None, criterion="wanda", keep_classifier=False).apply(model, ctx)
     assert ctx.masks["0.weight"].tolist() == [[True, False]]
 
 
@@ -109,8 +109,7 @@ def test_layer_scope_and_overrides_prune_each_layer_exactly(task):
     assert zeros_of(model.fc2.weight) == round(0.9 * model.fc2.weight.numel())
     assert zeros_of(model.fc1.weight) == round(0.5 * model.fc1.weight.numel())  # global over rest
     model = task.baseline()
-    UnstructuredPrune(sparsity=0.5, layer_sparsity=(("fc[12]", 0.3),)).apply(
-        model, StepContext(task=task))
+    UnstructuredPrune(sparsity=0.5, layer_sparsity=(("fc[12]", 0.3),)).apply(model, StepContext(task=task))
     for w in (model.fc1.weight, model.fc2.weight):
         assert zeros_of(w) == round(0.3 * w.numel())
 
@@ -137,18 +136,15 @@ def test_wanda_masks_survive_finetuning(task):
 
 
 def test_keep_top_drops_exactly_k_lowest_over_all_tensors():
-    keep = keep_top({"a": torch.tensor([0.1, 5.0]), "b": torch.tensor([[0.2, 0.0], [3.0, 4.0]])},
-                    0.5)
+    keep = keep_top({"a": torch.tensor([0.1, 5.0]), "b": torch.tensor([[0.2, 0.0], [3.0, 4.0]])}, 0.5)
     assert keep["a"].tolist() == [False, True]
     assert keep["b"].tolist() == [[False, False], [True, True]]
 
 
 def test_recipe_lists_become_tuples_and_round_trip():
-    step = step_from_dict({"kind": "unstructured-prune", "layer_sparsity": [["fc1", 0.5]],
-                           "exclude": ["fc2"]})
+    step = step_from_dict({"kind": "unstructured-prune", "layer_sparsity": [["fc1", 0.5]], "exclude": ["fc2"]})
     assert step == UnstructuredPrune(layer_sparsity=(("fc1", 0.5),), exclude=("fc2",))
-    assert UnstructuredPrune(layer_sparsity={"fc1": 0.5}) == step.__class__(
-        layer_sparsity=(("fc1", 0.5),))
+    assert UnstructuredPrune(layer_sparsity={"fc1": 0.5}) == step.__class__(layer_sparsity=(("fc1", 0.5),))
 
 
 def test_bad_settings_are_rejected(task):
@@ -165,8 +161,7 @@ def test_bad_settings_are_rejected(task):
     with pytest.raises(ValueError, match="UnstructuredPrune"):
         MagnitudePrune(criterion="wanda")
     with pytest.raises(ValueError, match="'conv9' matches no pruned layer.*fc1"):
-        UnstructuredPrune(layer_sparsity=(("conv9", 0.5),)).apply(task.baseline(),
-                                                                  StepContext(task=task))
+        UnstructuredPrune(layer_sparsity=(("conv9", 0.5),)).apply(task.baseline(), StepContext(task=task))
 
 
 def test_magnitude_prune_is_unchanged_for_old_recipes():

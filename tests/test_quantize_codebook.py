@@ -61,7 +61,7 @@ def test_huffman_never_exceeds_fixed_width_and_is_a_complete_code():
     for bits in (2, 4, 6):
         _, codes = kmeans_codebook(w, bits)
         lengths = huffman_code_lengths(codes)
-        assert sum(2.0 ** -n for n in lengths.values()) == pytest.approx(1.0)  # Kraft equality
+        assert sum(2.0**-n for n in lengths.values()) == pytest.approx(1.0)  # Kraft equality
         assert huffman_bits(codes) <= bits * codes.numel()
     uniform = torch.arange(16).repeat(10)
     assert huffman_bits(uniform) == 4 * 160  # equal counts: no gain
@@ -69,10 +69,12 @@ def test_huffman_never_exceeds_fixed_width_and_is_a_complete_code():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"bits": 0}, r"bits must be an integer in \[1, 16\], got 0"),
-     ({"bits": 33}, r"bits must be an integer in \[1, 16\], got 33"),
-     ({"bits": 4, "init": "random"}, r"init must be one of \('linear', 'density'\), got 'random'"),
-     ({"bits": 4, "iters": -1}, r"iters must be an integer >= 0, got -1")],
+    [
+        ({"bits": 0}, r"bits must be an integer in \[1, 16\], got 0"),
+        ({"bits": 33}, r"bits must be an integer in \[1, 16\], got 33"),
+        ({"bits": 4, "init": "random"}, r"init must be one of \('linear', 'density'\), got 'random'"),
+        ({"bits": 4, "iters": -1}, r"iters must be an integer >= 0, got -1"),
+    ],
 )
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

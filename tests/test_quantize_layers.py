@@ -83,8 +83,9 @@ def test_scales_are_fp16_when_computed_and_kept_exact_when_given():
     q = quantize_weight_module(layer, spec, scale=scale)
     assert q.scale.dtype == torch.float32 and torch.equal(q.scale, scale)
     zp = torch.randint(0, 16, (12, 1))
-    affine = quantize_weight_module(layer, QuantSpec(bits=4, symmetric=False, granularity="channel"), scale=scale,
-                                    zero_point=zp)
+    affine = quantize_weight_module(
+        layer, QuantSpec(bits=4, symmetric=False, granularity="channel"), scale=scale, zero_point=zp
+    )
     assert torch.equal(affine.zero_points(), zp.to(torch.int32))
     with pytest.raises(ValueError, match="scale has 3 values .* needs 12"):
         quantize_weight_module(layer, spec, scale=torch.ones(3))
@@ -189,9 +190,11 @@ def test_artifacts_shrink_to_their_bit_width():
     fp32 = 4 * (256 * 256 + 256)  # the float32 bytes (the fp32 artifact itself may be DEFLATE-d a few % smaller)
     assert 0.85 * fp32 <= artifact_bytes(nn.Sequential(layer)) <= fp32 + 4096
     four = artifact_bytes(nn.Sequential(quantize_weight_module(layer, QuantSpec(bits=4, granularity="channel"))))
-    group = artifact_bytes(nn.Sequential(
-        quantize_weight_module(layer, QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64))
-    ))
+    group = artifact_bytes(
+        nn.Sequential(
+            quantize_weight_module(layer, QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64))
+        )
+    )
     one = artifact_bytes(nn.Sequential(binary_module(layer)))
     five = artifact_bytes(nn.Sequential(codebook_module(layer, *kmeans_codebook(layer.weight, 5), 5)))
     half = artifact_bytes(nn.Sequential(half_module(layer)))

@@ -38,10 +38,21 @@ def test_replace_block_swaps_only_the_inside(readme_results):
 
 
 def _row(tool: str, headline: str, accuracy: float, size: int, latency: float) -> dict:
-    side = {"metric": {"name": "accuracy", "value": accuracy, "higher_is_better": True}, "size_bytes": size,
-            "latency_ms": latency, "macs": 1}
-    return {"task": "t", "technique": "x", "headline": headline, "tool": tool, "method": "m",
-            "baseline": dict(side), "result": side}
+    side = {
+        "metric": {"name": "accuracy", "value": accuracy, "higher_is_better": True},
+        "size_bytes": size,
+        "latency_ms": latency,
+        "macs": 1,
+    }
+    return {
+        "task": "t",
+        "technique": "x",
+        "headline": headline,
+        "tool": tool,
+        "method": "m",
+        "baseline": dict(side),
+        "result": side,
+    }
 
 
 @pytest.mark.parametrize(
@@ -55,8 +66,12 @@ def _row(tool: str, headline: str, accuracy: float, size: int, latency: float) -
 def test_mark_winners_follows_the_headline(readme_results, headline, winner):
     from peers._table import mark_winners  # benchmarks/ is on sys.path through the fixture
 
-    rows = [_row("a", headline, 0.9060, 100, 2.0), _row("b", headline, 0.9100, 300, 3.0),
-            _row("c", headline, 0.9060, 200, 1.0), _row("d", headline, 0.8900, 50, 0.5)]
+    rows = [
+        _row("a", headline, 0.9060, 100, 2.0),
+        _row("b", headline, 0.9100, 300, 3.0),
+        _row("c", headline, 0.9060, 200, 1.0),
+        _row("d", headline, 0.8900, 50, 0.5),
+    ]
     mark_winners(rows)
     assert [r["tool"] for r in rows if r["wins"]] == [winner]
 
@@ -71,13 +86,22 @@ def test_metric_tie_goes_to_the_smaller_file(readme_results):
 
 def test_deep_compression_table_picks_the_smallest_peer_at_no_lower_metric(readme_results):
     base = {"metric": {"name": "accuracy", "value": 0.9111}}
-    ours = {"task": "t", "baseline": base,
-            "result": {"metric": {"name": "accuracy", "value": 0.9070}, "size_bytes": 7000, "dense_fp32_bytes": 246824},
-            "settings": {"reloaded_metric": 0.9070, "seed_metrics": {"0": 0.9070, "1": 0.9050, "2": 0.9090},
-                         "paper_mnist": {"model": "LeNet-5", "x_smaller": 39,
-                                                                    "error_before": 0.0080, "error_after": 0.0074}}}
-    peers = [_row("small-but-worse", "size", 0.9000, 5000, 1.0), _row("big", "size", 0.9100, 70000, 1.0),
-             _row("smaller", "size", 0.9080, 60000, 1.0), _row("nncompress", "size", 0.9110, 1000, 1.0)]
+    ours = {
+        "task": "t",
+        "baseline": base,
+        "result": {"metric": {"name": "accuracy", "value": 0.9070}, "size_bytes": 7000, "dense_fp32_bytes": 246824},
+        "settings": {
+            "reloaded_metric": 0.9070,
+            "seed_metrics": {"0": 0.9070, "1": 0.9050, "2": 0.9090},
+            "paper_mnist": {"model": "LeNet-5", "x_smaller": 39, "error_before": 0.0080, "error_after": 0.0074},
+        },
+    }
+    peers = [
+        _row("small-but-worse", "size", 0.9000, 5000, 1.0),
+        _row("big", "size", 0.9100, 70000, 1.0),
+        _row("smaller", "size", 0.9080, 60000, 1.0),
+        _row("nncompress", "size", 0.9110, 1000, 1.0),
+    ]
     table = readme_results.deep_compression_markdown([ours], peers)
     row = table.splitlines()[2]
     assert "35.3× (7,000 B)" in row and "(−0.41)" in row and "39×, +0.06" in row

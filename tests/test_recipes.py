@@ -35,29 +35,40 @@ def cheap(step: nc.Step) -> nc.Step:
 
 ALLOWED = {
     "prune-finetune-kmeans": lambda: [
-        make("magnitude-prune", sparsity=0.8), make("finetune", max_steps=2), make("kmeans-quantize", max_steps=2)
+        make("magnitude-prune", sparsity=0.8),
+        make("finetune", max_steps=2),
+        make("kmeans-quantize", max_steps=2),
     ],
     "channel-svd-distill-int4": lambda: [
-        make("channel-prune", sparsity=0.25), make("svd", rank=0.5), make("distill", max_steps=2),
+        make("channel-prune", sparsity=0.25),
+        make("svd", rank=0.5),
+        make("distill", max_steps=2),
         make("weight-quantize", bits=4),
     ],
     "svd-prune-finetune-int8dyn": lambda: [
-        make("svd", rank=0.5), make("magnitude-prune", sparsity=0.5), make("finetune", max_steps=2),
+        make("svd", rank=0.5),
+        make("magnitude-prune", sparsity=0.5),
+        make("finetune", max_steps=2),
         make("int8-dynamic"),
     ],
     "gradual-tucker-qat": lambda: [
-        make("gradual-prune", sparsity=0.5, max_steps=3), make("tucker", rank=0.5), make("qat", bits=4, max_steps=2)
+        make("gradual-prune", sparsity=0.5, max_steps=3),
+        make("tucker", rank=0.5),
+        make("qat", bits=4, max_steps=2),
     ],
     "nm-distill-fp16": lambda: [make("nm-prune"), make("distill", max_steps=2), make("fp16")],
     "iterative-binarize": lambda: [
-        make("iterative-prune", sparsity=0.5, rounds=2, max_steps=1), make("binarize", max_steps=2)
+        make("iterative-prune", sparsity=0.5, rounds=2, max_steps=1),
+        make("binarize", max_steps=2),
     ],
     "prune-lowrank-int8-static": lambda: [
-        make("magnitude-prune", sparsity=0.5), make("spatial-svd", rank=0.5),
+        make("magnitude-prune", sparsity=0.5),
+        make("spatial-svd", rank=0.5),
         make("int8-static", calibration_batches=1),
     ],
     "finetune-prune-gptq": lambda: [
-        make("finetune", max_steps=2), make("magnitude-prune", sparsity=0.5),
+        make("finetune", max_steps=2),
+        make("magnitude-prune", sparsity=0.5),
         make("gptq", group_size=16, calibration_batches=1),
     ],
 }

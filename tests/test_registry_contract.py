@@ -45,8 +45,12 @@ EXAMPLES: dict[str, dict] = {
 # silent success: no Conv2d for the conv factorizations, and on the ResNet only the kept classifier
 # Linear for the Linear-only steps.
 NOT_APPLICABLE = {
-    ("mlp", "cp"), ("mlp", "spatial-svd"), ("mlp", "tucker"),
-    ("vit", "cp"), ("vit", "spatial-svd"), ("vit", "tucker"),
+    ("mlp", "cp"),
+    ("mlp", "spatial-svd"),
+    ("mlp", "tucker"),
+    ("vit", "cp"),
+    ("vit", "spatial-svd"),
+    ("vit", "tucker"),
     *(("resnet", kind) for kind in ("svd", "rtn", "gptq", "awq", "hqq", "smoothquant", "w8a8")),
 }
 
@@ -75,9 +79,7 @@ def test_step_runs_saves_and_loads(kind, model_name, tmp_path):
 @pytest.mark.parametrize("kind", sorted(STEPS))
 def test_step_is_documented_and_round_trips_through_a_recipe(kind):
     cls = STEPS[kind]
-    assert cls.__doc__ and "Example:" in cls.__doc__, (
-        f"{cls.__name__} needs a docstring with an example"
-    )
+    assert cls.__doc__ and "Example:" in cls.__doc__, f"{cls.__name__} needs a docstring with an example"
     step = cls(**EXAMPLES.get(kind, {}))
     again = nc.core.recipe.parse_recipe({"steps": [{"kind": kind, **step.settings()}]})[0]
     assert again == step

@@ -72,12 +72,27 @@ class Browser:
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]
         self._log_path = profile.parent / "chromium.log"
         self._log = open(self._log_path, "wb")  # noqa: SIM115 (closed in close())
-        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-background-networking", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-                "--window-size=1200,900", "about:blank"]
-        actions = [(os.POSIX_SPAWN_DUP2, high[0], 3), (os.POSIX_SPAWN_DUP2, high[1], 4),
-                   (os.POSIX_SPAWN_DUP2, self._log.fileno(), 1), (os.POSIX_SPAWN_DUP2, self._log.fileno(), 2)]
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "--window-size=1200,900",
+            "about:blank",
+        ]
+        actions = [
+            (os.POSIX_SPAWN_DUP2, high[0], 3),
+            (os.POSIX_SPAWN_DUP2, high[1], 4),
+            (os.POSIX_SPAWN_DUP2, self._log.fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, self._log.fileno(), 2),
+        ]
         try:
             self.pid = os.posix_spawn(binary, args, dict(os.environ), file_actions=actions, setpgroup=0)
         except OSError:
@@ -170,8 +185,10 @@ def browser(tmp_path_factory):
     if binary is None:
         if os.environ.get("NNCOMPRESS_ALLOW_NO_BROWSER") == "1":
             pytest.skip("no Chromium found and NNCOMPRESS_ALLOW_NO_BROWSER=1")
-        pytest.fail("no Chromium found: run `make browser` (apt-get install chromium), set NNCOMPRESS_CHROMIUM "
-                    "to a binary, or set NNCOMPRESS_ALLOW_NO_BROWSER=1 to skip this test")
+        pytest.fail(
+            "no Chromium found: run `make browser` (apt-get install chromium), set NNCOMPRESS_CHROMIUM "
+            "to a binary, or set NNCOMPRESS_ALLOW_NO_BROWSER=1 to skip this test"
+        )
     b = Browser(binary, tmp_path_factory.mktemp("chromium") / "profile")
     yield b
     b.close()
@@ -181,8 +198,11 @@ def browser(tmp_path_factory):
 def small_run(tmp_path_factory) -> Path:
     """A real run written by ``write_run``: fc2 factorized by SVD, then pruned, then 4-bit weights."""
     task = make_task(n_train=64)
-    recipe = [nc.SVDFactorize(rank=0.25, layers=["fc2"]), nc.MagnitudePrune(sparsity=0.5),
-              nc.WeightQuantize(bits=4, method="minmax")]
+    recipe = [
+        nc.SVDFactorize(rank=0.25, layers=["fc2"]),
+        nc.MagnitudePrune(sparsity=0.5),
+        nc.WeightQuantize(bits=4, method="minmax"),
+    ]
     result = nc.compress(task.baseline(), recipe, task, measure_config=nc.MeasureConfig(latency=False))
     out = tmp_path_factory.mktemp("run")
     write_run(result, out)
@@ -192,9 +212,13 @@ def small_run(tmp_path_factory) -> Path:
 def check_page(browser: Browser, path: Path, expected: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Open ``path``; assert no errors, no other requests, and each expected plot drawn."""
     session, events = browser.open(path.as_uri())
-    errors = [e["params"] for e in events if e["method"] == "Runtime.exceptionThrown"
-              or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
-              or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    errors = [
+        e["params"]
+        for e in events
+        if e["method"] == "Runtime.exceptionThrown"
+        or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+        or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]
     assert errors == [], f"console errors in {path.name}: {errors}"
     requested = {e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"}
     assert requested == {path.as_uri()}, f"the page loaded more than itself: {requested}"
@@ -212,12 +236,16 @@ def check_page(browser: Browser, path: Path, expected: dict[str, dict[str, int]]
 
 def test_report_of_a_real_run_renders_in_chromium(browser, small_run):
     assert (small_run / "report.html").is_file()  # write_run draws it next to report.json
-    page = check_page(browser, small_run / "report.html", {
-        "steps": {"steps-metric": 4, "steps-size": 4, "steps-saved": 1},  # baseline + 3 steps
-        "sparsity": {"sparsity-before-0": 0, "sparsity-after-0": 0},
-        "bits": {"bits-bar-0": 0},
-        "ranks": {"ranks-bar-0": 0},  # fc2 -> fc2.0, fc2.1
-    })
+    page = check_page(
+        browser,
+        small_run / "report.html",
+        {
+            "steps": {"steps-metric": 4, "steps-size": 4, "steps-saved": 1},  # baseline + 3 steps
+            "sparsity": {"sparsity-before-0": 0, "sparsity-after-0": 0},
+            "bits": {"bits-bar-0": 0},
+            "ranks": {"ranks-bar-0": 0},  # fc2 -> fc2.0, fc2.1
+        },
+    )
     assert page["title"] == "nncompress report: synthetic"
 
 
@@ -229,13 +257,22 @@ def test_search_report_with_hostile_strings_renders_in_chromium(browser, small_r
     report["steps"][0]["notes"].append(HOSTILE)
     (tmp_path / "report.json").write_text(json.dumps(report))
     write_search_files(tmp_path, *synthetic_search_files())
-    page = check_page(browser, render_html(tmp_path), {
-        "steps": {"steps-metric": 4},
-        "sparsity": {"sparsity-after-0": 0},
-        "bits": {"bits-bar-0": 0},
-        "ranks": {"ranks-bar-0": 0},
-        "sensitivity": {f"sensitivity-curve-{i}": 3 for i in range(4)} | {"sensitivity-baseline-0": 0},
-        "pareto": {"pareto-meets": 8, "pareto-misses": 2, "pareto-front": 4, "pareto-chosen": 1,
-                   "pareto-budget": 0},
-    })
+    page = check_page(
+        browser,
+        render_html(tmp_path),
+        {
+            "steps": {"steps-metric": 4},
+            "sparsity": {"sparsity-after-0": 0},
+            "bits": {"bits-bar-0": 0},
+            "ranks": {"ranks-bar-0": 0},
+            "sensitivity": {f"sensitivity-curve-{i}": 3 for i in range(4)} | {"sensitivity-baseline-0": 0},
+            "pareto": {
+                "pareto-meets": 8,
+                "pareto-misses": 2,
+                "pareto-front": 4,
+                "pareto-chosen": 1,
+                "pareto-budget": 0,
+            },
+        },
+    )
     assert page["title"] == f"nncompress report: {HOSTILE}"  # shown as text, not run as markup

@@ -25,57 +25,128 @@ def layer(name, shape, *, sparsity=0.0, bits=32, fmt="float32", layer_type="Line
     params = 1
     for d in shape:
         params *= d
-    return {"name": name, "type": layer_type, "shape": list(shape), "params": params,
-            "nonzero_params": round(params * (1 - sparsity)), "weight_sparsity": sparsity, "format": fmt,
-            "bits": bits, "granularity": None if fmt == "float32" else "channel", "group_size": None, **extra}
+    return {
+        "name": name,
+        "type": layer_type,
+        "shape": list(shape),
+        "params": params,
+        "nonzero_params": round(params * (1 - sparsity)),
+        "weight_sparsity": sparsity,
+        "format": fmt,
+        "bits": bits,
+        "granularity": None if fmt == "float32" else "channel",
+        "group_size": None,
+        **extra,
+    }
 
 
 def side(metric, size, layers):
-    return {"task": "t", "metric": {"name": "accuracy", "value": metric, "higher_is_better": True},
-            "params": 1000, "nonzero_params": 500, "size_bytes": size, "dense_fp32_bytes": 4000, "macs": 900,
-            "latency_ms": None, "latency": {}, "energy": {}, "steps": [], "layers": layers}
+    return {
+        "task": "t",
+        "metric": {"name": "accuracy", "value": metric, "higher_is_better": True},
+        "params": 1000,
+        "nonzero_params": 500,
+        "size_bytes": size,
+        "dense_fp32_bytes": 4000,
+        "macs": 900,
+        "latency_ms": None,
+        "latency": {},
+        "energy": {},
+        "steps": [],
+        "layers": layers,
+    }
 
 
 def make_report(task="synthetic", note="kept 50%"):
     """A report.json: fc1 factorized by SVD (rank 75 of 300), fc2 pruned and quantized, fc3 dense."""
     baseline = [layer("fc1", (300, 784)), layer("fc2", (100, 300)), layer("fc3", (10, 100))]
-    final = [layer("fc1.0", (75, 784), sparsity=0.25, bits=4, fmt="int-symmetric"),
-             layer("fc1.1", (300, 75), bits=4, fmt="int-symmetric"),
-             layer("fc2", (100, 300), sparsity=0.5, bits=4, fmt="int-symmetric"), layer("fc3", (10, 100))]
+    final = [
+        layer("fc1.0", (75, 784), sparsity=0.25, bits=4, fmt="int-symmetric"),
+        layer("fc1.1", (300, 75), bits=4, fmt="int-symmetric"),
+        layer("fc2", (100, 300), sparsity=0.5, bits=4, fmt="int-symmetric"),
+        layer("fc3", (10, 100)),
+    ]
     steps = [
-        {"kind": "svd", "settings": {"rank": 0.25, "layers": ["fc1"]}, "seconds": 0.5, "metric": 0.88,
-         "params": 900, "nonzero_params": 900, "size_bytes": 3000, "notes": []},
-        {"kind": "magnitude-prune", "settings": {"sparsity": 0.5, "threshold": None}, "seconds": 0.1,
-         "metric": 0.86, "params": 900, "nonzero_params": 450, "size_bytes": 2000, "notes": [note]},
+        {
+            "kind": "svd",
+            "settings": {"rank": 0.25, "layers": ["fc1"]},
+            "seconds": 0.5,
+            "metric": 0.88,
+            "params": 900,
+            "nonzero_params": 900,
+            "size_bytes": 3000,
+            "notes": [],
+        },
+        {
+            "kind": "magnitude-prune",
+            "settings": {"sparsity": 0.5, "threshold": None},
+            "seconds": 0.1,
+            "metric": 0.86,
+            "params": 900,
+            "nonzero_params": 450,
+            "size_bytes": 2000,
+            "notes": [note],
+        },
     ]
     recipe = [{"kind": s["kind"], "settings": s["settings"]} for s in steps]
-    return {"task": task, "baseline": side(0.9, 4000, baseline), "final": side(0.86, 1900, final),
-            "steps": steps, "recipe": recipe, "seed": 3, "versions": {"nncompress": "0.1.0"}, "seconds": 1.0}
+    return {
+        "task": task,
+        "baseline": side(0.9, 4000, baseline),
+        "final": side(0.86, 1900, final),
+        "steps": steps,
+        "recipe": recipe,
+        "seed": 3,
+        "versions": {"nncompress": "0.1.0"},
+        "seconds": 1.0,
+    }
 
 
 def synthetic_search_files(metric_name="accuracy"):
     """sensitivity.json, trials.jsonl rows and search.json per the search contract: 2 layers x 2
     techniques x 3 strengths; 10 trials (trial 9 without latency); front [0, 3, 5, 8], chosen 5."""
     sensitivity = {
-        "task": "synthetic", "metric": {"name": metric_name, "higher_is_better": True},
-        "baseline_metric": 0.9, "split": "val",
+        "task": "synthetic",
+        "metric": {"name": metric_name, "higher_is_better": True},
+        "baseline_metric": 0.9,
+        "split": "val",
         "curves": [
-            {"layer": name, "technique": tech,
-             "points": [{"strength": s, "metric": 0.9 - k * drop, "size_bytes": None if k == 1 else 1000 * (3 - k)}
-                        for k, s in enumerate(strengths)]}
+            {
+                "layer": name,
+                "technique": tech,
+                "points": [
+                    {"strength": s, "metric": 0.9 - k * drop, "size_bytes": None if k == 1 else 1000 * (3 - k)}
+                    for k, s in enumerate(strengths)
+                ],
+            }
             for name, drop in (("fc1", 0.01), ("fc2", 0.05))
             for tech, strengths in (("prune", (0.9, 0.5, 0.7)), ("quantize", (8, 4, 2)))
         ],
     }
     sizes = [500, 900, 700, 1200, 650, 1500, 1800, 800, 2500, 3000]
     metrics = [0.70, 0.74, 0.72, 0.80, 0.60, 0.85, 0.83, 0.75, 0.88, 0.87]
-    trials = [{"trial": i, "stage": "greedy" if i < 5 else "refine",
-               "params": {"fc1": {"prune": 0.5}, "fc2": {"quantize": 4}} if i % 2 else {},
-               "metric": m, "size_bytes": s, "macs": 10 * s, "latency_ms": None if i == 9 else s / 1000,
-               "meets_budget": s <= 2000, "seconds": 0.1} for i, (s, m) in enumerate(zip(sizes, metrics))]
-    search = {"task": "synthetic", "objective": "size", "chosen": 5, "pareto": [0, 3, 5, 8],
-              "budget": {"max_drop": 0.05, "max_bytes": 2000, "max_latency_ms": None, "max_macs": None},
-              "test_metric": 0.84, "baseline_test_metric": 0.9}
+    trials = [
+        {
+            "trial": i,
+            "stage": "greedy" if i < 5 else "refine",
+            "params": {"fc1": {"prune": 0.5}, "fc2": {"quantize": 4}} if i % 2 else {},
+            "metric": m,
+            "size_bytes": s,
+            "macs": 10 * s,
+            "latency_ms": None if i == 9 else s / 1000,
+            "meets_budget": s <= 2000,
+            "seconds": 0.1,
+        }
+        for i, (s, m) in enumerate(zip(sizes, metrics))
+    ]
+    search = {
+        "task": "synthetic",
+        "objective": "size",
+        "chosen": 5,
+        "pareto": [0, 3, 5, 8],
+        "budget": {"max_drop": 0.05, "max_bytes": 2000, "max_latency_ms": None, "max_macs": None},
+        "test_metric": 0.84,
+        "baseline_test_metric": 0.9,
+    }
     return sensitivity, trials, search
 
 
@@ -150,14 +221,26 @@ def test_bits_plot_labels_formats_and_skips_rows_without_bits():
 
 
 def test_factorized_layers_read_ranks_from_factor_shapes():
-    baseline = [layer("fc", (300, 784)), layer("conv", (64, 32, 3, 3)), layer("cp", (64, 32, 3, 3)),
-                layer("sp", (64, 32, 3, 3)), layer("blocks.0", (8, 8)), layer("single", (8, 8))]
+    baseline = [
+        layer("fc", (300, 784)),
+        layer("conv", (64, 32, 3, 3)),
+        layer("cp", (64, 32, 3, 3)),
+        layer("sp", (64, 32, 3, 3)),
+        layer("blocks.0", (8, 8)),
+        layer("single", (8, 8)),
+    ]
     final = [
-        layer("fc.0", (75, 784)), layer("fc.1", (300, 75)),  # SVD
-        layer("conv.0", (16, 32, 1, 1)), layer("conv.1", (24, 16, 3, 3)), layer("conv.2", (64, 24, 1, 1)),  # Tucker
-        layer("cp.0", (8, 32, 1, 1)), layer("cp.1", (8, 1, 3, 1)), layer("cp.2", (8, 1, 1, 3)),
+        layer("fc.0", (75, 784)),
+        layer("fc.1", (300, 75)),  # SVD
+        layer("conv.0", (16, 32, 1, 1)),
+        layer("conv.1", (24, 16, 3, 3)),
+        layer("conv.2", (64, 24, 1, 1)),  # Tucker
+        layer("cp.0", (8, 32, 1, 1)),
+        layer("cp.1", (8, 1, 3, 1)),
+        layer("cp.2", (8, 1, 1, 3)),
         layer("cp.3", (64, 8, 1, 1)),  # CP
-        layer("sp.1", (64, 10, 1, 3)), layer("sp.0", (10, 32, 3, 1)),  # spatial SVD, listed out of order
+        layer("sp.1", (64, 10, 1, 3)),
+        layer("sp.0", (10, 32, 3, 1)),  # spatial SVD, listed out of order
         layer("blocks.0", (8, 8)),  # a numbered layer that exists on both sides is not a factor
         layer("single.0", (8, 8)),  # one child is a renamed layer, not a factorization
     ]
@@ -257,9 +340,19 @@ def test_recipe_listing_loads_back_as_the_same_recipe():
 
     from nncompress.core.recipe import describe_recipe, parse_recipe
 
-    recipe = [{"kind": "magnitude-prune", "settings": {"sparsity": 0.9, "threshold": None, "exclude": ["fc3"],
-                                                       "scope": "global", "keep_first_conv": True}},
-              {"kind": "finetune", "settings": {"epochs": 0.5, "lr": 5e-4}}]
+    recipe = [
+        {
+            "kind": "magnitude-prune",
+            "settings": {
+                "sparsity": 0.9,
+                "threshold": None,
+                "exclude": ["fc3"],
+                "scope": "global",
+                "keep_first_conv": True,
+            },
+        },
+        {"kind": "finetune", "settings": {"epochs": 0.5, "lr": 5e-4}},
+    ]
     text = recipe_toml(recipe)
     assert "# threshold = null" in text and has_nulls(recipe)
     rebuilt = json.loads(json.dumps(describe_recipe(parse_recipe(tomllib.loads(text)))))

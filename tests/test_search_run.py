@@ -137,14 +137,37 @@ def test_search_writes_the_run_folder_with_worker_processes(task_spec, tmp_path)
         def run(self, jobs):
             raise AssertionError("the cached sensitivity was not used")
 
-    again = analyze(NoPool(), task_name=ev.task.name, metric_name="accuracy", higher_is_better=True,
-                    model=ev.model, layers=ev.layers, space=SPACE)
+    again = analyze(
+        NoPool(),
+        task_name=ev.task.name,
+        metric_name="accuracy",
+        higher_is_better=True,
+        model=ev.model,
+        layers=ev.layers,
+        space=SPACE,
+    )
     assert again.to_dict() == sens
 
 
 def _cli(task_spec: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nncompress.cli.main", "search", "--task", task_spec, "--max-drop", "0.05",
-            "--trials", "10", "--out", str(out), "--no-latency", "--techniques", "quantize", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "nncompress.cli.main",
+        "search",
+        "--task",
+        task_spec,
+        "--max-drop",
+        "0.05",
+        "--trials",
+        "10",
+        "--out",
+        str(out),
+        "--no-latency",
+        "--techniques",
+        "quantize",
+        *extra,
+    ]
 
 
 def test_resume_after_kill_keeps_finished_trials(task_spec, tmp_path):
@@ -172,8 +195,21 @@ def test_resume_after_kill_keeps_finished_trials(task_spec, tmp_path):
     s = json.loads((out / "search.json").read_text())
     assert s["trials"] == 10
     # the artifact re-measures to the reported test metric (`nncompress evaluate`)
-    ev = subprocess.run([sys.executable, "-m", "nncompress.cli.main", "evaluate", str(out / "model.ncz"),
-                         "--task", task_spec, "--no-latency"], env=env, capture_output=True, text=True)
+    ev = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nncompress.cli.main",
+            "evaluate",
+            str(out / "model.ncz"),
+            "--task",
+            task_spec,
+            "--no-latency",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["metric"]["value"] == s["test_metric"]
 

@@ -55,9 +55,15 @@ def _sensitivity(higher_is_better: bool = True) -> Sensitivity:
         saved = {8: 1000, 4: 1500}
         return [Point(b, base - sign * d, 10_000 - saved[b], 500) for b, d in drops.items()]
 
-    return Sensitivity("t", "accuracy" if higher_is_better else "perplexity", higher_is_better, base, 10_000, 500,
-                       [Curve("a", "quantize", pts({8: 0.0, 4: 0.001})),
-                        Curve("b", "quantize", pts({8: 0.004, 4: 0.02}))])
+    return Sensitivity(
+        "t",
+        "accuracy" if higher_is_better else "perplexity",
+        higher_is_better,
+        base,
+        10_000,
+        500,
+        [Curve("a", "quantize", pts({8: 0.0, 4: 0.001})), Curve("b", "quantize", pts({8: 0.004, 4: 0.02}))],
+    )
 
 
 @pytest.mark.parametrize("higher_is_better", [True, False])
@@ -95,8 +101,9 @@ def test_pareto_front_and_choice_follow_the_metric_direction():
 
 def test_trial_log_drops_a_line_cut_short_by_a_kill(tmp_path):
     path = tmp_path / "trials.jsonl"
-    trials = [Trial(i, "greedy", {"fc1": {"quantize": 4}}, 0.9 - i / 100, 1000 - i, 7, None, True, 0.5)
-              for i in range(3)]
+    trials = [
+        Trial(i, "greedy", {"fc1": {"quantize": 4}}, 0.9 - i / 100, 1000 - i, 7, None, True, 0.5) for i in range(3)
+    ]
     for t in trials:
         append_trial(path, t)
     with open(path, "a") as f:

@@ -87,8 +87,19 @@ def test_blocks_validate_themselves():
 
 def test_shared_settings_are_declared_once():
     """A setting used by several steps lives in one settings block, not in each step."""
-    shared = {"exclude", "keep_first_conv", "keep_classifier", "calibration_batches", "epochs", "lr", "kd_alpha",
-              "kd_temperature", "max_steps", "weight_decay", "layers"}
+    shared = {
+        "exclude",
+        "keep_first_conv",
+        "keep_classifier",
+        "calibration_batches",
+        "epochs",
+        "lr",
+        "kd_alpha",
+        "kd_temperature",
+        "max_steps",
+        "weight_decay",
+        "layers",
+    }
     for kind, cls in STEPS.items():
         for name in shared & {f.name for f in dataclasses.fields(cls)}:
             owner = next(b for b in reversed(cls.__mro__) if name in getattr(b, "__dataclass_fields__", {}))

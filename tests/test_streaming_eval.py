@@ -145,16 +145,18 @@ def test_perplexity_is_weighted_by_tokens_and_handles_lengths_that_change_per_ba
         batches.append((ids, target))
     model = Seq()
     got = evaluate(model, batches, "perplexity")
-    nll = sum(F.cross_entropy(model.emb(x).reshape(-1, vocab), y.reshape(-1), reduction="sum").item()
-              for x, y in batches)
+    nll = sum(
+        F.cross_entropy(model.emb(x).reshape(-1, vocab), y.reshape(-1), reduction="sum").item() for x, y in batches
+    )
     tokens = sum(int((y != -100).sum()) for _, y in batches)
     assert got == pytest.approx(math.exp(nll / tokens), rel=1e-6)
     mean_of_batches = sum(perplexity(model.emb(x), y) for x, y in batches) / len(batches)
     assert abs(got - mean_of_batches) > 1e-3  # the token weighting is what makes it right
     # the default loss reads the ModelOutput and scores (B, T, V) logits per token
     loss = cross_entropy(model(batches[0][0]), batches[0][1])
-    assert loss.item() == pytest.approx(F.cross_entropy(model.emb(batches[0][0]).reshape(-1, vocab),
-                                                        batches[0][1].reshape(-1)).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(
+        F.cross_entropy(model.emb(batches[0][0]).reshape(-1, vocab), batches[0][1].reshape(-1)).item(), rel=1e-6
+    )
 
 
 def test_the_split_is_never_concatenated():
@@ -200,9 +202,11 @@ def test_torchmetrics_metric_is_updated_per_batch_and_brings_its_direction():
     assert task.metric_name == "MulticlassAccuracy" and task.higher_is_better
     task = nc.Task("tm", batches, batches, batches, baseline=Linear3, metric=MeanSquaredError())
     assert not task.higher_is_better and not higher_is_better(MeanSquaredError())
-    report = nc.measure(Linear3("tuple"), nc.Task("tm", batches, batches, batches, baseline=Linear3,
-                                                  metric=metric),
-                        config=MeasureConfig(latency=False))
+    report = nc.measure(
+        Linear3("tuple"),
+        nc.Task("tm", batches, batches, batches, baseline=Linear3, metric=metric),
+        config=MeasureConfig(latency=False),
+    )
     assert report.metric["value"] == pytest.approx(want, abs=1e-6)
     assert resolve_metric(metric)[1].fn is metric
 

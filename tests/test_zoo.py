@@ -10,18 +10,14 @@ from nncompress.measure.metric import evaluate
 from nncompress.tasks import fmnist, zoo
 from nncompress.tasks.metrics import accuracy
 
-needs_fmnist = pytest.mark.skipif(
-    not fmnist.DEBIAN_DIR.is_dir(), reason="Fashion-MNIST not installed"
-)
+needs_fmnist = pytest.mark.skipif(not fmnist.DEBIAN_DIR.is_dir(), reason="Fashion-MNIST not installed")
 
 
 @needs_fmnist
 @pytest.mark.parametrize("name", list(zoo.ENTRIES))
 def test_shipped_checkpoint_meets_target_and_reproduces(name):
     info_path = zoo.PACKAGED_DIR / f"{name}.json"
-    assert info_path.is_file(), (
-        f"{name} has no shipped checkpoint: run `nncompress zoo train {name}`"
-    )
+    assert info_path.is_file(), f"{name} has no shipped checkpoint: run `nncompress zoo train {name}`"
     info = json.loads(info_path.read_text())
     assert info["fingerprint"] == zoo.ENTRIES[name].fingerprint(), "checkpoint is stale: retrain it"
     model = zoo.load_baseline(name)

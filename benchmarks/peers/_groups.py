@@ -82,46 +82,110 @@ def groups(budget: Budget) -> list[Group]:
     static = nc.StaticInt8Quantize(calibration_batches=cal)
     out: list[Group] = []
     for task in ("fmnist-lenet5", "fmnist-resnet"):
-        out.append(Group(task, "int8-static", "latency", f"static int8, {cal} calibration batches",
-                         (_ours("int8-static", [static]),
-                          lambda t, m, _d: torch_ao_static(t, m, cal),
-                          lambda t, m, _d: onnxruntime_static(t, m, cal),
-                          lambda t, m, _d: inc_static(t, m, cal)),
-                         quick=task == "fmnist-lenet5"))
+        out.append(
+            Group(
+                task,
+                "int8-static",
+                "latency",
+                f"static int8, {cal} calibration batches",
+                (
+                    _ours("int8-static", [static]),
+                    lambda t, m, _d: torch_ao_static(t, m, cal),
+                    lambda t, m, _d: onnxruntime_static(t, m, cal),
+                    lambda t, m, _d: inc_static(t, m, cal),
+                ),
+                quick=task == "fmnist-lenet5",
+            )
+        )
     for task in ("fmnist-mlp", "fmnist-vit"):
-        out.append(Group(task, "int8-dynamic", "latency", "int8 weights, activations quantized per batch",
-                         (_ours("int8-dynamic", [nc.DynamicInt8Quantize()]),
-                          # per-tensor weight scales: ONNX Runtime quantize_dynamic's default granularity
-                          _ours("int8-dynamic-tensor", [nc.DynamicInt8Quantize(per_channel=False)]),
-                          lambda t, m, _d: torch_ao_dynamic(t, m),
-                          lambda t, m, _d: torchao(t, m, "int8-dynamic"),
-                          lambda t, m, _d: onnxruntime_dynamic(t, m)),
-                         quick=task == "fmnist-mlp"))
+        out.append(
+            Group(
+                task,
+                "int8-dynamic",
+                "latency",
+                "int8 weights, activations quantized per batch",
+                (
+                    _ours("int8-dynamic", [nc.DynamicInt8Quantize()]),
+                    # per-tensor weight scales: ONNX Runtime quantize_dynamic's default granularity
+                    _ours("int8-dynamic-tensor", [nc.DynamicInt8Quantize(per_channel=False)]),
+                    lambda t, m, _d: torch_ao_dynamic(t, m),
+                    lambda t, m, _d: torchao(t, m, "int8-dynamic"),
+                    lambda t, m, _d: onnxruntime_dynamic(t, m),
+                ),
+                quick=task == "fmnist-mlp",
+            )
+        )
     out += [
-        Group("fmnist-vit", "weight-only-int8", "size", "8-bit weights, float activations",
-              (_ours("w8", [nc.WeightQuantize(bits=8)]),
-               lambda t, m, _d: torchao(t, m, "int8-weight-only"),
-               lambda t, m, _d: quanto(t, m, 8)), quick=False),
-        Group("fmnist-vit", "weight-only-int4", "size", "4-bit weights, float activations",
-              (_ours("w4", [nc.WeightQuantize(bits=4, rest_bits=8)]),
-               lambda t, m, _d: torchao(t, m, "int4-weight-only"),
-               lambda t, m, _d: quanto(t, m, 4))),
+        Group(
+            "fmnist-vit",
+            "weight-only-int8",
+            "size",
+            "8-bit weights, float activations",
+            (
+                _ours("w8", [nc.WeightQuantize(bits=8)]),
+                lambda t, m, _d: torchao(t, m, "int8-weight-only"),
+                lambda t, m, _d: quanto(t, m, 8),
+            ),
+            quick=False,
+        ),
+        Group(
+            "fmnist-vit",
+            "weight-only-int4",
+            "size",
+            "4-bit weights, float activations",
+            (
+                _ours("w4", [nc.WeightQuantize(bits=4, rest_bits=8)]),
+                lambda t, m, _d: torchao(t, m, "int4-weight-only"),
+                lambda t, m, _d: quanto(t, m, 4),
+            ),
+        ),
     ]
     out += [
-        Group("fmnist-mlp", "unstructured-90", "metric", "90% of the hidden layers' weights zero, same fine-tune",
-              (_ours("magnitude-global-90", [nc.MagnitudePrune(sparsity=0.9, scope="global"), mlp_ft]),
-               lambda t, m, _d: torch_prune_l1(t, m, 0.9, mlp_ft))),
-        Group("fmnist-resnet", "structured-macs80", "metric", ">= 80% of MACs removed, same KD recovery",
-              (_ours("channel-global-macs80", [nc.ChannelPrune(macs_reduction=0.8, scope="global"), kd]),
-               _ours("channel-layer-taylor-macs80",
-                     [nc.ChannelPrune(macs_reduction=0.8, scope="layer", criterion="taylor"), kd]),
-               lambda t, m, _d: torch_pruning(t, m, 0.8, kd, global_pruning=True),
-               lambda t, m, _d: torch_pruning(t, m, 0.8, kd, global_pruning=False))),
-        Group("fmnist-resnet", "tucker", "metric", "Tucker-2 at the same per-layer ranks, same KD recovery",
-              (_ours("tucker-params30", [nc.TuckerFactorize(rank="params:0.3"), tucker_kd]),
-               lambda t, m, d: tensorly_torch(t, m, _first_ours(d), "tucker", tucker_kd))),
-        Group("fmnist-resnet", "cp", "metric", "CP at the same per-layer ranks, same KD recovery",
-              (_ours("cp-params25", [nc.CPFactorize(rank="params:0.25"), cp_kd]),
-               lambda t, m, d: tensorly_torch(t, m, _first_ours(d), "cp", cp_kd)), quick=False),
+        Group(
+            "fmnist-mlp",
+            "unstructured-90",
+            "metric",
+            "90% of the hidden layers' weights zero, same fine-tune",
+            (
+                _ours("magnitude-global-90", [nc.MagnitudePrune(sparsity=0.9, scope="global"), mlp_ft]),
+                lambda t, m, _d: torch_prune_l1(t, m, 0.9, mlp_ft),
+            ),
+        ),
+        Group(
+            "fmnist-resnet",
+            "structured-macs80",
+            "metric",
+            ">= 80% of MACs removed, same KD recovery",
+            (
+                _ours("channel-global-macs80", [nc.ChannelPrune(macs_reduction=0.8, scope="global"), kd]),
+                _ours(
+                    "channel-layer-taylor-macs80",
+                    [nc.ChannelPrune(macs_reduction=0.8, scope="layer", criterion="taylor"), kd],
+                ),
+                lambda t, m, _d: torch_pruning(t, m, 0.8, kd, global_pruning=True),
+                lambda t, m, _d: torch_pruning(t, m, 0.8, kd, global_pruning=False),
+            ),
+        ),
+        Group(
+            "fmnist-resnet",
+            "tucker",
+            "metric",
+            "Tucker-2 at the same per-layer ranks, same KD recovery",
+            (
+                _ours("tucker-params30", [nc.TuckerFactorize(rank="params:0.3"), tucker_kd]),
+                lambda t, m, d: tensorly_torch(t, m, _first_ours(d), "tucker", tucker_kd),
+            ),
+        ),
+        Group(
+            "fmnist-resnet",
+            "cp",
+            "metric",
+            "CP at the same per-layer ranks, same KD recovery",
+            (
+                _ours("cp-params25", [nc.CPFactorize(rank="params:0.25"), cp_kd]),
+                lambda t, m, d: tensorly_torch(t, m, _first_ours(d), "cp", cp_kd),
+            ),
+            quick=False,
+        ),
     ]
     return out

@@ -112,24 +112,61 @@ def family_markdown(rows: list[dict[str, Any]]) -> str:
         std, seeds = settings.get("metric_std"), settings.get("seeds") or ()
         if std is not None and len(seeds) > 1 and res["metric"].get("name") in PERCENT_METRICS:  # mean over seeds
             metric = metric.replace("% (", f"% ± {100 * std:.2f} (", 1)
-        lines.append(_line([r["task"], r.get("tool", "nncompress"), f"`{r['method']}`", metric,
-                            fmt_size(b, res), fmt_macs(res), fmt_latency(b, res)]))
+        lines.append(
+            _line(
+                [
+                    r["task"],
+                    r.get("tool", "nncompress"),
+                    f"`{r['method']}`",
+                    metric,
+                    fmt_size(b, res),
+                    fmt_macs(res),
+                    fmt_latency(b, res),
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
 def peers_markdown(rows: list[dict[str, Any]]) -> str:
     """The side-by-side table: groups in order, the winner of each marked ✓ with its headline."""
-    large = next((k for r in rows for k in r["result"].get("latency", {}) if k.startswith("batch_")
-                  and k != "batch_1"), "batch_64")
-    head = ["task", "technique (headline)", "tool", "method", "metric (Δ)", "file KB (× vs its fp32 file)",
-            "MACs", "batch-1 ms (× vs fp32)", f"{large.replace('_', '-')} ms (×)", "compress s", "wins"]
+    large = next(
+        (k for r in rows for k in r["result"].get("latency", {}) if k.startswith("batch_") and k != "batch_1"),
+        "batch_64",
+    )
+    head = [
+        "task",
+        "technique (headline)",
+        "tool",
+        "method",
+        "metric (Δ)",
+        "file KB (× vs its fp32 file)",
+        "MACs",
+        "batch-1 ms (× vs fp32)",
+        f"{large.replace('_', '-')} ms (×)",
+        "compress s",
+        "wins",
+    ]
     lines = [_line(head), _line(["---"] * len(head))]
     for r in rows:
         b, res = r["baseline"], r["result"]
-        lines.append(_line([r["task"], f"{r['technique']} ({r['headline']})", r["tool"], f"`{r['method']}`",
-                            fmt_metric(b, res), fmt_size(b, res), fmt_macs(res), fmt_latency(b, res),
-                            fmt_latency(b, res, large=True), f"{res.get('compress_seconds', 0):.1f}",
-                            "✓" if r.get("wins") else ""]))
+        lines.append(
+            _line(
+                [
+                    r["task"],
+                    f"{r['technique']} ({r['headline']})",
+                    r["tool"],
+                    f"`{r['method']}`",
+                    fmt_metric(b, res),
+                    fmt_size(b, res),
+                    fmt_macs(res),
+                    fmt_latency(b, res),
+                    fmt_latency(b, res, large=True),
+                    f"{res.get('compress_seconds', 0):.1f}",
+                    "✓" if r.get("wins") else "",
+                ]
+            )
+        )
     return "\n".join(lines)
 
 

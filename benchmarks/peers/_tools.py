@@ -132,9 +132,17 @@ def ours(task: nc.Task, baseline: nn.Module, method: str, recipe: list[nc.Step],
     loaded = nc.load(artifact).eval()
     if hasattr(model, REFERENCE_MACS_ATTR) and not hasattr(loaded, REFERENCE_MACS_ATTR):
         setattr(loaded, REFERENCE_MACS_ATTR, getattr(model, REFERENCE_MACS_ATTR))
-    return Candidate("nncompress", method, loaded, {"recipe": described, "seed": seed, "saved": ".ncz"}, seconds,
-                     os.path.getsize(artifact), artifact_bytes(baseline),
-                     artifact=str(artifact.relative_to(RESULTS.parent.parent)), notes=list(ctx.log))
+    return Candidate(
+        "nncompress",
+        method,
+        loaded,
+        {"recipe": described, "seed": seed, "saved": ".ncz"},
+        seconds,
+        os.path.getsize(artifact),
+        artifact_bytes(baseline),
+        artifact=str(artifact.relative_to(RESULTS.parent.parent)),
+        notes=list(ctx.log),
+    )
 
 
 # --- pruning ----------------------------------------------------------------------------------
@@ -157,14 +165,26 @@ def torch_prune_l1(task: nc.Task, baseline: nn.Module, sparsity: float, recovery
         return model.eval()
 
     model, seconds = _timed(build)
-    settings = {"api": "global_unstructured(L1Unstructured) + remove", "amount": sparsity,
-                "recovery": recovery.describe(), "saved": "torch.save(state_dict)"}
-    return Candidate("torch.nn.utils.prune", f"l1-global-{round(100 * sparsity)}", model, settings, seconds,
-                     file_size(save_state_dict, model), file_size(save_state_dict, baseline))
+    settings = {
+        "api": "global_unstructured(L1Unstructured) + remove",
+        "amount": sparsity,
+        "recovery": recovery.describe(),
+        "saved": "torch.save(state_dict)",
+    }
+    return Candidate(
+        "torch.nn.utils.prune",
+        f"l1-global-{round(100 * sparsity)}",
+        model,
+        settings,
+        seconds,
+        file_size(save_state_dict, model),
+        file_size(save_state_dict, baseline),
+    )
 
 
-def torch_pruning(task: nc.Task, baseline: nn.Module, macs_reduction: float, recovery: nc.FineTune,
-                  global_pruning: bool) -> Candidate:
+def torch_pruning(
+    task: nc.Task, baseline: nn.Module, macs_reduction: float, recovery: nc.FineTune, global_pruning: bool
+) -> Candidate:
     """Torch-Pruning's MetaPruner (DepGraph; L1 group magnitude), stepped until at least
     ``macs_reduction`` of the MACs are gone, then the same recovery training as ours."""
     tp = _import("torch_pruning", "torch-pruning")
@@ -175,9 +195,15 @@ def torch_pruning(task: nc.Task, baseline: nn.Module, macs_reduction: float, rec
     def build() -> tuple[nn.Module, int]:
         model = copy.deepcopy(baseline).eval()
         classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                      pruning_ratio=0.95, iterative_steps=steps, ignored_layers=[classifier],
-                                      global_pruning=global_pruning)
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=1),
+            pruning_ratio=0.95,
+            iterative_steps=steps,
+            ignored_layers=[classifier],
+            global_pruning=global_pruning,
+        )
         taken = 0
         while 1 - count_macs(model, example) / dense < macs_reduction and taken < steps:
             pruner.step()
@@ -188,11 +214,24 @@ def torch_pruning(task: nc.Task, baseline: nn.Module, macs_reduction: float, rec
     (model, taken) = build()
     seconds = time.perf_counter() - t0
     scope = "global" if global_pruning else "local"
-    settings = {"api": "MetaPruner", "importance": "GroupMagnitudeImportance(p=1)", "global_pruning": global_pruning,
-                "pruner_steps": taken, "macs_reduction": round(1 - count_macs(model, example) / dense, 4),
-                "recovery": recovery.describe(), "saved": "torch.save(model)"}
-    return Candidate("Torch-Pruning", f"channel-{scope}", model, settings, seconds,
-                     file_size(save_whole, model), file_size(save_whole, baseline))
+    settings = {
+        "api": "MetaPruner",
+        "importance": "GroupMagnitudeImportance(p=1)",
+        "global_pruning": global_pruning,
+        "pruner_steps": taken,
+        "macs_reduction": round(1 - count_macs(model, example) / dense, 4),
+        "recovery": recovery.describe(),
+        "saved": "torch.save(model)",
+    }
+    return Candidate(
+        "Torch-Pruning",
+        f"channel-{scope}",
+        model,
+        settings,
+        seconds,
+        file_size(save_whole, model),
+        file_size(save_whole, baseline),
+    )
 
 
 # --- int8 -------------------------------------------------------------------------------------
@@ -202,10 +241,21 @@ def torch_ao_static(task: nc.Task, baseline: nn.Module, calibration_batches: int
     """torch.ao FX static int8, x86 default qconfig mapping (``benchmarks/quantization.py``)."""
     calibration = calibration_inputs(task.train, calibration_batches, task.name)
     model, seconds = _timed(lambda: torch_ao_peer(baseline, calibration))
-    settings = {"api": "prepare_fx/convert_fx", "qconfig_mapping": "x86 default",
-                "calibration_batches": calibration_batches, "saved": "torch.save(state_dict)"}
-    return Candidate("torch.ao", "fx-static-int8", _reference_macs(model, baseline, task), settings, seconds,
-                     file_size(save_state_dict, model), file_size(save_state_dict, baseline))
+    settings = {
+        "api": "prepare_fx/convert_fx",
+        "qconfig_mapping": "x86 default",
+        "calibration_batches": calibration_batches,
+        "saved": "torch.save(state_dict)",
+    }
+    return Candidate(
+        "torch.ao",
+        "fx-static-int8",
+        _reference_macs(model, baseline, task),
+        settings,
+        seconds,
+        file_size(save_state_dict, model),
+        file_size(save_state_dict, baseline),
+    )
 
 
 def onnxruntime_static(task: nc.Task, baseline: nn.Module, calibration_batches: int) -> Candidate:
@@ -214,10 +264,14 @@ def onnxruntime_static(task: nc.Task, baseline: nn.Module, calibration_batches: 
     t0 = time.perf_counter()
     model, size, fp32_size = onnxruntime_peer(baseline, calibration, task.single_example())
     seconds = time.perf_counter() - t0
-    settings = {"api": "quant_pre_process + quantize_static (defaults: QDQ, QInt8, per-tensor, MinMax)",
-                "calibration_batches": calibration_batches, "saved": ".onnx"}
-    return Candidate("ONNX Runtime", "quantize_static", _reference_macs(model, baseline, task), settings, seconds,
-                     size, fp32_size)
+    settings = {
+        "api": "quant_pre_process + quantize_static (defaults: QDQ, QInt8, per-tensor, MinMax)",
+        "calibration_batches": calibration_batches,
+        "saved": ".onnx",
+    }
+    return Candidate(
+        "ONNX Runtime", "quantize_static", _reference_macs(model, baseline, task), settings, seconds, size, fp32_size
+    )
 
 
 def onnxruntime_dynamic(task: nc.Task, baseline: nn.Module) -> Candidate:
@@ -234,21 +288,31 @@ def onnxruntime_dynamic(task: nc.Task, baseline: nn.Module) -> Candidate:
         seconds = time.perf_counter() - t0
         sizes = os.path.getsize(q), os.path.getsize(fp32)
     settings = {"api": "quantize_dynamic (defaults: QInt8 weights, per-tensor)", "saved": ".onnx"}
-    return Candidate("ONNX Runtime", "quantize_dynamic", _reference_macs(model, baseline, task), settings, seconds,
-                     *sizes)
+    return Candidate(
+        "ONNX Runtime", "quantize_dynamic", _reference_macs(model, baseline, task), settings, seconds, *sizes
+    )
 
 
 def torch_ao_dynamic(task: nc.Task, baseline: nn.Module) -> Candidate:
     """torch.ao.quantization.quantize_dynamic on every nn.Linear (qint8)."""
+
     def build() -> nn.Module:
         with _quiet():
-            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(baseline).eval(), {nn.Linear},
-                                                         dtype=torch.qint8)
+            return torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(baseline).eval(), {nn.Linear}, dtype=torch.qint8
+            )
 
     model, seconds = _timed(build)
     settings = {"api": "quantize_dynamic({nn.Linear}, qint8)", "saved": "torch.save(state_dict)"}
-    return Candidate("torch.ao", "dynamic-int8", _reference_macs(model, baseline, task), settings, seconds,
-                     file_size(save_state_dict, model), file_size(save_state_dict, baseline))
+    return Candidate(
+        "torch.ao",
+        "dynamic-int8",
+        _reference_macs(model, baseline, task),
+        settings,
+        seconds,
+        file_size(save_state_dict, model),
+        file_size(save_state_dict, baseline),
+    )
 
 
 def inc_static(task: nc.Task, baseline: nn.Module, calibration_batches: int) -> Candidate:
@@ -264,8 +328,11 @@ def inc_static(task: nc.Task, baseline: nn.Module, calibration_batches: int) -> 
     def build() -> nn.Module:
         with _quiet():
             batch = torch.export.Dim("batch", min=1, max=4096)
-            exported = export(copy.deepcopy(baseline).eval(), example_inputs=(example.repeat(2, 1, 1, 1),),
-                              dynamic_shapes=({0: batch},))
+            exported = export(
+                copy.deepcopy(baseline).eval(),
+                example_inputs=(example.repeat(2, 1, 1, 1),),
+                dynamic_shapes=({0: batch},),
+            )
             prepared = quant.prepare(exported, quant_config=quant.StaticQuantConfig())
             with torch.no_grad():
                 for args in calibration:
@@ -274,11 +341,21 @@ def inc_static(task: nc.Task, baseline: nn.Module, calibration_batches: int) -> 
 
     converted, seconds = _timed(build)
     compiled = _Compiled(converted)
-    settings = {"api": "export + prepare/convert(StaticQuantConfig()) + torch.compile",
-                "calibration_batches": calibration_batches, "saved": "torch.save(state_dict) of the converted graph"}
-    return Candidate("neural-compressor", "pt2e-static-int8", _reference_macs(compiled, baseline, task), settings,
-                     seconds, file_size(save_state_dict, converted), file_size(save_state_dict, baseline),
-                     notes=["timed and evaluated compiled; compile time is not in the compression time"])
+    settings = {
+        "api": "export + prepare/convert(StaticQuantConfig()) + torch.compile",
+        "calibration_batches": calibration_batches,
+        "saved": "torch.save(state_dict) of the converted graph",
+    }
+    return Candidate(
+        "neural-compressor",
+        "pt2e-static-int8",
+        _reference_macs(compiled, baseline, task),
+        settings,
+        seconds,
+        file_size(save_state_dict, converted),
+        file_size(save_state_dict, baseline),
+        notes=["timed and evaluated compiled; compile time is not in the compression time"],
+    )
 
 
 class _Compiled(nn.Module):
@@ -312,9 +389,11 @@ def torchao(task: nc.Task, baseline: nn.Module, config: str) -> Candidate:
     q = _import("torchao.quantization", "torchao")
     from torchao.quantization.granularity import PerGroup
 
-    configs = {"int8-weight-only": q.Int8WeightOnlyConfig,
-               "int8-dynamic": q.Int8DynamicActivationInt8WeightConfig,
-               "int4-weight-only": lambda: q.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))}
+    configs = {
+        "int8-weight-only": q.Int8WeightOnlyConfig,
+        "int8-dynamic": q.Int8DynamicActivationInt8WeightConfig,
+        "int4-weight-only": lambda: q.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)),
+    }
     if config not in configs:
         raise ValueError(f"torchao config {config!r} is not benchmarked; accepted: {', '.join(configs)}")
     made = configs[config]()
@@ -327,8 +406,15 @@ def torchao(task: nc.Task, baseline: nn.Module, config: str) -> Candidate:
 
     model, seconds = _timed(build)
     settings = {"config": repr(made), "saved": "torch.save(state_dict)"}
-    return Candidate("torchao", config, _reference_macs(model, baseline, task), settings, seconds,
-                     file_size(save_state_dict, model), file_size(save_state_dict, baseline))
+    return Candidate(
+        "torchao",
+        config,
+        _reference_macs(model, baseline, task),
+        settings,
+        seconds,
+        file_size(save_state_dict, model),
+        file_size(save_state_dict, baseline),
+    )
 
 
 def quanto(task: nc.Task, baseline: nn.Module, bits: int) -> Candidate:
@@ -347,9 +433,16 @@ def quanto(task: nc.Task, baseline: nn.Module, bits: int) -> Candidate:
 
     model, seconds = _timed(build)
     settings = {"api": f"quantize(weights=qint{bits}) + freeze", "saved": "torch.save(state_dict)"}
-    return Candidate("optimum-quanto", f"w{bits}", _NoGrad(_reference_macs(model, baseline, task)), settings, seconds,
-                     file_size(save_state_dict, model), file_size(save_state_dict, baseline),
-                     notes=["run under torch.no_grad: its int4 path fails under torch.inference_mode (PEERS.md)"])
+    return Candidate(
+        "optimum-quanto",
+        f"w{bits}",
+        _NoGrad(_reference_macs(model, baseline, task)),
+        settings,
+        seconds,
+        file_size(save_state_dict, model),
+        file_size(save_state_dict, baseline),
+        notes=["run under torch.no_grad: its int4 path fails under torch.inference_mode (PEERS.md)"],
+    )
 
 
 class _NoGrad(nn.Module):
@@ -368,8 +461,9 @@ class _NoGrad(nn.Module):
 # --- low rank ---------------------------------------------------------------------------------
 
 
-def tensorly_torch(task: nc.Task, baseline: nn.Module, ours_model: nn.Module, kind: str,
-                   recovery: nc.FineTune) -> Candidate:
+def tensorly_torch(
+    task: nc.Task, baseline: nn.Module, ours_model: nn.Module, kind: str, recovery: nc.FineTune
+) -> Candidate:
     """TensorLy-Torch ``FactorizedConv.from_conv`` (factorized implementation) at the same
     per-layer ranks as ``ours_model`` (``benchmarks/lowrank.py``'s ``_conv_ranks``), then the same
     recovery training."""
@@ -385,15 +479,27 @@ def tensorly_torch(task: nc.Task, baseline: nn.Module, ours_model: nn.Module, ki
             conv = model.get_submodule(name)
             tl_rank = [rank[0], rank[1], *conv.kernel_size] if kind == "tucker" else rank
             with _quiet():  # its SVD start asks small modes for more vectors than they have
-                new = tltorch.FactorizedConv.from_conv(conv, rank=tl_rank, factorization=kind,
-                                                       implementation="factorized")
+                new = tltorch.FactorizedConv.from_conv(
+                    conv, rank=tl_rank, factorization=kind, implementation="factorized"
+                )
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, new)
         return finetune(model, task, recovery, baseline).eval()
 
     model, seconds = _timed(build)
-    settings = {"api": "FactorizedConv.from_conv(implementation='factorized')", "factorization": kind,
-                "ranks": {k: list(v) if isinstance(v, tuple) else v for k, v in ranks.items()},
-                "recovery": recovery.describe(), "saved": "torch.save(state_dict)"}
-    return Candidate("tensorly-torch", kind, model, settings, seconds, file_size(save_state_dict, model),
-                     file_size(save_state_dict, baseline))
+    settings = {
+        "api": "FactorizedConv.from_conv(implementation='factorized')",
+        "factorization": kind,
+        "ranks": {k: list(v) if isinstance(v, tuple) else v for k, v in ranks.items()},
+        "recovery": recovery.describe(),
+        "saved": "torch.save(state_dict)",
+    }
+    return Candidate(
+        "tensorly-torch",
+        kind,
+        model,
+        settings,
+        seconds,
+        file_size(save_state_dict, model),
+        file_size(save_state_dict, baseline),
+    )

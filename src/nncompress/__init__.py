@@ -29,9 +29,25 @@ from nncompress.tasks.task import Task  # noqa: E402
 
 # Step classes, imported on first use (PEP 562), from the step table (``core/catalog.py``).
 __all__ = [
-    "STEPS", "ArtifactError", "CompressionReport", "MeasureConfig", "OnnxExport", "Report", "Result", "Step",
-    "StepContext", "Task", "compress", "export_onnx", "load", "load_recipe", "measure", "register_step", "save",
-    "tasks", *BUILTIN_STEPS,
+    "STEPS",
+    "ArtifactError",
+    "CompressionReport",
+    "MeasureConfig",
+    "OnnxExport",
+    "Report",
+    "Result",
+    "Step",
+    "StepContext",
+    "Task",
+    "compress",
+    "export_onnx",
+    "load",
+    "load_recipe",
+    "measure",
+    "register_step",
+    "save",
+    "tasks",
+    *BUILTIN_STEPS,
 ]
 
 

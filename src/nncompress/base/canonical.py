@@ -96,8 +96,9 @@ def conv1d_to_linear(module: nn.Module) -> nn.Linear:
     """The ``nn.Linear`` computing what an HF ``Conv1D`` (weight ``(in, out)``) computes."""
     weight = module.weight  # (in, out)
     bias = getattr(module, "bias", None)
-    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None, device=weight.device,
-                       dtype=weight.dtype)
+    linear = nn.Linear(
+        weight.shape[0], weight.shape[1], bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         linear.weight.copy_(weight.detach().T)
         if bias is not None:
@@ -182,8 +183,17 @@ class ProjectedMultiheadAttention(nn.Module):
         if mha.bias_k is not None or mha.bias_v is not None or mha.add_zero_attn:
             raise ValueError("nn.MultiheadAttention with bias_k/bias_v or add_zero_attn is not supported")
         ref = mha.out_proj.weight
-        new = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
-                  kdim=mha.kdim, vdim=mha.vdim, batch_first=mha.batch_first, device=ref.device, dtype=ref.dtype)
+        new = cls(
+            mha.embed_dim,
+            mha.num_heads,
+            dropout=mha.dropout,
+            bias=mha.in_proj_bias is not None,
+            kdim=mha.kdim,
+            vdim=mha.vdim,
+            batch_first=mha.batch_first,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
         e = mha.embed_dim
         if mha._qkv_same_embed_dim:
             weights = mha.in_proj_weight.detach().split(e)

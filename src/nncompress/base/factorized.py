@@ -53,8 +53,9 @@ def recompose(method: str, weights: list[torch.Tensor]) -> torch.Tensor:
         return torch.einsum("oa,ab...,bi->oi...", last, core, first)
     if method == "cp":  # 1x1 (R, C_in), (R, 1, kh, 1), (R, 1, 1, kw), 1x1 (C_out, R)
         first, vertical, horizontal, last = weights
-        return torch.einsum("or,rh,rw,ri->oihw", last.flatten(1), vertical[:, 0, :, 0], horizontal[:, 0, 0, :],
-                            first.flatten(1))
+        return torch.einsum(
+            "or,rh,rw,ri->oihw", last.flatten(1), vertical[:, 0, :, 0], horizontal[:, 0, 0, :], first.flatten(1)
+        )
     if method == "spatial-svd":  # (r, C_in, kh, 1), (C_out, r, 1, kw)
         return torch.einsum("orw,rih->oihw", weights[1][:, :, 0, :], weights[0][..., 0])
     raise ValueError(f"unknown factorization {method!r}; accepted: {', '.join(KINDS)}")

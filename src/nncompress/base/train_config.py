@@ -34,6 +34,4 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "onecycle", "constant"):
-            raise ValueError(
-                f"schedule must be 'cosine', 'onecycle' or 'constant', got {self.schedule!r}"
-            )
+            raise ValueError(f"schedule must be 'cosine', 'onecycle' or 'constant', got {self.schedule!r}")

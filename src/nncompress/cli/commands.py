@@ -84,9 +84,7 @@ def evaluate(args: argparse.Namespace) -> Any:
     from nncompress.measure.report import measure
 
     task, model = _load_artifact_for(args)
-    report = measure(
-        model, task, config=_measure_config(args), size_bytes=os.path.getsize(args.artifact)
-    )
+    report = measure(model, task, config=_measure_config(args), size_bytes=os.path.getsize(args.artifact))
     return report.to_dict()
 
 
@@ -187,9 +185,7 @@ def report(args: argparse.Namespace) -> Any:
 
     path = Path(args.dir) / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no report.json in {args.dir} (give a folder written by `compress`)"
-        )
+        raise FileNotFoundError(f"no report.json in {args.dir} (give a folder written by `compress`)")
     try:
         rep = CompressionReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
@@ -208,27 +204,44 @@ def search(args: argparse.Namespace) -> Any:
 
     check_writable_path(args.out)  # before any slow work
 
-    budget = Budget(max_drop=args.max_drop, max_bytes=args.max_bytes, max_macs=args.max_macs,
-                    max_latency_ms=args.max_latency_ms)
+    budget = Budget(
+        max_drop=args.max_drop, max_bytes=args.max_bytes, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms
+    )
     space = SearchSpace(techniques=tuple(t.strip() for t in args.techniques.split(",") if t.strip()))
-    config = SearchConfig(trials=args.trials, workers=args.workers, seed=args.seed, space=space,
-                          ray_address=args.ray_address, measure=_measure_config(args))
+    config = SearchConfig(
+        trials=args.trials,
+        workers=args.workers,
+        seed=args.seed,
+        space=space,
+        ray_address=args.ray_address,
+        measure=_measure_config(args),
+    )
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress_enabled() else None
-    result = run_search(args.task, budget, args.out, objective=args.objective, config=config,
-                        resume=args.resume, data_dir=args.data_dir, progress=log)
+    result = run_search(
+        args.task,
+        budget,
+        args.out,
+        objective=args.objective,
+        config=config,
+        resume=args.resume,
+        data_dir=args.data_dir,
+        progress=log,
+    )
     s = result.summary
     if args.json:
         return s
     name = s["metric"]["name"]
-    return "\n".join([
-        f"chosen trial {s['chosen']} of {s['trials']}: {json.dumps(s['params'])}",
-        f"{name}: val {s['val_metric']:.4f} (baseline {s['baseline_val_metric']:.4f}), "
-        f"test {s['test_metric']:.4f} (baseline {s['baseline_test_metric']:.4f}, drop {s['test_drop']:+.4f}, "
-        f"{'meets' if s['meets_budget_on_test'] else 'MISSES'} the budget on test)",
-        f"size {s['size_bytes']:,} bytes (baseline {s['baseline_size_bytes']:,}), MACs {s['macs']:,}",
-        f"Pareto front (trial ids): {s['pareto']}",
-        f"wrote {result.out_dir}/model.ncz, report.json, search.json, trials.jsonl, sensitivity.json",
-    ])
+    return "\n".join(
+        [
+            f"chosen trial {s['chosen']} of {s['trials']}: {json.dumps(s['params'])}",
+            f"{name}: val {s['val_metric']:.4f} (baseline {s['baseline_val_metric']:.4f}), "
+            f"test {s['test_metric']:.4f} (baseline {s['baseline_test_metric']:.4f}, drop {s['test_drop']:+.4f}, "
+            f"{'meets' if s['meets_budget_on_test'] else 'MISSES'} the budget on test)",
+            f"size {s['size_bytes']:,} bytes (baseline {s['baseline_size_bytes']:,}), MACs {s['macs']:,}",
+            f"Pareto front (trial ids): {s['pareto']}",
+            f"wrote {result.out_dir}/model.ncz, report.json, search.json, trials.jsonl, sensitivity.json",
+        ]
+    )
 
 
 def export(args: argparse.Namespace) -> Any:

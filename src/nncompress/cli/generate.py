@@ -49,8 +49,9 @@ def _check_causal_lm(model: nn.Module) -> None:
 
 
 @torch.inference_mode()
-def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-                    eos_token_id: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+def greedy_generate(
+    model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Greedy decoding with the model's KV cache: ``(1, prompt + new)`` ids and timings.
 
     Example:
@@ -73,8 +74,12 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     decode = time.perf_counter() - t0
     ids = torch.cat([input_ids, torch.tensor([tokens])], dim=1)
     steps = len(tokens) - 1  # the first new token comes from the prefill
-    return ids, {"prefill_s": prefill, "decode_s": decode, "decode_steps": steps,
-                 "stopped_at_eos": tokens[-1] == eos_token_id}
+    return ids, {
+        "prefill_s": prefill,
+        "decode_s": decode,
+        "decode_steps": steps,
+        "stopped_at_eos": tokens[-1] == eos_token_id,
+    }
 
 
 def load_tokenizer(spec: str):  # -> transformers tokenizer (typed loosely: transformers is optional)
@@ -130,8 +135,10 @@ def command(args: argparse.Namespace) -> Any:
     if args.json:
         return asdict(gen)
     speed = f"{gen.decode_tokens_per_s} tokens/s" if gen.decode_tokens_per_s is not None else "n/a (one token)"
-    return (f"{args.prompt}{gen.text}\n---\n{gen.new_tokens} new tokens; prompt {gen.prompt_tokens} tokens, "
-            f"prefill {gen.prefill_ms} ms; decode {speed} (KV cache, batch 1, {torch.get_num_threads()} threads)")
+    return (
+        f"{args.prompt}{gen.text}\n---\n{gen.new_tokens} new tokens; prompt {gen.prompt_tokens} tokens, "
+        f"prefill {gen.prefill_ms} ms; decode {speed} (KV cache, batch 1, {torch.get_num_threads()} threads)"
+    )
 
 
 def register(sub: Any) -> None:
@@ -145,6 +152,11 @@ def register(sub: Any) -> None:
     p.add_argument("--tokenizer", default="smollm2", help="smollm2 (default) or a local tokenizer folder")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--trust", action="append", default=[], metavar="MODULE",
-                   help="modules whose classes may load from the artifact (transformers for HF models)")
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="modules whose classes may load from the artifact (transformers for HF models)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")

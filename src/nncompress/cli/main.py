@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from nncompress.cli import commands, generate
 
 USER_ERRORS = (
-    ValueError, FileNotFoundError, FileExistsError, TypeError, PermissionError, NotADirectoryError, IsADirectoryError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    TypeError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
 )
 SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it
 
@@ -75,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             "or /usr/share/datasets/fashion-mnist)",
         )
 
-    def task_arg(
-        p: argparse.ArgumentParser, required: bool = True, default: str | None = None
-    ) -> None:
+    def task_arg(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
         p.add_argument(
             "--task",
             required=required,
@@ -88,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def latency_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-latency", action="store_true", help="skip latency timing (faster)")
-        p.add_argument(
-            "--batch-size", type=int, default=64, help="larger batch for batch-N latency"
-        )
+        p.add_argument("--batch-size", type=int, default=64, help="larger batch for batch-N latency")
 
     def run_args(p: argparse.ArgumentParser) -> None:
         """Options of the commands that run a recipe: --overwrite, --seed, --json and latency."""
@@ -116,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run a recipe on a task's baseline model; write DIR/model.ncz and DIR/report.json.",
     )
     task_arg(p)
-    p.add_argument(
-        "--recipe", required=True, help="recipe file (.toml/.json) or shipped recipe name"
-    )
+    p.add_argument("--recipe", required=True, help="recipe file (.toml/.json) or shipped recipe name")
     p.add_argument("--out", required=True, help="output folder")
     run_args(p)
 
@@ -138,9 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands.measure_cmd,
         "Measure a task's baseline model (or an artifact) and print a table.",
     )
-    p.add_argument(
-        "artifact", nargs="?", default=None, help="optional .ncz file; default: the baseline"
-    )
+    p.add_argument("artifact", nargs="?", default=None, help="optional .ncz file; default: the baseline")
     task_arg(p)
     trust_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -153,9 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=commands.zoo_list)
     pt = zoo.add_parser("train", help="train a reference model from its fixed seed and cache it")
     pt.add_argument("name", help="reference model name (see `zoo list`)")
-    pt.add_argument(
-        "--out-dir", default=None, help="where to write the checkpoint (default: the cache)"
-    )
+    pt.add_argument("--out-dir", default=None, help="where to write the checkpoint (default: the cache)")
     pt.add_argument("--json", action="store_true", help="print JSON")
     data_dir(pt)
     pt.set_defaults(func=commands.zoo_train)
@@ -164,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add(
-        "report", commands.report,
+        "report",
+        commands.report,
         "Print the before/after table of a run folder's report.json and (re)write DIR/report.html.",
     )
     p.add_argument("dir", help="a folder written by `compress`, `demo` or `search`")
@@ -191,8 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     task_arg(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-drop", type=float, default=None,
-                   help="largest metric drop allowed, in the metric's units (0.01 = 1 point of accuracy)")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        help="largest metric drop allowed, in the metric's units (0.01 = 1 point of accuracy)",
+    )
     p.add_argument("--max-bytes", type=int, default=None, help="largest artifact size in bytes")
     p.add_argument("--max-macs", type=int, default=None, help="most MACs per sample")
     p.add_argument("--max-latency-ms", type=float, default=None, help="slowest batch-1 median latency (ms)")
@@ -201,10 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--resume", action="store_true", help="continue DIR/trials.jsonl, skipping finished trials")
     p.add_argument("--seed", type=seed_arg, default=0, help=f"random seed, 0 to {SEED_MAX} (default 0)")
-    p.add_argument("--ray-address", default=None,
-                   help="run trials on this Ray cluster ('auto', ray://host:port, or 'local'); needs nncompress[ray]")
-    p.add_argument("--techniques", default="lowrank,prune,quantize",
-                   help="comma-separated techniques to search: lowrank, prune, quantize (default: all)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="run trials on this Ray cluster ('auto', ray://host:port, or 'local'); needs nncompress[ray]",
+    )
+    p.add_argument(
+        "--techniques",
+        default="lowrank,prune,quantize",
+        help="comma-separated techniques to search: lowrank, prune, quantize (default: all)",
+    )
     p.add_argument("--json", action="store_true", help="print search.json instead of the summary")
     latency_args(p)
     generate.register(sub)

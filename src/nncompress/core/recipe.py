@@ -43,9 +43,7 @@ def builtin_recipes() -> dict[str, Path]:
 def parse_recipe(data: dict[str, Any], source: str = "recipe") -> list[Step]:
     """Steps from a parsed recipe document (``{"steps": [{kind: ..., ...}, ...]}``)."""
     if not isinstance(data, dict):
-        raise ValueError(
-            f"{source}: the top level must be a table with a list 'steps', got a {type(data).__name__}"
-        )
+        raise ValueError(f"{source}: the top level must be a table with a list 'steps', got a {type(data).__name__}")
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
         raise ValueError(f"{source}: expected a non-empty list 'steps' of tables with a 'kind'")
@@ -107,8 +105,7 @@ def load_recipe(spec: str | Path) -> list[Step]:
             path = shipped[str(spec)]
         else:
             raise FileNotFoundError(
-                f"no recipe file {spec}; give a .toml/.json path or a shipped recipe "
-                f"({', '.join(shipped) or 'none'})"
+                f"no recipe file {spec}; give a .toml/.json path or a shipped recipe ({', '.join(shipped) or 'none'})"
             )
     try:
         text = path.read_text(encoding="utf-8")
@@ -119,9 +116,7 @@ def load_recipe(spec: str | Path) -> list[Step]:
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(
-            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}"
-        ) from e
+        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from e
     return parse_recipe(data, source=str(path))
 
 

@@ -175,8 +175,9 @@ def narrower(
         before = count_params(student)
         try:
             with torch.no_grad():
-                student = ChannelPrune(sparsity=1.0 - width, criterion="l1", scope="layer",
-                                       exclude=tuple(keep_whole)).apply(student, ctx)
+                student = ChannelPrune(
+                    sparsity=1.0 - width, criterion="l1", scope="layer", exclude=tuple(keep_whole)
+                ).apply(student, ctx)
                 if any(isinstance(m, MultiHeadSelfAttention) for m in student.modules()):
                     student = HeadPrune(sparsity=1.0 - width, criterion="l1").apply(student, ctx)
         except ValueError as e:
@@ -200,10 +201,18 @@ def _depth_or_none(model: nn.Module) -> int | None:
 SHAPES = ("most-macs", "uniform")
 
 
-def _fitting_width(base: nn.Module, widths: list[float], budget: float, keep_whole: Sequence[str], init: str,
-                   example_inputs: Any, seed: int) -> tuple[nn.Module, float] | None:
+def _fitting_width(
+    base: nn.Module,
+    widths: list[float],
+    budget: float,
+    keep_whole: Sequence[str],
+    init: str,
+    example_inputs: Any,
+    seed: int,
+) -> tuple[nn.Module, float] | None:
     """The student of the largest width in ``widths`` (descending) within ``budget`` parameters, by
     bisection (the parameter count falls as the width does); None when even the smallest is over."""
+
     def build(w: float) -> nn.Module:
         return narrower(base, w, init, example_inputs=example_inputs, seed=seed, keep_whole=keep_whole)
 

@@ -60,8 +60,20 @@ MAX_EXPANSION = 1024
 MIN_DECODED_BYTES = 256 << 20
 MIN_MEMBER_BYTES = 64 << 20  # manifest and skeleton: at most this or 64x the file's size
 READ_ERRORS = (
-    zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, NotImplementedError,
-    RuntimeError, struct.error, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    UnicodeDecodeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    OverflowError,
 )
 
 
@@ -91,9 +103,7 @@ def _skeleton(model: nn.Module) -> nn.Module:
     for t, _, _ in _persistent_tensors(model).values():
         if id(t) not in memo:
             meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
-            memo[id(t)] = (
-                nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-            )
+            memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
     return copy.deepcopy(model, memo)
 
 
@@ -113,9 +123,7 @@ def _lzma_raw(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA1}])
 
 
-def save(
-    model: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None
-) -> Path:
+def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` as a compact artifact, atomically; returns the path.
 
     Example:

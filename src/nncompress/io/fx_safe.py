@@ -27,18 +27,56 @@ from typing import Any
 import torch
 
 SAFE_BUILTINS: dict[str, Any] = {
-    "getattr": getattr, "len": len, "int": int, "float": float, "bool": bool, "slice": slice, "range": range,
-    "tuple": tuple, "list": list, "abs": abs, "min": min, "max": max,
+    "getattr": getattr,
+    "len": len,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "slice": slice,
+    "range": range,
+    "tuple": tuple,
+    "list": list,
+    "abs": abs,
+    "min": min,
+    "max": max,
 }
 OP_NAMESPACES = ("aten", "quantized", "prims", "quantized_decomposed")
 BLOCKED_TORCH = frozenset({"load", "save", "from_file", "hub", "jit", "package", "compile", "set_default_device"})
 PYTREE_FUNCTIONS = (["tree_flatten_spec"], ["tree_unflatten"], ["tree_flatten"], ["tree_leaves"])
 BLOCKED_METHODS = frozenset({"numpy", "tofile", "storage", "untyped_storage", "share_memory_", "from_file", "save"})
 _NODES = (
-    ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AnnAssign, ast.Return, ast.Expr, ast.Pass,
-    ast.Delete, ast.Name, ast.Load, ast.Store, ast.Del, ast.Constant, ast.Tuple, ast.List, ast.Dict, ast.Subscript,
-    ast.Slice, ast.Call, ast.keyword, ast.Attribute, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Starred,
-    ast.operator, ast.unaryop, ast.cmpop, ast.boolop,
+    ast.Module,
+    ast.FunctionDef,
+    ast.arguments,
+    ast.arg,
+    ast.Assign,
+    ast.AnnAssign,
+    ast.Return,
+    ast.Expr,
+    ast.Pass,
+    ast.Delete,
+    ast.Name,
+    ast.Load,
+    ast.Store,
+    ast.Del,
+    ast.Constant,
+    ast.Tuple,
+    ast.List,
+    ast.Dict,
+    ast.Subscript,
+    ast.Slice,
+    ast.Call,
+    ast.keyword,
+    ast.Attribute,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+    ast.BoolOp,
+    ast.Starred,
+    ast.operator,
+    ast.unaryop,
+    ast.cmpop,
+    ast.boolop,
 )
 
 
@@ -47,8 +85,15 @@ def _namespace() -> dict[str, Any]:
     import torch.utils._pytree as pytree
 
     return {
-        "__builtins__": {}, **SAFE_BUILTINS, "torch": torch, "inf": math.inf, "nan": math.nan,
-        "device": torch.device, "NoneType": type(None), "fx_pytree": fx_pytree, "pytree": pytree,
+        "__builtins__": {},
+        **SAFE_BUILTINS,
+        "torch": torch,
+        "inf": math.inf,
+        "nan": math.nan,
+        "device": torch.device,
+        "NoneType": type(None),
+        "fx_pytree": fx_pytree,
+        "pytree": pytree,
     }
 
 
@@ -68,7 +113,8 @@ def _check_torch_chain(chain: list[str]) -> None:
     if len(rest) == 1:
         obj = getattr(torch, rest[0], None)
         if rest[0] not in BLOCKED_TORCH and (
-            isinstance(obj, (types.BuiltinFunctionType, torch.dtype)) or obj in (torch.Tensor, torch.device)
+            isinstance(obj, (types.BuiltinFunctionType, torch.dtype))
+            or obj in (torch.Tensor, torch.device)
             or getattr(obj, "__module__", "") == "torch.functional"
         ):
             return

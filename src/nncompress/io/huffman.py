@@ -254,8 +254,13 @@ def encode_symbols(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, dict
         glen = code_lengths(np.bincount(gsyms, minlength=2**width))
         bits = [table_bits(vlen), encode_bits(values, vlen), table_bits(glen), encode_bits(gsyms, glen)]
         header.update(
-            layout="sparse", background=background, gap_width=width, nonzero=int(values.size),
-            gap_symbols=int(gsyms.size), value_table=_used(vlen), gap_table=_used(glen),
+            layout="sparse",
+            background=background,
+            gap_width=width,
+            nonzero=int(values.size),
+            gap_symbols=int(gsyms.size),
+            value_table=_used(vlen),
+            gap_table=_used(glen),
         )
     return np.packbits(np.concatenate(bits)), header
 

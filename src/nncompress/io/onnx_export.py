@@ -112,7 +112,8 @@ def _as_inputs(example_inputs: Any) -> _Inputs:
         if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
             kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
             raise ValueError(
-                f"example_inputs must be a tensor, a tuple of tensors or a dict of keyword tensors, got {kinds}")
+                f"example_inputs must be a tensor, a tuple of tensors or a dict of keyword tensors, got {kinds}"
+            )
         names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
         result = _Inputs(names, tuple(t.detach().cpu() for t in inputs), False)
     if any(t.dim() == 0 for t in result.tensors):
@@ -184,8 +185,8 @@ def _export_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str], list[str]
     """A copy of ``model`` whose packed layers are ``ExportedLayer`` stand-ins; plus each weighted
     layer's form and notes (sparse weights written dense, dense fallbacks)."""
     from nncompress.base.modules import replace_module
-    from nncompress.quantize.onnx_packed import ExportedLayer, plan_packed_layer
     from nncompress.quantize.layers import PackedWeightLayer
+    from nncompress.quantize.onnx_packed import ExportedLayer, plan_packed_layer
 
     work = copy.deepcopy(model).eval()
     layers: dict[str, str] = {}
@@ -275,8 +276,11 @@ def _dynamo_export(work: nn.Module, inputs: _Inputs, opset: int, n_outputs: int)
 
     notes = []
     kwargs: dict[str, Any] = {
-        "input_names": inputs.names, "output_names": _output_names(n_outputs),
-        "opset_version": max(opset, DYNAMO_MIN_OPSET), "dynamo": True, "verbose": False,
+        "input_names": inputs.names,
+        "output_names": _output_names(n_outputs),
+        "opset_version": max(opset, DYNAMO_MIN_OPSET),
+        "dynamo": True,
+        "verbose": False,
     }
     if opset < DYNAMO_MIN_OPSET:
         notes.append(f"opset {DYNAMO_MIN_OPSET} (the dynamo exporter's lowest) instead of {opset}")
@@ -447,4 +451,3 @@ def export_summary(result: OnnxExport) -> str:
         "layers: " + "; ".join(f"{n} x {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1])),
     ]
     return "\n".join(lines + [f"note: {n}" for n in result.notes])
-

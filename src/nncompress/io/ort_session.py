@@ -23,5 +23,6 @@ def ort_session(model_bytes: bytes, *, threads: int = 1, spinning: bool = False)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+    return ort.InferenceSession(
+        model_bytes, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+    )

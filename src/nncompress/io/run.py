@@ -50,9 +50,7 @@ def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool) -> Path:
         raise FileExistsError(f"--out {out} exists and is not a folder; give a folder path")
     existing = [n for n in RUN_FILES if (out / n).exists()]
     if existing and not overwrite:
-        raise FileExistsError(
-            f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite"
-        )
+        raise FileExistsError(f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
     return out
 
 

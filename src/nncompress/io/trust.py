@@ -49,11 +49,40 @@ _TRUSTED: set[str] = set()  # module prefixes trusted for this process (trust_mo
 # classes (nn.Module subclasses, dataclasses, enums) of these packages load without trust
 BUILTIN_CLASS_PREFIXES = ("nncompress", "torch.nn", "torch.ao.nn")
 # never trustable: trusting them would allow running arbitrary code or touching the system
-FORBIDDEN = frozenset({
-    "builtins", "os", "posix", "nt", "sys", "subprocess", "shutil", "pickle", "marshal", "importlib", "runpy",
-    "code", "codeop", "ctypes", "socket", "io", "pathlib", "tempfile", "multiprocessing", "threading", "signal",
-    "pty", "platform", "webbrowser", "_codecs", "operator", "functools", "types", "inspect", "copyreg",
-})
+FORBIDDEN = frozenset(
+    {
+        "builtins",
+        "os",
+        "posix",
+        "nt",
+        "sys",
+        "subprocess",
+        "shutil",
+        "pickle",
+        "marshal",
+        "importlib",
+        "runpy",
+        "code",
+        "codeop",
+        "ctypes",
+        "socket",
+        "io",
+        "pathlib",
+        "tempfile",
+        "multiprocessing",
+        "threading",
+        "signal",
+        "pty",
+        "platform",
+        "webbrowser",
+        "_codecs",
+        "operator",
+        "functools",
+        "types",
+        "inspect",
+        "copyreg",
+    }
+)
 WHOLE_PACKAGE_FORBIDDEN = frozenset({"torch", "numpy"})  # too broad (torch.load, ...): trust a subpackage
 
 
@@ -275,4 +304,3 @@ def restricted_pickle_module(trust: tuple[str, ...], source: str) -> types.Modul
     mod.load = lambda f, **kw: _Unpickler(f, **kw).load()  # type: ignore[attr-defined]
     mod.__dict__["__name__"] = "pickle"
     return mod
-

@@ -83,8 +83,9 @@ class LowRankBudget(LayerPatterns, LayerSelection, Step):
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or not 0 < self.target < 1:
-            raise ValueError(f"target must be a fraction in (0, 1) of the model's {self.resource} to keep, "
-                             f"got {self.target!r}")
+            raise ValueError(
+                f"target must be a fraction in (0, 1) of the model's {self.resource} to keep, got {self.target!r}"
+            )
         if self.resource not in RESOURCES:
             raise ValueError(f"resource must be one of {', '.join(RESOURCES)}; got {self.resource!r}")
         if self.criterion not in CRITERIA:
@@ -104,13 +105,21 @@ class LowRankBudget(LayerPatterns, LayerSelection, Step):
             raise ValueError(f"methods must name factorizations among {', '.join(METHODS)}; got {methods!r}")
         types = [METHODS[m].layer_type for m in methods]
         if len(set(types)) != len(types):
-            raise ValueError(f"methods may name one factorization per layer type (svd for Linear, one of "
-                             f"tucker/cp/spatial-svd for Conv2d); got {methods!r}")
+            raise ValueError(
+                f"methods may name one factorization per layer type (svd for Linear, one of "
+                f"tucker/cp/spatial-svd for Conv2d); got {methods!r}"
+            )
 
     def _candidates(self, method: Method, model: nn.Module, ctx: StepContext) -> dict[str, tuple[int, dict]]:
         """``{layer: (its own resource amount, {candidate amount: Candidate})}`` for one method."""
-        targets = factorizable_layers(model, method.layer_type, layers=self.layers, exclude=self.exclude,
-                                      keep_first_conv=self.keep_first_conv, keep_classifier=self.keep_classifier)
+        targets = factorizable_layers(
+            model,
+            method.layer_type,
+            layers=self.layers,
+            exclude=self.exclude,
+            keep_first_conv=self.keep_first_conv,
+            keep_classifier=self.keep_classifier,
+        )
         out = {}
         for name, io in (runnable_layers(method, model, targets, ctx) if targets else {}).items():
             module = model.get_submodule(name)
@@ -157,9 +166,11 @@ class LowRankBudget(LayerPatterns, LayerSelection, Step):
         floor = sum(min(options) for _, options in candidates.values())
         if floor > allowed:
             reach = (total - sum(own for own, _ in candidates.values()) + floor) / total
-            raise ValueError(f"{self.kind}: target={self.target} is out of reach: at the smallest candidate ranks "
-                             f"(keep={self.keep}) the model keeps {reach:.1%} of its {self.resource}; "
-                             "add smaller keep fractions, select more layers, or raise target")
+            raise ValueError(
+                f"{self.kind}: target={self.target} is out of reach: at the smallest candidate ranks "
+                f"(keep={self.keep}) the model keeps {reach:.1%} of its {self.resource}; "
+                "add smaller keep fractions, select more layers, or raise target"
+            )
         sensitivity = self._sensitivity(model, candidates, ctx)
         chosen = allocate_bits(sensitivity, dict.fromkeys(sensitivity, 1), allowed / len(sensitivity))
         for name, amount in chosen.items():
@@ -171,8 +182,10 @@ class LowRankBudget(LayerPatterns, LayerSelection, Step):
             model = replace_layer(model, name, cand.module, ctx, self.kind)
             ctx.log.append(f"{cand.plan.done(self.kind, cand.error)}, sensitivity {sensitivity[name][amount]:+.4g}")
         after = self._total(model, ctx)
-        ctx.log.append(f"{self.kind}: {self.resource} {total:,} -> {after:,} ({after / total:.1%} of the model, "
-                       f"target {self.target:.1%})")
+        ctx.log.append(
+            f"{self.kind}: {self.resource} {total:,} -> {after:,} ({after / total:.1%} of the model, "
+            f"target {self.target:.1%})"
+        )
         return model
 
     def _sensitivity(

@@ -213,8 +213,7 @@ def tucker2(kernel: torch.Tensor, ranks: tuple[int, int], *, n_iter: int = 25, s
 
     w = kernel.detach().to(WORK_DTYPE)
     with backend:
-        out = partial_tucker(w, [r_out, r_in], modes=[0, 1], n_iter_max=n_iter, init="svd", tol=1e-7,
-                             random_state=seed)
+        out = partial_tucker(w, [r_out, r_in], modes=[0, 1], n_iter_max=n_iter, init="svd", tol=1e-7, random_state=seed)
     # tensorly >= 0.9 returns ((core, factors), errors); 0.8 returns (core, factors)
     core, (u_out, u_in) = out[0] if isinstance(out[0], (tuple, list)) else out
     approx = torch.einsum("abyx,oa,ib->oiyx", core, u_out, u_in)

@@ -88,8 +88,18 @@ def _conv(
     cls = nn.Conv1d if len(kernel) == 1 else nn.Conv2d
     if len(kernel) == 1 and not isinstance(padding, str):
         stride, padding, dilation = stride[:1], padding[:1], dilation[:1]
-    conv = cls(c_in_per_group * groups, c_out, tuple(kernel), stride, padding, dilation, groups,
-               bias=bias is not None, padding_mode=padding_mode, device="meta")
+    conv = cls(
+        c_in_per_group * groups,
+        c_out,
+        tuple(kernel),
+        stride,
+        padding,
+        dilation,
+        groups,
+        bias=bias is not None,
+        padding_mode=padding_mode,
+        device="meta",
+    )
     conv.weight = _weight_like(like, weight)
     if bias is not None:
         conv.bias = _weight_like(like, bias.detach())
@@ -105,18 +115,27 @@ def _pointwise(like: nn.Module, matrix: torch.Tensor, bias: torch.Tensor | None 
 def _axis(conv: nn.Conv2d, axis: int) -> dict:
     """The conv's stride, padding and dilation acting along one axis only (0: height, 1: width),
     for a kh x 1 (axis 0) or 1 x kw (axis 1) conv; string padding (same/valid) applies as is."""
+
     def only(value: tuple[int, int], rest: int) -> tuple[int, int]:
         return (value[0], rest) if axis == 0 else (rest, value[1])
 
     padding = conv.padding if isinstance(conv.padding, str) else only(conv.padding, 0)
-    return {"stride": only(conv.stride, 1), "padding": padding, "dilation": only(conv.dilation, 1),
-            "padding_mode": conv.padding_mode}
+    return {
+        "stride": only(conv.stride, 1),
+        "padding": padding,
+        "dilation": only(conv.dilation, 1),
+        "padding_mode": conv.padding_mode,
+    }
 
 
 def _spatial(conv: nn.Conv2d) -> dict:
     """The conv's own stride, padding, dilation and padding mode, for the conv that replaces its kernel."""
-    return {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
-            "padding_mode": conv.padding_mode}
+    return {
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "padding_mode": conv.padding_mode,
+    }
 
 
 class Method:

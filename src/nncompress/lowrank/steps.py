@@ -50,9 +50,9 @@ def factorizable_layers(
     kept = {convs[0]} if keep_first_conv and convs else set()
     kept |= {linears[-1]} if keep_classifier and linears else set()
     return {
-        n: m for n, m in found
-        if type(m) in types and n not in kept and (not layers or is_excluded(n, layers))
-        and not is_excluded(n, exclude)
+        n: m
+        for n, m in found
+        if type(m) in types and n not in kept and (not layers or is_excluded(n, layers)) and not is_excluded(n, exclude)
     }
 
 
@@ -90,17 +90,21 @@ class LayerPlan:
     def skipped(self, kind: str) -> str:
         """The log line of a layer left as it is because factorizing would not pay."""
         at = f" >= break-even {describe_rank(self.break_even)}" if self.break_even else ""
-        return (f"{kind}: skipped {self.name}: rank {describe_rank(self.rank)}{at} "
-                f"({self.cost.params:,} params / {self.cost.macs:,} MACs against the layer's "
-                f"{self.original.params:,} / {self.original.macs:,})")
+        return (
+            f"{kind}: skipped {self.name}: rank {describe_rank(self.rank)}{at} "
+            f"({self.cost.params:,} params / {self.cost.macs:,} MACs against the layer's "
+            f"{self.original.params:,} / {self.original.macs:,})"
+        )
 
     def done(self, kind: str, error: float) -> str:
         """The log line of a factorized layer: rank, reconstruction error, parameters and MACs."""
         full = f" of {describe_rank(self.full)}" if self.full else ""
         even = f" (break-even {describe_rank(self.break_even)})" if self.break_even else ""
-        return (f"{kind}: {self.name} rank {describe_rank(self.rank)}{full}{even}, relative error {error:.4f}, "
-                f"params {self.original.params:,} -> {self.cost.params:,}, "
-                f"MACs {self.original.macs:,} -> {self.cost.macs:,}")
+        return (
+            f"{kind}: {self.name} rank {describe_rank(self.rank)}{full}{even}, relative error {error:.4f}, "
+            f"params {self.original.params:,} -> {self.cost.params:,}, "
+            f"MACs {self.original.macs:,} -> {self.cost.macs:,}"
+        )
 
 
 def plan_layer(
@@ -118,9 +122,7 @@ def plan_layer(
     return LayerPlan(name, rank, full if method.has_full_rank else None, cost(rank), original, even)
 
 
-def replace_layer(
-    model: nn.Module, name: str, new: nn.Module, ctx: StepContext, kind: str
-) -> nn.Module:
+def replace_layer(model: nn.Module, name: str, new: nn.Module, ctx: StepContext, kind: str) -> nn.Module:
     """Put the factorized ``new`` at ``name`` (in the old layer's train/eval mode); pruning masks of
     the replaced weight no longer apply."""
     new.train(model.get_submodule(name).training)
@@ -158,16 +160,19 @@ class Factorize(LayerPatterns, Step):
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         rule = parse_rank(self.rank, self.method.rules)
         kind, layer_type = self.kind, "/".join(t.__name__ for t in self.method.layer_types)
-        note = skipped_note(kind, [(n, t) for n, t in skipped_layers(model, FACTORIZABLE)
-                                   if not is_excluded(n, self.exclude)])
+        note = skipped_note(
+            kind, [(n, t) for n, t in skipped_layers(model, FACTORIZABLE) if not is_excluded(n, self.exclude)]
+        )
         if note:
             ctx.log.append(note)
         targets = self.targets(model)
         runnable = runnable_layers(self.method, model, targets, ctx) if targets else {}
         if not runnable:
             why = "none selected" if not targets else "every one skipped (see the notes above)"
-            raise NothingToDo(f"{kind}: no {layer_type} layer to factorize ({why}; {len(targets)} candidate(s) "
-                              f"after layers/exclude{'/keep_classifier' if hasattr(self, 'keep_classifier') else ''})")
+            raise NothingToDo(
+                f"{kind}: no {layer_type} layer to factorize ({why}; {len(targets)} candidate(s) "
+                f"after layers/exclude{'/keep_classifier' if hasattr(self, 'keep_classifier') else ''})"
+            )
         grams = self.grams(model, list(runnable), ctx)
         before = after = 0
         done = 0
@@ -184,10 +189,14 @@ class Factorize(LayerPatterns, Step):
             ctx.log.append(plan.done(kind, error))
             after, done = after + plan.cost.params, done + 1
         if not done:
-            raise NothingToDo(f"{kind}: factorized none of {len(runnable)} {layer_type} layer(s): every rank chosen "
-                              f"by rank={self.rank!r} is at or above the break-even (a lower rank would pay)")
-        ctx.log.append(f"{kind}: factorized {done} of {len(runnable)} {layer_type} layers; "
-                       f"their weights {before:,} -> {after:,} params")
+            raise NothingToDo(
+                f"{kind}: factorized none of {len(runnable)} {layer_type} layer(s): every rank chosen "
+                f"by rank={self.rank!r} is at or above the break-even (a lower rank would pay)"
+            )
+        ctx.log.append(
+            f"{kind}: factorized {done} of {len(runnable)} {layer_type} layers; "
+            f"their weights {before:,} -> {after:,} params"
+        )
         return model
 
 
@@ -222,8 +231,9 @@ class SVDFactorize(KeepClassifier, CalibrationSettings, Factorize):
         check_flag("activation_aware", self.activation_aware)
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
-        return factorizable_layers(model, nn.Linear, layers=self.layers, exclude=self.exclude,
-                                   keep_classifier=self.keep_classifier)
+        return factorizable_layers(
+            model, nn.Linear, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier
+        )
 
     def grams(self, model: nn.Module, names: list[str], ctx: StepContext) -> dict[str, torch.Tensor]:
         if not self.activation_aware:
@@ -239,8 +249,13 @@ class ConvFactorize(KeepFirstConv, Factorize):
     """The Conv2d factorization steps' shared setting: keep the first convolution (``KeepFirstConv``)."""
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
-        return factorizable_layers(model, self.method.layer_types, layers=self.layers, exclude=self.exclude,
-                                   keep_first_conv=self.keep_first_conv)
+        return factorizable_layers(
+            model,
+            self.method.layer_types,
+            layers=self.layers,
+            exclude=self.exclude,
+            keep_first_conv=self.keep_first_conv,
+        )
 
 
 @register_step("tucker", family="lowrank")

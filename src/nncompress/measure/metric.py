@@ -79,7 +79,10 @@ class LossAccumulator:
 
 
 def evaluate(
-    model: nn.Module, batches: Iterable[tuple[Any, Any]], metric: str | MetricFn | Any, *,
+    model: nn.Module,
+    batches: Iterable[tuple[Any, Any]],
+    metric: str | MetricFn | Any,
+    *,
     max_batches: int | None = None,
 ) -> float:
     """The metric (a name, a :class:`~nncompress.tasks.metrics.Metric`, a callable or a
@@ -94,7 +97,10 @@ def evaluate(
 
 
 def evaluate_loss(
-    model: nn.Module, batches: Iterable[tuple[Any, Any]], loss: Callable[[Any, Any], torch.Tensor], *,
+    model: nn.Module,
+    batches: Iterable[tuple[Any, Any]],
+    loss: Callable[[Any, Any], torch.Tensor],
+    *,
     max_batches: int | None = None,
 ) -> float:
     """The task loss of ``model`` over the split: per-batch losses weighted by the batch's examples."""
@@ -104,8 +110,12 @@ def evaluate_loss(
 
 
 def evaluate_with_loss(
-    model: nn.Module, batches: Iterable[tuple[Any, Any]], metric: str | MetricFn | Any,
-    loss: Callable[[Any, Any], torch.Tensor], *, max_batches: int | None = None,
+    model: nn.Module,
+    batches: Iterable[tuple[Any, Any]],
+    metric: str | MetricFn | Any,
+    loss: Callable[[Any, Any], torch.Tensor],
+    *,
+    max_batches: int | None = None,
 ) -> tuple[float, float]:
     """``(metric, loss)`` of ``model`` over the split in one streamed pass."""
     m, lo = MetricAccumulator(metric), LossAccumulator(loss)

@@ -140,9 +140,14 @@ def add_latency(reports: list[Report], models: list[nn.Module], task: Task, conf
     tokens = tokens_per_example(one)
     timing = {"rounds": config.rounds, "warmup": config.warmup, "min_seconds": config.min_seconds}
     counts = config.thread_counts or sorted({1, torch.get_num_threads()})
-    sizes = {"batch_1": (one, 1, config.runs),
-             f"batch_{config.batch_size_large}": (repeat_batch(one, config.batch_size_large),
-                                                  config.batch_size_large, max(5, config.runs // 3))}
+    sizes = {
+        "batch_1": (one, 1, config.runs),
+        f"batch_{config.batch_size_large}": (
+            repeat_batch(one, config.batch_size_large),
+            config.batch_size_large,
+            max(5, config.runs // 3),
+        ),
+    }
     for report in reports:
         report.latency = {"models_interleaved": len(models), "thread_counts": list(counts)}
     previous = torch.get_num_threads()

@@ -28,9 +28,7 @@ def human_count(n: float) -> str:
 def report_rows(report: Report) -> dict[str, str]:
     """The comparison table's cells of one ``Report``, by row name."""
     lat = "-" if report.latency_ms is None else f"{report.latency_ms:.3f}"
-    big = next(
-        (v for k, v in report.latency.items() if k.startswith("batch_") and k != "batch_1"), None
-    )
+    big = next((v for k, v in report.latency.items() if k.startswith("batch_") and k != "batch_1"), None)
     rows = {
         f"{report.metric['name']} (test)": f"{report.metric['value']:.4f}",
         "params": human_count(report.params),
@@ -82,14 +80,8 @@ def row_change(key: str, a: Report, b: Report) -> str:
         if before == after:
             return "same"
         if key.startswith("latency"):
-            return (
-                f"{before / after:.2f}x faster"
-                if before > after
-                else f"{after / before:.2f}x slower"
-            )
-        return (
-            f"{before / after:.2f}x smaller" if before > after else f"{after / before:.2f}x larger"
-        )
+            return f"{before / after:.2f}x faster" if before > after else f"{after / before:.2f}x slower"
+        return f"{before / after:.2f}x smaller" if before > after else f"{after / before:.2f}x larger"
     return ""
 
 
@@ -119,14 +111,25 @@ def layer_table(baseline: Report, final: Report) -> str:
     before = {row["name"]: row for row in baseline.layers}
     after = {row["name"]: row for row in final.layers}
     names = list(before) + [n for n in after if n not in before]
-    lines = [["layer", "type", "shape", "params", "sparsity",
-              "-> shape", "format", "bits", "params", "non-zero", "sparsity"]]
+    lines = [
+        ["layer", "type", "shape", "params", "sparsity", "-> shape", "format", "bits", "params", "non-zero", "sparsity"]
+    ]
     for name in names:
         b, a = before.get(name), after.get(name)
         line = [name, (a or b)["type"]]
         line += [_shape(b["shape"]), human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3
-        line += ([_shape(a["shape"]), format_label(a), _bits(a), human_count(a["params"]),
-                  human_count(a["nonzero_params"]), f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 6)
+        line += (
+            [
+                _shape(a["shape"]),
+                format_label(a),
+                _bits(a),
+                human_count(a["params"]),
+                human_count(a["nonzero_params"]),
+                f"{a['weight_sparsity']:.1%}",
+            ]
+            if a
+            else ["-"] * 6
+        )
         lines.append(line)
     return _render(lines)
 
@@ -165,8 +168,9 @@ def _render(lines: list[list[str]]) -> str:
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
     out = []
     for i, line in enumerate(lines):
-        out.append("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w)
-                             for j, (c, w) in enumerate(zip(line, widths))))
+        out.append(
+            "  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(zip(line, widths)))
+        )
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -87,16 +87,12 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(
-                f"image_size {image_size} is not a multiple of patch_size {patch_size}"
-            )
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(
-            *[TransformerBlock(dim, num_heads, mlp_hidden) for _ in range(depth)]
-        )
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads, mlp_hidden) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
         self.cls_only_last_block = cls_only_last_block
 

@@ -9,7 +9,20 @@ from nncompress.prune.schedule import GradualPrune, IterativePrune, cubic_sparsi
 from nncompress.prune.structured import ChannelPrune, HeadPrune
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "ChannelPrune", "GradualPrune", "HeadPrune", "IterativePrune",
-    "LotteryRound", "LotteryTicket", "MagnitudePrune", "NMPrune", "UnstructuredPrune",
-    "cubic_sparsity", "lottery_rounds", "nm_mask", "round_sparsities", "trace_channels",
+    "ChannelGraph",
+    "ChannelGroup",
+    "ChannelPrune",
+    "GradualPrune",
+    "HeadPrune",
+    "IterativePrune",
+    "LotteryRound",
+    "LotteryTicket",
+    "MagnitudePrune",
+    "NMPrune",
+    "UnstructuredPrune",
+    "cubic_sparsity",
+    "lottery_rounds",
+    "nm_mask",
+    "round_sparsities",
+    "trace_channels",
 ]

@@ -183,9 +183,7 @@ class _Untraceable(Exception):
 MAX_RETRIES = 200  # submodules that may be kept whole, one per failed trace, before giving up
 
 
-def trace_channels(
-    model: nn.Module, example_inputs: Any, *, opaque: Sequence[str] = ()
-) -> ChannelGraph:
+def trace_channels(model: nn.Module, example_inputs: Any, *, opaque: Sequence[str] = ()) -> ChannelGraph:
     """Trace ``model`` and return its unblocked channel groups.
 
     ``opaque``: names of submodules to treat as black boxes (not traced into; their inputs and
@@ -235,8 +233,12 @@ def attention_heads(module: nn.Module) -> tuple[str, int, int, int] | None:
     if out_name is None or not all(isinstance(p, nn.Linear) for p in (q, k, v)) or not isinstance(hd, int) or hd < 1:
         return None
     o = getattr(module, out_name)
-    if q.out_features % hd or k.out_features % hd or k.out_features != v.out_features or (
-            o.in_features != q.out_features):
+    if (
+        q.out_features % hd
+        or k.out_features % hd
+        or k.out_features != v.out_features
+        or (o.in_features != q.out_features)
+    ):
         return None
     heads, kv = q.out_features // hd, k.out_features // hd
     if heads % kv or getattr(module, "num_key_value_groups", None) != heads // kv:
@@ -253,7 +255,8 @@ def fused_attention_heads(module: nn.Module) -> tuple[int, int] | None:
     qkv, proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
     heads, hd, split = (getattr(module, k, None) for k in ("num_heads", "head_dim", "split_size"))
     if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)) or not all(
-            isinstance(v, int) and v > 0 for v in (heads, hd, split)):
+        isinstance(v, int) and v > 0 for v in (heads, hd, split)
+    ):
         return None
     if split != heads * hd or qkv.out_features != 3 * split or proj.in_features != split or hasattr(module, "q_attn"):
         return None
@@ -270,13 +273,25 @@ def refresh_head_counts(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         q, k, hd = getattr(module, "q_proj", None), getattr(module, "k_proj", None), getattr(module, "head_dim", None)
         groups = getattr(module, "num_key_value_groups", None)
-        if isinstance(q, nn.Linear) and isinstance(k, nn.Linear) and isinstance(hd, int) and isinstance(groups, int) \
-                and k.out_features == hd and q.out_features % hd == 0 and groups != q.out_features // hd:
+        if (
+            isinstance(q, nn.Linear)
+            and isinstance(k, nn.Linear)
+            and isinstance(hd, int)
+            and isinstance(groups, int)
+            and k.out_features == hd
+            and q.out_features % hd == 0
+            and groups != q.out_features // hd
+        ):
             module.num_key_value_groups = q.out_features // hd  # MQA: query heads per (the one) key/value head
             updated.append(name)
         qkv = getattr(module, "c_attn", None)
-        if isinstance(qkv, nn.Linear) and isinstance(getattr(module, "split_size", None), int) and isinstance(hd, int) \
-                and module.split_size != qkv.out_features // 3 and qkv.out_features % (3 * hd) == 0:
+        if (
+            isinstance(qkv, nn.Linear)
+            and isinstance(getattr(module, "split_size", None), int)
+            and isinstance(hd, int)
+            and module.split_size != qkv.out_features // 3
+            and qkv.out_features % (3 * hd) == 0
+        ):
             module.split_size = qkv.out_features // 3
             module.num_heads = module.split_size // hd
             updated.append(name)
@@ -303,12 +318,17 @@ def _attention_head_groups(model: nn.Module, groups: list[ChannelGroup]) -> list
         elif shape is not None:
             out_name, heads, kv, hd = shape
             rep = heads // kv
-            members = (Member("out", f"{at}q_proj", 0, rep * hd), Member("out", f"{at}k_proj", 0, hd),
-                       Member("out", f"{at}v_proj", 0, hd), Member("in", f"{at}{out_name}", 0, rep * hd))
+            members = (
+                Member("out", f"{at}q_proj", 0, rep * hd),
+                Member("out", f"{at}k_proj", 0, hd),
+                Member("out", f"{at}v_proj", 0, hd),
+                Member("in", f"{at}{out_name}", 0, rep * hd),
+            )
         elif fused is not None:
             kv, hd = fused  # every head has its own key/value
             members = tuple(Member("out", f"{at}c_attn", part * kv * hd, hd) for part in range(3)) + (
-                Member("in", f"{at}c_proj", 0, hd),)
+                Member("in", f"{at}c_proj", 0, hd),
+            )
         else:
             continue
         if kv > 1 and not any((m.kind, m.name) in taken for m in members):
@@ -364,9 +384,7 @@ def _call_module(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return cls(module, args, kwargs)
 
 
-def _trace_part(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opaque: set[str]
-) -> ChannelGraph:
+def _trace_part(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opaque: set[str]) -> ChannelGraph:
     """Trace one module as it was called (submodules failing torch.fx are kept whole) and run
     its walker once. Raises _Untraceable when the module's own code fails."""
     wrapper = _call_module(module, args, kwargs)
@@ -403,18 +421,19 @@ def _holds_tensor(value: Any) -> bool:
     return False
 
 
-def _first_calls(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-                 ) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
+def _first_calls(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
     """The (args, kwargs) each submodule received the first time it ran, in one model call."""
     calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     def hook(name: str) -> Any:
         def record(_m: nn.Module, a: tuple[Any, ...], k: dict[str, Any]) -> None:
             calls.setdefault(name, (a, k))
+
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True)
-               for n, m in model.named_modules() if n]
+    handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in model.named_modules() if n]
     try:
         model(*args, **kwargs)
     finally:
@@ -423,8 +442,7 @@ def _first_calls(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     return calls
 
 
-def _trace_tree(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opaque: set[str]
-                ) -> ChannelGraph:
+def _trace_tree(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], opaque: set[str]) -> ChannelGraph:
     """Trace the model; trace what fx could not as parts of their own (recursing); merge."""
     result = ChannelGraph([], {}, [])
     calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
@@ -442,7 +460,7 @@ def _trace_tree(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
             children(name, module)
             return
         call = calls[name] if name else (args, kwargs)
-        inner = {o[len(name) + 1:] for o in opaque if o.startswith(name + ".")} if name else opaque
+        inner = {o[len(name) + 1 :] for o in opaque if o.startswith(name + ".")} if name else opaque
         try:
             traced = _trace_part(module, *call, inner)
         except _Untraceable as e:
@@ -463,6 +481,7 @@ def _trace_tree(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 def _add_part(result: ChannelGraph, part: ChannelGraph, prefix: str, strip: str = "") -> None:
     """Add a submodule's groups to ``result``, member names made relative to the model."""
+
     def full(name: str) -> str:
         name = name.removeprefix(strip)
         return f"{prefix}.{name}" if name and prefix else name or prefix
@@ -474,47 +493,140 @@ def _add_part(result: ChannelGraph, part: ChannelGraph, prefix: str, strip: str 
 
 
 UNARY = {
-    "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-    "leaky_relu", "elu", "mish", "softplus", "dropout", "contiguous", "clone", "float", "neg",
-    "abs", "exp", "sqrt", "square", "to", "type_as", "rsqrt", "tanh_", "sigmoid_", "erf", "log", "sin",
-    "cos", "reciprocal", "silu_", "gelu_", "hardswish_", "hardsigmoid_", "relu6_", "detach",
+    "relu",
+    "relu_",
+    "relu6",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "leaky_relu",
+    "elu",
+    "mish",
+    "softplus",
+    "dropout",
+    "contiguous",
+    "clone",
+    "float",
+    "neg",
+    "abs",
+    "exp",
+    "sqrt",
+    "square",
+    "to",
+    "type_as",
+    "rsqrt",
+    "tanh_",
+    "sigmoid_",
+    "erf",
+    "log",
+    "sin",
+    "cos",
+    "reciprocal",
+    "silu_",
+    "gelu_",
+    "hardswish_",
+    "hardsigmoid_",
+    "relu6_",
+    "detach",
 }
 BINARY = {
-    "add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_",
-    "mul_", "div_", "maximum", "minimum", "pow", "floordiv",
+    "add",
+    "sub",
+    "mul",
+    "truediv",
+    "div",
+    "iadd",
+    "isub",
+    "imul",
+    "itruediv",
+    "add_",
+    "sub_",
+    "mul_",
+    "div_",
+    "maximum",
+    "minimum",
+    "pow",
+    "floordiv",
 }
 RESHAPE = {"flatten", "view", "reshape", "unflatten"}
 TRANSPOSE = {"transpose", "permute", "swapaxes"}
 CAT = {"cat", "concat", "concatenate"}
 REDUCE = {"mean", "sum", "amax", "amin"}
 SHAPE_ONLY = {"size", "dim", "getattr", "numel"}
-POOLS = {
-    f"{kind}_pool{d}d" for kind in ("avg", "max", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)
-}
+POOLS = {f"{kind}_pool{d}d" for kind in ("avg", "max", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)}
 ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
-    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d,
-    nn.Dropout2d, nn.Dropout3d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
 )
 POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
 
 
 ELEMENTWISE_NAMES = {  # activation classes of timm and transformers that act value by value
-    "Swish", "SiLU", "HardSwish", "HardSigmoid", "HardMish", "Mish", "GELU", "GELUTanh", "QuickGELU",
-    "Sigmoid", "Tanh", "ReLU", "ReLU6", "Identity", "NewGELUActivation", "GELUActivation",
-    "FastGELUActivation", "QuickGELUActivation", "SiLUActivation", "PytorchGELUTanh", "GELUTanhActivation",
-    "LeakyReLU", "ELU", "Softplus", "Dropout", "DropPath",
+    "Swish",
+    "SiLU",
+    "HardSwish",
+    "HardSigmoid",
+    "HardMish",
+    "Mish",
+    "GELU",
+    "GELUTanh",
+    "QuickGELU",
+    "Sigmoid",
+    "Tanh",
+    "ReLU",
+    "ReLU6",
+    "Identity",
+    "NewGELUActivation",
+    "GELUActivation",
+    "FastGELUActivation",
+    "QuickGELUActivation",
+    "SiLUActivation",
+    "PytorchGELUTanh",
+    "GELUTanhActivation",
+    "LeakyReLU",
+    "ELU",
+    "Softplus",
+    "Dropout",
+    "DropPath",
 }
 
 
 def elementwise(m: nn.Module) -> bool:
     """Whether ``m`` maps each value on its own (an activation or dropout): channels pass through."""
-    return isinstance(m, ACTIVATIONS) or (type(m).__name__ in ELEMENTWISE_NAMES and not any(
-        p.numel() > 1 for p in m.parameters(recurse=True)))
+    return isinstance(m, ACTIVATIONS) or (
+        type(m).__name__ in ELEMENTWISE_NAMES and not any(p.numel() > 1 for p in m.parameters(recurse=True))
+    )
 
 
 def norm_axis(m: nn.Module) -> int | None:
@@ -531,8 +643,7 @@ def norm_axis(m: nn.Module) -> int | None:
     if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
         return None
     extras = [getattr(m, k) for k in ("act", "drop") if isinstance(getattr(m, k, None), nn.Module)]
-    if not all(elementwise(e) for e in extras) or any(
-            n not in ("act", "drop") for n, _ in m.named_children()):
+    if not all(elementwise(e) for e in extras) or any(n not in ("act", "drop") for n, _ in m.named_children()):
         return None
     if isinstance(m, BATCHNORMS) or type(m).__name__.endswith("2d"):
         return 1
@@ -728,8 +839,11 @@ class _Walker(fx.Interpreter):
         if g > 1 and m.in_channels == g:  # depthwise: each input channel owns its outputs
             mult = m.out_channels // g
             self.add_members("in", name, segs)
-            outs = None if segs is None else tuple(
-                Segment(s.space, s.offset * mult, s.length, s.inner * mult) for s in segs)
+            outs = (
+                None
+                if segs is None
+                else tuple(Segment(s.space, s.offset * mult, s.length, s.inner * mult) for s in segs)
+            )
             self.add_members("out", name, outs)
         else:
             if g > 1:
@@ -741,16 +855,13 @@ class _Walker(fx.Interpreter):
 
     def grouped_input(self, segs: tuple[Segment, ...] | None, g: int) -> tuple[Segment, ...] | None:
         """A grouped conv may lose inputs only evenly from each group, from one whole space."""
-        if segs and len(segs) == 1 and segs[0].space >= 0 and segs[0].offset == 0 \
-                and segs[0].inner == 1:
+        if segs and len(segs) == 1 and segs[0].space >= 0 and segs[0].offset == 0 and segs[0].inner == 1:
             self.spaces.require_blocks(segs[0].space, g)
             return segs
         self.block(segs)
         return None
 
-    def linear(
-        self, name: str, x: fx.Node, out_size: int, value: torch.Tensor, *, mixes_tokens: bool
-    ) -> Layout:
+    def linear(self, name: str, x: fx.Node, out_size: int, value: torch.Tensor, *, mixes_tokens: bool) -> Layout:
         layout, last = self.layout_of(x), len(self.shapes[x]) - 1
         out: Layout = {}
         for d, segs in layout.items():
@@ -782,8 +893,10 @@ class _Walker(fx.Interpreter):
         if name not in self.tensors or not isinstance(value, torch.Tensor):
             return {}
         owner = name.rpartition(".")[0]
-        if owner and isinstance(self.model.get_submodule(owner), (*CONVS, *BATCHNORMS, nn.Linear, nn.LayerNorm,
-                                                                   nn.Embedding, MultiHeadSelfAttention)):
+        if owner and isinstance(
+            self.model.get_submodule(owner),
+            (*CONVS, *BATCHNORMS, nn.Linear, nn.LayerNorm, nn.Embedding, MultiHeadSelfAttention),
+        ):
             return {}  # a layer's own weight read directly (T5 reads wo.weight.dtype): its cuts are the layer's
         out: Layout = {}
         for axis, size in enumerate(value.shape):
@@ -822,7 +935,7 @@ class _Walker(fx.Interpreter):
         if Ellipsis in items:
             at = items.index(Ellipsis)
             used = sum(1 for i in items if isinstance(i, (int, slice)))
-            items[at:at + 1] = [slice(None)] * (len(shape) - used)
+            items[at : at + 1] = [slice(None)] * (len(shape) - used)
         out: Layout = {}
         a_in = a_out = 0
         for item in items:

@@ -49,9 +49,7 @@ def wanda(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
     """|W| scaled by the L2 norm of each input feature (Linear: (out, in); Conv: per in-channel)."""
     w = weight.detach().abs()
     if input_norm.numel() != w.shape[1]:
-        raise ValueError(
-            f"input_norm has {input_norm.numel()} entries, weight has {w.shape[1]} inputs"
-        )
+        raise ValueError(f"input_norm has {input_norm.numel()} entries, weight has {w.shape[1]} inputs")
     shape = [1, -1] + [1] * (w.dim() - 2)
     return w * input_norm.reshape(shape).to(w.dtype)
 

@@ -86,13 +86,16 @@ class LotteryTicket(TrainSettings, LayerSelection, Step):
         return 1.0 - (1.0 - self.rate) ** r
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
-        pruner = MagnitudePrune(sparsity=0.0, scope=self.scope, exclude=self.exclude,
-                                keep_first_conv=self.keep_first_conv,
-                                keep_classifier=self.keep_classifier)
+        pruner = MagnitudePrune(
+            sparsity=0.0,
+            scope=self.scope,
+            exclude=self.exclude,
+            keep_first_conv=self.keep_first_conv,
+            keep_classifier=self.keep_classifier,
+        )
         targets = pruner.targets(model)
         reinitialize(model, ctx.seed)
-        apply_masks(targets, {n: torch.ones_like(w, dtype=torch.bool)
-                              for n, w in targets.items()}, ctx)
+        apply_masks(targets, {n: torch.ones_like(w, dtype=torch.bool) for n, w in targets.items()}, ctx)
         rewind_point = self.train_round(model, ctx, targets, 0)
         for r in range(1, self.rounds + 1):
             keep = replace(pruner, sparsity=self.sparsity_after(r)).keep_masks(model, ctx, targets)
@@ -104,9 +107,7 @@ class LotteryTicket(TrainSettings, LayerSelection, Step):
                 record(ctx, model, targets, r, trained=False)
         return model
 
-    def train_round(
-        self, model: nn.Module, ctx: StepContext, targets: Mapping[str, nn.Parameter], r: int
-    ) -> State:
+    def train_round(self, model: nn.Module, ctx: StepContext, targets: Mapping[str, nn.Parameter], r: int) -> State:
         """Train one round and log it; return the rewind point (theta_0, or theta_k in round 0)."""
         start = snapshot(model) if r == 0 else {}  # only round 0 sets the rewind point
         k = self.rewind_steps if r == 0 else 0
@@ -119,11 +120,12 @@ class LotteryTicket(TrainSettings, LayerSelection, Step):
             if steps == k:
                 taken.append(snapshot(m))
 
-        train_masked(model, ctx, train_config(self, ctx.seed), f"lottery-ticket round {r}",
-                     after=after)
+        train_masked(model, ctx, train_config(self, ctx.seed), f"lottery-ticket round {r}", after=after)
         if k and not taken:
-            raise ValueError(f"rewind_steps={k} is more than the {steps} steps of a training "
-                             f"round; lower it or train longer (epochs, max_steps)")
+            raise ValueError(
+                f"rewind_steps={k} is more than the {steps} steps of a training "
+                f"round; lower it or train longer (epochs, max_steps)"
+            )
         record(ctx, model, targets, r, trained=True)
         return taken[0] if taken else start
 
@@ -157,11 +159,16 @@ def rewind(model: nn.Module, state: State, masks: Mapping[str, torch.Tensor]) ->
                 params[name].mul_(mask)
 
 
-def record(ctx: StepContext, model: nn.Module, targets: Mapping[str, nn.Parameter], r: int,
-           *, trained: bool) -> LotteryRound:
+def record(
+    ctx: StepContext, model: nn.Module, targets: Mapping[str, nn.Parameter], r: int, *, trained: bool
+) -> LotteryRound:
     """Evaluate on the val split and log the round as ``lottery-ticket {json}``."""
-    entry = LotteryRound(round=r, sparsity=masked_fraction(ctx.masks, targets),
-                         metric=evaluate(model, ctx.task.val, ctx.task.metric_fn), trained=trained)
+    entry = LotteryRound(
+        round=r,
+        sparsity=masked_fraction(ctx.masks, targets),
+        metric=evaluate(model, ctx.task.val, ctx.task.metric_fn),
+        trained=trained,
+    )
     ctx.log.append(LOG_PREFIX + json.dumps(asdict(entry)))
     return entry
 
@@ -173,5 +180,4 @@ def lottery_rounds(log: Iterable[str]) -> list[LotteryRound]:
         >>> lottery_rounds(['lottery-ticket {"round": 1, "sparsity": 0.2, "metric": 0.9}'])
         [LotteryRound(round=1, sparsity=0.2, metric=0.9, trained=True)]
     """
-    return [LotteryRound(**json.loads(line[len(LOG_PREFIX):]))
-            for line in log if line.startswith(LOG_PREFIX)]
+    return [LotteryRound(**json.loads(line[len(LOG_PREFIX) :])) for line in log if line.startswith(LOG_PREFIX)]

@@ -117,8 +117,7 @@ class UnstructuredPrune(LayerSelection, CalibrationSettings, Step):
         for name in targets:
             ctx.log.append(f"{name}: {1 - ctx.masks[name].float().mean().item():.1%} zero")
         ctx.log.append(
-            f"{self.kind} ({self.criterion}): "
-            f"{masked_fraction(ctx.masks, targets):.2%} of targeted weights zero"
+            f"{self.kind} ({self.criterion}): {masked_fraction(ctx.masks, targets):.2%} of targeted weights zero"
         )
         return model
 
@@ -158,10 +157,7 @@ def normalize_overrides(pairs: object) -> tuple[tuple[str, float], ...]:
     out = []
     for item in items:
         if isinstance(item, str) or len(item) != 2 or not isinstance(item[0], str):
-            raise ValueError(
-                f"layer_sparsity entries must be (module name or regex, sparsity) "
-                f"pairs, got {item!r}"
-            )
+            raise ValueError(f"layer_sparsity entries must be (module name or regex, sparsity) pairs, got {item!r}")
         pattern, sparsity = item
         check_fraction(f"layer_sparsity[{pattern!r}]", sparsity)
         try:
@@ -228,9 +224,7 @@ def keep_top(scores: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, t
     return {n: part.view(s.shape) for (n, s), part in zip(scores.items(), parts)}
 
 
-def apply_masks(
-    targets: Mapping[str, nn.Parameter], keep: Mapping[str, torch.Tensor], ctx: StepContext
-) -> None:
+def apply_masks(targets: Mapping[str, nn.Parameter], keep: Mapping[str, torch.Tensor], ctx: StepContext) -> None:
     """AND ``keep`` into ``ctx.masks`` and zero the weights it drops."""
     with torch.no_grad():
         for name, mask in keep.items():

@@ -51,32 +51,34 @@ class NMPrune(LayerSelection, CalibrationSettings, Step):
         check_count("n", self.n)
         check_count("m", self.m, minimum=2)
         if self.n >= self.m:
-            raise ValueError(f"n must be smaller than m (n:m sparsity keeps n of every m), "
-                             f"got n={self.n}, m={self.m}")
+            raise ValueError(f"n must be smaller than m (n:m sparsity keeps n of every m), got n={self.n}, m={self.m}")
         get_criterion(self.criterion)
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
-        targets = prunable_weights(model, keep_first_conv=self.keep_first_conv,
-                                   keep_classifier=self.keep_classifier, exclude=self.exclude)
+        targets = prunable_weights(
+            model, keep_first_conv=self.keep_first_conv, keep_classifier=self.keep_classifier, exclude=self.exclude
+        )
         if not targets:
             raise ValueError("no Linear or Conv weights left to prune after exclusions")
         eligible = {}
         for name, w in targets.items():
             row = w[0].numel()
             if row % self.m:
-                ctx.log.append(f"nm-prune: left {name} dense: its {row} inputs per output are "
-                               f"not a multiple of m={self.m}")
+                ctx.log.append(
+                    f"nm-prune: left {name} dense: its {row} inputs per output are not a multiple of m={self.m}"
+                )
             else:
                 eligible[name] = w
         if not eligible:
             ctx.log.append("nm-prune: no layer could be pruned")
             return model
         scores = weight_scores(model, eligible, self.criterion, ctx, self.calibration_batches)
-        keep = {n: nm_mask(demote_pruned(s, ctx.masks.get(n)), self.n, self.m)
-                for n, s in scores.items()}
+        keep = {n: nm_mask(demote_pruned(s, ctx.masks.get(n)), self.n, self.m) for n, s in scores.items()}
         apply_masks(eligible, keep, ctx)
-        ctx.log.append(f"nm-prune {self.n}:{self.m} ({self.criterion}) on {len(eligible)} layers: "
-                       f"{masked_fraction(ctx.masks, eligible):.2%} of their weights zero")
+        ctx.log.append(
+            f"nm-prune {self.n}:{self.m} ({self.criterion}) on {len(eligible)} layers: "
+            f"{masked_fraction(ctx.masks, eligible):.2%} of their weights zero"
+        )
         return model
 
 

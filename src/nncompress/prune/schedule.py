@@ -28,9 +28,7 @@ from nncompress.train.objective import distill_note, step_loss, task_loss
 PATHS = ("geometric", "linear")
 
 
-def cubic_sparsity(
-    step: int, *, initial: float, final: float, begin: int, end: int, power: float = 3.0
-) -> float:
+def cubic_sparsity(step: int, *, initial: float, final: float, begin: int, end: int, power: float = 3.0) -> float:
     """Zhu & Gupta's target sparsity at optimizer step ``step``, ramping over [begin, end].
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (end - t0))^power, held at s_i before ``begin``
@@ -64,16 +62,19 @@ def round_sparsities(final: float, rounds: int, path: str) -> list[float]:
         [0.5, 0.75]
     """
     if path == "geometric":
-        return [1.0 - (1.0 - final) ** (r / rounds) if r < rounds else final
-                for r in range(1, rounds + 1)]
+        return [1.0 - (1.0 - final) ** (r / rounds) if r < rounds else final for r in range(1, rounds + 1)]
     if path == "linear":
         return [final * r / rounds for r in range(1, rounds + 1)]
     raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
 
 
 def train_masked(
-    model: nn.Module, ctx: StepContext, config: TrainConfig, description: str,
-    after: Callable[[nn.Module], None] | None = None, loss_fn: LossFn | None = None,
+    model: nn.Module,
+    ctx: StepContext,
+    config: TrainConfig,
+    description: str,
+    after: Callable[[nn.Module], None] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainHistory:
     """``fit`` on the task's train split with ``ctx.masks`` held fixed, on ``loss_fn`` (default: the
     task's loss); ``after`` runs last."""
@@ -84,16 +85,27 @@ def train_masked(
         if after is not None:
             after(m)
 
-    return fit(model, ctx.task.train, config, loss_fn=loss_fn or task_loss(ctx.task),
-               before_step=before_step, after_step=after_all, description=description)
+    return fit(
+        model,
+        ctx.task.train,
+        config,
+        loss_fn=loss_fn or task_loss(ctx.task),
+        before_step=before_step,
+        after_step=after_all,
+        description=description,
+    )
 
 
 def make_pruner(step: Any, sparsity: float) -> UnstructuredPrune:
     """An ``UnstructuredPrune`` with a schedule step's targeting and scoring settings."""
     return UnstructuredPrune(
-        sparsity=sparsity, scope=step.scope, criterion=step.criterion,
-        keep_first_conv=step.keep_first_conv, keep_classifier=step.keep_classifier,
-        exclude=step.exclude, calibration_batches=step.calibration_batches,
+        sparsity=sparsity,
+        scope=step.scope,
+        criterion=step.criterion,
+        keep_first_conv=step.keep_first_conv,
+        keep_classifier=step.keep_classifier,
+        exclude=step.exclude,
+        calibration_batches=step.calibration_batches,
     )
 
 
@@ -144,12 +156,12 @@ class GradualPrune(ScheduledPruneSettings, Step):
         check_fraction("sparsity", self.sparsity)
         check_fraction("initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.sparsity:
-            raise ValueError(f"initial_sparsity ({self.initial_sparsity}) must not exceed "
-                             f"sparsity ({self.sparsity})")
+            raise ValueError(f"initial_sparsity ({self.initial_sparsity}) must not exceed sparsity ({self.sparsity})")
         check_count("frequency", self.frequency)
         if not 0.0 <= self.begin <= self.end <= 1.0:
-            raise ValueError(f"need 0 <= begin <= end <= 1 (fractions of the training steps), "
-                             f"got begin={self.begin}, end={self.end}")
+            raise ValueError(
+                f"need 0 <= begin <= end <= 1 (fractions of the training steps), got begin={self.begin}, end={self.end}"
+            )
 
     def config(self, seed: int) -> TrainConfig:
         return train_config(self, seed)
@@ -163,11 +175,9 @@ class GradualPrune(ScheduledPruneSettings, Step):
         points = set(prune_points(t0, t1, self.frequency))
 
         def prune_at(step: int) -> None:
-            s = cubic_sparsity(step, initial=self.initial_sparsity, final=self.sparsity,
-                               begin=t0, end=t1)
+            s = cubic_sparsity(step, initial=self.initial_sparsity, final=self.sparsity, begin=t0, end=t1)
             apply_masks(targets, replace(pruner, sparsity=s).keep_masks(model, ctx, targets), ctx)
-            ctx.log.append(f"gradual-prune step {step}: target {s:.4f}, "
-                           f"{masked_fraction(ctx.masks, targets):.4f} zero")
+            ctx.log.append(f"gradual-prune step {step}: target {s:.4f}, {masked_fraction(ctx.masks, targets):.4f} zero")
 
         if 0 in points:
             prune_at(0)
@@ -186,11 +196,19 @@ class GradualPrune(ScheduledPruneSettings, Step):
             if best is not None and done >= t1 and (done % per_epoch == 0 or done == total):
                 best.check(m, done)
 
-        history = fit(model, ctx.task.train, config, loss_fn=step_loss(self, ctx),
-                      before_step=lambda m: hooks[0](m), after_step=after,
-                      description="gradual-prune")
-        ctx.log.append(f"gradual-prune: {history.steps} steps, ramp {t0}..{t1} every "
-                       f"{self.frequency}, {distill_note(self, ctx)}, last loss {history.losses[-1]:.4f}")
+        history = fit(
+            model,
+            ctx.task.train,
+            config,
+            loss_fn=step_loss(self, ctx),
+            before_step=lambda m: hooks[0](m),
+            after_step=after,
+            description="gradual-prune",
+        )
+        ctx.log.append(
+            f"gradual-prune: {history.steps} steps, ramp {t0}..{t1} every "
+            f"{self.frequency}, {distill_note(self, ctx)}, last loss {history.losses[-1]:.4f}"
+        )
         if best is not None:
             best.restore(model)
             ctx.log.append(f"gradual-prune: kept the {best.describe()}")
@@ -234,9 +252,12 @@ class IterativePrune(ScheduledPruneSettings, Step):
         for r, s in enumerate(round_sparsities(self.sparsity, self.rounds, self.path), start=1):
             keep = replace(pruner, sparsity=s).keep_masks(model, ctx, targets)
             apply_masks(targets, keep, ctx)
-            history = train_masked(model, ctx, self.config(ctx.seed), f"iterative-prune {r}",
-                                   loss_fn=step_loss(self, ctx))
-            ctx.log.append(f"iterative-prune round {r}: target {s:.4f}, "
-                           f"{masked_fraction(ctx.masks, targets):.4f} zero, {distill_note(self, ctx)}, "
-                           f"last loss {history.losses[-1]:.4f}")
+            history = train_masked(
+                model, ctx, self.config(ctx.seed), f"iterative-prune {r}", loss_fn=step_loss(self, ctx)
+            )
+            ctx.log.append(
+                f"iterative-prune round {r}: target {s:.4f}, "
+                f"{masked_fraction(ctx.masks, targets):.4f} zero, {distill_note(self, ctx)}, "
+                f"last loss {history.losses[-1]:.4f}"
+            )
         return model

@@ -50,14 +50,10 @@ LAYERS = (*CONVS, *BATCHNORMS, nn.Linear, nn.LayerNorm, nn.Embedding, MultiHeadS
 
 def _check_settings(sparsity: float, criterion: str, calibration_batches: int, macs_reduction: float | None) -> None:
     """Raise ValueError for a setting shared by the structured pruning steps that is out of range."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (
-        0.0 <= sparsity < 1.0
-    ):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (0.0 <= sparsity < 1.0):
         raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     get_criterion(criterion, structured=True)
-    if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or (
-        calibration_batches < 1
-    ):
+    if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or (calibration_batches < 1):
         raise ValueError(f"calibration_batches must be an integer >= 1, got {calibration_batches!r}")
     if macs_reduction is not None and (
         isinstance(macs_reduction, bool)
@@ -99,8 +95,12 @@ def slice_masks(masks: dict[str, Any], prefix: str, slicers: Slicers) -> None:
 
 # --- importance -------------------------------------------------------------------------
 def group_scores(
-    model: nn.Module, group: ChannelGroup, criterion: str, grads: dict[str, torch.Tensor],
-    followers: dict[str, str], generator: torch.Generator,
+    model: nn.Module,
+    group: ChannelGroup,
+    criterion: str,
+    grads: dict[str, torch.Tensor],
+    followers: dict[str, str],
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """One score per channel of the group (higher = keep), by the criterion's ``channel_scores``."""
     return get_criterion(criterion, structured=True).channel_scores(model, group, grads, followers, generator)
@@ -134,15 +134,14 @@ def lowest_channels(scores: torch.Tensor, blocks: int, keep: int) -> torch.Tenso
     """Indices of the channels to remove: the lowest scores, the same number in each block."""
     width = len(scores) // blocks
     per_block = width - keep // blocks
-    parts = [torch.argsort(scores[b * width:(b + 1) * width], stable=True)[:per_block] + b * width
-             for b in range(blocks)]
+    parts = [
+        torch.argsort(scores[b * width : (b + 1) * width], stable=True)[:per_block] + b * width for b in range(blocks)
+    ]
     return torch.sort(torch.cat(parts)).values
 
 
 # --- surgery ----------------------------------------------------------------------------
-def cut_groups(
-    model: nn.Module, groups: list[ChannelGroup], removed: list[torch.Tensor], ctx: StepContext
-) -> None:
+def cut_groups(model: nn.Module, groups: list[ChannelGroup], removed: list[torch.Tensor], ctx: StepContext) -> None:
     """Cut the removed channels of every group from all its members, masks and log included."""
     cuts: dict[tuple[str, str, int], list[torch.Tensor]] = defaultdict(list)
     for group, gone in zip(groups, removed, strict=True):
@@ -173,9 +172,7 @@ def _complement(gone: torch.Tensor, size: int) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
-def _cut_free_parameter(
-    model: nn.Module, name: str, axis: int, gone: torch.Tensor, ctx: StepContext
-) -> None:
+def _cut_free_parameter(model: nn.Module, name: str, axis: int, gone: torch.Tensor, ctx: StepContext) -> None:
     owner_name, _, leaf = name.rpartition(".")
     owner = model.get_submodule(owner_name) if owner_name else model
     size = getattr(owner, leaf).shape[axis]
@@ -236,8 +233,10 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
         canonical = canonicalize(model, kinds=("hf-conv1d",))  # GPT-2's Conv1D: a Linear the cutters know
         model = canonical.model
         if canonical.replaced:
-            ctx.log.append(f"channel-prune: {len(canonical.replaced)} Hugging Face Conv1D layer(s) rewritten as "
-                           "nn.Linear (same outputs) so their channels can be cut")
+            ctx.log.append(
+                f"channel-prune: {len(canonical.replaced)} Hugging Face Conv1D layer(s) rewritten as "
+                "nn.Linear (same outputs) so their channels can be cut"
+            )
         check_exclude(model, self.exclude)
         modules = dict(model.named_modules())
         opaque = [n for n in matched_modules(model, self.exclude) if not isinstance(modules[n], LAYERS)]
@@ -262,12 +261,12 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
             cut_groups(model, groups, removed, ctx)
         refresh_head_counts(model)  # GPT-2's attention splits q|k|v by a stored width
         total, gone = sum(g.size for g in groups), sum(len(r) for r in removed)
-        ctx.log.append(f"channel-prune: removed {gone} of {total} channels in {len(groups)} groups"
-                       f" (sparsity {sparsity:.4f})")
+        ctx.log.append(
+            f"channel-prune: removed {gone} of {total} channels in {len(groups)} groups (sparsity {sparsity:.4f})"
+        )
         return model
 
-    def _removed(self, groups: list[ChannelGroup], scores: list[torch.Tensor], sparsity: float
-                 ) -> list[torch.Tensor]:
+    def _removed(self, groups: list[ChannelGroup], scores: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
         """The channel indices each group loses at ``sparsity``."""
         removed = []
         for g, s, n in zip(groups, scores, removal_counts(scores, sparsity, self.scope), strict=True):
@@ -275,8 +274,9 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
             removed.append(lowest_channels(s, g.blocks, keep))
         return removed
 
-    def _sparsity_for_macs(self, model: nn.Module, ctx: StepContext, groups: list[ChannelGroup],
-                           scores: list[torch.Tensor]) -> float:
+    def _sparsity_for_macs(
+        self, model: nn.Module, ctx: StepContext, groups: list[ChannelGroup], scores: list[torch.Tensor]
+    ) -> float:
         """Bisect the channel sparsity whose cut removes at least ``macs_reduction`` of the MACs."""
         from nncompress.measure.flops import count_macs
 
@@ -292,8 +292,10 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
 
         lo, hi = 0.0, 0.999
         if reduction(hi) < self.macs_reduction:
-            raise ValueError(f"macs_reduction={self.macs_reduction} is out of reach: removing "
-                             f"{hi:.1%} of the prunable channels cuts {reduction(hi):.1%} of the MACs")
+            raise ValueError(
+                f"macs_reduction={self.macs_reduction} is out of reach: removing "
+                f"{hi:.1%} of the prunable channels cuts {reduction(hi):.1%} of the MACs"
+            )
         for _ in range(14):  # channel counts are integers: ~1e-4 resolution is plenty
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if reduction(mid) < self.macs_reduction else (lo, mid)
@@ -305,7 +307,10 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
 
 
 def head_scores(
-    attn: MultiHeadSelfAttention, name: str, criterion: str, grads: dict[str, torch.Tensor],
+    attn: MultiHeadSelfAttention,
+    name: str,
+    criterion: str,
+    grads: dict[str, torch.Tensor],
     generator: torch.Generator,
 ) -> torch.Tensor:
     """One score per head (higher = keep), by the criterion's ``head_scores``: for l1/l2 the norm of
@@ -315,8 +320,13 @@ def head_scores(
 
 
 def _cut_foreign_heads(
-    model: nn.Module, groups: list[ChannelGroup], criterion: str, sparsity: float,
-    grads: dict[str, torch.Tensor], generator: torch.Generator, ctx: StepContext,
+    model: nn.Module,
+    groups: list[ChannelGroup],
+    criterion: str,
+    sparsity: float,
+    grads: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    ctx: StepContext,
 ) -> None:
     """Remove ``sparsity`` of the key/value heads (with their query heads) of each Hugging Face
     attention, by the same channel criterion as channel-prune; at least one head stays."""
@@ -360,16 +370,21 @@ class HeadPrune(Exclusions, CalibrationSettings, Step):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         check_exclude(model, self.exclude)
-        layers = {n: m for n, m in model.named_modules()
-                  if isinstance(m, MultiHeadSelfAttention) and not is_excluded(n, self.exclude)}
+        layers = {
+            n: m
+            for n, m in model.named_modules()
+            if isinstance(m, MultiHeadSelfAttention) and not is_excluded(n, self.exclude)
+        }
         from nncompress.base.canonical import canonicalize
 
         model = canonicalize(model, kinds=("hf-conv1d",)).model  # GPT-2's Conv1D: Linear layers the cutters know
-        foreign = [g for g in attention_head_groups(model)
-                   if not any(is_excluded(m.name, self.exclude) for m in g.members)]
+        foreign = [
+            g for g in attention_head_groups(model) if not any(is_excluded(m.name, self.exclude) for m in g.members)
+        ]
         if not layers and not foreign:
-            ctx.log.append("head-prune: no MultiHeadSelfAttention or Hugging Face attention layers to prune; "
-                           "model unchanged")
+            ctx.log.append(
+                "head-prune: no MultiHeadSelfAttention or Hugging Face attention layers to prune; model unchanged"
+            )
             return model
         grads = gradients(model, ctx, self.calibration_batches) if get_criterion(self.criterion).needs_gradients else {}
         gen = torch.Generator().manual_seed(ctx.seed)

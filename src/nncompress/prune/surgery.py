@@ -52,9 +52,7 @@ def _then(first: Slicer, second: Slicer) -> Slicer:
     return lambda t: second(first(t))
 
 
-def cut_linear(
-    m: nn.Linear, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None
-) -> Slicers:
+def cut_linear(m: nn.Linear, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None) -> Slicers:
     """Keep rows ``out_keep`` (output features) and columns ``in_keep`` (input features)."""
     slicers: Slicers = {}
     if out_keep is not None:
@@ -81,9 +79,12 @@ def _group_columns(
     out_counts = torch.bincount(out_keep // per_out, minlength=g)
     in_counts = torch.bincount(in_keep // per_in, minlength=g)
     alive = out_counts > 0
-    if (in_counts[~alive] > 0).any() or len(set(out_counts[alive].tolist())) > 1 or len(
-        set(in_counts[alive].tolist())
-    ) > 1 or (in_counts[alive] == 0).any():
+    if (
+        (in_counts[~alive] > 0).any()
+        or len(set(out_counts[alive].tolist())) > 1
+        or len(set(in_counts[alive].tolist())) > 1
+        or (in_counts[alive] == 0).any()
+    ):
         raise ValueError(
             f"unbalanced cut of a grouped convolution (groups={g}): kept outputs per group "
             f"{out_counts.tolist()}, kept inputs per group {in_counts.tolist()}"
@@ -138,7 +139,8 @@ def cut_embedding(m: nn.Embedding, keep: torch.Tensor) -> Slicers:
 
 
 def cut_attention(
-    m: MultiHeadSelfAttention, out_keep: torch.Tensor | None = None,
+    m: MultiHeadSelfAttention,
+    out_keep: torch.Tensor | None = None,
     in_keep: torch.Tensor | None = None,
 ) -> Slicers:
     """Cut the model width that attention reads (q/k/v inputs) and writes (proj outputs)."""
@@ -185,9 +187,7 @@ def channel_counts(m: nn.Module) -> tuple[int, int]:
     raise TypeError(f"no channel surgery for {type(m).__name__}")
 
 
-def cut_module(
-    m: nn.Module, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None
-) -> Slicers:
+def cut_module(m: nn.Module, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None) -> Slicers:
     """Dispatch to the cutter for ``m``'s type. Norm layers and embeddings use ``out_keep`` only."""
     if isinstance(m, nn.Linear):
         return cut_linear(m, out_keep, in_keep)

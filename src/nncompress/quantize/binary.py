@@ -175,8 +175,9 @@ class Binarize(TrainSettings, KDSettings, LayerSelection, Step):
                         w.clamp_(-self.latent_clip, self.latent_clip)
 
         loss = objective.step_loss(self, ctx)
-        history = train_simulated(model, ctx, self.config(ctx.seed), masks=masks, loss_fn=loss,
-                                  description=self.kind, after_step=clip)
+        history = train_simulated(
+            model, ctx, self.config(ctx.seed), masks=masks, loss_fn=loss, description=self.kind, after_step=clip
+        )
         formats = convert_fake_quant(model)
         for name, text in formats.items():
             ctx.log.append(f"{name}: {text}")

@@ -64,7 +64,8 @@ def dynamic_targets(model: nn.Module, exclude: tuple[str, ...] = ()) -> list[tup
     """``(name, module)`` of the Linear (subclasses too), LSTM and GRU layers outside ``exclude``:
     what dynamic int8 quantizes."""
     return [
-        (name, m) for name, m in model.named_modules()
+        (name, m)
+        for name, m in model.named_modules()
         if (isinstance(m, nn.Linear) or type(m) in RNN_KINDS) and not _excluded(name, exclude)
     ]
 
@@ -452,12 +453,16 @@ class DynamicInt8Quantize(Exclusions, Step):
         exclude = _check_exclude(model, self.exclude)
         example = ctx.task.single_example()
         targets = dynamic_targets(model, exclude)
-        left = [(n, type(m).__name__) for n, m in model.named_modules()
-                if _has_weight_matrix(m) and not isinstance(m, DYNAMIC_KINDS) and not _excluded(n, exclude)]
+        left = [
+            (n, type(m).__name__)
+            for n, m in model.named_modules()
+            if _has_weight_matrix(m) and not isinstance(m, DYNAMIC_KINDS) and not _excluded(n, exclude)
+        ]
         if not targets:
             shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) or "none"
-            raise NothingToDo(f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; "
-                             f"weight layers found: {shown}")
+            raise NothingToDo(
+                f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; weight layers found: {shown}"
+            )
         if left:
             shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) + (", ..." if len(left) > 6 else "")
             ctx.log.append(f"int8-dynamic: {len(left)} weight layer(s) left float (not Linear/LSTM/GRU): {shown}")
@@ -486,6 +491,8 @@ class DynamicInt8Quantize(Exclusions, Step):
         dynamic = "torch.ao.nn.quantized.dynamic"
         done = [type(m).__name__ for m in out.modules() if type(m).__module__.startswith(dynamic)]
         n_rnn, n_linear = sum(t in ("LSTM", "GRU") for t in done), sum(t == "Linear" for t in done)
-        ctx.log.append(f"int8-dynamic: torch.ao, {n_linear} Linear and {n_rnn} LSTM/GRU layer(s) now "
-                       "dynamic int8" + (f": {', '.join(rnns)}" if rnns else ""))
+        ctx.log.append(
+            f"int8-dynamic: torch.ao, {n_linear} Linear and {n_rnn} LSTM/GRU layer(s) now "
+            "dynamic int8" + (f": {', '.join(rnns)}" if rnns else "")
+        )
         return mark_reference_macs(out, model, example)

@@ -179,8 +179,9 @@ class KMeansQuantize(TrainSettings, KDSettings, Exclusions, Step):
             p.requires_grad_(False)
         config = train_config(self, ctx.seed)
         try:
-            return fit(model, ctx.task.train, config, loss_fn=step_loss(self, ctx), params=centroids,
-                       description=self.kind)
+            return fit(
+                model, ctx.task.train, config, loss_fn=step_loss(self, ctx), params=centroids, description=self.kind
+            )
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -191,8 +192,10 @@ class KMeansQuantize(TrainSettings, KDSettings, Exclusions, Step):
         if self.epochs > 0:
             history = self.finetune(model, shared, ctx)
             last = history.losses[-1] if history.losses else float("nan")
-            ctx.log.append(f"{self.kind}: centroids fine-tuned for {history.steps} steps, "
-                           f"{distill_note(self, ctx)}, last loss {last:.4f}")
+            ctx.log.append(
+                f"{self.kind}: centroids fine-tuned for {history.steps} steps, "
+                f"{distill_note(self, ctx)}, last loss {last:.4f}"
+            )
         model.train(was_training)
         dtype = torch.float16 if self.centroid_dtype == "float16" else torch.float32
         fixed_total = stored_total = 0

@@ -107,8 +107,9 @@ def _finish_linear(g: Any, y: Any, v: dict[str, Any]) -> Any:
 def _emit_matmulnbits(g: Any, layer: ExportedLayer, x: Any, v: dict[str, Any]) -> Any:
     a = layer.plan.attrs
     inputs = [x, v["B"], v["scales"]] + ([v["zero_points"]] if "zero_points" in v else [])
-    y = g.op("com.microsoft::MatMulNBits", *inputs, K_i=a["K"], N_i=a["N"], bits_i=a["bits"],
-             block_size_i=a["block_size"])
+    y = g.op(
+        "com.microsoft::MatMulNBits", *inputs, K_i=a["K"], N_i=a["N"], bits_i=a["bits"], block_size_i=a["block_size"]
+    )
     return _finish_linear(g, y, v)
 
 
@@ -143,8 +144,15 @@ def _emit_weighted(g: Any, layer: ExportedLayer, x: Any, v: dict[str, Any]) -> A
         return _finish_linear(g, g.op("MatMul", x, w), bias)
     a = layer.plan.attrs
     args = [x, w] + ([bias["bias"]] if bias else [])
-    return g.op("Conv", *args, kernel_shape_i=a["kernel_shape"], strides_i=a["strides"], pads_i=a["pads"],
-                dilations_i=a["dilations"], group_i=a["group"])
+    return g.op(
+        "Conv",
+        *args,
+        kernel_shape_i=a["kernel_shape"],
+        strides_i=a["strides"],
+        pads_i=a["pads"],
+        dilations_i=a["dilations"],
+        group_i=a["group"],
+    )
 
 
 # --- planning ----------------------------------------------------------------------------------------
@@ -164,8 +172,13 @@ def _conv_attrs(layer: PackedWeightLayer) -> dict[str, Any]:
             end = tuple(t - b for t, b in zip(total, begin))
     else:
         begin = end = tuple(layer.padding)
-    return {"kernel_shape": kernel, "strides": list(layer.stride), "pads": [*begin, *end],
-            "dilations": list(dil), "group": layer.groups}
+    return {
+        "kernel_shape": kernel,
+        "strides": list(layer.stride),
+        "pads": [*begin, *end],
+        "dilations": list(dil),
+        "group": layer.groups,
+    }
 
 
 def _bias_tensors(layer: PackedWeightLayer) -> dict[str, torch.Tensor]:
@@ -280,8 +293,7 @@ def _qdq_tensors(layer: PackedWeightLayer) -> tuple[dict[str, torch.Tensor], dic
 def _plan_dense(layer: PackedWeightLayer, why: str) -> Plan:
     weight = layer.dequantized_weight().detach().float()
     weight = weight.t() if layer.op == "linear" else weight
-    return Plan("dense", f"dense fp32 ({why})", {"weight": weight.contiguous(), **_bias_tensors(layer)},
-                _emit_weighted)
+    return Plan("dense", f"dense fp32 ({why})", {"weight": weight.contiguous(), **_bias_tensors(layer)}, _emit_weighted)
 
 
 def _plan_uniform(layer: PackedWeightLayer) -> Plan:
@@ -296,30 +308,51 @@ def _plan_uniform(layer: PackedWeightLayer) -> Plan:
     tensors, attrs = qdq
     container = "int8" if spec.symmetric else "uint8"
     where = spec.granularity if spec.granularity != "group" else f"group {spec.group_size}"
-    return Plan("qdq", f"QDQ {spec.bits}-bit codes in {container}, per {where}",
-                {**tensors, **_bias_tensors(layer)}, _emit_weighted, attrs)
+    return Plan(
+        "qdq",
+        f"QDQ {spec.bits}-bit codes in {container}, per {where}",
+        {**tensors, **_bias_tensors(layer)},
+        _emit_weighted,
+        attrs,
+    )
 
 
 def _plan_binary(layer: PackedWeightLayer, linear: bool) -> Plan:
     signs = layer.signs().to(torch.int8)
     alpha = layer.alpha.float().reshape(-1)
-    tensors = {"codes": (signs.t() if linear else signs).contiguous(), "scale": alpha,
-               "zero_point": torch.zeros_like(alpha, dtype=torch.int8)}
-    return Plan("qdq", "QDQ binary (+-1 in int8, scale per channel)", {**tensors, **_bias_tensors(layer)},
-                _emit_weighted, {"axis": 1 if linear else 0})
+    tensors = {
+        "codes": (signs.t() if linear else signs).contiguous(),
+        "scale": alpha,
+        "zero_point": torch.zeros_like(alpha, dtype=torch.int8),
+    }
+    return Plan(
+        "qdq",
+        "QDQ binary (+-1 in int8, scale per channel)",
+        {**tensors, **_bias_tensors(layer)},
+        _emit_weighted,
+        {"axis": 1 if linear else 0},
+    )
 
 
 def _plan_codebook(layer: PackedWeightLayer, linear: bool) -> Plan:
     codes = layer.codes()
     tensors = {"codes": (codes.t() if linear else codes).contiguous(), "centroids": layer.centroids.float()}
-    return Plan("codebook", f"codebook {layer.bits}-bit (Gather of {layer.centroids.numel()} centroids)",
-                {**tensors, **_bias_tensors(layer)}, _emit_weighted)
+    return Plan(
+        "codebook",
+        f"codebook {layer.bits}-bit (Gather of {layer.centroids.numel()} centroids)",
+        {**tensors, **_bias_tensors(layer)},
+        _emit_weighted,
+    )
 
 
 def _plan_half(layer: PackedWeightLayer, linear: bool) -> Plan:
     w = layer.weight16.detach()
-    return Plan("fp16", "fp16 (Cast)", {"weight16": (w.t() if linear else w).contiguous(), **_bias_tensors(layer)},
-                _emit_weighted)
+    return Plan(
+        "fp16",
+        "fp16 (Cast)",
+        {"weight16": (w.t() if linear else w).contiguous(), **_bias_tensors(layer)},
+        _emit_weighted,
+    )
 
 
 # The ONNX form of each code format (``PackedWeightLayer.code_format``): a new packed format adds one entry.

@@ -61,9 +61,7 @@ class QuantSpec:
     def __post_init__(self) -> None:
         _check_bits(self.bits)
         if self.symmetric and self.bits < 2:
-            raise ValueError(
-                f"symmetric quantization needs bits >= 2, got bits={self.bits} (use binarize() for 1 bit)"
-            )
+            raise ValueError(f"symmetric quantization needs bits >= 2, got bits={self.bits} (use binarize() for 1 bit)")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if self.granularity == "group":
@@ -349,9 +347,7 @@ def binarize(w: torch.Tensor, axis: int | None = 0) -> tuple[torch.Tensor, torch
     return signs, alpha
 
 
-def ternarize(
-    w: torch.Tensor, threshold_ratio: float = 0.7, axis: int | None = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def ternarize(w: torch.Tensor, threshold_ratio: float = 0.7, axis: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Ternary Weight Networks (Li et al. 2016): ``w ~ alpha * t`` with t in {-1, 0, +1}.
 
     Per slice along ``axis``: ``delta = threshold_ratio * mean|w|``, ``t = sign(w) * (|w| > delta)``,

@@ -237,8 +237,10 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
         )
         if not chosen:
             other = skipped_note(self.kind, skipped_layers(model, PACKABLE)) or "no weight layer of other kinds either"
-            raise NothingToDo(f"weight-quantize: no Linear, Conv1d or Conv2d layer left to quantize after exclusions "
-                             f"and keep_first_conv/keep_classifier ({other})")
+            raise NothingToDo(
+                f"weight-quantize: no Linear, Conv1d or Conv2d layer left to quantize after exclusions "
+                f"and keep_first_conv/keep_classifier ({other})"
+            )
         if self.granularity == "group":
             size = self.spec(self.bits).group_size
             for name in chosen:
@@ -252,8 +254,9 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         chosen = self.plan(model)  # validate everything before touching the model
-        note = skipped_note(self.kind, [(n, t) for n, t in skipped_layers(model, PACKABLE)
-                                        if not is_excluded(n, self.exclude)])
+        note = skipped_note(
+            self.kind, [(n, t) for n, t in skipped_layers(model, PACKABLE) if not is_excluded(n, self.exclude)]
+        )
         if note:
             ctx.log.append(note)
         half = self.float_format == "fp16"

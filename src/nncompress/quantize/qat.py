@@ -299,9 +299,16 @@ def _shell(module: nn.Linear | nn.Conv2d, linear: type, conv: type) -> nn.Module
         new = linear(module.in_features, module.out_features, bias=has_bias, device="meta")
     else:
         new = conv(
-            module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-            padding=module.padding, dilation=module.dilation, groups=module.groups, bias=has_bias,
-            padding_mode=module.padding_mode, device="meta",
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=has_bias,
+            padding_mode=module.padding_mode,
+            device="meta",
         )
     new.weight = module.weight
     new.bias = module.bias
@@ -456,8 +463,9 @@ def train_simulated(
         if after_step is not None:
             after_step(m)
 
-    return fit(model, ctx.task.train, config, loss_fn=loss_fn, before_step=before, after_step=after,
-               description=description)
+    return fit(
+        model, ctx.task.train, config, loss_fn=loss_fn, before_step=before, after_step=after, description=description
+    )
 
 
 @register_step("qat", family="quantize")
@@ -527,8 +535,9 @@ class QuantizationAwareTraining(TrainSettings, KDSettings, LayerSelection, Step)
         plan = self.plan(model)
         prepare_fake_quant(model, plan, method=self.method, act_bits=self.act_bits, range_method=self.ste_range)
         loss = objective.step_loss(self, ctx)
-        history = train_simulated(model, ctx, self.config(ctx.seed), masks=ctx.masks, loss_fn=loss,
-                                  description=self.kind)
+        history = train_simulated(
+            model, ctx, self.config(ctx.seed), masks=ctx.masks, loss_fn=loss, description=self.kind
+        )
         formats = convert_fake_quant(model)
         for name, text in formats.items():
             ctx.log.append(f"{name}: {text}")

@@ -49,8 +49,9 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: Sequence[int] = (0,),
-           raw: Sequence[int] = ()) -> str:
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: Sequence[int] = (0,), raw: Sequence[int] = ()
+) -> str:
     """An HTML table, numbers right-aligned and the ``left`` columns left-aligned; cells are escaped
     except in the ``raw`` columns, which hold HTML built from escaped parts (shown as notes)."""
     aligned = ' class="l"'
@@ -66,8 +67,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, left: Sequen
 
 
 def _figure(name: str, title: str, svg: str, caption: str) -> str:
-    return (f'<figure class="plot" id="plot-{name}" data-plot="{name}"><h3>{_e(title)}</h3>{svg}'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure class="plot" id="plot-{name}" data-plot="{name}"><h3>{_e(title)}</h3>{svg}'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _value(value: Any, digits: int = 4) -> str:
@@ -94,22 +97,36 @@ def _summary(report: dict[str, Any]) -> tuple[str, str]:
     energy = final.energy.get("total_uj")
     cards = [
         (metric_key, f"{rows_b[metric_key]} → {rows_f[metric_key]}", row_change(metric_key, base, final)),
-        ("size on disk", f"{human_bytes(base.size_bytes)} → {human_bytes(final.size_bytes)}",
-         row_change("size on disk", base, final)),
-        ("MACs (batch 1)", f"{human_count(base.macs)} → {human_count(final.macs)}",
-         row_change("MACs (batch 1)", base, final)),
-        ("latency b=1", f"{rows_b[lat]} → {rows_f[lat]} ms" if final.latency_ms is not None else "not timed",
-         row_change(lat, base, final)),
-        ("energy estimate", "-" if energy is None else f"{rows_b['energy estimate (uJ)']} → {energy:.1f} µJ",
-         "estimate" if energy is not None else ""),
+        (
+            "size on disk",
+            f"{human_bytes(base.size_bytes)} → {human_bytes(final.size_bytes)}",
+            row_change("size on disk", base, final),
+        ),
+        (
+            "MACs (batch 1)",
+            f"{human_count(base.macs)} → {human_count(final.macs)}",
+            row_change("MACs (batch 1)", base, final),
+        ),
+        (
+            "latency b=1",
+            f"{rows_b[lat]} → {rows_f[lat]} ms" if final.latency_ms is not None else "not timed",
+            row_change(lat, base, final),
+        ),
+        (
+            "energy estimate",
+            "-" if energy is None else f"{rows_b['energy estimate (uJ)']} → {energy:.1f} µJ",
+            "estimate" if energy is not None else "",
+        ),
     ]
     html_cards = "".join(
         f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div><div class="c">{_e(c)}</div></div>'
         for k, v, c in cards
     )
     keys = list(dict.fromkeys([*rows_b, *rows_f]))
-    table = _table(["", "baseline", "compressed", "change"],
-                   [[k, rows_b.get(k, "-"), rows_f.get(k, "-"), row_change(k, base, final)] for k in keys])
+    table = _table(
+        ["", "baseline", "compressed", "change"],
+        [[k, rows_b.get(k, "-"), rows_f.get(k, "-"), row_change(k, base, final)] for k in keys],
+    )
     source = final.energy.get("source")
     if source:
         table += f'<p class="sub">Energy: {_e(source)}.</p>'
@@ -119,12 +136,25 @@ def _summary(report: dict[str, Any]) -> tuple[str, str]:
 def _steps_table(report: dict[str, Any]) -> str:
     from nncompress.measure.table import human_bytes, human_count
 
-    rows = [[i, s["kind"], _settings(s.get("settings", {})), f"{s.get('seconds', 0.0):.1f}",
-             _value(s["metric"]), human_count(s.get("nonzero_params", 0)), human_bytes(s["size_bytes"]),
-             "<br>".join(_e(n) for n in s.get("notes", []))]
-            for i, s in enumerate(report.get("steps", []), start=1)]
-    return _table(["#", "step", "settings", "seconds", "metric after", "non-zero params", "size (est.)", "notes"],
-                  rows, left=(1, 2), raw=(7,))
+    rows = [
+        [
+            i,
+            s["kind"],
+            _settings(s.get("settings", {})),
+            f"{s.get('seconds', 0.0):.1f}",
+            _value(s["metric"]),
+            human_count(s.get("nonzero_params", 0)),
+            human_bytes(s["size_bytes"]),
+            "<br>".join(_e(n) for n in s.get("notes", [])),
+        ]
+        for i, s in enumerate(report.get("steps", []), start=1)
+    ]
+    return _table(
+        ["#", "step", "settings", "seconds", "metric after", "non-zero params", "size (est.)", "notes"],
+        rows,
+        left=(1, 2),
+        raw=(7,),
+    )
 
 
 def _layers_table(report: dict[str, Any]) -> str:
@@ -136,12 +166,25 @@ def _layers_table(report: dict[str, Any]) -> str:
     for name in layer_names(report["baseline"].get("layers", []), report["final"].get("layers", [])):
         b, a = before.get(name), after.get(name)
         row = [name, (a or b)["type"]]
-        row += ([_shape(b["shape"]), human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3)
-        row += ([_shape(a["shape"]), format_label(a), _value(a.get("bits")), human_count(a["params"]),
-                 human_count(a["nonzero_params"]), f"{a['weight_sparsity']:.1%}"] if a else ["-"] * 6)
+        row += [_shape(b["shape"]), human_count(b["params"]), f"{b['weight_sparsity']:.1%}"] if b else ["-"] * 3
+        row += (
+            [
+                _shape(a["shape"]),
+                format_label(a),
+                _value(a.get("bits")),
+                human_count(a["params"]),
+                human_count(a["nonzero_params"]),
+                f"{a['weight_sparsity']:.1%}",
+            ]
+            if a
+            else ["-"] * 6
+        )
         rows.append(row)
-    return _table(["layer", "type", "shape", "params", "sparsity", "→ shape", "format", "bits", "params",
-                   "non-zero", "sparsity"], rows, left=(0, 1))
+    return _table(
+        ["layer", "type", "shape", "params", "sparsity", "→ shape", "format", "bits", "params", "non-zero", "sparsity"],
+        rows,
+        left=(0, 1),
+    )
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -152,29 +195,63 @@ def _plots(files: RunFiles) -> list[str]:
     """The figures that the run's files support, in page order."""
     rep = files.report
     base_layers, final_layers = rep["baseline"].get("layers", []), rep["final"].get("layers", [])
-    out = [_figure("steps", "Metric and size after each step", plots.steps_plot(rep),
-                   "Test metric and artifact size of the model after each step (sizes after steps are "
-                   "estimated in memory; the diamond is the saved file).")]
+    out = [
+        _figure(
+            "steps",
+            "Metric and size after each step",
+            plots.steps_plot(rep),
+            "Test metric and artifact size of the model after each step (sizes after steps are "
+            "estimated in memory; the diamond is the saved file).",
+        )
+    ]
     if base_layers and final_layers:
-        out.append(_figure("sparsity", "Weight sparsity per layer", plots.sparsity_plot(base_layers, final_layers),
-                           "Share of each layer's weights that are zero, before and after compression."))
+        out.append(
+            _figure(
+                "sparsity",
+                "Weight sparsity per layer",
+                plots.sparsity_plot(base_layers, final_layers),
+                "Share of each layer's weights that are zero, before and after compression.",
+            )
+        )
     if any(row.get("bits") is not None for row in final_layers):
-        out.append(_figure("bits", "Bits per weight per layer", plots.bits_plot(final_layers),
-                           "How each compressed layer stores its weights (format and bits per weight)."))
+        out.append(
+            _figure(
+                "bits",
+                "Bits per weight per layer",
+                plots.bits_plot(final_layers),
+                "How each compressed layer stores its weights (format and bits per weight).",
+            )
+        )
     factorized = factorized_layers(base_layers, final_layers)
     if factorized:
-        out.append(_figure("ranks", "Ranks of factorized layers", plots.ranks_plot(factorized),
-                           "Each low-rank layer's kept ranks and its factors' parameters as a share of the original."))
+        out.append(
+            _figure(
+                "ranks",
+                "Ranks of factorized layers",
+                plots.ranks_plot(factorized),
+                "Each low-rank layer's kept ranks and its factors' parameters as a share of the original.",
+            )
+        )
     if files.sensitivity and files.sensitivity["curves"]:
-        out.append(_figure("sensitivity", "Sensitivity per layer", plots.sensitivity_plot(files.sensitivity),
-                           "Val metric with one layer compressed at a time; the dashed line is the baseline."))
+        out.append(
+            _figure(
+                "sensitivity",
+                "Sensitivity per layer",
+                plots.sensitivity_plot(files.sensitivity),
+                "Val metric with one layer compressed at a time; the dashed line is the baseline.",
+            )
+        )
     if files.trials:
-        metric = (files.search or {}).get("metric") or (files.sensitivity or {}).get("metric") \
-            or rep["final"]["metric"]
-        out.append(_figure("pareto", "Search trials and Pareto front",
-                           plots.pareto_plot(files.trials, files.search, metric=metric),
-                           "Every trial's val metric against its cost; the line is the Pareto front, "
-                           "the star the chosen trial (rebuilt and measured on the test split above)."))
+        metric = (files.search or {}).get("metric") or (files.sensitivity or {}).get("metric") or rep["final"]["metric"]
+        out.append(
+            _figure(
+                "pareto",
+                "Search trials and Pareto front",
+                plots.pareto_plot(files.trials, files.search, metric=metric),
+                "Every trial's val metric against its cost; the line is the Pareto front, "
+                "the star the chosen trial (rebuilt and measured on the test split above).",
+            )
+        )
     return out
 
 
@@ -187,28 +264,57 @@ def _search_section(files: RunFiles) -> str:
     search = files.search or {}
     if search:
         budget = ", ".join(f"{k}={_value(v)}" for k, v in search["budget"].items() if v is not None) or "none"
-        rows = [["objective", search["objective"]], ["budget", budget], ["chosen trial", search["chosen"]],
-                ["Pareto front", ", ".join(map(str, search["pareto"]))]]
+        rows = [
+            ["objective", search["objective"]],
+            ["budget", budget],
+            ["chosen trial", search["chosen"]],
+            ["Pareto front", ", ".join(map(str, search["pareto"]))],
+        ]
         if "test_metric" in search:
-            rows.append(["test metric (chosen / baseline)",
-                         f"{_value(search['test_metric'])} / {_value(search.get('baseline_test_metric'))}"])
+            rows.append(
+                [
+                    "test metric (chosen / baseline)",
+                    f"{_value(search['test_metric'])} / {_value(search.get('baseline_test_metric'))}",
+                ]
+            )
         parts.append(_table(["", ""], rows, left=(0, 1)))
     if files.trials:
         chosen, front = search.get("chosen"), set(search.get("pareto", []))
         listed = [t for t in files.trials if t["trial"] in front or t["trial"] == chosen]
-        rows = [[t["trial"], t.get("stage", "-"), "chosen" if t["trial"] == chosen else "front", _value(t["metric"]),
-                 human_bytes(t["size_bytes"]), t["macs"], _value(t.get("latency_ms")),
-                 "yes" if t.get("meets_budget") else "no", _params(t["params"])] for t in listed]
+        rows = [
+            [
+                t["trial"],
+                t.get("stage", "-"),
+                "chosen" if t["trial"] == chosen else "front",
+                _value(t["metric"]),
+                human_bytes(t["size_bytes"]),
+                t["macs"],
+                _value(t.get("latency_ms")),
+                "yes" if t.get("meets_budget") else "no",
+                _params(t["params"]),
+            ]
+            for t in listed
+        ]
         parts.append(f'<p class="sub">{len(files.trials)} trials in trials.jsonl; the front and the chosen one:</p>')
-        parts.append(_table(["trial", "stage", "", "val metric", "size", "MACs", "latency ms", "meets budget",
-                             "settings"], rows, left=(1, 2, 8)))
+        parts.append(
+            _table(
+                ["trial", "stage", "", "val metric", "size", "MACs", "latency ms", "meets budget", "settings"],
+                rows,
+                left=(1, 2, 8),
+            )
+        )
     return "".join(parts)
 
 
 def _params(params: dict[str, Any]) -> str:
     """A trial's per-layer settings, ``fc1: prune 0.8, quantize 4``."""
-    return "; ".join(f"{layer}: " + ", ".join(f"{t} {_value(s)}" for t, s in techniques.items())
-                     for layer, techniques in params.items()) or "(none)"
+    return (
+        "; ".join(
+            f"{layer}: " + ", ".join(f"{t} {_value(s)}" for t, s in techniques.items())
+            for layer, techniques in params.items()
+        )
+        or "(none)"
+    )
 
 
 def _reproduce(report: dict[str, Any]) -> str:
@@ -216,14 +322,20 @@ def _reproduce(report: dict[str, Any]) -> str:
     versions = report.get("versions", {})
     seed = report.get("seed", 0)
     command = f"nncompress compress --task {report['task']} --recipe recipe.toml --seed {seed} --out DIR"
-    note = ("<p class=\"sub\">Some settings were null, which TOML cannot write: left out, a setting takes the "
+    note = (
+        (
+            '<p class="sub">Some settings were null, which TOML cannot write: left out, a setting takes the '
             "step's default, which may differ. The JSON form below loads exactly (<code>--recipe recipe.json</code>)."
-            "</p>") if has_nulls(recipe) else ""
+            "</p>"
+        )
+        if has_nulls(recipe)
+        else ""
+    )
     return (
         "<h2>Reproduce</h2>"
         f"<p>Seed <b>{_e(seed)}</b>. Save the recipe below as <code>recipe.toml</code>, then run:</p>"
         f"<pre>{_e(command)}</pre>"
-        f"<pre id=\"recipe-toml\">{_e(recipe_toml(recipe))}</pre>{note}"
+        f'<pre id="recipe-toml">{_e(recipe_toml(recipe))}</pre>{note}'
         f"<details><summary>Recipe as JSON</summary><pre>{_e(recipe_json(recipe))}</pre></details>"
         + _table(["version", ""], sorted(versions.items()), left=(0, 1))
     )
@@ -238,22 +350,27 @@ def build_html(files: RunFiles) -> str:
     if seconds is not None:
         sub += f"; ran in {float(seconds):.1f} s"
     layers = _layers_table(rep) if rep["baseline"].get("layers") or rep["final"].get("layers") else ""
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>nncompress report: {_e(rep['task'])}</title><style>{CSS}</style></head><body><main>",
-        f"<h1>nncompress report: {_e(rep['task'])}</h1><p class=\"sub\">{sub}</p>",
-        cards,
-        "<h2>Before and after</h2>", summary,
-        "<h2>Plots</h2>", *_plots(files),
-        "<h2>Steps</h2>", _steps_table(rep),
-        "<h2>Per layer</h2>" + layers if layers else "",
-        _search_section(files),
-        _reproduce(rep),
-        "</main></body></html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>nncompress report: {_e(rep['task'])}</title><style>{CSS}</style></head><body><main>",
+            f'<h1>nncompress report: {_e(rep["task"])}</h1><p class="sub">{sub}</p>',
+            cards,
+            "<h2>Before and after</h2>",
+            summary,
+            "<h2>Plots</h2>",
+            *_plots(files),
+            "<h2>Steps</h2>",
+            _steps_table(rep),
+            "<h2>Per layer</h2>" + layers if layers else "",
+            _search_section(files),
+            _reproduce(rep),
+            "</main></body></html>",
+            "",
+        ]
+    )
 
 
 def render_html(run_dir: str | os.PathLike) -> Path:

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 REPORT_JSON, SENSITIVITY_JSON, TRIALS_JSONL, SEARCH_JSON = (
-    "report.json", "sensitivity.json", "trials.jsonl", "search.json",
+    "report.json",
+    "sensitivity.json",
+    "trials.jsonl",
+    "search.json",
 )
 
 

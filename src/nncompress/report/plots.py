@@ -140,8 +140,16 @@ def steps_plot(report: dict[str, Any]) -> str:
         top.set_ylabel(_metric_label(base["metric"], "test"))
         top.margins(y=0.2)  # room for the value labels above the points
         _points(bottom, xs, sizes, "size", color=AFTER)
-        _points(bottom, [xs[-1]], [final["size_bytes"]], "saved", color=ACCENT, marker="D", linestyle="none",
-                label=f"saved artifact ({human_bytes(final['size_bytes'])})")
+        _points(
+            bottom,
+            [xs[-1]],
+            [final["size_bytes"]],
+            "saved",
+            color=ACCENT,
+            marker="D",
+            linestyle="none",
+            label=f"saved artifact ({human_bytes(final['size_bytes'])})",
+        )
         bottom.set_ylabel("size (artifact)")
         bottom.set_ylim(bottom=0)
         _bytes_axis(bottom)
@@ -167,11 +175,15 @@ def sparsity_plot(baseline_layers: Sequence[dict[str, Any]], final_layers: Seque
         fig = _figure(_barh_height(len(names)))
         ax = fig.subplots()
         for side, rows, color, offset in (("before", before, BEFORE, -0.2), ("after", after, AFTER, 0.2)):
-            drawn = [(y, rows[n]["weight_sparsity"]) for y, n in enumerate(names)
-                     if n in rows and rows[n].get("weight_sparsity") is not None]
+            drawn = [
+                (y, rows[n]["weight_sparsity"])
+                for y, n in enumerate(names)
+                if n in rows and rows[n].get("weight_sparsity") is not None
+            ]
             if drawn:  # one call per series: per-bar calls cost seconds on models with hundreds of layers
-                container = ax.barh([y + offset for y, _ in drawn], [100 * v for _, v in drawn], height=0.4,
-                                    color=color, label=side)
+                container = ax.barh(
+                    [y + offset for y, _ in drawn], [100 * v for _, v in drawn], height=0.4, color=color, label=side
+                )
                 _bar_ids(container, side)
         ax.set_yticks(range(len(names)), [text(n) for n in names])
         ax.invert_yaxis()
@@ -197,8 +209,12 @@ def bits_plot(final_layers: Sequence[dict[str, Any]]) -> str:
         fig = _figure(_barh_height(len(rows)))
         ax = fig.subplots()
         top = max((row["bits"] for row in rows), default=32)
-        container = ax.barh(range(len(rows)), [row["bits"] for row in rows], height=0.6,
-                            color=[palette[formats.index(label) % len(palette)] for label in labels])
+        container = ax.barh(
+            range(len(rows)),
+            [row["bits"] for row in rows],
+            height=0.6,
+            color=[palette[formats.index(label) % len(palette)] for label in labels],
+        )
         _bar_ids(container, "bar")
         from matplotlib.patches import Patch
 
@@ -207,8 +223,9 @@ def bits_plot(final_layers: Sequence[dict[str, Any]]) -> str:
         ax.invert_yaxis()
         ax.set_xlim(0, top * 1.05)
         ax.set_xlabel("bits per stored weight")
-        ax.legend(handles=legend, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="format",
-                  title_fontsize=8)
+        ax.legend(
+            handles=legend, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="format", title_fontsize=8
+        )
         return _svg(fig, "bits")
 
 
@@ -223,8 +240,13 @@ def ranks_plot(factorized: Sequence[Factorized]) -> str:
         shares = [100 * layer.kept for layer in factorized]
         _bar_ids(ax.barh(range(len(factorized)), shares, height=0.6, color=AFTER), "bar")
         for i, (layer, share) in enumerate(zip(factorized, shares)):
-            ax.text(share + 1, i, f"{text(layer.label())} ({human_count(layer.params_after)} params)",
-                    va="center", fontsize=8)
+            ax.text(
+                share + 1,
+                i,
+                f"{text(layer.label())} ({human_count(layer.params_after)} params)",
+                va="center",
+                fontsize=8,
+            )
         ax.set_yticks(range(len(factorized)), [text(layer.name) for layer in factorized])
         ax.invert_yaxis()
         ax.set_xlim(0, max([100.0, *(130 * layer.kept for layer in factorized)]))
@@ -251,10 +273,18 @@ def sensitivity_plot(sensitivity: dict[str, Any]) -> str:
                 if curve["technique"] != technique:
                     continue
                 points = sorted(curve["points"], key=lambda p: p["strength"])
-                _points(ax, [p["strength"] for p in points], [p["metric"] for p in points], f"curve-{i}",
-                        markersize=4, linewidth=1.2, label=text(curve["layer"]))
-            base = ax.axhline(sensitivity["baseline_metric"], color=ACCENT, linestyle="--", linewidth=1,
-                              label="baseline")
+                _points(
+                    ax,
+                    [p["strength"] for p in points],
+                    [p["metric"] for p in points],
+                    f"curve-{i}",
+                    markersize=4,
+                    linewidth=1.2,
+                    label=text(curve["layer"]),
+                )
+            base = ax.axhline(
+                sensitivity["baseline_metric"], color=ACCENT, linestyle="--", linewidth=1, label="baseline"
+            )
             base.set_gid(f"baseline-{j}")
             ax.set_title(text(technique), loc="left", fontsize=9)
             ax.set_xlabel(STRENGTH_LABELS.get(technique, "strength"))
@@ -294,15 +324,35 @@ def pareto_plot(
             ("misses", False, {"color": MUTED, "marker": "x", "label": "missed the budget"}),
         ):
             group = [t for t in shown if bool(t.get("meets_budget")) == keep]
-            _points(ax, [t[key] for t in group], [t["metric"] for t in group], gid, linestyle="none",
-                    markersize=4, **style)
+            _points(
+                ax, [t[key] for t in group], [t["metric"] for t in group], gid, linestyle="none", markersize=4, **style
+            )
         front = sorted((by_id[i] for i in search.get("pareto", []) if i in by_id), key=lambda t: t[key])
-        _points(ax, [t[key] for t in front], [t["metric"] for t in front], "front", color=ACCENT,
-                markersize=5, linewidth=1.2, drawstyle="steps-post", label="Pareto front")
+        _points(
+            ax,
+            [t[key] for t in front],
+            [t["metric"] for t in front],
+            "front",
+            color=ACCENT,
+            markersize=5,
+            linewidth=1.2,
+            drawstyle="steps-post",
+            label="Pareto front",
+        )
         chosen = by_id.get(search.get("chosen"))
         if chosen is not None:
-            _points(ax, [chosen[key]], [chosen["metric"]], "chosen", marker="*", markersize=16, linestyle="none",
-                    color="#f2b705", markeredgecolor="black", label=f"chosen (trial {chosen['trial']})")
+            _points(
+                ax,
+                [chosen[key]],
+                [chosen["metric"]],
+                "chosen",
+                marker="*",
+                markersize=16,
+                linestyle="none",
+                color="#f2b705",
+                markeredgecolor="black",
+                label=f"chosen (trial {chosen['trial']})",
+            )
         limit = (search.get("budget") or {}).get(BUDGET_KEYS[resource])
         if _finite(limit):
             ax.axvline(limit, color=ACCENT, linestyle=":", linewidth=1, label="budget").set_gid("budget")
@@ -315,8 +365,10 @@ def pareto_plot(
         if resource == "size":
             _bytes_axis(ax, "x")
         left_out = len(trials) - len(shown)
-        ax.set_xlabel({"size": "artifact size", "macs": "MACs (batch 1)", "latency": "latency (ms, batch 1)"}[resource]
-                      + (f" ({left_out} trials without it not shown)" if left_out else ""))
+        ax.set_xlabel(
+            {"size": "artifact size", "macs": "MACs (batch 1)", "latency": "latency (ms, batch 1)"}[resource]
+            + (f" ({left_out} trials without it not shown)" if left_out else "")
+        )
         ax.set_ylabel(_metric_label(metric, "val"))
         if shown:
             ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)

@@ -9,6 +9,21 @@ from nncompress.search.space import SearchSpace, build, recipe_for, search_layer
 from nncompress.search.trials import Trial, read_trials
 
 __all__ = [
-    "OBJECTIVES", "Budget", "SearchConfig", "SearchResult", "SearchSpace", "Sensitivity", "Trial", "allocate",
-    "analyze", "build", "choose", "mutate", "pareto_front", "read_trials", "recipe_for", "search", "search_layers",
+    "OBJECTIVES",
+    "Budget",
+    "SearchConfig",
+    "SearchResult",
+    "SearchSpace",
+    "Sensitivity",
+    "Trial",
+    "allocate",
+    "analyze",
+    "build",
+    "choose",
+    "mutate",
+    "pareto_front",
+    "read_trials",
+    "recipe_for",
+    "search",
+    "search_layers",
 ]

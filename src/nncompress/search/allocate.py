@@ -31,8 +31,12 @@ LAGRANGE_WEIGHTS = (0.0, 0.5, 2.0, 8.0, 32.0, 128.0)
 
 def _check_limit(name: str, value: object, *, integer: bool) -> None:
     kinds = (int,) if integer else (int, float)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or value < 0
-                              or (isinstance(value, float) and not math.isfinite(value))):
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or value < 0
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         what = "an integer >= 0" if integer else "a finite number >= 0"
         raise ValueError(f"{name} must be {what} or None, got {value!r}")
 
@@ -126,9 +130,15 @@ def layer_options(sens: Sensitivity, layer: str, weight_bytes: int) -> list[Opti
         curve = sens.curve(layer, technique)
         if curve is None:
             return []
-        return [Option({technique: p.strength}, point_drop(sens, p, slope),
-                       float((p.size_bytes or sens.baseline_size_bytes) - sens.baseline_size_bytes),
-                       float((p.macs or sens.baseline_macs) - sens.baseline_macs)) for p in curve.points]
+        return [
+            Option(
+                {technique: p.strength},
+                point_drop(sens, p, slope),
+                float((p.size_bytes or sens.baseline_size_bytes) - sens.baseline_size_bytes),
+                float((p.macs or sens.baseline_macs) - sens.baseline_macs),
+            )
+            for p in curve.points
+        ]
 
     options = [Option({}, 0.0, 0.0, 0.0)]
     lowrank = single("lowrank")
@@ -137,8 +147,11 @@ def layer_options(sens: Sensitivity, layer: str, weight_bytes: int) -> list[Opti
         for lr in lowrank:
             kept = min(1.0, max(0.0, (weight_bytes + lr.bytes) / max(1, weight_bytes)))
             for other in single(technique):
-                options.append(Option({**lr.settings, **other.settings}, lr.drop + other.drop,
-                                      lr.bytes + kept * other.bytes, lr.macs))
+                options.append(
+                    Option(
+                        {**lr.settings, **other.settings}, lr.drop + other.drop, lr.bytes + kept * other.bytes, lr.macs
+                    )
+                )
     return options
 
 
@@ -194,8 +207,9 @@ def allocate(
     secondary = [r for r, limit in limits.items() if limit is not None and r != primary]
     estimate = None
     for weight in LAGRANGE_WEIGHTS if secondary else (0.0,):
-        estimate = _solve(options, sens, primary, {r: weight / scale[r] for r in secondary}, scale, max_drop,
-                          resolution)
+        estimate = _solve(
+            options, sens, primary, {r: weight / scale[r] for r in secondary}, scale, max_drop, resolution
+        )
         totals = {"bytes": estimate.size_bytes, "macs": estimate.macs}
         if all(totals[r] <= limits[r] for r in secondary):  # type: ignore[operator]
             break
@@ -203,9 +217,17 @@ def allocate(
     return estimate
 
 
-def _solve(options: dict[str, list[Option]], sens: Sensitivity, primary: str, weights: dict[str, float],
-           scale: dict[str, float], max_drop: float, resolution: int) -> Estimate:
+def _solve(
+    options: dict[str, list[Option]],
+    sens: Sensitivity,
+    primary: str,
+    weights: dict[str, float],
+    scale: dict[str, float],
+    max_drop: float,
+    resolution: int,
+) -> Estimate:
     """The knapsack for one set of Lagrange weights."""
+
     def cost(o: Option) -> float:
         amounts = {"bytes": o.bytes, "macs": o.macs}
         return amounts[primary] / scale[primary] + sum(w * amounts[r] for r, w in weights.items())

@@ -104,9 +104,19 @@ class SearchResult:
 class _Run:
     """One search's state: the task, the pool, the trials so far, the log file."""
 
-    def __init__(self, task: Task, model: nn.Module, budget: Budget, objective: str, config: SearchConfig,
-                 out: Path, pool: Pool, sens: Sensitivity, done: dict[int, Trial],
-                 progress: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        budget: Budget,
+        objective: str,
+        config: SearchConfig,
+        out: Path,
+        pool: Pool,
+        sens: Sensitivity,
+        done: dict[int, Trial],
+        progress: Callable[[str], None] | None,
+    ) -> None:
         self.task, self.model, self.budget, self.objective, self.config = task, model, budget, objective, config
         self.out, self.pool, self.sens, self.progress = out, pool, sens, progress
         self.layers = search_layers(model)
@@ -129,7 +139,8 @@ class _Run:
                     raise ValueError(
                         f"{self.out / TRIALS_NAME} was written by a different search: trial {trial_id} has "
                         f"params {params_key(old.params)}, this search draws {params_key(params)}; "
-                        "use the same task, budget, seed and settings, or another --out")
+                        "use the same task, budget, seed and settings, or another --out"
+                    )
                 self.trials[trial_id] = old
             else:
                 todo.append((trial_id, params))
@@ -139,8 +150,10 @@ class _Run:
             append_trial(self.out / TRIALS_NAME, trial)
             self.trials[trial_id] = trial
             if self.progress:
-                self.progress(f"trial {trial_id} ({stage}): metric {trial.metric:.4f}, {trial.size_bytes:,} bytes, "
-                              f"{'meets' if trial.meets_budget else 'misses'} the budget")
+                self.progress(
+                    f"trial {trial_id} ({stage}): metric {trial.metric:.4f}, {trial.size_bytes:,} bytes, "
+                    f"{'meets' if trial.meets_budget else 'misses'} the budget"
+                )
 
     def greedy_candidates(self) -> list[Params]:
         """Allocations at each drop allowance, without repeats."""
@@ -186,8 +199,9 @@ class _Run:
         return out
 
 
-def mutate(params: Params, layers: dict[str, str | None], space: SearchSpace, rng: random.Random, *,
-           milder: bool = False) -> Params:
+def mutate(
+    params: Params, layers: dict[str, str | None], space: SearchSpace, rng: random.Random, *, milder: bool = False
+) -> Params:
     """A neighbour of ``params``: one or two layers get a technique one strength milder or
     stronger (milder than the mildest removes it; an absent technique is added at a random level).
     ``milder``: only milder moves, to repair a candidate that misses the budget."""
@@ -249,8 +263,9 @@ def search(
     check_objective(objective, budget)
     out = Path(out_dir)
     if (out / TRIALS_NAME).exists() and not resume:
-        raise FileExistsError(f"{out} already holds {TRIALS_NAME}; pass --resume to continue that search "
-                              "or choose another --out")
+        raise FileExistsError(
+            f"{out} already holds {TRIALS_NAME}; pass --resume to continue that search or choose another --out"
+        )
     if not resume:
         check_out_dir(out, overwrite=False)
     elif out.exists() and not out.is_dir():
@@ -263,9 +278,18 @@ def search(
     try:
         out.mkdir(parents=True, exist_ok=True)
         done = {t.trial: t for t in repair_log(out / TRIALS_NAME)} if resume else {}
-        sens = analyze(pool, task_name=task_obj.name, metric_name=task_obj.metric_name,
-                       higher_is_better=task_obj.higher_is_better, model=base, layers=search_layers(base),
-                       space=config.space, seed=config.seed, use_cache=config.use_cache, progress=progress)
+        sens = analyze(
+            pool,
+            task_name=task_obj.name,
+            metric_name=task_obj.metric_name,
+            higher_is_better=task_obj.higher_is_better,
+            model=base,
+            layers=search_layers(base),
+            space=config.space,
+            seed=config.seed,
+            use_cache=config.use_cache,
+            progress=progress,
+        )
         write_sensitivity(sens, out)
         run = _Run(task_obj, base, budget, objective, config, out, pool, sens, done, progress)
         greedy = run.greedy_candidates()[: config.trials]
@@ -290,8 +314,10 @@ def _finish(run: _Run, task_name: str) -> SearchResult:
     hib = run.sens.higher_is_better
     chosen = choose(trials, run.objective, hib)
     if chosen is None:
-        raise ValueError(f"none of the {len(trials)} trials met the budget {run.budget.to_dict()} on the val split; "
-                         f"loosen the budget or raise --trials (trials are in {run.out / TRIALS_NAME})")
+        raise ValueError(
+            f"none of the {len(trials)} trials met the budget {run.budget.to_dict()} on the val split; "
+            f"loosen the budget or raise --trials (trials are in {run.out / TRIALS_NAME})"
+        )
     layers = search_layers(run.model)
     recipe = recipe_for(chosen.params, layers, run.config.space)
     result = compress(run.model, recipe, run.task, seed=run.config.seed, measure_config=run.config.measure)
@@ -321,8 +347,11 @@ def _finish(run: _Run, task_name: str) -> SearchResult:
         "macs": report.final.macs,
         "params": chosen.params,
         "trials": len(trials),
-        "pareto_by": {r: pareto_front(trials, resource=r, higher_is_better=hib) for r in RESOURCES
-                      if r != "latency" or all(t.latency_ms is not None for t in trials)},
+        "pareto_by": {
+            r: pareto_front(trials, resource=r, higher_is_better=hib)
+            for r in RESOURCES
+            if r != "latency" or all(t.latency_ms is not None for t in trials)
+        },
         "seed": run.config.seed,
         "space": run.config.space.to_dict(),
     }

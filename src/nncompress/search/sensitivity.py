@@ -78,10 +78,20 @@ class Sensitivity:
             "baseline_loss": self.baseline_loss,
             "split": self.split,
             "curves": [
-                {"layer": c.layer, "technique": c.technique,
-                 "points": [{"strength": p.strength, "metric": p.metric, "size_bytes": p.size_bytes, "macs": p.macs,
-                             "loss": p.loss}
-                            for p in c.points]}
+                {
+                    "layer": c.layer,
+                    "technique": c.technique,
+                    "points": [
+                        {
+                            "strength": p.strength,
+                            "metric": p.metric,
+                            "size_bytes": p.size_bytes,
+                            "macs": p.macs,
+                            "loss": p.loss,
+                        }
+                        for p in c.points
+                    ],
+                }
                 for c in self.curves
             ],
         }
@@ -113,8 +123,14 @@ def model_digest(model: nn.Module) -> str:
 
 def cache_key(task_name: str, model: nn.Module, space: SearchSpace, seed: int) -> str:
     """The cache key of a sensitivity analysis: task, model digest, search space and seed."""
-    settings = {"version": CACHE_VERSION, "task": task_name, "model": model_digest(model),
-                "space": space.to_dict(), "seed": seed, "split": "val"}
+    settings = {
+        "version": CACHE_VERSION,
+        "task": task_name,
+        "model": model_digest(model),
+        "space": space.to_dict(),
+        "seed": seed,
+        "split": "val",
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -161,8 +177,9 @@ def analyze(
         if progress:
             progress(f"sensitivity {len(results)}/{len(candidates)}")
     base = results[0]
-    sens = Sensitivity(task_name, metric_name, higher_is_better, base.metric, base.size_bytes, base.macs,
-                       baseline_loss=base.loss)
+    sens = Sensitivity(
+        task_name, metric_name, higher_is_better, base.metric, base.size_bytes, base.macs, baseline_loss=base.loss
+    )
     by_curve: dict[tuple[str, str], list[Point]] = {}
     for i, (layer, technique, strength) in enumerate(jobs, start=1):
         m = results[i]

@@ -151,8 +151,9 @@ def _pattern(layer: str) -> str:
     return rf"{re.escape(layer)}(?:\.\d+)?"
 
 
-def recipe_for(params: Mapping[str, Mapping[str, float]], layers: Mapping[str, str | None],
-               space: SearchSpace) -> list[Step]:
+def recipe_for(
+    params: Mapping[str, Mapping[str, float]], layers: Mapping[str, str | None], space: SearchSpace
+) -> list[Step]:
     """The registered steps that apply ``params``: one factorization step per (method, rank),
     one ``magnitude-prune`` with per-layer sparsities, one ``weight-quantize`` with per-layer bits
     (every other layer float), then ``finetune`` when ``space.finetune_steps`` > 0."""
@@ -171,8 +172,9 @@ def recipe_for(params: Mapping[str, Mapping[str, float]], layers: Mapping[str, s
         steps.append(MagnitudePrune(sparsity=0.0, scope="layer", layer_sparsity=sparsity))
     bits = tuple((_pattern(n), int(e["quantize"])) for n, e in params.items() if "quantize" in e)
     if bits:
-        steps.append(WeightQuantize(bits=8, granularity=space.granularity, method=space.method,
-                                    layer_bits=(*bits, (".*", 32))))
+        steps.append(
+            WeightQuantize(bits=8, granularity=space.granularity, method=space.method, layer_bits=(*bits, (".*", 32)))
+        )
     if space.finetune_steps:
         from nncompress.train.finetune import FineTune
 
@@ -180,8 +182,15 @@ def recipe_for(params: Mapping[str, Mapping[str, float]], layers: Mapping[str, s
     return steps
 
 
-def build(model: nn.Module, params: Mapping[str, Mapping[str, float]], task: Task,
-          layers: Mapping[str, str | None], space: SearchSpace, *, seed: int = 0) -> tuple[nn.Module, list[Step]]:
+def build(
+    model: nn.Module,
+    params: Mapping[str, Mapping[str, float]],
+    task: Task,
+    layers: Mapping[str, str | None],
+    space: SearchSpace,
+    *,
+    seed: int = 0,
+) -> tuple[nn.Module, list[Step]]:
     """A compressed copy of ``model`` with ``params`` applied, and the recipe that did it."""
     recipe = recipe_for(params, layers, space)
     work = copy.deepcopy(model)

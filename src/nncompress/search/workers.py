@@ -101,8 +101,10 @@ class Evaluator:
     def _macs(self, model: nn.Module) -> int:
         """MACs counted once per architecture: they depend on the layers' types and shapes only
         (pruned zeros and packed codes run the same convolutions as float weights), and counting is slow."""
-        shape = tuple((n, tuple(getattr(m, "weight_shape", ()) or getattr(getattr(m, "weight", None), "shape", ())))
-                      for n, m in model.named_modules())
+        shape = tuple(
+            (n, tuple(getattr(m, "weight_shape", ()) or getattr(getattr(m, "weight", None), "shape", ())))
+            for n, m in model.named_modules()
+        )
         if shape not in self.macs_by_shape:
             self.macs_by_shape[shape] = count_macs(model, self.example)
         return self.macs_by_shape[shape]
@@ -162,8 +164,11 @@ class ProcessPool:
     def __init__(self, setup: Setup, workers: int) -> None:
         threads = max(1, (os.cpu_count() or 1) // workers)
         self.executor = cf.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(setup.portable(), threads))
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(setup.portable(), threads),
+        )
 
     def run(self, jobs: Sequence[Params]) -> Iterator[tuple[int, Measured]]:
         futures = {self.executor.submit(_evaluate_in_worker, params): i for i, params in enumerate(jobs)}
@@ -195,8 +200,12 @@ class RayPool:
         ray = import_ray()
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=None if address == "local" else address, include_dashboard=False,
-                     log_to_driver=False, ignore_reinit_error=True)
+            ray.init(
+                address=None if address == "local" else address,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+            )
         self.setup_ref = ray.put(setup.portable())
         self.remote = ray.remote(num_cpus=1)(_ray_evaluate)
 

@@ -57,8 +57,30 @@ def fortunes_documents(root: str | os.PathLike = FORTUNES_DIR) -> list[Document]
 class _MainText(HTMLParser):
     """The text inside Sphinx's ``<div role="main">``, one line per block element, without ``<pre>``."""
 
-    BLOCKS = frozenset({"p", "li", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "div", "section", "tr",
-                        "table", "ul", "ol", "dl", "blockquote", "br", "caption"})
+    BLOCKS = frozenset(
+        {
+            "p",
+            "li",
+            "dt",
+            "dd",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "div",
+            "section",
+            "tr",
+            "table",
+            "ul",
+            "ol",
+            "dl",
+            "blockquote",
+            "br",
+            "caption",
+        }
+    )
     VOID = frozenset({"br", "img", "hr", "meta", "link", "input", "wbr"})
 
     def __init__(self) -> None:
@@ -146,8 +168,9 @@ def missing_sources(names: tuple[str, ...]) -> list[str]:
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
         raise ValueError(f"unknown text source(s) {unknown}; accepted: {', '.join(SOURCES)}")
-    return [f"{n} ({SOURCES[n].root}; apt-get install {SOURCES[n].package})" for n in names
-            if not SOURCES[n].root.is_dir()]
+    return [
+        f"{n} ({SOURCES[n].root}; apt-get install {SOURCES[n].package})" for n in names if not SOURCES[n].root.is_dir()
+    ]
 
 
 def split_of(key: str, val_fraction: float, test_fraction: float) -> str:

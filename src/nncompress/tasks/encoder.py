@@ -185,8 +185,11 @@ def split_pairs(root: Path, config: SentenceConfig) -> dict[str, list[tuple[str,
     by_split = split_files(module_files(root), CorpusConfig())
     seen: set[str] = set()
     out = {}
-    for split, count in (("test", config.test_sentences), ("val", config.val_sentences),
-                         ("train", config.train_sentences)):
+    for split, count in (
+        ("test", config.test_sentences),
+        ("val", config.val_sentences),
+        ("train", config.train_sentences),
+    ):
         found: list[tuple[str, str]] = []
         for f in by_split[split]:
             for name, s in docstring_pairs((root / f).read_bytes(), config):
@@ -204,8 +207,7 @@ def split_pairs(root: Path, config: SentenceConfig) -> dict[str, list[tuple[str,
 def split_sentences(root: Path, config: SentenceConfig) -> dict[str, list[str]]:
     """``count`` sentences per split, spread evenly over the split's modules (see :func:`split_pairs`)."""
     counts = {"train": config.train_sentences, "val": config.val_sentences, "test": config.test_sentences}
-    return {split: _spread([s for _, s in pairs], counts[split])
-            for split, pairs in split_pairs(root, config).items()}
+    return {split: _spread([s for _, s in pairs], counts[split]) for split, pairs in split_pairs(root, config).items()}
 
 
 def retrieval_pairs(root: Path, config: SentenceConfig) -> tuple[list[str], list[str]]:
@@ -254,8 +256,10 @@ def _build(root: Path, config: SentenceConfig) -> dict:
         tokens = tokenizer(items, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
         return {"input_ids": tokens["input_ids"].long(), "attention_mask": tokens["attention_mask"].long()}
 
-    data: dict = {"sentences": sentences, "retrieval": {"queries": tokenize(queries), "docs": tokenize(docs),
-                                                        "names": queries}}
+    data: dict = {
+        "sentences": sentences,
+        "retrieval": {"queries": tokenize(queries), "docs": tokenize(docs), "names": queries},
+    }
     for split, items in sentences.items():
         tokens = tokenize(items)
         data[split] = {**tokens, "targets": _embed(model, tokens["input_ids"], tokens["attention_mask"])}

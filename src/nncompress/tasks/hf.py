@@ -127,8 +127,10 @@ def tokenize(texts: Texts, tokenizer: Any = None) -> list[torch.Tensor]:
     for text in texts:
         if isinstance(text, str):
             if tokenizer is None:
-                raise ValueError("texts are strings: give tokenizer= (a transformers tokenizer or a callable "
-                                 "text -> token ids), or pass token ids instead")
+                raise ValueError(
+                    "texts are strings: give tokenizer= (a transformers tokenizer or a callable "
+                    "text -> token ids), or pass token ids instead"
+                )
             ids = tokenizer(text)
             if isinstance(ids, Mapping):
                 ids = ids["input_ids"]
@@ -209,9 +211,7 @@ def causal_lm_task(
         >>> task = causal_lm_task(gpt2, ["some text", ...], tokenizer=tok, max_length=64)  # doctest: +SKIP
     """
     parts = [windows(tokenize(t, tokenizer), max_length) if t is not None else None for t in (texts, val, test)]
-    train_seqs, val_seqs, test_seqs = (
-        _splits(parts[0], fractions) if val is None and test is None else _explicit(parts)
-    )
+    train_seqs, val_seqs, test_seqs = _splits(parts[0], fractions) if val is None and test is None else _explicit(parts)
     pad = _pad_id(tokenizer, model)
     return Task(
         name or _name(model, "causal-lm"),
@@ -221,9 +221,13 @@ def causal_lm_task(
         baseline=lambda: model,
         metric="perplexity",
         loss=token_cross_entropy,
-        info={"kind": "causal-lm", "max_length": max_length,
-              "tokens": {s: sum(len(x) for x in q) for s, q in (("train", train_seqs), ("val", val_seqs),
-                                                                  ("test", test_seqs))}},
+        info={
+            "kind": "causal-lm",
+            "max_length": max_length,
+            "tokens": {
+                s: sum(len(x) for x in q) for s, q in (("train", train_seqs), ("val", val_seqs), ("test", test_seqs))
+            },
+        },
     )
 
 
@@ -267,6 +271,7 @@ def sequence_classification_task(
     Example:
         >>> task = sequence_classification_task(bert, texts, labels, tokenizer=tok)  # doctest: +SKIP
     """
+
     def labelled(x: Texts, y: Sequence[int] | torch.Tensor) -> list[tuple[torch.Tensor, int]]:
         seqs = [s[:max_length] for s in tokenize(x, tokenizer)]
         ys = torch.as_tensor(y, dtype=torch.long).reshape(-1).tolist()
@@ -286,8 +291,9 @@ def sequence_classification_task(
     def batches(part: list, shuffle: bool) -> TokenBatches:
         if not part:
             raise ValueError("a split of the classification data is empty")
-        return TokenBatches([s for s, _ in part], [y for _, y in part], batch_size=batch_size, pad_id=pad,
-                            shuffle=shuffle, seed=seed)
+        return TokenBatches(
+            [s for s, _ in part], [y for _, y in part], batch_size=batch_size, pad_id=pad, shuffle=shuffle, seed=seed
+        )
 
     return Task(
         name or _name(model, "classification"),

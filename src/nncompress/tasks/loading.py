@@ -28,9 +28,7 @@ def task_from_file(spec: str) -> Task:
     file_part, _, factory_name = spec.rpartition(":")
     path = Path(file_part)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"task file {path} does not exist (expected path/to/file.py:factory)"
-        )
+        raise FileNotFoundError(f"task file {path} does not exist (expected path/to/file.py:factory)")
     name = user_module_name(path)
     module = sys.modules.get(name)
     if module is None:
@@ -47,9 +45,7 @@ def task_from_file(spec: str) -> Task:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         found = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-        raise ValueError(
-            f"{path} has no callable {factory_name!r}; callables there: {', '.join(found) or 'none'}"
-        )
+        raise ValueError(f"{path} has no callable {factory_name!r}; callables there: {', '.join(found) or 'none'}")
     task = factory()
     if not isinstance(task, Task):
         raise TypeError(f"{spec} returned {type(task).__name__}, not an nncompress.Task")
@@ -67,9 +63,7 @@ def get(spec: str, *, data_dir: str | None = None) -> Task:
         return task_from_file(spec)
     if spec in reference_names():
         return reference_task(spec, data_dir=data_dir)
-    raise ValueError(
-        f"unknown task {spec!r}; accepted: " + ACCEPTED.format(names=", ".join(reference_names()))
-    )
+    raise ValueError(f"unknown task {spec!r}; accepted: " + ACCEPTED.format(names=", ".join(reference_names())))
 
 
 def names() -> list[str]:

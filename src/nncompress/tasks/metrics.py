@@ -196,13 +196,16 @@ class MetricAccumulator:
         value = self.fn(outputs, targets)
         pair = isinstance(value, (tuple, list))
         if self.pairs is not None and pair != self.pairs:
-            raise ValueError(f"metric {self.name!r} returned {'a (total, count) pair' if pair else 'a single value'} "
-                             "for one batch and not for another: return the same form for every batch")
+            raise ValueError(
+                f"metric {self.name!r} returned {'a (total, count) pair' if pair else 'a single value'} "
+                "for one batch and not for another: return the same form for every batch"
+            )
         self.pairs = pair
         if pair:
             if len(value) != 2:
-                raise ValueError(f"metric {self.name!r} returned {len(value)} values; "
-                                 "accepted: a number or (total, count)")
+                raise ValueError(
+                    f"metric {self.name!r} returned {len(value)} values; accepted: a number or (total, count)"
+                )
             self.total += float(value[0])
             self.count += float(value[1])
         else:
@@ -217,8 +220,9 @@ class MetricAccumulator:
         if self.torchmetric is not None:
             return float(self.torchmetric.compute())
         if self.count == 0:
-            raise ValueError(f"{self.name} of an empty split: no target tokens or examples were counted "
-                             "(all ignored or none given)")
+            raise ValueError(
+                f"{self.name} of an empty split: no target tokens or examples were counted (all ignored or none given)"
+            )
         value = self.total / self.count
         return float(self.finish(value)) if self.finish is not None else value
 
@@ -272,8 +276,9 @@ def resolve_metric(metric: str | Metric | MetricFn | Any) -> tuple[str, Metric |
     if callable(metric):
         return getattr(metric, "__name__", "custom"), metric
     if not isinstance(metric, str) or metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; accepted: {', '.join(METRICS)}, a callable "
-                         "or a torchmetrics.Metric")
+        raise ValueError(
+            f"unknown metric {metric!r}; accepted: {', '.join(METRICS)}, a callable or a torchmetrics.Metric"
+        )
     return metric, METRICS[metric]
 
 
@@ -287,8 +292,9 @@ def higher_is_better(metric: str | Metric | MetricFn | Any) -> bool:
     """
     if isinstance(metric, str):
         if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; accepted: {', '.join(METRICS)}, a callable "
-                             "or a torchmetrics.Metric")
+            raise ValueError(
+                f"unknown metric {metric!r}; accepted: {', '.join(METRICS)}, a callable or a torchmetrics.Metric"
+            )
         return METRICS[metric].higher_is_better
     value = getattr(metric, "higher_is_better", True)
     return True if value is None else bool(value)

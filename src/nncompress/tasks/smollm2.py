@@ -103,8 +103,11 @@ _BLOCK_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
-_TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-              "output.weight": "lm_head.weight"}
+_TOP_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 
 def _hf_name(name: str) -> str:
@@ -177,7 +180,9 @@ def llama_config(meta: dict[str, Any], tied: bool):  # -> transformers.LlamaConf
         rms_norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
         rope_theta=meta["llama.rope.freq_base"],
         tie_word_embeddings=tied,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,  # <|im_start|>, <|im_end|> (SmolLM2-Instruct)
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,  # <|im_start|>, <|im_end|> (SmolLM2-Instruct)
         use_cache=False,  # evaluation and calibration need no KV cache; generate() turns it on
     )
 
@@ -285,8 +290,10 @@ class ChunkConfig:
             raise ValueError(f"ChunkConfig.sources {self.sources!r}: accepted are {', '.join(SOURCES)}")
         fractions = (self.val_fraction, self.test_fraction)
         if not (all(0 < f < 1 for f in fractions) and sum(fractions) < 1):
-            raise ValueError(f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) must be "
-                             "in (0, 1) and sum to less than 1")
+            raise ValueError(
+                f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) must be "
+                "in (0, 1) and sum to less than 1"
+            )
 
     def chunks(self, split: str) -> int:
         """Chunks kept per source for ``split``."""
@@ -386,8 +393,9 @@ def smollm2_task(
 
     def batches(split: str, **kwargs: Any) -> TensorBatches:
         chunks = data[split].long()
-        return TensorBatches(chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous(), batch_size=config.batch_size,
-                             **kwargs)
+        return TensorBatches(
+            chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous(), batch_size=config.batch_size, **kwargs
+        )
 
     return Task(
         name=name,

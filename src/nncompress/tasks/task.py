@@ -136,8 +136,10 @@ LayerHook = Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None]
 def run_with_hooks(model: nn.Module, names: Iterable[str], batches: Iterable[Any], hook: LayerHook) -> None:
     """Run ``model`` (eval mode, restored afterwards) on ``batches`` of inputs, calling
     ``hook(name, module, input, output)`` on every call of the named modules; hooks are removed."""
-    handles = [model.get_submodule(name).register_forward_hook(
-        lambda m, args, out, name=name: hook(name, m, args[0], out)) for name in names]
+    handles = [
+        model.get_submodule(name).register_forward_hook(lambda m, args, out, name=name: hook(name, m, args[0], out))
+        for name in names
+    ]
     was_training = model.training
     model.eval()
     try:

@@ -56,8 +56,9 @@ class CorpusConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CorpusConfig.{name} must be a positive integer, got {value!r}")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
+        if not (
+            0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
+        ):
             raise ValueError(
                 f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) must be in "
                 "(0, 1) and sum to less than 1"

@@ -157,8 +157,7 @@ TEXT_ENTRIES: dict[str, TextZooEntry] = {
             "standard library's source; perplexity on held-out modules",
             GPTConfig(vocab_size=256, context=128, dim=128, depth=4, num_heads=4, mlp_hidden=512),
             CorpusConfig(context=128, train_bytes=6_000_000),
-            TrainConfig(epochs=1.0, lr=2e-3, weight_decay=0.1, schedule="cosine", warmup_fraction=0.05,
-                        grad_clip=1.0),
+            TrainConfig(epochs=1.0, lr=2e-3, weight_decay=0.1, schedule="cosine", warmup_fraction=0.05, grad_clip=1.0),
             batch_size=32,
             target=6.0,
         ),
@@ -288,8 +287,7 @@ def _train_text(e: TextZooEntry, data_dir: str | None) -> tuple[nn.Module, dict[
     torch.manual_seed(e.train.seed)
     model = e.build()
     start = time.perf_counter()
-    history = fit(model, text_train_batches(e, splits, e.train.seed), e.train, loss_fn=_lm_loss,
-                  description=e.name)
+    history = fit(model, text_train_batches(e, splits, e.train.seed), e.train, loss_fn=_lm_loss, description=e.name)
     seconds = time.perf_counter() - start
     info = {
         "name": e.name,

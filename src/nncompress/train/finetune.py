@@ -54,7 +54,6 @@ class FineTune(TrainSettings, Step):
             description=self.kind,
         )
         ctx.log.append(
-            f"{self.kind}: {history.steps} steps in {history.seconds:.1f}s, "
-            f"last loss {history.losses[-1]:.4f}"
+            f"{self.kind}: {history.steps} steps in {history.seconds:.1f}s, last loss {history.losses[-1]:.4f}"
         )
         return model

@@ -71,7 +71,9 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     """The default loss: cross-entropy of the model's outputs against integer targets."""
 
     def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(primary_output(call_model(model, inputs)), targets, label_smoothing=label_smoothing)
+        return nn.functional.cross_entropy(
+            primary_output(call_model(model, inputs)), targets, label_smoothing=label_smoothing
+        )
 
     return loss
 
@@ -139,6 +141,11 @@ def fit(
 def train_config(step: Any, seed: int) -> TrainConfig:
     """The training run a step describes: ``epochs``, ``lr``, ``optimizer``, ``max_steps`` and,
     where the step has it, ``weight_decay``."""
-    return TrainConfig(epochs=step.epochs, lr=step.lr, optimizer=step.optimizer,
-                       weight_decay=getattr(step, "weight_decay", 0.0),
-                       max_steps=step.max_steps, seed=seed)
+    return TrainConfig(
+        epochs=step.epochs,
+        lr=step.lr,
+        optimizer=step.optimizer,
+        weight_decay=getattr(step, "weight_decay", 0.0),
+        max_steps=step.max_steps,
+        seed=seed,
+    )

@@ -17,9 +17,7 @@ def mask_hooks(
     """
     params = dict(model.named_parameters())
     pairs = [
-        (params[name], mask)
-        for name, mask in masks.items()
-        if name in params and params[name].shape == mask.shape
+        (params[name], mask) for name, mask in masks.items() if name in params and params[name].shape == mask.shape
     ]
 
     def before(_: nn.Module) -> None:

@@ -45,9 +45,11 @@ def training_loss(ctx: StepContext, *, alpha: float = 0.0, temperature: float = 
     if alpha == 0:
         return task_loss(task)
     if ctx.teacher is None:
-        raise ValueError(f"{who} needs a teacher to distill (alpha={alpha}): run it inside "
-                         "nncompress.compress (the teacher is the model before compression) or give "
-                         "StepContext(teacher=...); alpha=0 trains on the task loss alone")
+        raise ValueError(
+            f"{who} needs a teacher to distill (alpha={alpha}): run it inside "
+            "nncompress.compress (the teacher is the model before compression) or give "
+            "StepContext(teacher=...); alpha=0 trains on the task loss alone"
+        )
     from nncompress.distill.losses import kd_loss  # here: the distill package imports prune and train
 
     teacher = ctx.teacher.eval()

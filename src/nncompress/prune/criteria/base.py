@@ -64,7 +64,11 @@ class Criterion:
         return total
 
     def channel_scores(
-        self, model: nn.Module, group: Any, grads: Mapping[str, torch.Tensor], followers: Mapping[str, str],
+        self,
+        model: nn.Module,
+        group: Any,
+        grads: Mapping[str, torch.Tensor],
+        followers: Mapping[str, str],
         generator: torch.Generator,
     ) -> torch.Tensor:
         """One score per channel of a coupled group (``prune.graph.ChannelGroup``): the sum over its members."""

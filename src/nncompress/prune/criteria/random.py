@@ -24,7 +24,11 @@ class Random(Criterion):
         return {n: importance.random_scores(w, gen).to(w.device) for n, w in targets.items()}
 
     def channel_scores(
-        self, model: nn.Module, group: Any, grads: Mapping[str, torch.Tensor], followers: Mapping[str, str],
+        self,
+        model: nn.Module,
+        group: Any,
+        grads: Mapping[str, torch.Tensor],
+        followers: Mapping[str, str],
         generator: torch.Generator,
     ) -> torch.Tensor:
         return torch.rand(group.size, generator=generator)
