@@ -9,6 +9,7 @@ from llm_archs import lm_task, outlier_inputs, output_error, tiny_lm
 from torch import nn
 
 import nncompress as nc
+from nncompress.base.checks import NothingToDo
 from nncompress.core.step import StepContext
 from nncompress.prune.magnitude import keep_top
 from nncompress.prune.nm import nm_mask
@@ -128,7 +129,8 @@ def test_earlier_masks_are_pruned_first():
 
 def test_layers_whose_inputs_m_does_not_divide_stay_dense():
     ctx = StepContext(task=lm_task())
-    WandaPrune(pattern="3:5", calibration_batches=1).apply(tiny_lm(), ctx)
+    with pytest.raises(NothingToDo, match="M=5 does not divide"):  # nothing left to prune: an error
+        WandaPrune(pattern="3:5", calibration_batches=1).apply(tiny_lm(), ctx)
     assert not ctx.masks and any("left blocks.0.fc1 dense" in line for line in ctx.log)
 
 

@@ -51,7 +51,7 @@ NOT_APPLICABLE = {
     ("vit", "cp"),
     ("vit", "spatial-svd"),
     ("vit", "tucker"),
-    *(("resnet", kind) for kind in ("svd", "rtn", "gptq", "awq", "hqq", "smoothquant", "w8a8")),
+    *(("resnet", kind) for kind in ("svd", "rtn", "gptq", "awq", "hqq", "smoothquant", "w8a8", "wanda", "sparsegpt")),
 }
 
 

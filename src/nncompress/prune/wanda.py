@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from nncompress.base.checks import NothingToDo
 from nncompress.base.settings import BlockCalibration, LinearSelection
 from nncompress.core.sequential import (
     BlockRun,
@@ -139,12 +140,14 @@ class OneShotPrune(LinearSelection, BlockCalibration, Step):
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         nm = self.nm
         targets = select_linears(model, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier)
-        if nm is not None:
-            for name in [n for n, m in targets.items() if m.in_features % nm[1]]:
-                ctx.log.append(f"{self.kind}: left {name} dense: {targets.pop(name).in_features} inputs, M={nm[1]}")
-        if not targets:
-            ctx.log.append(f"{self.kind}: no Linear layer to prune (only the kept last Linear, or none)")
-            return model
+        undivided = [n for n, m in targets.items() if nm is not None and m.in_features % nm[1]]
+        for name in undivided:
+            ctx.log.append(f"{self.kind}: left {name} dense: {targets.pop(name).in_features} inputs, M={nm[1]}")
+        if not targets:  # a step that changes nothing is an error, not a success
+            why = (
+                f"every one has inputs M={nm[1]} does not divide" if undivided else "only the kept last Linear, or none"
+            )
+            raise NothingToDo(f"{self.kind}: no Linear layer to prune ({why})")
         pruned: dict[str, nn.Parameter] = {}
 
         def process(run: BlockRun, groups: list[LayerGroup]) -> None:
