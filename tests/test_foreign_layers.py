@@ -198,7 +198,7 @@ class _ReadsWeight(nn.Module):
         return self.head(torch.relu(self.proj(x)))
 
 
-@pytest.mark.parametrize("step", ["weight-quantize", "gptq", "svd"])
+@pytest.mark.parametrize("step", ["weight-quantize", "gptq", "svd", "awq", "w8a8"])
 def test_model_code_reading_weight_runs_after_the_step(step, tmp_path):
     from conftest import make_task
 
@@ -215,6 +215,8 @@ def test_model_code_reading_weight_runs_after_the_step(step, tmp_path):
         "weight-quantize": nc.WeightQuantize(bits=8),
         "gptq": nc.GPTQQuantize(bits=8, calibration_batches=1),
         "svd": nc.SVDFactorize(rank=0.9),
+        "awq": nc.AWQQuantize(bits=8, calibration_batches=1),  # proj reads the input: its scale stays explicit
+        "w8a8": nc.W8A8Quantize(calibration_batches=1),
     }[step]
     out = chosen.apply(model, StepContext(task=task))
     assert type(out.proj) is not nn.Linear  # the step replaced it

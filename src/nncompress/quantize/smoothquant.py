@@ -124,6 +124,18 @@ class ScaledInputLinear(nn.Module):
             x = fake_quant_int8(x, self.act_scale if self.act_mode == "tensor" else None)
         return self.layer(x)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight this layer applies to its input (the packed weight times the input scale), decoded on
+        access so model code that reads ``layer.weight`` (its dtype, its shape) still runs; never stored."""
+        weight = self.layer.weight
+        return weight if self.inv_scale is None else weight * self.inv_scale.to(weight.dtype)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The packed layer's bias (the input scale does not touch it)."""
+        return self.layer.bias
+
     def extra_repr(self) -> str:
         act = f"int8 activations fake-quantized per {self.act_mode}" if self.act_mode else "float activations"
         return f"input scale={'explicit' if self.inv_scale is not None else 'folded/none'}, {act}"
