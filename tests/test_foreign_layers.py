@@ -414,6 +414,8 @@ def test_tucker_factorizes_conv1d_with_a_recomposed_weight():
     out = nc.TuckerFactorize(rank=0.5).apply(model, ctx)
     assert isinstance(out.c3, Factorized) and [type(m) for m in out.c3] == [nn.Conv1d] * 3
     assert out.c3.weight.shape == ref.c3.weight.shape and torch.equal(out.c3.bias, ref.c3.bias)
+    geometry = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+    assert all(getattr(out.c3, a) == getattr(ref.c3, a) for a in geometry)  # model code reads e.g. conv.stride
     assert any("table (Embedding)" in line for line in ctx.log), ctx.log
     with torch.no_grad():  # the recomposed weight is what the three convs compute
         y = torch.randn(2, 48, 9)

@@ -11,6 +11,20 @@ import torch
 from torch import nn
 
 KINDS = ("svd", "tucker", "cp", "spatial-svd")  # the factor layouts recompose() knows
+# What model code reads off a Linear / convolution besides its weight (e.g. Whisper reads conv1.stride):
+# kept from the replaced layer as plain attributes.
+GEOMETRY = (
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
 
 
 class Factorized(nn.Sequential):
@@ -25,9 +39,12 @@ class Factorized(nn.Sequential):
         ((6, 8), True)
     """
 
-    def __init__(self, *layers: nn.Module, method: str) -> None:
+    def __init__(self, *layers: nn.Module, method: str, like: nn.Module | None = None) -> None:
         super().__init__(*layers)
         self.method = method
+        for attr in GEOMETRY if like is not None else ():  # the replaced layer's shape attributes
+            if hasattr(like, attr):
+                setattr(self, attr, getattr(like, attr))
 
     @property
     def weight(self) -> torch.Tensor:

@@ -210,7 +210,7 @@ def factorized_linear(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor
     first.weight, second.weight = _weight_like(linear, right), _weight_like(linear, left)
     if linear.bias is not None:
         second.bias = _weight_like(linear, linear.bias.detach())
-    return Factorized(first, second, method="svd")
+    return Factorized(first, second, method="svd", like=linear)
 
 
 def _pointwise_reason(module: nn.Module, kind: str) -> str | None:
@@ -257,6 +257,7 @@ class Tucker2(Method):
             _conv(module, f.core[..., 0] if one_d else f.core, **_spatial(module)),  # (r_out, r_in, kh, kw)
             _pointwise(module, f.out_factor, module.bias),  # (C_out, r_out)
             method=self.kind,
+            like=module,
         )
         return layers, f.error
 
@@ -300,6 +301,7 @@ class CP(Method):
             _conv(module, f.horizontal.T[:, None, None, :], groups=r, **_axis(module, 1)),  # (R, 1, 1, kw)
             _pointwise(module, f.out_factor, module.bias),  # (C_out, R)
             method=self.kind,
+            like=module,
         )
         return layers, f.error
 
@@ -329,6 +331,7 @@ class SpatialSVD(Method):
             _conv(module, f.vertical[..., None], **_axis(module, 0)),  # (r, C_in, kh, 1)
             _conv(module, f.horizontal[:, :, None, :], bias=module.bias, **_axis(module, 1)),  # (C_out, r, 1, kw)
             method=self.kind,
+            like=module,
         )
         return layers, f.error
 
