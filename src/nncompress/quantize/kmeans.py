@@ -78,16 +78,19 @@ class SharedWeight(nn.Module):
         self.register_buffer("codes", codes.detach().long())
         self.register_buffer("frozen", frozen if frozen is not None else torch.zeros_like(centroids, dtype=torch.bool))
 
+    @property
     def weight(self) -> torch.Tensor:
-        """The shared weight; its gradient w.r.t. centroid k is the sum over the weights coded k."""
+        """The shared weight (a property, as on the layer it replaces, so model code reading ``.weight`` runs);
+        its gradient w.r.t. centroid k is the sum over the weights coded k."""
         centroids = self.centroids.masked_fill(self.frozen, 0.0)
         return centroids[self.codes]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        src, w = self.source, self.weight()
+        src, w = self.source, self.weight
         if isinstance(src, nn.Linear):
             return F.linear(x, w, src.bias)
-        return F.conv2d(x, w, src.bias, src.stride, src.padding, src.dilation, src.groups)
+        conv = F.conv1d if isinstance(src, nn.Conv1d) else F.conv2d
+        return conv(x, w, src.bias, src.stride, src.padding, src.dilation, src.groups)
 
     def final_centroids(self) -> torch.Tensor:
         return self.centroids.detach().masked_fill(self.frozen, 0.0)
