@@ -42,6 +42,8 @@ import importlib.util
 import json
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from _common import RESULTS, contract_fields, parse_args, print_table, write_results
@@ -100,18 +102,30 @@ def alpha_on_val(task: nc.Task, alphas: tuple[float, ...], quick: bool) -> float
     return max(scores, key=lambda a: improvement(0.0, scores[a], task.metric_name))
 
 
-def row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.Report, teacher) -> dict:
-    """Compress, save, re-measure from the saved file's size, time against the baseline."""
-    t0 = time.perf_counter()
-    result = nc.compress(task.baseline(), recipe, task, measure_config=nc.MeasureConfig(latency=False))
-    seconds = time.perf_counter() - t0
-    artifact = RESULTS / "artifacts" / FAMILY / f"{task.name}--{method.replace(':', '')}.ncz"
+def artifact_path(task: nc.Task, method: str) -> Path:
+    """Where a row's artifact is saved (not committed)."""
+    return RESULTS / "artifacts" / FAMILY / f"{task.name}--{method.replace(':', '')}.ncz"
+
+
+def save_artifact(task: nc.Task, method: str, result: nc.Result) -> Path:
+    """Save a row's compressed model with its task, method and recipe as metadata."""
+    artifact = artifact_path(task, method)
     nc.save(result.model, artifact, metadata={"task": task.name, "method": method, "recipe": result.report.recipe})
-    report = result.report.final
-    report.size_bytes = os.path.getsize(artifact)
-    add_latency([baseline, report], [teacher, result.model], task, TIMING)
+    return artifact
+
+
+def llm_row(
+    task: nc.Task,
+    method: str,
+    result: nc.Result,
+    baseline: nc.Report,
+    report: nc.Report,
+    artifact: Path,
+    compress_s: float,
+    **settings: Any,
+) -> dict:
+    """The row contract for a language-model row: recipe and size against fp16 in ``settings``, plus ``settings``."""
     fp16_bytes = baseline.params * 2
-    notes = [line for step in result.report.steps for line in step.notes]
     return {
         "task": task.name,
         "method": method,
@@ -119,17 +133,43 @@ def row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.Report, 
             "recipe": result.report.recipe,
             "fp16_bytes": fp16_bytes,
             "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
-            "tokens_per_s": report.latency["batch_1"]["tokens_per_s"],
-            "baseline_tokens_per_s": baseline.latency["batch_1"]["tokens_per_s"],
-            "notes": [n for n in notes if "simulated" in n or "fake" in n][:3],
+            **settings,
         },
         "baseline": contract_fields(baseline),
         "result": {
             **contract_fields(report),
             "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
-            "compress_seconds": round(seconds, 2),
+            "compress_seconds": round(compress_s, 2),
         },
     }
+
+
+def step_notes(result: nc.Result) -> list[str]:
+    """Every note of every step of a compress run, in order."""
+    return [line for step in result.report.steps for line in step.notes]
+
+
+def row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.Report, teacher) -> dict:
+    """Compress, save, re-measure from the saved file's size, time against the baseline."""
+    t0 = time.perf_counter()
+    result = nc.compress(task.baseline(), recipe, task, measure_config=nc.MeasureConfig(latency=False))
+    seconds = time.perf_counter() - t0
+    artifact = save_artifact(task, method, result)
+    report = result.report.final
+    report.size_bytes = os.path.getsize(artifact)
+    add_latency([baseline, report], [teacher, result.model], task, TIMING)
+    return llm_row(
+        task,
+        method,
+        result,
+        baseline,
+        report,
+        artifact,
+        seconds,
+        tokens_per_s=report.latency["batch_1"]["tokens_per_s"],
+        baseline_tokens_per_s=baseline.latency["batch_1"]["tokens_per_s"],
+        notes=[n for n in step_notes(result) if "simulated" in n or "fake" in n][:3],
+    )
 
 
 def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
@@ -193,39 +233,30 @@ def smollm2_row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.
     t0 = time.perf_counter()
     result = nc.compress(task.baseline(), recipe, quick, measure_config=nc.MeasureConfig(latency=False))
     compress_s = time.perf_counter() - t0
-    artifact = RESULTS / "artifacts" / FAMILY / f"{task.name}--{method.replace(':', '')}.ncz"
     t0 = time.perf_counter()
-    nc.save(result.model, artifact, metadata={"task": task.name, "method": method, "recipe": result.report.recipe})
+    artifact = save_artifact(task, method, result)
     save_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     loaded = nc.load(artifact, trust=TRUST)
     load_s = time.perf_counter() - t0
     report = nc.measure(loaded, task, config=nc.MeasureConfig(latency=False), size_bytes=os.path.getsize(artifact))
     report.steps = result.report.final.steps
-    fp16_bytes = baseline.params * 2
-    notes = [line for step in result.report.steps for line in step.notes]
-    return {
-        "task": task.name,
-        "method": method,
-        "settings": {
-            "recipe": result.report.recipe,
-            "fp16_bytes": fp16_bytes,
-            "vs_fp16": round(report.size_bytes / fp16_bytes, 4),
-            "decode_tokens_per_s": decode_tokens_per_s(loaded, task),
-            "baseline_decode_tokens_per_s": base_speed,
-            "threads": torch.get_num_threads(),
-            "compress_seconds": round(compress_s, 2),
-            "save_seconds": round(save_s, 2),
-            "load_seconds": round(load_s, 2),
-            "notes": notes[:4],
-        },
-        "baseline": contract_fields(baseline),
-        "result": {
-            **contract_fields(report),
-            "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
-            "compress_seconds": round(compress_s, 2),
-        },
-    }
+    return llm_row(
+        task,
+        method,
+        result,
+        baseline,
+        report,
+        artifact,
+        compress_s,
+        decode_tokens_per_s=decode_tokens_per_s(loaded, task),
+        baseline_decode_tokens_per_s=base_speed,
+        threads=torch.get_num_threads(),
+        compress_seconds=round(compress_s, 2),
+        save_seconds=round(save_s, 2),
+        load_seconds=round(load_s, 2),
+        notes=step_notes(result)[:4],
+    )
 
 
 def smollm2_rows(quick: bool) -> list[dict]:
