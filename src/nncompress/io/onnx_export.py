@@ -96,6 +96,18 @@ class _Inputs:
     tensors: tuple[torch.Tensor, ...]
     keywords: bool  # the tensors are passed by name (a dict was given)
     fixed: dict[str, Any] = field(default_factory=dict)
+    sequence: bool = False  # axis 1 of token inputs (integer ids, masks) is dynamic too
+
+    def input_axes(self, name: str, tensor: torch.Tensor) -> dict[int, str]:
+        """The dynamic axes of one input: the batch, and the sequence of 2-D+ token tensors when asked."""
+        axes = {0: "batch"}
+        if self.sequence and tensor.dim() >= 2 and not tensor.is_floating_point():
+            axes[1] = "sequence"
+        return axes
+
+    def has_sequence(self) -> bool:
+        """Whether any input's sequence axis is dynamic."""
+        return any(1 in self.input_axes(n, t) for n, t in zip(self.names, self.tensors))
 
 
 def _as_inputs(example_inputs: Any) -> _Inputs:
@@ -121,6 +133,21 @@ def _as_inputs(example_inputs: Any) -> _Inputs:
     return result
 
 
+def output_keys(out: Any) -> list[str] | None:
+    """The field behind each tensor of a dict / ``ModelOutput`` return, in :func:`_flat_tensors`'s
+    order (``logits``, ``hidden_states.0`` ...); None for a tensor or a tuple."""
+    if not isinstance(out, dict):
+        return None
+    keys = []
+    for key, value in out.items():
+        inner = _flat_tensors(value)
+        if isinstance(value, torch.Tensor):
+            keys.append(str(key))
+        else:
+            keys += [f"{key}.{i}" for i in range(len(inner))]
+    return keys
+
+
 def _flat_tensors(out: Any) -> list[torch.Tensor]:
     """Every tensor in a model output (tensor, tuple, dict, ``ModelOutput``), in order."""
     if isinstance(out, torch.Tensor):
@@ -139,12 +166,14 @@ class _Exported(nn.Module):
     def __init__(self, model: nn.Module, inputs: _Inputs) -> None:
         super().__init__()
         self.model, self.names, self.keywords, self.fixed = model, inputs.names, inputs.keywords, inputs.fixed
+        self.output_keys: list[str] | None = None  # the fields of the last call's dict / ModelOutput return
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.keywords:
             out = self.model(**self.fixed, **dict(zip(self.names, tensors, strict=True)))
         else:
             out = self.model(*tensors)
+        self.output_keys = output_keys(out)
         flat = _flat_tensors(out)
         if not flat:
             raise ValueError(f"the model returned no tensor (got {type(out).__name__})")
@@ -245,10 +274,15 @@ def _quiet_stdout() -> Iterator[None]:
 
 
 def _torchscript_export(
-    work: nn.Module, inputs: _Inputs, opset: int, n_outputs: int, *, fold: bool, contrib: bool
+    work: nn.Module, inputs: _Inputs, opset: int, reference: list[torch.Tensor], *, fold: bool, contrib: bool
 ) -> bytes:
-    """Serialized ONNX from the TorchScript exporter, every input and output dynamic in axis 0."""
-    output_names = _output_names(n_outputs)
+    """Serialized ONNX from the TorchScript exporter, every input and output dynamic in axis 0 (and
+    token inputs in axis 1 when ``inputs.sequence``: then every output axis but the last is symbolic)."""
+    output_names = _output_names(len(reference))
+    axes = {n: inputs.input_axes(n, t) for n, t in zip(inputs.names, inputs.tensors)}
+    for name, out in zip(output_names, reference):
+        last = out.dim() - 1 if inputs.has_sequence() else 1
+        axes[name] = {0: "batch", **{i: f"{name}_{i}" for i in range(1, last)}}
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), _quiet_stdout():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
@@ -258,7 +292,7 @@ def _torchscript_export(
             buffer,
             input_names=inputs.names,
             output_names=output_names,
-            dynamic_axes={n: {0: "batch"} for n in [*inputs.names, *output_names]},
+            dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=fold,
             custom_opsets={"com.microsoft": 1} if contrib else None,
@@ -271,7 +305,8 @@ DYNAMO_MIN_OPSET = 18  # the dynamo exporter writes opset 18 and up
 
 
 def _dynamo_export(work: nn.Module, inputs: _Inputs, opset: int, n_outputs: int) -> tuple[bytes, list[str]]:
-    """Serialized ONNX from the dynamo exporter (``torch.export``), batch axis dynamic where it can be."""
+    """Serialized ONNX from the dynamo exporter (``torch.export``), batch (and sequence) axes dynamic
+    where they can be: each that cannot is fixed at the example's size, and the notes say so."""
     from torch.export import Dim
 
     notes = []
@@ -284,15 +319,24 @@ def _dynamo_export(work: nn.Module, inputs: _Inputs, opset: int, n_outputs: int)
     }
     if opset < DYNAMO_MIN_OPSET:
         notes.append(f"opset {DYNAMO_MIN_OPSET} (the dynamo exporter's lowest) instead of {opset}")
-    batch = Dim("batch")
+    dims = {"batch": Dim("batch"), "sequence": Dim("sequence")}
+    tries = [True, False] if inputs.has_sequence() else [False]
+    program = None
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        try:
-            shapes = (tuple({0: batch} for _ in inputs.tensors),)  # one entry: forward(*tensors)
-            program = torch.onnx.export(work, inputs.tensors, dynamic_shapes=shapes, **kwargs)
-        except Exception:  # the batch axis could not stay symbolic: fix it at the example's size
+        for sequence in tries:
+            axes = [inputs.input_axes(n, t) if sequence else {0: "batch"} for n, t in zip(inputs.names, inputs.tensors)]
+            shapes = (tuple({i: dims[d] for i, d in a.items()} for a in axes),)  # one entry: forward(*tensors)
+            try:
+                program = torch.onnx.export(work, inputs.tensors, dynamic_shapes=shapes, **kwargs)
+                break
+            except Exception:  # noqa: BLE001 - an axis could not stay symbolic: try fewer
+                continue
+        if program is None:  # fix every axis at the example's size
             program = torch.onnx.export(work, inputs.tensors, **kwargs)
             notes.append(f"batch axis fixed at {inputs.tensors[0].shape[0]} (torch.export could not keep it dynamic)")
+        elif inputs.has_sequence() and not sequence:
+            notes.append("sequence axis fixed at the example's length (torch.export could not keep it dynamic)")
     return program.model_proto.SerializeToString(), notes
 
 
@@ -339,13 +383,21 @@ def _opset_of(model_bytes: bytes) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _export_traced(
-    model: nn.Module, inputs: _Inputs, opset: int
-) -> tuple[bytes, float, list[torch.Tensor], dict[str, str], list[str]]:
-    """Export with the TorchScript exporter, else (no packed layers) the dynamo one; check in ONNX Runtime.
+@dataclass
+class _Traced:
+    """A traced graph, its max error against PyTorch, the reference outputs, layer forms, notes and
+    the output fields (dict / ``ModelOutput`` returns)."""
 
-    Returns the graph, its max error against PyTorch, the reference outputs, layer forms and notes.
-    """
+    data: bytes
+    error: float
+    reference: list[torch.Tensor]
+    layers: dict[str, str]
+    notes: list[str]
+    output_keys: list[str] | None
+
+
+def _export_traced(model: nn.Module, inputs: _Inputs, opset: int) -> _Traced:
+    """Export with the TorchScript exporter, else (no packed layers) the dynamo one; check in ONNX Runtime."""
     notes = _no_cache(model, inputs)
     work, layers, copy_notes = _export_copy(model)
     notes += copy_notes
@@ -354,8 +406,9 @@ def _export_traced(
     packed = any(not label.startswith("fp32") for label in layers.values())
     contrib = any(label.startswith("MatMulNBits") for label in layers.values())
     try:  # with packed layers, folding would turn their Cast/Gather back into fp32 initializers
-        data = _torchscript_export(wrapped, inputs, opset, len(reference), fold=not packed, contrib=contrib)
-        return data, _ort_max_error(data, inputs.names, inputs.tensors, reference), reference, layers, notes
+        data = _torchscript_export(wrapped, inputs, opset, reference, fold=not packed, contrib=contrib)
+        error = _ort_max_error(data, inputs.names, inputs.tensors, reference)
+        return _Traced(data, error, reference, layers, notes, wrapped.output_keys)
     except Exception as e:  # the exporter raises many types; name the model and what is supported
         first = e
     name = type(model).__name__
@@ -370,7 +423,55 @@ def _export_traced(
             f"{_first_line(e.__cause__ or e)}; accepted: {SUPPORTED}"
         ) from e
     notes.append(f"written by the dynamo exporter (torch.export): the TorchScript one failed ({_first_line(first)})")
-    return data, error, reference, layers, notes + dynamo_notes
+    return _Traced(data, error, reference, layers, notes + dynamo_notes, wrapped.output_keys)
+
+
+@dataclass
+class TracedGraph:
+    """An fp32 ONNX graph traced from a model, checked in ONNX Runtime, and how to call it.
+
+    Attributes:
+        model_bytes: the serialized graph.
+        input_names: its inputs, in the example's order (the exporter drops inputs the model ignores).
+        output_keys: the field of each output when the model returns a dict / ``ModelOutput``, else None.
+        fixed: non-tensor keyword settings baked into the graph (``use_cache=False``).
+        max_abs_error: max |ONNX Runtime - PyTorch| on the example.
+        notes: fallbacks and settings a reader should know.
+    """
+
+    model_bytes: bytes
+    input_names: list[str]
+    output_keys: list[str] | None
+    fixed: dict[str, Any]
+    max_abs_error: float
+    notes: list[str] = field(default_factory=list)
+
+
+def trace_onnx(model: nn.Module, example_inputs: Any, *, opset: int = DEFAULT_OPSET) -> TracedGraph:
+    """``model`` as an fp32 ONNX graph (positional or keyword inputs, every output tensor), the batch
+    axis dynamic and, for keyword inputs, the sequence axis of token inputs too: what ONNX Runtime's
+    int8 quantizers start from.
+
+    Example:
+        >>> traced = trace_onnx(gpt2, {"input_ids": ids, "attention_mask": mask})  # doctest: +SKIP
+        >>> traced.input_names, traced.output_keys  # doctest: +SKIP
+        (['input_ids', 'attention_mask'], ['logits'])
+    """
+    import onnx
+
+    inputs = _as_inputs(example_inputs)
+    inputs.sequence = inputs.keywords
+    _check_supported(model)
+    was_training = model.training
+    model.eval()
+    try:
+        traced = _export_traced(model, inputs, opset)
+    finally:
+        model.train(was_training)
+    graph = onnx.load_from_string(traced.data).graph
+    present = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    names = [n for n in inputs.names if n in present]
+    return TracedGraph(traced.data, names, traced.output_keys, dict(inputs.fixed), traced.error, traced.notes)
 
 
 def export_onnx(
@@ -417,12 +518,22 @@ def export_onnx(
     model.eval()
     try:
         if isinstance(model, OnnxRuntimeModule):
-            reference = _torch_outputs(model, inputs.tensors)
+            with torch.inference_mode():
+                out = model(**dict(zip(inputs.names, inputs.tensors))) if inputs.keywords else model(*inputs.tensors)
+            reference = [t.detach().float() for t in _flat_tensors(out)]
             data, input_names, output_names, layers = _runtime_module_proto(model)
             notes = ["the model's own ONNX Runtime int8 graph written as it is"]
-            error = _ort_max_error(data, input_names, inputs.tensors, reference)
+            fed = inputs.names if inputs.keywords else input_names  # a keyword graph's inputs go by name
+            error = _ort_max_error(data, fed, inputs.tensors, reference)
         else:
-            data, error, reference, layers, notes = _export_traced(model, inputs, opset)
+            traced = _export_traced(model, inputs, opset)
+            data, error, reference, layers, notes = (
+                traced.data,
+                traced.error,
+                traced.reference,
+                traced.layers,
+                traced.notes,
+            )
             input_names, output_names = inputs.names, _output_names(len(reference))
     finally:
         model.train(was_training)

@@ -11,7 +11,10 @@ int8 kernels. Two backends:
 - ``torch``: torch.ao FX graph mode (``prepare_fx``/``convert_fx``, x86 backend) with
   conv-bn(-relu) and linear-relu fused; models FX cannot trace fall back to dynamic int8 Linears.
 
-Either way the result takes the same inputs, returns float outputs, and saves as int8.
+Either way the result takes the same inputs, returns float outputs, and saves as int8. Models
+called by keyword (a dict batch, as Hugging Face models take) are traced by name with dynamic
+batch and sequence axes (``io.onnx_export.trace_onnx``); their ONNX Runtime module is called by
+keyword too and returns the model's output fields (``out.logits``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,14 +146,20 @@ def torch_static_int8(
 # --- ONNX Runtime backend ---------------------------------------------------------------------
 
 
-def _onnx_module_name(model: nn.Module, node_name: str) -> str | None:
+def _onnx_module_name(model: nn.Module, node_name: str, wrapped: bool = False) -> str | None:
     """The module a node came from: ``/stages/stages.0/stages.0.0/conv1/Conv`` -> ``stages.0.0.conv1``.
 
     The exporter names each scope after its module, prefixing a container's children with the
-    container's scope (``stages.0`` is child ``0`` of ``stages``).
+    container's scope (``stages.0`` is child ``0`` of ``stages``). ``wrapped``: the graph was traced
+    through ``io.onnx_export``'s wrapper, whose scope ``/model`` comes first.
     """
     module, path, prev = model, [], None
-    for part in node_name.strip("/").split("/")[:-1]:
+    parts = node_name.strip("/").split("/")[:-1]
+    if wrapped:
+        if not parts or parts[0] != "model":
+            return None
+        parts = parts[1:]
+    for part in parts:
         child = part[len(prev) + 1 :] if prev is not None and part.startswith(f"{prev}.") else part
         if child not in module._modules:
             return ".".join(path) or None
@@ -197,12 +207,8 @@ def onnxruntime_static_int8(
         quantize_static,
     )
 
-    from nncompress.quantize.runtime import OnnxRuntimeModule
-
     args = calibration[0]
-    if not all(isinstance(a, torch.Tensor) for a in args):
-        raise TypeError("the onnxruntime backend takes tensor inputs only")
-    names = [f"input_{i}" for i in range(len(args))]
+    call = _graph_call(args)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -210,13 +216,13 @@ def onnxruntime_static_int8(
 
         def get_next(self) -> dict[str, Any] | None:
             batch = next(self._it, None)
-            return None if batch is None else {n: a.detach().cpu().numpy() for n, a in zip(names, batch)}
+            return None if batch is None else call.feeds(batch)
 
     with tempfile.TemporaryDirectory() as tmp:
         q = Path(tmp, "int8.onnx")
-        pre, graph = _prepared_fp32_onnx(model, args, Path(tmp), names)
+        pre, graph = _prepared_fp32_onnx(model, args, Path(tmp), call)
         weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
-        skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name) or "", exclude)]
+        skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name, call.keywords) or "", exclude)]
         narrow = [n for n in narrow_input_convs(graph, min_int8_in_channels) if n not in skip]
         skip += narrow
         quantize_static(
@@ -230,7 +236,7 @@ def onnxruntime_static_int8(
             calibrate_method=CalibrationMethod.Entropy if observer == "histogram" else CalibrationMethod.MinMax,
             nodes_to_exclude=skip,
         )
-        module = OnnxRuntimeModule(q.read_bytes(), names, threads=threads)
+        module = call.runtime_module(q.read_bytes(), threads)
     n_q = sum(1 for n in weighted if n.name not in skip)
     summary = f"onnxruntime QDQ int8, {n_q} of {len(weighted)} Conv/Gemm/MatMul quantized"
     if narrow:
@@ -259,16 +265,68 @@ def _export_fp32_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], path: Pa
         )
 
 
-def _prepared_fp32_onnx(
-    model: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path, names: list[str]
-) -> tuple[Path, Any]:
+@dataclass
+class _GraphCall:
+    """How the exported graph is called: its input names, and for a model taking keyword inputs the
+    keywords it ignores, its settings and the fields of its dict / ``ModelOutput`` return."""
+
+    names: list[str]
+    keywords: bool = False
+    output_keys: list[str] | None = None
+    unused: list[str] | None = None
+    fixed: dict[str, Any] | None = None
+
+    def feeds(self, args: tuple[Any, ...]) -> dict[str, Any]:
+        """One batch's graph inputs as NumPy arrays, by name."""
+        given = args[0] if self.keywords else dict(zip(self.names, args))
+        return {n: given[n].detach().cpu().numpy() for n in self.names}
+
+    def runtime_module(self, model_bytes: bytes, threads: int) -> nn.Module:
+        """The int8 graph as a module called as the float model was (by position or by keyword)."""
+        from nncompress.quantize.runtime import OnnxRuntimeModule
+
+        if not self.keywords:
+            return OnnxRuntimeModule(model_bytes, self.names, threads=threads)
+        return OnnxRuntimeModule(
+            model_bytes,
+            self.names,
+            threads=threads,
+            output_keys=self.output_keys,
+            keyword_names=self.unused,
+            fixed=self.fixed,
+        )
+
+
+def _graph_call(args: tuple[Any, ...]) -> _GraphCall:
+    """Positional tensors, or one dict of keyword inputs (Hugging Face batches); TypeError otherwise."""
+    if len(args) == 1 and isinstance(args[0], Mapping):
+        return _GraphCall([str(k) for k, v in args[0].items() if isinstance(v, torch.Tensor)], keywords=True)
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        kinds = ", ".join(type(a).__name__ for a in args) or "nothing"
+        raise TypeError(f"the onnxruntime backend takes tensors or one dict of keyword tensors, got {kinds}")
+    return _GraphCall([f"input_{i}" for i in range(len(args))])
+
+
+def _prepared_fp32_onnx(model: nn.Module, args: tuple[Any, ...], tmp: Path, call: _GraphCall) -> tuple[Path, Any]:
     """``model`` exported to ``tmp`` and pre-processed for onnxruntime's quantizers (shape inference
-    and graph optimisation, as onnxruntime recommends; the raw export when that fails): its path and graph."""
+    and graph optimisation, as onnxruntime recommends; the raw export when that fails): its path and graph.
+
+    Keyword inputs go through ``io.onnx_export.trace_onnx`` (named inputs, batch and sequence axes
+    dynamic, every output tensor, the dynamo exporter where TorchScript's fails); ``call`` learns the
+    graph's inputs and output fields from it."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
-    _export_fp32_onnx(model, args, fp32, names)
+    if call.keywords:
+        from nncompress.io.onnx_export import trace_onnx
+
+        traced = trace_onnx(model, dict(args[0]))
+        fp32.write_bytes(traced.model_bytes)
+        call.unused = [n for n in call.names if n not in traced.input_names]
+        call.names, call.output_keys, call.fixed = traced.input_names, traced.output_keys, traced.fixed
+    else:
+        _export_fp32_onnx(model, args, fp32, call.names)
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     except Exception:  # noqa: BLE001 - optional: quantizing the raw export also works
@@ -295,17 +353,13 @@ def onnxruntime_dynamic_int8(
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from nncompress.quantize.runtime import OnnxRuntimeModule
-
-    if not example or not all(isinstance(a, torch.Tensor) for a in example):
-        raise TypeError("the onnxruntime backend takes tensor inputs only")
-    names = [f"input_{i}" for i in range(len(example))]
+    call = _graph_call(example)
     with tempfile.TemporaryDirectory() as tmp:
         q = Path(tmp, "int8.onnx")
-        pre, graph = _prepared_fp32_onnx(model, example, Path(tmp), names)
+        pre, graph = _prepared_fp32_onnx(model, example, Path(tmp), call)
         weights = {i.name for i in graph.initializer}
         linear = [n for n in graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in weights]
-        skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name) or "", exclude)]
+        skip = [n.name for n in graph.node if _excluded(_onnx_module_name(model, n.name, call.keywords) or "", exclude)]
         # the quantizer rewrites each Gemm as MatMul "<name>_MatMul" + Add before it reads the list
         excluded = skip + [f"{n.name}_MatMul" for n in graph.node if n.op_type == "Gemm" and n.name in skip]
         quantize_dynamic(
@@ -318,7 +372,7 @@ def onnxruntime_dynamic_int8(
             nodes_to_exclude=excluded,
             extra_options={"MatMulConstBOnly": True},
         )
-        module = OnnxRuntimeModule(q.read_bytes(), names, threads=threads)
+        module = call.runtime_module(q.read_bytes(), threads)
     n_q = sum(1 for n in linear if n.name not in skip)
     granularity = "per channel" if per_channel else "per tensor"
     return module, f"onnxruntime dynamic int8 ({granularity}), {n_q} of {len(linear)} weight MatMul/Gemm quantized"

@@ -57,6 +57,27 @@ def derived_bias_scales(graph: Any, arrays: dict[str, np.ndarray]) -> dict[str, 
     return derived
 
 
+class NamedOutputs(dict):
+    """Outputs of a graph traced from a model that returned a dict / ``ModelOutput``: a dict of the
+    same fields, also read as attributes (``out.logits``) and by position (``out[0]``), as
+    ``ModelOutput`` is; built at call time, never stored, so artifacts name no foreign class."""
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the outputs have no field {name!r}; fields: {list(self)}") from None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, slice)):
+            return tuple(self.values())[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        """The fields' tensors in order, as ``ModelOutput.to_tuple``."""
+        return tuple(self.values())
+
+
 def _numpy(x: torch.Tensor) -> Any:
     """``x`` as a NumPy array, sharing memory where it can (a plain CPU tensor: no copy, no detach)."""
     if x.requires_grad or not x.is_cpu or not x.is_contiguous():
@@ -69,7 +90,14 @@ class OnnxRuntimeModule(nn.Module):
 
     Args:
         model_bytes: a serialized ``onnx.ModelProto``.
-        input_names: the graph inputs, in the order the module's positional arguments come.
+        input_names: the graph inputs, in the order the module's positional arguments come; a
+            graph traced from keyword inputs is also called by keyword (``model(**batch)``).
+        output_keys: the field of each graph output when the traced model returned a dict /
+            ``ModelOutput``: calls then return a :class:`NamedOutputs` of them (else a tensor or tuple).
+        keyword_names: keyword inputs the traced model took and the graph dropped as unused:
+            accepted and ignored in calls.
+        fixed: non-tensor keyword settings the graph was traced with (``use_cache=False``): a call
+            may repeat them; a different value is refused.
         threads: intra-op threads for batches above ``SMALL_BATCH`` (0: ``torch.get_num_threads()``
             at call time).
         min_buffer_bytes: initializers at least this large become buffers; smaller ones stay in the
@@ -81,7 +109,15 @@ class OnnxRuntimeModule(nn.Module):
     """
 
     def __init__(
-        self, model_bytes: bytes, input_names: list[str], *, threads: int = 0, min_buffer_bytes: int = 1024
+        self,
+        model_bytes: bytes,
+        input_names: list[str],
+        *,
+        threads: int = 0,
+        min_buffer_bytes: int = 1024,
+        output_keys: list[str] | None = None,
+        keyword_names: list[str] | None = None,
+        fixed: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         import onnx
@@ -106,6 +142,9 @@ class OnnxRuntimeModule(nn.Module):
         graph = np.frombuffer(zlib.compress(proto.SerializeToString(), 9), dtype=np.uint8)
         self.register_buffer("graph", torch.from_numpy(graph.copy()))
         self.input_names = list(input_names)
+        self.output_keys = list(output_keys) if output_keys is not None else None
+        self.keyword_names = list(keyword_names or ())
+        self.fixed = {k: v for k, v in (fixed or {}).items() if isinstance(v, (bool, int, float, str, type(None)))}
         self.threads = threads
         self._sessions: dict[int, Any] = {}
 
@@ -159,8 +198,31 @@ class OnnxRuntimeModule(nn.Module):
             entry = self._sessions[threads] = (session, [o.name for o in session.get_outputs()])
         return entry
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
+    def _keyword_feeds(self, named: dict[str, Any]) -> list[torch.Tensor]:
+        """The graph inputs among keyword arguments, in order; ValueError for a missing or unknown one."""
+        missing = [n for n in self.input_names if n not in named]
+        known = {*self.input_names, *getattr(self, "keyword_names", ())}
+        fixed = getattr(self, "fixed", {}) or {}
+        unknown = [
+            k
+            for k, v in named.items()
+            if k not in known
+            and v is not None
+            and not (k in fixed and not isinstance(v, torch.Tensor) and v == fixed[k])
+        ]
+        if missing or unknown:
+            raise ValueError(
+                f"this int8 graph takes keyword inputs {self.input_names} (settings {fixed or 'none'}); "
+                f"missing {missing}, unexpected {unknown}"
+            )
+        return [named[n] for n in self.input_names]
+
+    def forward(self, *inputs: torch.Tensor, **named: Any) -> Any:
         # the hot path at batch 1, where each microsecond shows: ~21 -> ~18 us a call for the MLP
+        if named:
+            if inputs:
+                raise ValueError("give this model's inputs all by position or all by keyword, not both")
+            inputs = tuple(self._keyword_feeds(named))
         if len(inputs) != len(self.input_names):
             raise ValueError(f"this model takes {len(self.input_names)} input(s), got {len(inputs)}")
         first = inputs[0]
@@ -172,6 +234,9 @@ class OnnxRuntimeModule(nn.Module):
         else:
             feeds = {name: _numpy(x) for name, x in zip(self.input_names, inputs)}
         arrays = session.run(output_names, feeds)  # names given: ORT's run would rebuild them each call
+        keys = getattr(self, "output_keys", None)  # artifacts saved before keyword graphs lack it
+        if keys is not None and len(keys) == len(arrays):
+            return NamedOutputs(zip(keys, (torch.from_numpy(a) for a in arrays)))
         if len(arrays) == 1:
             return torch.from_numpy(arrays[0])
         return tuple(torch.from_numpy(a) for a in arrays)
