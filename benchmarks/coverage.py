@@ -20,6 +20,8 @@ Example:
     python benchmarks/coverage.py                       # the full matrix (~15 min on 2 cores)
     python benchmarks/coverage.py --quick               # a few models, every column
     python benchmarks/coverage.py --models hf- --steps channel-prune,onnx
+    python benchmarks/coverage.py --models hf- --steps int8-dynamic --merge --why "ORT int8 by keyword"
+                                                        # rerun those cells into the saved results
 """
 
 from __future__ import annotations
@@ -421,6 +423,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: a shared CPU)")
     parser.add_argument("--out", default=str(RESULTS / "coverage.json"))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace the rerun cells in the results at --out (recorded under 'reruns') instead of writing a new file",
+    )
+    parser.add_argument("--why", default="", help="with --merge: what changed, recorded with the rerun")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     all_columns = [*STEP_COLUMNS, *IO_COLUMNS]
@@ -435,14 +443,44 @@ def main(argv: list[str] | None = None) -> None:
     for entry in entries:
         print(f"{entry.name} ({entry.group})", flush=True)
         rows.append(model_row(entry, columns, args.all))
-        write(out, rows, columns, time.perf_counter() - start, args)
+        if not args.merge:
+            write(out, rows, columns, time.perf_counter() - start, args)
     print_table(rows, columns)
+    if args.merge:
+        rows, columns = merge(out, rows, columns, args)
     info = summary(rows)
     print(
         f"\n{info['counts']} — {info['pass_rate']:.1%} of {info['applicable']} applicable cells pass; "
         f"{time.perf_counter() - start:.0f} s"
     )
     print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def merge(
+    out: Path, rerun: list[dict[str, Any]], columns: list[str], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Put the rerun cells into the saved results at ``out`` (rows and columns otherwise kept),
+    record the rerun under ``reruns``, rewrite the JSON and the table; the merged rows and columns."""
+    if not out.exists():
+        raise SystemExit(f"--merge: {out} does not exist; run without --merge first")
+    data = json.loads(out.read_text())
+    by_model = {r["model"]: r for r in data["rows"]}
+    for row in rerun:
+        saved = by_model.get(row["model"])
+        if saved is None:
+            data["rows"].append(row)
+            continue
+        saved["cells"].update(row["cells"])
+        for key in ("params", "size_bytes", "error"):
+            if key in row:
+                saved[key] = row[key]
+    data["summary"] = summary(data["rows"])
+    data.setdefault("reruns", []).append(
+        {"models": [r["model"] for r in rerun], "columns": columns, "why": args.why, "versions": versions()}
+    )
+    atomic_write_text(out, json.dumps(data, indent=1, default=str) + "\n")
+    atomic_write_text(out.with_suffix(".md"), markdown(data["rows"], data["columns"], data["summary"]))
+    return data["rows"], data["columns"]
 
 
 def write(out: Path, rows: list[dict[str, Any]], columns: list[str], seconds: float, args: argparse.Namespace) -> None:
