@@ -10,6 +10,11 @@ whenever a buffer is replaced or modified) and runs ``F.linear`` / ``F.conv1d`` 
 parameter, never saved), and ``layer.bias`` the source layer's bias, so model code that reads a
 layer's ``weight`` (its dtype, shape or values) still runs after quantization.
 
+Packed Linears first offer their forward to ``nncompress.runtime``: where a kernel runs the format
+on this CPU (4-bit and 8-bit integer kernels with bfloat16 activations), it runs from weights it
+prepared once from these buffers; otherwise (convolutions, fp16 storage, codebooks off any grid,
+kernels switched off with ``NNCOMPRESS_KERNELS=reference``) the float32 path above runs.
+
 Formats (``describe()["format"]``):
 
 - ``int-symmetric``: codes in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` offset to unsigned and packed,
@@ -47,6 +52,7 @@ from nncompress.quantize.primitives import (
     to_unsigned,
     unpack_bits,
 )
+from nncompress.runtime import run_linear
 
 WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d
 SOURCE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the float layers a packed layer can replace
@@ -151,6 +157,10 @@ class PackedWeightLayer(nn.Module):
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
+        if self.op == "linear":  # the fastest kernel that runs this format here (nncompress.runtime)
+            out = run_linear(self, x, bias)
+            if out is not None:
+                return out
         weight = self.dequantized_weight()
         return self._run(x, weight if weight.dtype == x.dtype else weight.to(x.dtype), bias)
 

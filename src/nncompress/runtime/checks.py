@@ -1,0 +1,31 @@
+"""The exactness check every kernel runs on its prepared weights before it claims a layer.
+
+A kernel's weights may differ from the layer's decoded float32 weights only by bfloat16 rounding
+of its scales and zeros: at most ``MAX_STEP_FRACTION`` of the format's grid step (the format's own
+rounding error is half a step). A mapping that is wrong (a group layout read differently, a zero
+point off by one) fails here and the layer keeps the reference path instead of computing
+something else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nncompress.runtime.registry import Unsupported
+
+MAX_STEP_FRACTION = 1 / 16  # bf16 scales and zeros move a weight by at most ~1/32 of a step
+
+
+def check_matches(layer: Any, kernel_weight: torch.Tensor, step: torch.Tensor, kernel: str) -> None:
+    """Raise ``Unsupported`` when ``kernel_weight`` (what the kernel will multiply by, shaped
+    (N, groups, g)) strays from the layer's decoded weight by more than ``MAX_STEP_FRACTION`` of
+    the grid ``step`` (shaped (N, groups, 1)) anywhere."""
+    n, groups, g = kernel_weight.shape
+    reference = layer.decode_weight().detach().float().cpu().reshape(n, groups, g)
+    error = (kernel_weight - reference).abs_()
+    allowed = step.abs() * MAX_STEP_FRACTION
+    if not bool((error <= allowed).all()):
+        worst = float((error / allowed.clamp_min(torch.finfo(torch.float32).tiny)).max()) * MAX_STEP_FRACTION
+        raise Unsupported(f"{kernel}'s weights differ from the decoded weights by {worst:.3g} of a grid step")

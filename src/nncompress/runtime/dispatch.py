@@ -1,0 +1,134 @@
+"""Routing a packed layer's forward through its kernel: choose once, cache, run.
+
+The choice is **a rule, not a timing**: a layer with fewer than ``MIN_KERNEL_WEIGHTS`` weights
+keeps the reference path (measured below); otherwise kernels are tried in their registered
+``priority`` order (lowest first) and the first that claims the layer runs it (see ``registry``);
+a kernel may still hand large batches to a dequantize-and-``F.linear`` path of its own (int8). Prepared kernels
+live in a ``WeakKeyDictionary`` keyed by the layer, together with the identity and in-place version
+of the layer's buffers: a replaced or modified buffer (``load_state_dict``, ``.to()``, an in-place
+edit) rebuilds them on the next call, as the layer's own float32 cache does. Nothing of it is a
+buffer or an attribute of the layer, so artifacts, pickles and deep copies never carry it.
+
+Example:
+    >>> kernel_choice(nn.Linear(4, 4)) is None
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncompress.runtime.cpu import cpu_features
+from nncompress.runtime.registry import ACT_DTYPES, KernelChoice, PreparedKernel, Unsupported, kernels_by_priority
+from nncompress.runtime.switch import kernels_enabled
+
+# Layers with fewer weights stay on the reference path: their weights sit in cache and per-call
+# overhead decides. Measured here (one thread, batch 1, hot cache, interleaved medians): 256x256
+# fp32 6.3 us, int4 9.8 us, int8 11.1 us; 512x512 fp32 47.9 us, int4 40.7 us, int8 45.0 us;
+# 1024x1024 fp32 178 us, int4 126 us, int8 142 us (out of cache, in a model, the kernels gain more).
+MIN_KERNEL_WEIGHTS = 512 * 512
+
+# --- choosing and caching ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _State:
+    keys: tuple[Any, ...]
+    prepared: PreparedKernel | None
+    reasons: tuple[str, ...]
+
+
+_STATES: weakref.WeakKeyDictionary[nn.Module, _State] = weakref.WeakKeyDictionary()
+
+
+def _buffer_keys(layer: nn.Module) -> tuple[Any, ...]:
+    """Identity and in-place version of the layer's buffers (inference tensors: identity only)."""
+    keys = []
+    for t in layer.buffers(recurse=False):
+        try:
+            keys.append((id(t), t._version))
+        except RuntimeError:  # inference tensors track no version
+            keys.append((id(t), None))
+    return tuple(keys)
+
+
+def _prepare(layer: nn.Module, keys: tuple[Any, ...]) -> _State:
+    shape = getattr(layer, "weight_shape", ())
+    if math.prod(shape) < MIN_KERNEL_WEIGHTS:
+        return _State(
+            keys, None, (f"{'x'.join(map(str, shape))} weights: below {MIN_KERNEL_WEIGHTS}, F.linear is faster",)
+        )
+    cpu, reasons = cpu_features(), []
+    for kernel in kernels_by_priority():
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                run = kernel.prepare(layer, cpu)
+        except Unsupported as why:
+            reasons.append(f"{kernel.name}: {why}")
+            continue
+        return _State(keys, PreparedKernel(kernel.choice(), run), tuple(reasons))
+    return _State(keys, None, tuple(reasons))
+
+
+def _state(layer: nn.Module) -> _State:
+    keys = _buffer_keys(layer)
+    state = _STATES.get(layer)
+    if state is None or state.keys != keys:
+        state = _prepare(layer, keys)
+        _STATES[layer] = state
+    return state
+
+
+def kernel_choice(module: nn.Module) -> KernelChoice | None:
+    """The kernel that runs ``module``'s forward on CPU here, or None for the reference path.
+
+    None also for modules no kernel runs (plain layers, convolutions, fp16 storage), and for every
+    module while the kernels are switched off (``use_kernels(False)`` / ``NNCOMPRESS_KERNELS``).
+    Prepares (and caches) the kernel's weights on first use.
+
+    Example:
+        >>> kernel_choice(nn.Linear(4, 4)) is None
+        True
+    """
+    if not kernels_enabled() or getattr(module, "op", None) != "linear" or not getattr(module, "code_format", ""):
+        return None
+    prepared = _state(module).prepared
+    return None if prepared is None else prepared.choice
+
+
+def kernel_reasons(module: nn.Module) -> tuple[str, ...]:
+    """Why each kernel tried before the chosen one (or all, on the reference path) declined ``module``."""
+    if getattr(module, "op", None) != "linear" or not getattr(module, "code_format", ""):
+        return ("not a packed Linear layer",)
+    return _state(module).reasons
+
+
+def run_linear(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``layer``'s output on its kernel, or None when the reference path must run it.
+
+    The reference path runs when kernels are off, the input is not a CPU float32 / bfloat16 tensor,
+    autograd needs the input's gradient, or no kernel claims the layer. A bias that needs a gradient
+    is added outside the kernel, so it still gets one.
+    """
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in ACT_DTYPES
+        or x.numel() == 0
+        or (x.requires_grad and torch.is_grad_enabled())
+        or not kernels_enabled()
+    ):
+        return None
+    prepared = _state(layer).prepared
+    if prepared is None:
+        return None
+    out = prepared.run(x.reshape(-1, x.shape[-1]))
+    out = out.reshape(*x.shape[:-1], out.shape[-1])
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out
