@@ -61,8 +61,8 @@ class Int8PackKernel(Kernel):
             raise Unsupported(f"{grid.groups} scale groups per row (the kernel takes one scale per output row)")
         n, k = grid.shape
         scale, zero = grid.scale[:, 0].contiguous(), grid.zero[:, 0]
-        centered = grid.codes.to(torch.int16) - zero.round().to(torch.int16)[:, None]
-        if bool((zero == zero.round()).all()) and int(centered.min()) >= -128 and int(centered.max()) <= 127:
+        centered = grid.codes.float() - zero.round()[:, None]  # exact: |values| < 2^24 or not integral anyway
+        if bool((zero == zero.round()).all()) and float(centered.min()) >= -128 and float(centered.max()) <= 127:
             codes, offset = centered.to(torch.int8), None
         else:
             codes, offset = (grid.codes.to(torch.int16) - SHIFT).to(torch.int8), (scale * (SHIFT - zero)).contiguous()

@@ -1,0 +1,248 @@
+"""nncompress.runtime: packed Linears on fast kernels match the dequantized reference path within the
+format's own error, the kernel rule picks what it says, and unsupported layers fall back exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import nncompress as nc
+import nncompress.runtime as rt
+from nncompress.quantize.layers import binary_module, codebook_module, half_module, quantize_weight_module
+from nncompress.quantize.primitives import QuantSpec, compute_qparams
+from nncompress.runtime import dispatch
+
+CPU = rt.cpu_features()
+needs_kernels = pytest.mark.skipif(
+    not (CPU.x86 and CPU.avx2), reason=f"the int4/int8 CPU kernels need x86 AVX2 or AVX-512; this is {CPU.describe()}"
+)
+# bf16 activations and outputs: each rounds to 2^-9 relative, so outputs move by well under 2^-7.
+BF16_REL = 2.0**-7
+
+
+def _linear(out_features: int = 512, in_features: int = 576, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(in_features, out_features).eval()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _outputs(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kernel path, reference path) outputs of ``layer`` on ``x``."""
+    with torch.no_grad():
+        fast = layer(x)
+        with rt.use_kernels(False):
+            reference = layer(x)
+    return fast, reference
+
+
+UNIFORM_CASES = [
+    (QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64), "int4pack-bf16"),
+    (QuantSpec(bits=4, symmetric=True, granularity="group", group_size=128), "int4pack-bf16"),  # 576 = 4.5 x 128
+    (QuantSpec(bits=3, symmetric=True, granularity="group", group_size=96), "int4pack-bf16"),  # kernel group 32
+    (QuantSpec(bits=3, symmetric=False, granularity="group", group_size=32), "int4pack-bf16"),
+    (QuantSpec(bits=2, symmetric=False, granularity="channel"), "int4pack-bf16"),
+    (QuantSpec(bits=4, symmetric=True, granularity="tensor"), "int4pack-bf16"),
+    (QuantSpec(bits=8, symmetric=False, granularity="channel"), "int8pack-bf16"),
+    (QuantSpec(bits=8, symmetric=True, granularity="channel"), "int8pack-bf16"),
+    (QuantSpec(bits=6, symmetric=False, granularity="channel"), "int8pack-bf16"),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize(("spec", "kernel"), UNIFORM_CASES, ids=lambda v: str(v) if isinstance(v, str) else None)
+def test_uniform_kernels_match_reference_within_the_format_error(spec: QuantSpec, kernel: str):
+    source = _linear()
+    try:
+        layer = quantize_weight_module(source, spec)
+    except ValueError as why:  # group 128 on 576 inputs needs a ragged last group
+        if spec.granularity != "group" or source.in_features % spec.group_size != 0:
+            pytest.skip(f"ragged last groups are not in this checkout's quantize.primitives: {why}")
+        raise
+    assert rt.kernel_choice(layer) == rt.KernelChoice(kernel, 4 if kernel.startswith("int4") else 8, False)
+    x = torch.randn(3, 7, source.in_features)
+    fast, reference = _outputs(layer, x)
+    with torch.no_grad():
+        own_error = _rel(reference, source(x))  # what the format itself costs
+    assert fast.dtype == torch.float32 and fast.shape == (3, 7, source.out_features)
+    assert _rel(fast, reference) <= min(BF16_REL, own_error)
+
+
+@needs_kernels
+def test_affine_fractional_zeros_run_on_the_int4_kernel():
+    source = _linear()
+    spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64)
+    scale, zero = compute_qparams(source.weight, spec)
+    layer = quantize_weight_module(source, spec, scale=scale, zero_point=zero + 0.37, zero_dtype=torch.float16)
+    assert layer.zero_point.dtype == torch.float16
+    assert rt.kernel_choice(layer).name == "int4pack-bf16"
+    fast, reference = _outputs(layer, torch.randn(4, source.in_features))
+    assert _rel(fast, reference) <= BF16_REL
+
+
+@needs_kernels
+def test_binary_runs_as_two_level_codes_and_bf16_inputs_stay_bf16():
+    source = _linear()
+    layer = binary_module(source)
+    assert rt.kernel_choice(layer) == rt.KernelChoice("int4pack-bf16", 4, False)
+    x = torch.randn(2, source.in_features)
+    fast, reference = _outputs(layer, x)
+    assert _rel(fast, reference) <= BF16_REL
+    with torch.no_grad():
+        half = layer(x.bfloat16())
+    assert half.dtype == torch.bfloat16 and _rel(half.float(), reference) <= 2 * BF16_REL
+
+
+@needs_kernels
+def test_evenly_spaced_codebook_maps_exactly_and_an_uneven_one_falls_back():
+    source = _linear()
+    torch.manual_seed(1)
+    codes = torch.randint(0, 8, tuple(source.weight.shape), dtype=torch.uint8)
+    even = codebook_module(source, torch.tensor([-0.3, -0.1, 0.1, 0.3, 0.5, 0.7, 0.9, 1.1]) * 0.05, codes, 3)
+    assert rt.kernel_choice(even).name == "int4pack-bf16"
+    x = torch.randn(2, source.in_features)
+    fast, reference = _outputs(even, x)
+    assert _rel(fast, reference) <= BF16_REL
+
+    # steps of 0.01 x 0.05 over 201 levels: not a 16-level grid, exact on the int8 kernel's 256 levels
+    finer = codebook_module(source, torch.tensor([-0.3, -0.1, 0.0, 0.31, 0.5, 0.7, 0.9, 1.7]) * 0.05, codes, 3)
+    assert rt.kernel_choice(finer).name == "int8pack-bf16"
+    assert any("not evenly spaced within 16 levels" in why for why in rt.kernel_reasons(finer))
+    fast, reference = _outputs(finer, x)
+    assert _rel(fast, reference) <= BF16_REL
+
+    kmeans_like = codebook_module(source, torch.randn(8) * 0.05, codes, 3)  # off any grid
+    assert rt.kernel_choice(kmeans_like) is None
+    assert any("not evenly spaced within 256 levels" in why for why in rt.kernel_reasons(kmeans_like))
+    fast, reference = _outputs(kmeans_like, x)
+    assert torch.equal(fast, reference)
+
+
+@needs_kernels
+def test_exactness_check_sends_a_far_offset_codebook_to_the_int8_kernel():
+    """bf16 zeros cannot hold an offset of 1000 at a step of 2^-10: the int4 kernel declines, the
+    int8 kernel (float32 offsets) takes it and stays within bf16 rounding."""
+    source = _linear()
+    codes = torch.randint(0, 4, tuple(source.weight.shape), dtype=torch.uint8)
+    layer = codebook_module(source, 1000 + torch.arange(4.0) / 1024, codes, 2)
+    assert rt.kernel_choice(layer).name == "int8pack-bf16"
+    assert any("differ from the decoded weights" in why for why in rt.kernel_reasons(layer))
+    fast, reference = _outputs(layer, torch.randn(2, source.in_features))
+    assert _rel(fast, reference) <= BF16_REL
+
+
+@needs_kernels
+def test_unsupported_shapes_and_formats_run_the_reference_path_exactly():
+    x = torch.randn(2, 576)
+    cases = {
+        "grouped 8-bit": quantize_weight_module(_linear(), QuantSpec(bits=8, granularity="group", group_size=64)),
+        "520 outputs, groups": quantize_weight_module(
+            _linear(520), QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64)
+        ),
+        "small layer": quantize_weight_module(_linear(64), QuantSpec(bits=4, granularity="channel")),
+        "fp16 storage": half_module(_linear()),
+    }
+    for name, layer in cases.items():
+        assert rt.kernel_choice(layer) is None, name
+        assert rt.kernel_reasons(layer), name
+        fast, reference = _outputs(layer, x)
+        assert torch.equal(fast, reference), name
+    assert any("multiple of 16" in why for why in rt.kernel_reasons(cases["520 outputs, groups"]))
+    # 520 outputs per channel: the 4-bit kernel declines the shape, the 8-bit one takes 4-bit codes exactly
+    per_channel = quantize_weight_module(_linear(520), QuantSpec(bits=4, granularity="channel"))
+    assert rt.kernel_choice(per_channel).name == "int8pack-bf16"
+
+
+@needs_kernels
+def test_switch_and_environment_force_the_reference_path(monkeypatch):
+    layer = quantize_weight_module(_linear(), QuantSpec(bits=4, granularity="channel"))
+    assert rt.kernel_choice(layer) is not None
+    with rt.use_kernels(False):
+        assert rt.kernel_choice(layer) is None
+    monkeypatch.setenv("NNCOMPRESS_KERNELS", "reference")
+    assert rt.kernel_choice(layer) is None and not rt.kernels_enabled()
+    with rt.use_kernels(True):
+        assert rt.kernel_choice(layer) is not None
+    monkeypatch.setenv("NNCOMPRESS_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="NNCOMPRESS_KERNELS='fastest'.*'auto', 'reference'"):
+        rt.kernels_enabled()
+    with pytest.raises(ValueError, match="True or False"):
+        rt.use_kernels("off")  # type: ignore[arg-type]
+
+
+@needs_kernels
+def test_no_kernel_on_a_cpu_without_avx2(monkeypatch):
+    plain = dataclasses.replace(CPU, capability="DEFAULT")
+    monkeypatch.setattr(dispatch, "cpu_features", lambda: plain)
+    layer = quantize_weight_module(_linear(), QuantSpec(bits=4, granularity="channel"))
+    assert rt.kernel_choice(layer) is None
+    assert all("AVX2" in why for why in rt.kernel_reasons(layer))
+
+
+@needs_kernels
+def test_kernel_weights_rebuild_when_a_buffer_changes_and_autograd_uses_the_reference():
+    layer = quantize_weight_module(_linear(), QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64))
+    x = torch.randn(2, 576)
+    before, _ = _outputs(layer, x)
+    with torch.no_grad():
+        layer.scale.mul_(2)  # in place: the float32 cache and the kernel's weights both rebuild
+    after, reference = _outputs(layer, x)
+    assert _rel(after, reference) <= BF16_REL and _rel(after, before) > 0.1
+
+    xg = x.clone().requires_grad_(True)
+    out = layer(xg)
+    with rt.use_kernels(False):
+        assert torch.equal(out, layer(xg))  # an input that needs a gradient runs the reference path
+    out.sum().backward()
+    assert xg.grad is not None and layer.bias.grad is not None
+    layer.bias.grad = None
+    layer(x).sum().backward()  # kernel path: the bias still gets its gradient
+    assert torch.equal(layer.bias.grad, torch.full((512,), 2.0))
+
+
+@needs_kernels
+def test_saved_artifact_runs_on_the_kernel_after_load(tmp_path):
+    model = nn.Sequential(_linear(512, 576), nn.ReLU(), _linear(576, 512, seed=1))
+    model[0] = quantize_weight_module(model[0], QuantSpec(bits=3, symmetric=False, granularity="group", group_size=32))
+    model[2] = quantize_weight_module(model[2], QuantSpec(bits=8, granularity="channel"))
+    x = torch.randn(1, 576)
+    with torch.no_grad():
+        expected = model(x)
+    nc.save(model, tmp_path / "m.ncz")
+    loaded = nc.load(tmp_path / "m.ncz")
+    assert [rt.kernel_choice(m).name for m in (loaded[0], loaded[2])] == ["int4pack-bf16", "int8pack-bf16"]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+
+
+@needs_kernels
+def test_hugging_face_llama_logits_within_the_format_error():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        ids = torch.randint(0, 64, (1, 12))
+        float_logits = model(ids).logits
+    mlp = model.model.layers[0].mlp
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=128)
+        setattr(mlp, name, quantize_weight_module(getattr(mlp, name), spec))
+    assert {rt.kernel_choice(getattr(mlp, n)).name for n in ("gate_proj", "up_proj", "down_proj")} == {"int4pack-bf16"}
+    with torch.no_grad():
+        fast = model(ids).logits
+        with rt.use_kernels(False):
+            reference = model(ids).logits
+    assert _rel(fast, reference) <= min(BF16_REL, _rel(reference, float_logits))
