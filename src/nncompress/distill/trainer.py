@@ -14,7 +14,9 @@ maps (``attn``) and the relations between samples (``rkd_distance``, ``rkd_angle
 - Adapters (``make_adapter``, one per layer pair, shared by ``hint`` and ``hidden``) are built from
   the first batch's feature shapes, trained with the student and discarded at the end.
 - Each feature term is the mean over the layer pairs; the loss is ``sum(weight * term)``.
-- Training mirrors ``nncompress.train.fit``: same optimizer, schedule, step count, seeding.
+- Training runs on the one engine (``train.engine``) that ``fit`` uses: same optimizer, schedule,
+  step count, seeding, hooks, AMP, DDP and checkpoints; distillation is its objective
+  (``DistillObjective``).
 - ``amp=True``: CUDA autocasts to float16 with a GradScaler; elsewhere (CPU) to bfloat16. Losses
   are computed in float32.
 - Checkpoints (``checkpoint_dir``, every ``checkpoint_every`` steps and at the end) hold the
@@ -36,24 +38,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from nncompress.base.checks import check_count
 from nncompress.distill import losses
 from nncompress.distill.features import FeatureCapture, attention_pairs, find_module, resolve_layers
-from nncompress.io.atomic import atomic_path
 from nncompress.tasks.task import Task, call_model, primary_output
-from nncompress.train.loop import TrainConfig, TrainHistory, lr_factor, make_optimizer, total_steps
-from nncompress.train.progress import progress
+from nncompress.train.engine import (
+    AmpContext,
+    RunSettings,
+    StepHooks,
+    TrainHistory,
+    TrainingRun,
+    checkpoints,
+    device_of,
+    latest_checkpoint,
+    shard_batch,
+    to_device,
+)
+from nncompress.train.loop import TrainConfig
 
 Hook = Callable[[nn.Module], None]
 
@@ -61,9 +68,15 @@ LOGIT_TERMS = ("kd", "ce", "mse")
 FEATURE_TERMS = ("hint", "hidden", "at", "attn")
 RKD_TERMS = ("rkd_distance", "rkd_angle")
 TERMS = LOGIT_TERMS + FEATURE_TERMS + RKD_TERMS
-CHECKPOINT_FORMAT = "nncompress.distill/1"
-# settings that may change between an interrupted run and its resumption
-_RESUMABLE_CHANGES = ("checkpoint_dir", "checkpoint_every", "checkpoint_keep", "resume", "log_every")
+__all__ = [
+    "DistillConfig",
+    "DistillHistory",
+    "DistillLoss",
+    "checkpoints",
+    "distill",
+    "latest_checkpoint",
+    "shard_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -135,10 +148,7 @@ class DistillConfig:
             raise ValueError(f"layers must map student layer names to teacher layer names, got {self.layers!r}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
-        for name, low in (("checkpoint_every", 0), ("checkpoint_keep", 1), ("log_every", 1)):
-            check_count(name, getattr(self, name), low)
-        if self.resume and not self.checkpoint_dir:
-            raise ValueError("resume=True needs a checkpoint_dir")
+        self.run_settings()  # validates the checkpoint, resume and logging settings
 
     def weights(self) -> dict[str, float]:
         """The active terms and their weights."""
@@ -156,6 +166,18 @@ class DistillConfig:
         rkd_logits = self.rkd_source == "logits" and any(getattr(self, n) > 0 for n in RKD_TERMS)
         return rkd_logits or any(getattr(self, n) > 0 for n in LOGIT_TERMS)
 
+    def run_settings(self) -> RunSettings:
+        """How the engine runs this distillation: precision, checkpoints, sharding, logging."""
+        return RunSettings(
+            amp=self.amp,
+            checkpoint_dir=self.checkpoint_dir,
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_keep=self.checkpoint_keep,
+            resume=self.resume,
+            shard_batches=self.shard_batches,
+            log_every=self.log_every,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (as stored in checkpoints)."""
         d = dataclasses.asdict(self)
@@ -165,12 +187,9 @@ class DistillConfig:
 
 @dataclass
 class DistillHistory(TrainHistory):
-    """``TrainHistory`` (``losses`` is the weighted total per logged interval, ``steps`` counts all
-    steps including those before a resume) plus each term's unweighted mean per logged interval,
-    the step this run resumed from (None when it started fresh) and the layer pairs used."""
+    """``TrainHistory`` (``losses`` is the weighted total per logged interval, ``terms`` each term's
+    unweighted mean, ``steps`` counts all steps including those before a resume) plus the layer pairs used."""
 
-    terms: list[dict[str, float]] = field(default_factory=list)
-    resumed_from: int | None = None
     layers: dict[str, str] = field(default_factory=dict)
 
 
@@ -296,91 +315,6 @@ def _feature(feats: Mapping[str, Any], name: str, side: str) -> torch.Tensor:
     return out
 
 
-# --- batches and devices -------------------------------------------------------------------------
-
-
-def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map_tensors(x, fn) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    return obj
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    return _map_tensors(obj, lambda t: t.to(device, non_blocking=True))
-
-
-def _batch_len(obj: Any) -> int | None:
-    found: list[int] = []
-    _map_tensors(obj, lambda t: found.append(len(t)) if t.dim() else None)
-    return found[0] if found else None
-
-
-def shard_batch(batch: Any, rank: int, world: int) -> Any:
-    """Rank ``rank``'s slice of every tensor in a batch (``torch.tensor_split`` along dim 0, so slice
-    sizes differ by at most one)."""
-    return _map_tensors(batch, lambda t: torch.tensor_split(t, world)[rank] if t.dim() else t)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if not amp:
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-
-_CKPT = re.compile(r"^step-(\d+)\.pt$")
-
-
-def checkpoints(directory: str | Path) -> list[Path]:
-    """The checkpoint files in ``directory``, oldest step first."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest checkpoint in ``directory`` (None when there is none)."""
-    found = checkpoints(directory)
-    return found[-1] if found else None
-
-
-def _save_checkpoint(config: DistillConfig, state: dict[str, Any]) -> Path:
-    directory = Path(config.checkpoint_dir)  # type: ignore[arg-type]
-    path = directory / f"step-{state['step']:08d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    for old in checkpoints(directory)[: -config.checkpoint_keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def _check_resumable(saved: Mapping[str, Any], config: DistillConfig, path: Path) -> None:
-    now = config.to_dict()
-    differ = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if differ:
-        raise ValueError(
-            f"cannot resume from {path}: the config differs in {differ} "
-            f"(saved {[saved.get(k) for k in differ]}, now {[now[k] for k in differ]})"
-        )
-
-
-# --- the trainer ---------------------------------------------------------------------------------
-
-
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode with ``requires_grad`` off for the block; its mode and each parameter's
@@ -395,23 +329,54 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class DistillObjective:
+    """The engine's objective for distillation: teacher and student forwards, captured features,
+    adapters built from the first batch's feature shapes, and ``DistillLoss``'s weighted terms."""
 
+    def __init__(
+        self,
+        teacher: nn.Module,
+        criterion: DistillLoss,
+        s_cap: FeatureCapture,
+        t_cap: FeatureCapture,
+        seed: int,
+    ) -> None:
+        self.teacher, self.criterion, self.s_cap, self.t_cap, self.seed = teacher, criterion, s_cap, t_cap, seed
+        self.t_device = device_of(teacher) if next(teacher.parameters(), None) is not None else None
+        self.term_names = tuple(criterion.config.weights())
+        self.find_unused_parameters = not criterion.config.uses_logits
+        self.pending_state: Mapping[str, Any] | None = None  # a checkpoint's adapters, until they are built
 
-def _replay(batches: Iterable[Any], epoch: int, pos: int, epoch_rng: torch.Tensor, rng: torch.Tensor) -> Iterator:
-    """The data iterator positioned where a checkpoint left off: ``epoch`` passes started (one batch
-    each), then the current pass started from its saved RNG state and advanced ``pos`` batches."""
-    for _ in range(epoch):
-        next(iter(batches), None)
-    torch.set_rng_state(epoch_rng)
-    it = iter(batches)
-    for _ in range(pos):
-        next(it)
-    torch.set_rng_state(rng)
-    return it
+    def __call__(
+        self, model: nn.Module, inputs: Any, targets: Any, amp: AmpContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.s_cap.clear()
+        self.t_cap.clear()
+        with amp():
+            with torch.no_grad():
+                t_out = call_model(self.teacher, inputs if self.t_device is None else to_device(inputs, self.t_device))
+            s_out = call_model(model, inputs)
+        if not self.criterion.built:
+            self.criterion.build(self.s_cap.outputs, self.t_cap.outputs, seed=self.seed + 1)
+            if self.pending_state is not None:  # resuming: the checkpoint's adapters
+                self.criterion.adapters.load_state_dict(self.pending_state)
+                self.pending_state = None
+        loss, terms = self.criterion(s_out, t_out, targets, self.s_cap.outputs, self.t_cap.outputs)
+        self.s_cap.clear()
+        self.t_cap.clear()
+        return loss, terms
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.criterion.adapters.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.criterion.adapters.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.criterion.built:
+            self.criterion.adapters.load_state_dict(state)
+        else:
+            self.pending_state = state
 
 
 def distill(
@@ -438,16 +403,23 @@ def distill(
     config = config or DistillConfig()
     batches = task.train if batches is None else batches
     criterion = _criterion(student, teacher, task, config)
-    resume = _load_resume(config)
-    if resume is not None:
-        student.load_state_dict(resume["student"])
     with (
         frozen(teacher),
         FeatureCapture(student, criterion.student_names()) as s_cap,
         FeatureCapture(teacher, criterion.teacher_names(), detach=True) as t_cap,
     ):
-        run = _Run(student, teacher, criterion, config, batches, s_cap, t_cap, before_step, after_step)
-        return run.train(resume, description)
+        objective = DistillObjective(teacher, criterion, s_cap, t_cap, config.train.seed)
+        run = TrainingRun(
+            student,
+            batches,
+            config.train,
+            objective,
+            settings=config.run_settings(),
+            run_config=config.to_dict(),
+            hooks=StepHooks(before_step, after_step),
+            history=DistillHistory(layers=dict(criterion.pairs)),
+        )
+        return run.run(description)  # type: ignore[return-value]
 
 
 def _criterion(student: nn.Module, teacher: nn.Module, task: Task, config: DistillConfig) -> DistillLoss:
@@ -469,230 +441,3 @@ def _criterion(student: nn.Module, teacher: nn.Module, task: Task, config: Disti
                 "projections on both sides"
             )
     return DistillLoss(config, task.loss, pairs, attn)
-
-
-def _load_resume(config: DistillConfig) -> dict[str, Any] | None:
-    path = latest_checkpoint(config.checkpoint_dir) if config.resume else None  # type: ignore[arg-type]
-    if path is None:
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a distillation checkpoint ({CHECKPOINT_FORMAT})")
-    _check_resumable(state["config"], config, path)
-    return state
-
-
-class _Run:
-    """One training run's state: position (step, epoch, batch in epoch), optimizer, running sums."""
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        criterion: DistillLoss,
-        config: DistillConfig,
-        batches: Iterable[Any],
-        s_cap: FeatureCapture,
-        t_cap: FeatureCapture,
-        before_step: Hook | None,
-        after_step: Hook | None,
-    ) -> None:
-        self.student, self.teacher, self.criterion, self.config = student, teacher, criterion, config
-        self.batches, self.s_cap, self.t_cap = batches, s_cap, t_cap
-        self.before_step, self.after_step = before_step, after_step
-        self.train_cfg = config.train
-        self.total = total_steps(batches, config.train)
-        self.rank, self.world = _distributed()
-        self.shard = self.world > 1 and config.shard_batches
-        self.device = _device_of(student)
-        self.t_device = _device_of(teacher) if next(teacher.parameters(), None) is not None else self.device
-        self.scaler = torch.amp.GradScaler("cuda") if config.amp and self.device.type == "cuda" else None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.trainable: list[nn.Parameter] = []
-        self.resume_state: dict[str, Any] | None = None  # until the optimizer has taken its part
-        self.history = DistillHistory(layers=dict(criterion.pairs))
-        self.step = self.epoch = self.pos = 0
-        self.running, self.running_n = 0.0, 0
-        self.running_terms = dict.fromkeys(config.weights(), 0.0)
-        self.epoch_rng = torch.get_rng_state()
-
-    def train(self, resume: dict[str, Any] | None, description: str) -> DistillHistory:
-        torch.manual_seed(self.train_cfg.seed)
-        self.model: nn.Module = self.student
-        if self.world > 1:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.student,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=not self.config.uses_logits,
-            )
-        it = self._restore(resume) if resume is not None else None
-        start = time.perf_counter()
-        bar = progress(total=self.total, desc=description) if self.rank == 0 else None
-        if bar is not None and self.step:
-            bar.update(self.step)
-        try:
-            self.model.train()
-            while self.step < self.total:
-                if it is None:
-                    self.epoch_rng = torch.get_rng_state()
-                    it = iter(self.batches)
-                seen = False
-                for inputs, targets in it:
-                    seen = True
-                    self._train_step(inputs, targets)
-                    if bar is not None:
-                        bar.update(1)
-                        if self.history.losses:
-                            bar.set_postfix(loss=f"{self.history.losses[-1]:.4f}")
-                    if self.step >= self.total:
-                        break
-                else:
-                    if not seen and self.pos == 0:
-                        raise ValueError("the training batches are empty")
-                    self.epoch, self.pos, it = self.epoch + 1, 0, None
-        finally:
-            if bar is not None:
-                bar.close()
-            del self.model  # drops the DDP wrapper (and its reducer) with it
-        self.student.eval()
-        self.history.steps, self.history.seconds = self.step, time.perf_counter() - start
-        return self.history
-
-    def _restore(self, state: dict[str, Any]) -> Iterator | None:
-        """Position, history and RNG from a checkpoint (the student's weights are already loaded;
-        adapters and optimizer follow once the first batch has built them)."""
-        self.resume_state = state
-        self.step, self.epoch, self.pos = state["step"], state["epoch"], state["pos"]
-        h = state["history"]
-        self.history.losses, self.history.terms = list(h["losses"]), list(h["terms"])
-        self.history.resumed_from = self.step
-        self.running, self.running_terms, self.running_n = h["running"], dict(h["running_terms"]), h["running_n"]
-        self.epoch_rng = state["epoch_rng"]
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        if self.step >= self.total:
-            return None
-        return _replay(self.batches, self.epoch, self.pos, self.epoch_rng, state["rng"])
-
-    def _setup_optimizer(self) -> None:
-        """Adapters from the first batch's feature shapes, then the optimizer over student + adapters."""
-        criterion = self.criterion
-        if not criterion.built:
-            criterion.build(self.s_cap.outputs, self.t_cap.outputs, seed=self.train_cfg.seed + 1)
-            if self.world > 1:
-                for p in criterion.adapters.parameters():
-                    dist.broadcast(p.data, 0)
-        params = [*self.student.parameters(), *criterion.adapters.parameters()]
-        self.trainable = [p for p in params if p.requires_grad]
-        if not self.trainable:
-            raise ValueError("the student has no trainable parameters (all have requires_grad=False)")
-        self.optimizer = make_optimizer(self.trainable, self.train_cfg)
-        state = self.resume_state
-        if state is not None:
-            criterion.adapters.load_state_dict(state["adapters"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler is not None and state.get("scaler") is not None:
-                self.scaler.load_state_dict(state["scaler"])
-            self.resume_state = None
-
-    def _train_step(self, inputs: Any, targets: Any) -> None:
-        config, train = self.config, self.train_cfg
-        share = 1.0  # this rank's slice as a fraction of the batch, times the world size
-        if self.shard:
-            n = _batch_len(targets) or _batch_len(inputs)
-            if n is not None and n < self.world:
-                raise ValueError(f"a batch of {n} cannot be split over {self.world} ranks")
-            inputs = shard_batch(inputs, self.rank, self.world)
-            targets = shard_batch(targets, self.rank, self.world)
-            if n:
-                share = self.world * (_batch_len(targets) or _batch_len(inputs) or 0) / n
-        self.s_cap.clear()
-        self.t_cap.clear()
-        with _autocast(self.device, config.amp):
-            with torch.no_grad():
-                t_out = call_model(self.teacher, _to(inputs, self.t_device))
-            s_out = call_model(self.model, _to(inputs, self.device))
-        if self.optimizer is None:
-            self._setup_optimizer()
-        optimizer = self.optimizer
-        assert optimizer is not None
-        for group in optimizer.param_groups:
-            group["lr"] = train.lr * lr_factor(self.step, self.total, train)
-        optimizer.zero_grad(set_to_none=True)
-        loss, terms = self.criterion(s_out, t_out, _to(targets, self.device), self.s_cap.outputs, self.t_cap.outputs)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"distillation loss became {loss.item()} at step {self.step}")
-        scaled = loss * share  # DDP averages gradients over ranks: sum of share/world = 1
-        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        self.s_cap.clear()
-        self.t_cap.clear()
-        if self.world > 1:  # adapters live outside the DDP wrapper: average their gradients as DDP does
-            for p in self.criterion.adapters.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
-        if self.before_step is not None:
-            self.before_step(self.student)
-        if train.grad_clip is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(self.trainable, train.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
-        if self.after_step is not None:
-            self.after_step(self.student)
-        self._record(loss, terms, share)
-        self.step += 1
-        self.pos += 1
-        if self.step % config.log_every == 0 or self.step == self.total:
-            n = self.running_n
-            self.history.losses.append(self.running / n)
-            self.history.terms.append({name: v / n for name, v in self.running_terms.items()})
-            self.running, self.running_terms, self.running_n = 0.0, dict.fromkeys(self.running_terms, 0.0), 0
-        every = config.checkpoint_every
-        if config.checkpoint_dir and (self.step == self.total or (every and self.step % every == 0)):
-            self._checkpoint()
-
-    def _record(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], share: float) -> None:
-        """Add this step's loss and terms (averaged over ranks, weighted by slice) to the running sums."""
-        values = torch.stack([loss.detach(), *(terms[n].detach().float() for n in self.running_terms)])
-        if self.world > 1:
-            values = values * (share / self.world)
-            dist.all_reduce(values)
-        loss_value, *term_values = values.tolist()
-        self.running += loss_value
-        for name, v in zip(self.running_terms, term_values):
-            self.running_terms[name] += v
-        self.running_n += 1
-
-    def _checkpoint(self) -> None:
-        if self.rank == 0:
-            _save_checkpoint(self.config, self._state_dict())
-        if self.world > 1:
-            dist.barrier()
-
-    def _state_dict(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "epoch": self.epoch,
-            "pos": self.pos,
-            "epoch_rng": self.epoch_rng,
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "student": self.student.state_dict(),
-            "adapters": self.criterion.adapters.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "config": self.config.to_dict(),
-            "history": {
-                "losses": list(self.history.losses),
-                "terms": list(self.history.terms),
-                "running": self.running,
-                "running_terms": dict(self.running_terms),
-                "running_n": self.running_n,
-            },
-        }
