@@ -15,7 +15,8 @@ from torch import nn
 
 from nncompress.core.step import StepContext
 from nncompress.io.onnx_export import export_onnx
-from nncompress.prune.graph import attention_heads, trace_channels
+from nncompress.prune.graph import trace_channels
+from nncompress.prune.heads import attention_heads
 from nncompress.prune.structured import ChannelPrune, HeadPrune
 from nncompress.tasks.task import call_model
 

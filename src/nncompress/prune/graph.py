@@ -207,133 +207,15 @@ def trace_channels(model: nn.Module, example_inputs: Any, *, opaque: Sequence[st
             result = _trace_tree(model, *_as_call(model, example_inputs), set(opaque))
     finally:
         model.train(was_training)
-    result.groups += _attention_head_groups(model, result.groups)
+    from nncompress.prune.heads import attention_head_groups  # heads.py builds on this module's groups
+
+    result.groups += attention_head_groups(model, result.groups)
     if result.kept_whole == [""] and not result.groups:
         raise ValueError(
             f"torch.fx cannot trace {type(model).__name__} ({result.errors['']}) nor any of its "
             "submodules; name the submodule that fails in `exclude` so it is kept whole and not traced"
         )
     return result
-
-
-OUTPUT_PROJECTIONS = ("o_proj", "dense", "out_proj")
-
-
-def attention_heads(module: nn.Module) -> tuple[str, int, int, int] | None:
-    """``(output projection, heads, kv_heads, head_dim)`` of a Hugging Face-style attention, else None.
-
-    The pattern (Llama, Mistral, Qwen2, Gemma, Phi): ``q_proj``/``k_proj``/``v_proj`` and an output
-    projection as ``nn.Linear``, an int ``head_dim``, ``num_key_value_groups`` query heads per
-    key/value head, heads reshaped with ``-1`` so their count is read from the weights; nothing
-    else holding a per-head size (T5's relative bias table has one: not matched).
-    """
-    out_name = next((n for n in OUTPUT_PROJECTIONS if isinstance(getattr(module, n, None), nn.Linear)), None)
-    q, k, v = (getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj"))
-    hd = getattr(module, "head_dim", None)
-    if out_name is None or not all(isinstance(p, nn.Linear) for p in (q, k, v)) or not isinstance(hd, int) or hd < 1:
-        return None
-    o = getattr(module, out_name)
-    if (
-        q.out_features % hd
-        or k.out_features % hd
-        or k.out_features != v.out_features
-        or (o.in_features != q.out_features)
-    ):
-        return None
-    heads, kv = q.out_features // hd, k.out_features // hd
-    if heads % kv or getattr(module, "num_key_value_groups", None) != heads // kv:
-        return None
-    known = {"q_proj", "k_proj", "v_proj", out_name, "q_norm", "k_norm", "q_layernorm", "k_layernorm", "rotary_emb"}
-    if any(n not in known for n, _ in module.named_children()) or any(True for _ in module.parameters(recurse=False)):
-        return None
-    return out_name, heads, kv, hd
-
-
-def fused_attention_heads(module: nn.Module) -> tuple[int, int] | None:
-    """``(heads, head_dim)`` of a GPT-2-style attention (one ``c_attn`` writing q|k|v, ``c_proj``,
-    both ``nn.Linear`` after canonicalization; ``split_size`` = heads * head_dim), else None."""
-    qkv, proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
-    heads, hd, split = (getattr(module, k, None) for k in ("num_heads", "head_dim", "split_size"))
-    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)) or not all(
-        isinstance(v, int) and v > 0 for v in (heads, hd, split)
-    ):
-        return None
-    if split != heads * hd or qkv.out_features != 3 * split or proj.in_features != split or hasattr(module, "q_attn"):
-        return None
-    if any(n not in ("c_attn", "c_proj", "attn_dropout", "resid_dropout") for n, _ in module.named_children()):
-        return None
-    return heads, hd
-
-
-def refresh_head_counts(model: nn.Module) -> list[str]:
-    """After heads were cut, set a GPT-2-style attention's ``split_size``/``num_heads`` (its forward
-    splits q|k|v by ``split_size``) and a one-key/value-head attention's ``num_key_value_groups``
-    from the weights; returns the modules updated."""
-    updated = []
-    for name, module in model.named_modules():
-        q, k, hd = getattr(module, "q_proj", None), getattr(module, "k_proj", None), getattr(module, "head_dim", None)
-        groups = getattr(module, "num_key_value_groups", None)
-        if (
-            isinstance(q, nn.Linear)
-            and isinstance(k, nn.Linear)
-            and isinstance(hd, int)
-            and isinstance(groups, int)
-            and k.out_features == hd
-            and q.out_features % hd == 0
-            and groups != q.out_features // hd
-        ):
-            module.num_key_value_groups = q.out_features // hd  # MQA: query heads per (the one) key/value head
-            updated.append(name)
-        qkv = getattr(module, "c_attn", None)
-        if (
-            isinstance(qkv, nn.Linear)
-            and isinstance(getattr(module, "split_size", None), int)
-            and isinstance(hd, int)
-            and module.split_size != qkv.out_features // 3
-            and qkv.out_features % (3 * hd) == 0
-        ):
-            module.split_size = qkv.out_features // 3
-            module.num_heads = module.split_size // hd
-            updated.append(name)
-    return updated
-
-
-def attention_head_groups(model: nn.Module) -> list[ChannelGroup]:
-    """The head groups of every Hugging Face-style attention in ``model`` (see ``attention_heads``
-    and ``fused_attention_heads``): one group per attention, one channel per key/value head."""
-    return _attention_head_groups(model, [])
-
-
-def _attention_head_groups(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
-    """One group per Hugging Face-style attention: its key/value heads, each with the query heads
-    that share it (q/k/v rows, output-projection columns), unless tracing already coupled them."""
-    taken = {(m.kind, m.name) for g in groups for m in g.members}
-    found = []
-    for name, module in model.named_modules():
-        at = f"{name}." if name else ""
-        shape, fused = attention_heads(module), fused_attention_heads(module)
-        if shape is not None and shape[2] == 1:  # one key/value head (MQA): its query heads go alone
-            out_name, kv, _, hd = shape  # the group's channels are the query heads (kv: the group size)
-            members = (Member("out", f"{at}q_proj", 0, hd), Member("in", f"{at}{out_name}", 0, hd))
-        elif shape is not None:
-            out_name, heads, kv, hd = shape
-            rep = heads // kv
-            members = (
-                Member("out", f"{at}q_proj", 0, rep * hd),
-                Member("out", f"{at}k_proj", 0, hd),
-                Member("out", f"{at}v_proj", 0, hd),
-                Member("in", f"{at}{out_name}", 0, rep * hd),
-            )
-        elif fused is not None:
-            kv, hd = fused  # every head has its own key/value
-            members = tuple(Member("out", f"{at}c_attn", part * kv * hd, hd) for part in range(3)) + (
-                Member("in", f"{at}c_proj", 0, hd),
-            )
-        else:
-            continue
-        if kv > 1 and not any((m.kind, m.name) in taken for m in members):
-            found.append(ChannelGroup(kv, members))
-    return found
 
 
 def _as_call(model: nn.Module, inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

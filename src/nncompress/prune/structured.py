@@ -26,13 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.checks import NothingToDo
 from nncompress.base.selection import check_patterns, is_excluded, matched_modules
 from nncompress.base.settings import CalibrationSettings, Exclusions
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.models.vit import MultiHeadSelfAttention
 from nncompress.prune import importance
 from nncompress.prune.criteria import get_criterion
-from nncompress.prune.graph import ChannelGroup, attention_head_groups, refresh_head_counts, trace_channels
+from nncompress.prune.graph import ChannelGroup, trace_channels
+from nncompress.prune.heads import attention_head_groups, refresh_head_counts
 from nncompress.prune.surgery import (
     BATCHNORMS,
     CONVS,
@@ -259,7 +261,7 @@ class ChannelPrune(Exclusions, CalibrationSettings, Step):
         removed = self._removed(groups, scores, sparsity)
         with torch.no_grad():
             cut_groups(model, groups, removed, ctx)
-        refresh_head_counts(model)  # GPT-2's attention splits q|k|v by a stored width
+        ctx.log += [f"channel-prune: {n}" for n in refresh_head_counts(model)]  # counts the model code reads
         total, gone = sum(g.size for g in groups), sum(len(r) for r in removed)
         ctx.log.append(
             f"channel-prune: removed {gone} of {total} channels in {len(groups)} groups (sparsity {sparsity:.4f})"
@@ -338,15 +340,18 @@ def _cut_foreign_heads(
         owner = g.members[0].name.rpartition(".")[0]
         ctx.log.append(f"{owner}: {g.size} -> {g.size - n} key/value heads")
     cut_groups(model, groups, removed, ctx)
-    refresh_head_counts(model)
+    ctx.log += [f"head-prune: {note}" for note in refresh_head_counts(model)]
 
 
 @register_step("head-prune", family="prune")
 @dataclass(frozen=True)
 class HeadPrune(Exclusions, CalibrationSettings, Step):
     """Remove whole attention heads (q/k/v rows and proj columns) of MultiHeadSelfAttention, and
-    of Hugging Face attention (Llama-style q/k/v_proj + o_proj, whole key/value heads with the
-    query heads sharing them; GPT-2's fused c_attn), scored like channel-prune's channels.
+    of attention nncompress did not write (``prune/heads.py``: separate q/k/v projections as in
+    Llama, BERT, DistilBERT, T5, ViT and Whisper, whole key/value heads with the query heads
+    sharing them; GPT-2's and timm's fused qkv), scored like channel-prune's channels. Head
+    counts the model's code or its Hugging Face config reads are set to match; a model with no
+    such attention is an error (NothingToDo).
 
     Args:
         sparsity: fraction of the heads of each attention layer to remove, in [0, 1);
@@ -382,10 +387,10 @@ class HeadPrune(Exclusions, CalibrationSettings, Step):
             g for g in attention_head_groups(model) if not any(is_excluded(m.name, self.exclude) for m in g.members)
         ]
         if not layers and not foreign:
-            ctx.log.append(
-                "head-prune: no MultiHeadSelfAttention or Hugging Face attention layers to prune; model unchanged"
+            raise NothingToDo(
+                "head-prune: no attention with whole heads to cut outside exclude (accepted: MultiHeadSelfAttention, "
+                "separate q/k/v projections with a head size, GPT-2 / timm fused qkv)"
             )
-            return model
         grads = gradients(model, ctx, self.calibration_batches) if get_criterion(self.criterion).needs_gradients else {}
         gen = torch.Generator().manual_seed(ctx.seed)
         with torch.no_grad():
