@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import nncompress as nc
-from nncompress.base.checks import NothingToDo
 from nncompress.core.step import StepContext
 from nncompress.prune.heads import separate_heads
 from nncompress.prune.structured import HeadPrune
@@ -99,7 +98,9 @@ def test_timm_fused_qkv_attention_loses_heads():
         assert pruned(entry.example()).shape == (fz.BATCH, fz.NUM_CLASSES)
 
 
-def test_a_model_without_attention_is_nothing_to_do():
+def test_a_model_without_attention_is_left_unchanged_with_a_note():
     entry = fz.get("rnn-gru")
-    with pytest.raises(NothingToDo, match="no attention"):
-        HeadPrune(sparsity=0.5).apply(entry.build(), StepContext(task=entry.task(batches=1)))
+    model = entry.build()
+    ctx = StepContext(task=entry.task(batches=1))
+    assert HeadPrune(sparsity=0.5).apply(model, ctx) is model
+    assert "no attention with whole heads" in ctx.log[-1]
