@@ -23,9 +23,9 @@ from torch import nn
 
 import nncompress as nc
 from nncompress.io.atomic import atomic_write_text
-from nncompress.measure.energy import estimate_energy
 from nncompress.measure.report import CONTRACT_FIELDS as FIELDS
 from nncompress.measure.report import add_latency
+from nncompress.measure.warnings import speed_warnings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,7 +70,6 @@ def run_recipe(
     )
     final = result.report.final
     final.size_bytes = os.path.getsize(artifact)
-    final.energy = estimate_energy(final.macs, final.size_bytes).to_dict()
     row = {
         "task": task.name,
         "method": method,
@@ -81,6 +80,7 @@ def run_recipe(
             "artifact": str(artifact.relative_to(RESULTS.parent.parent)),
             "compress_seconds": round(seconds, 2),
         },
+        "warnings": speed_warnings(result.report.baseline.to_dict(), final.to_dict()),
         "steps": [
             {
                 "kind": s.kind,
@@ -125,6 +125,7 @@ def peer_row(
         "settings": settings_,
         "baseline": contract_fields(baseline),
         "result": {**contract_fields(report), "compress_seconds": round(seconds, 2)},
+        "warnings": speed_warnings(baseline.to_dict(), report.to_dict()),
     }
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from nncompress.core.compress import Result
 from nncompress.io.artifact import save
 from nncompress.io.atomic import atomic_write_text
-from nncompress.measure.energy import estimate_energy
 from nncompress.report import render_html
 from nncompress.report.html import HTML_NAME
 
@@ -108,7 +107,6 @@ def write_run(result: Result, out_dir: str | os.PathLike, *, overwrite: bool = T
             metadata={"task": report.task, "recipe": report.recipe, "seed": report.seed, "versions": report.versions},
         )
         report.final.size_bytes = os.path.getsize(artifact)
-        report.final.energy = estimate_energy(report.final.macs, report.final.size_bytes).to_dict()
         atomic_write_text(tmp / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
         render_html(tmp)
         if out.exists():

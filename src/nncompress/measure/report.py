@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.measure.energy import estimate_energy
+from nncompress.measure.energy import estimate_model_energy
 from nncompress.measure.flops import count_macs
 from nncompress.measure.latency import LatencyStats, interleaved_latency
 from nncompress.measure.metric import evaluate
@@ -98,7 +98,7 @@ def measure(
         count_params(model),
         size_bytes if size_bytes is not None else artifact_bytes(model),
     )
-    energy = estimate_energy(macs, size).to_dict()
+    energy = estimate_model_energy(model, one, total_macs=macs).to_dict()
     report = Report(
         task=task.name,
         metric={"name": task.metric_name, "value": metric_value, "higher_is_better": task.higher_is_better},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nncompress.measure.report import Report
+from nncompress.measure.warnings import speed_warnings
 from nncompress.tasks.metrics import METRICS
 
 
@@ -177,8 +178,9 @@ def _render(lines: list[list[str]]) -> str:
 
 
 def run_tables(baseline: Report, final: Report) -> str:
-    """The before/after table of a compression run, then its per-layer table."""
+    """The before/after table of a compression run, its speed warnings, then its per-layer table."""
     text = comparison_table([baseline, final], ["baseline", "compressed"])
+    text += "".join(f"\nwarning: {line}" for line in speed_warnings(baseline.to_dict(), final.to_dict()))
     if baseline.layers and final.layers:
         text += "\n\nper layer\n" + layer_table(baseline, final)
     return text

@@ -29,6 +29,7 @@ main { max-width: 1000px; margin: 0 auto; padding: 24px 28px 48px; background: #
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 32px 0 8px;
      border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
 .sub { color: #59636e; margin: 0 0 16px; }
+.warn { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 14px; margin: 12px 0; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 12px 0; }
 .card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 12px; min-width: 150px; }
 .card .k { color: #59636e; font-size: 12px; } .card .v { font-size: 16px; font-weight: 600; }
@@ -341,6 +342,19 @@ def _reproduce(report: dict[str, Any]) -> str:
     )
 
 
+def _warnings(report: dict[str, Any]) -> str:
+    """A highlighted list of the run's warnings (report.json ``warnings``; older reports: derived)."""
+    from nncompress.measure.warnings import speed_warnings
+
+    lines = report.get("warnings")
+    if lines is None:
+        lines = speed_warnings(report["baseline"], report["final"])
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_e(line)}</li>" for line in lines)
+    return f'<div class="warn"><strong>Warnings</strong><ul>{items}</ul></div>'
+
+
 def build_html(files: RunFiles) -> str:
     """The report page of a run folder's parsed files."""
     rep = files.report
@@ -358,6 +372,7 @@ def build_html(files: RunFiles) -> str:
             f"<title>nncompress report: {_e(rep['task'])}</title><style>{CSS}</style></head><body><main>",
             f'<h1>nncompress report: {_e(rep["task"])}</h1><p class="sub">{sub}</p>',
             cards,
+            _warnings(rep),
             "<h2>Before and after</h2>",
             summary,
             "<h2>Plots</h2>",
