@@ -12,6 +12,7 @@ from nncompress.core.step import StepContext
 from nncompress.tasks.outputs import primary_output
 from nncompress.tasks.task import Task, call_model
 from nncompress.train.loop import LossFn
+from nncompress.train.soft_labels import kd_loss
 
 
 def task_loss(task: Task) -> LossFn:
@@ -50,8 +51,6 @@ def training_loss(ctx: StepContext, *, alpha: float = 0.0, temperature: float = 
             "nncompress.compress (the teacher is the model before compression) or give "
             "StepContext(teacher=...); alpha=0 trains on the task loss alone"
         )
-    from nncompress.distill.losses import kd_loss  # here: the distill package imports prune and train
-
     teacher = ctx.teacher.eval()
 
     def loss(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
