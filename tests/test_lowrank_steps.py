@@ -230,7 +230,7 @@ def test_grouped_convs_are_skipped_and_logged():
     assert "tucker: skipped b: grouped convolution (groups=2) is not factorized" in ctx.log
 
 
-@pytest.mark.parametrize("step", [nc.TuckerFactorize(rank=0.5), nc.CPFactorize(rank=4)])
+@pytest.mark.parametrize("step", [nc.CPFactorize(rank=4)])
 def test_one_by_one_convs_are_left_to_spatial_svd(step):
     class Pointwise(nn.Module):
         def __init__(self) -> None:
@@ -320,3 +320,27 @@ def test_budget_out_of_reach_raises():
     model, task = model_and_task(lenet5)  # the kept first conv alone holds 28% of the MACs
     with pytest.raises(ValueError, match="target=0.2 is out of reach"):
         nc.LowRankBudget(target=0.2, val_batches=1).apply(model, StepContext(task=task))
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(16, 24, 1), nn.Conv2d(16, 24, 1, stride=2, bias=False)],
+    ids=["1x1", "1x1-stride2"],
+)
+def test_tucker_splits_a_one_by_one_conv_into_two_by_svd(conv):
+    """A 1x1 convolution's kernel is a matrix: tucker gives two 1x1 convs (the stride on the first,
+    the bias on the second), exact at full rank and smaller at half."""
+    from nncompress.lowrank.layers import LayerIO, Tucker2
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    method = Tucker2()
+    assert method.skip_reason(conv) is None
+    full, err = method.build(conv, (24, 16))
+    assert [m.kernel_size for m in full] == [conv.kernel_size] * 2 and full[0].stride == conv.stride
+    assert err < 1e-5 and torch.allclose(full(x), conv(x), atol=1e-5)
+    assert torch.allclose(full.weight, conv.weight, atol=1e-5)  # the recomposed view
+    half, _ = method.build(conv, (12, 8))
+    assert sum(p.numel() for p in half.parameters() if p.dim() > 1) == 8 * (16 + 24) < conv.weight.numel()
+    io = LayerIO((8, 8), (4, 4))
+    assert method.cost(conv, (12, 8), io).params == 8 * (16 + 24)

@@ -10,7 +10,8 @@ replacement module:
 
 - ``svd`` (Linear): ``Linear(in, r, bias=False)``, ``Linear(r, out)``.
 - ``tucker`` (Conv2d, Conv1d): 1x1 conv C_in -> r_in, kh x kw conv r_in -> r_out (the layer's
-  stride, padding, dilation, padding mode), 1x1 conv r_out -> C_out (the bias).
+  stride, padding, dilation, padding mode), 1x1 conv r_out -> C_out (the bias); a 1x1 conv
+  becomes two 1x1 convs (its truncated SVD, Tucker-2 with the core merged).
 - ``cp`` (Conv2d): 1x1 conv C_in -> R, depthwise kh x 1, depthwise 1 x kw, 1x1 conv R -> C_out.
 - ``spatial-svd`` (Conv2d): kh x 1 conv C_in -> r, 1 x kw conv r -> C_out.
 
@@ -221,17 +222,29 @@ def _pointwise_reason(module: nn.Module, kind: str) -> str | None:
     return None
 
 
+def _is_pointwise(module: nn.Module) -> bool:
+    """A 1x1 Conv2d: its kernel is a plain matrix."""
+    return isinstance(module, nn.Conv2d) and all(k == 1 for k in module.kernel_size)
+
+
 class Tucker2(Method):
     """Conv2d -> 1x1 (C_in -> r_in), kh x kw core (r_in -> r_out), 1x1 (r_out -> C_out); rank (r_out, r_in).
 
-    A Conv1d is factorized the same way (its kernel taken as k x 1), into three Conv1d layers.
+    A Conv1d is factorized the same way (its kernel taken as k x 1), into three Conv1d layers. A
+    1x1 convolution's kernel is a plain matrix, where Tucker-2's core only adds a layer: it becomes
+    two 1x1 convolutions, the truncated SVD at rank min(r_out, r_in) (the core merged into the
+    factors; the first carries the layer's stride and padding, the second its bias), which
+    recompose as a 1x1 spatial SVD does. A 1x1 Conv1d is skipped (``base.factorized`` recomposes
+    no two-factor Conv1d yet).
     """
 
     kind = "tucker"
     layer_types = (nn.Conv2d, nn.Conv1d)
 
     def skip_reason(self, module: nn.Module) -> str | None:
-        return super().skip_reason(module) or _pointwise_reason(module, self.kind)
+        if isinstance(module, nn.Conv1d) and module.kernel_size == (1,):
+            return super().skip_reason(module) or _pointwise_reason(module, self.kind)
+        return super().skip_reason(module)
 
     def full_rank(self, module: nn.Module) -> Rank:
         return (module.out_channels, module.in_channels)
@@ -242,6 +255,9 @@ class Tucker2(Method):
     def cost(self, module: nn.Module, rank: Rank, io: LayerIO) -> Cost:
         c_out, c_in, *kernel = module.weight.shape
         r_out, r_in = rank
+        if _is_pointwise(module):
+            params = min(r_out, r_in) * (c_in + c_out)
+            return Cost(params, params * io.out_positions)
         core = r_in * r_out * math.prod(kernel)
         params = c_in * r_in + core + r_out * c_out
         return Cost(params, c_in * r_in * io.in_positions + (core + r_out * c_out) * io.out_positions)
@@ -249,6 +265,12 @@ class Tucker2(Method):
     def build(
         self, module: nn.Module, rank: Rank, *, gram: torch.Tensor | None = None, seed: int = 0
     ) -> tuple[nn.Module, float]:
+        if _is_pointwise(module):
+            c_out, c_in, *kernel = module.weight.shape
+            f = decompose.svd_factors(module.weight.reshape(c_out, c_in), min(rank[0], rank[1]))
+            first = _conv(module, f.right.reshape(-1, c_in, *kernel), **_spatial(module))  # (r, C_in, 1, 1)
+            second = _pointwise(module, f.left, module.bias)  # (C_out, r, 1, 1)
+            return Factorized(first, second, method="spatial-svd", like=module), f.error  # 1x1: same recomposition
         one_d = module.weight.dim() == 3
         kernel = module.weight[..., None] if one_d else module.weight  # a Conv1d kernel as k x 1
         f = decompose.tucker2(kernel, (rank[0], rank[1]), seed=seed)
