@@ -101,11 +101,26 @@ def _line(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def slower_notes(row: dict[str, Any]) -> list[str]:
+    """The row's speed warnings (``warnings``, written by the benchmarks from ``measure.warnings``);
+    rows written before them get a plain line when their batch-1 median is above the baseline's."""
+    if "warnings" in row:
+        return list(row["warnings"])
+    b_ms, r_ms = row["baseline"].get("latency_ms"), row["result"].get("latency_ms")
+    if b_ms and r_ms and r_ms > b_ms:
+        return [f"slower than its baseline at batch 1: {r_ms:.3g} ms against {b_ms:.3g} ms ({b_ms / r_ms:.2f}x speed)"]
+    return []
+
+
 def family_markdown(rows: list[dict[str, Any]]) -> str:
-    """One line per row: metric, file, MACs, batch-1 latency, each against the row's baseline."""
+    """One line per row: metric, file, MACs, batch-1 latency, each against the row's baseline; rows
+    slower than their baseline are marked ⚠ and their warnings listed under the table."""
     head = ["task", "tool", "method", "metric (Δ)", "file KB (× smaller)", "MACs", "batch-1 ms (× faster)"]
     lines = [_line(head), _line(["---"] * len(head))]
+    notes = []
     for r in rows:
+        warned = slower_notes(r)
+        notes += [f"- ⚠ {r['task']} `{r['method']}`: {w}" for w in warned]
         b, res = r["baseline"], r["result"]
         metric = fmt_metric(b, res)
         settings = r.get("settings", {})
@@ -121,10 +136,12 @@ def family_markdown(rows: list[dict[str, Any]]) -> str:
                     metric,
                     fmt_size(b, res),
                     fmt_macs(res),
-                    fmt_latency(b, res),
+                    fmt_latency(b, res) + (" ⚠" if warned else ""),
                 ]
             )
         )
+    if notes:
+        lines += ["", "Slower than the baseline (timed in the same run):", *notes]
     return "\n".join(lines)
 
 
