@@ -23,7 +23,7 @@ from torch import nn
 from nncompress.base.settings import CalibrationSettings, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune.criteria import get_criterion
-from nncompress.prune.targets import prunable_weights
+from nncompress.prune.targets import prunable_weights, recurrent_note
 
 MAGNITUDE_CRITERIA = ("magnitude", "l1", "l2")
 SCOPES = ("global", "layer")
@@ -33,7 +33,7 @@ DEFAULT_SPARSITY = 0.5
 @register_step("unstructured-prune", family="prune")
 @dataclass(frozen=True)
 class UnstructuredPrune(LayerSelection, CalibrationSettings, Step):
-    """Zero the least important individual weights of Linear and Conv layers.
+    """Zero the least important individual weights of Linear and Conv layers and of LSTM/GRU gate matrices.
 
     Args:
         sparsity: fraction of the targeted weights to zero, in [0, 1). Counts weights pruned by
@@ -79,16 +79,21 @@ class UnstructuredPrune(LayerSelection, CalibrationSettings, Step):
         get_criterion(self.criterion)
         object.__setattr__(self, "layer_sparsity", normalize_overrides(self.layer_sparsity))
 
-    def targets(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """The weights this step may prune, by parameter name."""
+    def targets(self, model: nn.Module, ctx: StepContext | None = None) -> dict[str, nn.Parameter]:
+        """The weights this step may prune, by parameter name (LSTM/GRU gate matrices included,
+        unless the criterion reads layer inputs: then they are named in ``ctx``'s notes)."""
+        recurrent, note = recurrent_note(model, self.criterion, self.exclude, self.kind)
+        if note and ctx is not None:
+            ctx.log.append(note)
         targets = prunable_weights(
             model,
             keep_first_conv=self.keep_first_conv,
             keep_classifier=self.keep_classifier,
             exclude=self.exclude,
+            recurrent=recurrent,
         )
         if not targets:
-            raise ValueError("no Linear or Conv weights left to prune after exclusions")
+            raise ValueError("no Linear, Conv, LSTM or GRU weights left to prune after exclusions")
         return targets
 
     def keep_masks(
@@ -112,7 +117,7 @@ class UnstructuredPrune(LayerSelection, CalibrationSettings, Step):
         return keep
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
-        targets = self.targets(model)
+        targets = self.targets(model, ctx)
         apply_masks(targets, self.keep_masks(model, ctx, targets), ctx)
         for name in targets:
             ctx.log.append(f"{name}: {1 - ctx.masks[name].float().mean().item():.1%} zero")

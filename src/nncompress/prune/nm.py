@@ -19,7 +19,7 @@ from nncompress.base.settings import CalibrationSettings, LayerSelection
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.prune.criteria import get_criterion
 from nncompress.prune.magnitude import apply_masks, demote_pruned, masked_fraction, weight_scores
-from nncompress.prune.targets import prunable_weights
+from nncompress.prune.targets import prunable_weights, recurrent_note
 
 
 @register_step("nm-prune", family="prune")
@@ -55,11 +55,18 @@ class NMPrune(LayerSelection, CalibrationSettings, Step):
         get_criterion(self.criterion)
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
+        recurrent, note = recurrent_note(model, self.criterion, self.exclude, self.kind)
+        if note:
+            ctx.log.append(note)
         targets = prunable_weights(
-            model, keep_first_conv=self.keep_first_conv, keep_classifier=self.keep_classifier, exclude=self.exclude
+            model,
+            keep_first_conv=self.keep_first_conv,
+            keep_classifier=self.keep_classifier,
+            exclude=self.exclude,
+            recurrent=recurrent,
         )
         if not targets:
-            raise ValueError("no Linear or Conv weights left to prune after exclusions")
+            raise ValueError("no Linear, Conv, LSTM or GRU weights left to prune after exclusions")
         eligible = {}
         for name, w in targets.items():
             row = w[0].numel()
