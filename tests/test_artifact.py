@@ -203,9 +203,9 @@ def test_each_member_takes_its_smallest_zip_method(tmp_path):
             assert infos["manifest.json"].compress_type != zipfile.ZIP_STORED  # JSON always shrinks
             if model is sparse:  # bitmask-encoded: compresses
                 assert infos["tensors.safetensors"].compress_type != zipfile.ZIP_STORED
-            for info in infos.values():  # no method would have stored the member smaller
-                data = zf.read(info.filename)
-                assert info.compress_size <= min(len(zlib.compress(data, 6)), len(data)) + 16
+            for info in infos.values():  # no method would have stored the member smaller by 2% or more
+                data = zf.read(info.filename)  # (stored members load fastest: a smaller gain is not taken)
+                assert info.compress_size <= min(len(zlib.compress(data, 6)) / 0.98, len(data)) + 16
         manifest = read_manifest(path)
         assert "requires_grad" not in manifest["tensors"]["weight"]  # the default (parameters train) is implied
         assert nc.load(path).weight.requires_grad

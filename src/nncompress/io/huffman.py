@@ -106,19 +106,29 @@ def encode_bits(symbols: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The code bits of ``symbols`` (MSB first), one uint8 0/1 per bit.
 
     With a single symbol in the table nothing is written: the decoder knows it from the table.
+    Vectorised: each code (at most 15 bits) is shifted to its bit offset inside a 3-byte window
+    starting at its first byte, and the windows' bytes are summed per byte with ``np.bincount``
+    (codes never overlap, so the sum is their OR); no per-bit rows are built.
     """
     symbols = np.asarray(symbols, dtype=np.int64).reshape(-1)
     if symbols.size == 0 or np.count_nonzero(lengths) <= 1:
         return np.zeros(0, dtype=np.uint8)
+    lengths = np.asarray(lengths, dtype=np.int64)
     if (lengths[symbols] == 0).any():
         raise ValueError("a symbol to encode has no code (its count was 0)")
     codes = canonical_codes(lengths)
-    width = int(lengths.max())
-    shifts = np.arange(width - 1, -1, -1)  # (width,)
-    table = ((codes[:, None] << (width - lengths[:, None])) >> shifts) & 1  # (alphabet, width), left-aligned
-    rows = table[symbols].astype(np.uint8)  # (n, width)
-    keep = np.arange(width) < lengths[symbols][:, None]
-    return rows[keep]
+    size = lengths[symbols]
+    ends = np.cumsum(size)
+    total = int(ends[-1])
+    start = ends - size
+    offset = start & 7
+    window = codes[symbols] << (24 - offset - size)  # the code inside 24 bits from its first byte
+    first = start >> 3
+    nbytes = (total + 7) // 8 + 2
+    out = np.zeros(nbytes, dtype=np.int64)
+    for k, shift in enumerate((16, 8, 0)):
+        out += np.bincount(first + k, weights=(window >> shift) & 255, minlength=nbytes).astype(np.int64)
+    return np.unpackbits(out.astype(np.uint8))[:total]
 
 
 def decode_bits(bits: np.ndarray, lengths: np.ndarray, count: int, start: int = 0) -> tuple[np.ndarray, int]:
@@ -224,33 +234,64 @@ def _best_gap_width(gaps: np.ndarray) -> tuple[int, int]:
     return best
 
 
-def encode_symbols(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Huffman-code a stream of integers in ``[0, alphabet)``, plain or sparse, whichever is smaller.
+SPARSE_MIN_BACKGROUND = 0.5  # below this share of the most frequent symbol, sparse is not tried
 
-    Returns the packed bytes (uint8) and a small JSON-able header that ``decode_symbols`` needs.
-    """
+
+def layout_costs(symbols: np.ndarray, alphabet: int) -> dict[str, int]:
+    """Bits (tables included) that each applicable layout, ``plain`` and ``sparse``, takes for
+    ``symbols``: exact, computed from counts and gaps without encoding anything. ``sparse`` is
+    left out when the most frequent symbol is under ``SPARSE_MIN_BACKGROUND`` of the stream (its
+    gaps would cost more than the background's codes save)."""
+    symbols = _checked(symbols, alphabet)
+    counts = np.bincount(symbols, minlength=alphabet)
+    costs = {"plain": _table_cost(counts, code_lengths(counts))}
+    if symbols.size and counts.max() >= SPARSE_MIN_BACKGROUND * symbols.size:
+        costs["sparse"] = _sparse_parts(symbols, counts)[-1]
+    return costs
+
+
+def _checked(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     symbols = np.asarray(symbols).reshape(-1).astype(np.int64)
     if symbols.size and (symbols.min() < 0 or symbols.max() >= alphabet):
         raise ValueError(f"symbols must lie in [0, {alphabet}), got [{symbols.min()}, {symbols.max()}]")
-    counts = np.bincount(symbols, minlength=alphabet)
-    plain = _table_cost(counts, code_lengths(counts))
-    header: dict[str, Any] = {"count": int(symbols.size), "alphabet": int(alphabet)}
-    if symbols.size == 0:
-        return np.zeros(0, dtype=np.uint8), {**header, "layout": "plain"}
+    return symbols
+
+
+def _sparse_parts(symbols: np.ndarray, counts: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, int, int]:
+    """(background, gaps, non-background values, gap width, total bits) of the sparse layout."""
     background = int(counts.argmax())
     positions = np.flatnonzero(symbols != background)
     gaps = np.diff(np.concatenate([[-1], positions])) - 1
     values = symbols[positions]
-    value_counts = np.bincount(values, minlength=alphabet)
+    value_counts = np.bincount(values, minlength=counts.size)
     width, gap_cost = _best_gap_width(gaps)
-    sparse = _table_cost(value_counts, code_lengths(value_counts)) + gap_cost
-    if plain <= sparse:
+    return background, gaps, values, width, _table_cost(value_counts, code_lengths(value_counts)) + gap_cost
+
+
+def encode_symbols(symbols: np.ndarray, alphabet: int, layout: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Huffman-code a stream of integers in ``[0, alphabet)``, plain or sparse: ``layout``, or
+    whichever ``layout_costs`` finds smaller.
+
+    Returns the packed bytes (uint8) and a small JSON-able header that ``decode_symbols`` needs.
+    """
+    symbols = _checked(symbols, alphabet)
+    header: dict[str, Any] = {"count": int(symbols.size), "alphabet": int(alphabet)}
+    if symbols.size == 0:
+        return np.zeros(0, dtype=np.uint8), {**header, "layout": "plain"}
+    if layout is None:
+        costs = layout_costs(symbols, alphabet)
+        layout = min(costs, key=lambda k: (costs[k], k != "plain"))  # plain on a tie
+    if layout not in ("plain", "sparse"):
+        raise ValueError(f"unknown Huffman layout {layout!r}; known: plain, sparse")
+    counts = np.bincount(symbols, minlength=alphabet)
+    if layout == "plain":
         lengths = code_lengths(counts)
         bits = [table_bits(lengths), encode_bits(symbols, lengths)]
         header.update(layout="plain", table=int(np.flatnonzero(lengths).max()) + 1)
     else:
+        background, gaps, values, width, _ = _sparse_parts(symbols, counts)
         gsyms = gap_symbols(gaps, width)
-        vlen = code_lengths(value_counts)
+        vlen = code_lengths(np.bincount(values, minlength=alphabet))
         glen = code_lengths(np.bincount(gsyms, minlength=2**width))
         bits = [table_bits(vlen), encode_bits(values, vlen), table_bits(glen), encode_bits(gsyms, glen)]
         header.update(
