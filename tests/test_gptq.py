@@ -133,11 +133,12 @@ def test_rtn_is_weight_quantize_with_group_minmax():
     assert torch.equal(a.blocks[0].fc1.decode_weight(), b.blocks[0].fc1.decode_weight())
 
 
-def test_group_size_that_does_not_divide_falls_back_to_per_channel():
+def test_group_size_that_does_not_divide_leaves_a_ragged_last_group():
     ctx = StepContext(task=lm_task())
     model = RTNQuantize(group_size=24).apply(tiny_lm(), ctx)
-    assert model.blocks[0].fc1.describe()["granularity"] == "channel"
-    assert any("group_size 24 does not divide its 32 inputs" in line for line in ctx.log)
+    layer = model.blocks[0].fc1  # 32 inputs: groups of 24 and 8
+    assert layer.describe()["granularity"] == "group" and layer.scale.shape == (64, 2, 1)
+    assert any("ragged last group on layers with 32 = 1 x 24 + 8" in line for line in ctx.log)
 
 
 @pytest.mark.parametrize(
@@ -147,6 +148,13 @@ def test_group_size_that_does_not_divide_falls_back_to_per_channel():
         ({"bits": 4.0}, "bits must be an integer in"),
         ({"group_size": 0}, "group_size must be an integer >= 1, or -1 / None"),
         ({"symmetric": "no"}, "symmetric must be True or False"),
+        ({"zero_dtype": "fp32"}, "zero_dtype must be one of int, fp16"),
+        (
+            {"zero_dtype": "fp16", "symmetric": True},
+            "zero_dtype='fp16' stores a zero point per group: symmetric must be False",
+        ),
+        ({"clip": "max"}, "clip must be one of minmax, mse"),
+        ({"static_groups": 1}, "static_groups must be True or False"),
         ({"act_order": 1}, "act_order must be True or False"),
         ({"percdamp": 0}, r"percdamp must be a number in \(0, 1\]"),
         ({"block_size": 0}, "block_size must be an integer >= 1"),

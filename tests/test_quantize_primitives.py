@@ -22,6 +22,7 @@ from nncompress.quantize.primitives import (
     power_of_two,
     qparams_from_range,
     quantize,
+    quantize_float_zero,
     ternarize,
     to_signed,
     to_unsigned,
@@ -64,12 +65,45 @@ def test_bad_specs_are_rejected(kwargs, message):
         QuantSpec(**kwargs)
 
 
-def test_group_size_must_divide_the_values_per_channel():
-    spec = QuantSpec(4, granularity="group", group_size=3)
-    with pytest.raises(ValueError, match=r"group_size=3 does not divide the 10 values per channel"):
-        compute_qparams(torch.randn(4, 10), spec)
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_a_group_size_that_does_not_divide_leaves_a_ragged_last_group(method, symmetric):
+    torch.manual_seed(0)
+    x = torch.randn(4, 10)
+    spec = QuantSpec(4, symmetric=symmetric, granularity="group", group_size=4)  # groups of 4, 4 and 2
+    scale, zero = compute_qparams(x, spec, method)
+    assert scale.shape == zero.shape == (4, 3, 1)
+    tail = compute_qparams(x[:, 8:], QuantSpec(4, symmetric=symmetric, granularity="channel"), method)
+    assert torch.equal(scale[:, 2], tail[0]) and torch.equal(zero[:, 2], tail[1])  # zero padding changes nothing
+    codes = quantize(x, scale, zero, spec)
+    assert codes.shape == x.shape
+    assert torch.equal(
+        codes[:, 8:], quantize(x[:, 8:], *tail, QuantSpec(4, symmetric=symmetric, granularity="channel"))
+    )
+    back = dequantize(codes, scale, zero, spec)
+    step = scale.expand(4, 3, 4).reshape(4, 12)[:, :10]
+    if method == "minmax":
+        assert ((back - x).abs() <= step / 2 + 1e-6).all()
     with pytest.raises(ValueError, match="method must be one of"):
         compute_qparams(torch.randn(4, 12), spec, method="kl")
+
+
+def test_float_zero_points_put_the_grid_ends_on_each_groups_min_and_max():
+    torch.manual_seed(0)
+    x = torch.rand(6, 20) + 2.0  # all positive: an integer zero point wastes the range below the minimum
+    spec = QuantSpec(3, symmetric=False, granularity="group", group_size=8)  # 8, 8 and a ragged 4
+    scale, zero = compute_qparams(x, spec, float_zero=True)
+    assert zero.is_floating_point() and scale.shape == (6, 3, 1)
+    back = dequantize(quantize_float_zero(x, scale, zero, spec), scale, zero, spec)
+    mins = torch.stack([x[:, :8].amin(1), x[:, 8:16].amin(1), x[:, 16:].amin(1)], 1)
+    maxs = torch.stack([x[:, :8].amax(1), x[:, 8:16].amax(1), x[:, 16:].amax(1)], 1)
+    torch.testing.assert_close((-zero * scale)[..., 0], mins)  # code 0 decodes to the group's minimum
+    torch.testing.assert_close(((7 - zero) * scale)[..., 0], maxs)  # code 7 to its maximum
+    int_scale, int_zero = compute_qparams(x, spec)
+    int_back = dequantize(quantize(x, int_scale, int_zero, spec), int_scale, int_zero, spec)
+    assert (back - x).norm() < 0.5 * (int_back - x).norm()
+    with pytest.raises(ValueError, match="float_zero needs symmetric=False"):
+        compute_qparams(x, QuantSpec(3), float_zero=True)
 
 
 def test_hand_computed_parameters_and_codes():

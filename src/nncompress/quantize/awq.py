@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nncompress.base.checks import check_count, check_flag
@@ -47,9 +48,16 @@ from nncompress.core.sequential import (
     run_sequential,
 )
 from nncompress.core.step import StepContext, register_step
-from nncompress.quantize.gptq import WeightOnlyQuantize, fp16_scales, rtn_weight, scale_dtype_for
+from nncompress.quantize.gptq import (
+    WeightOnlyQuantize,
+    fake_quantize_column,
+    fp16_scales,
+    group_qparams,
+    rtn_weight,
+    scale_dtype_for,
+)
 from nncompress.quantize.layers import quantize_weight_module
-from nncompress.quantize.primitives import QuantSpec, compute_qparams, dequantize, qparams_from_range, quantize
+from nncompress.quantize.primitives import QuantSpec, group_count, qparams_from_range
 from nncompress.quantize.smoothquant import FOLD_CHECK_CALLS, ScaledInputLinear
 
 # --- pure maths ----------------------------------------------------------------------------------------
@@ -68,6 +76,7 @@ def awq_search_scales(
     specs: Sequence[QuantSpec],
     *,
     grid: int = 20,
+    float_zero: bool = False,
 ) -> tuple[torch.Tensor, float, float, float]:
     """The AWQ scales for Linears reading one input.
 
@@ -77,6 +86,7 @@ def awq_search_scales(
         weights: the float weights (out_i, in) of the Linears reading it.
         specs: their quantization specs (round-to-nearest with min-max scales).
         grid: alpha takes ``grid + 1`` values evenly spaced in [0, 1].
+        float_zero: round to grids with fractional (fp16) zero points, as the step will pack.
 
     Returns:
         (scales, alpha, error, error at alpha 0): the summed squared output errors
@@ -90,7 +100,7 @@ def awq_search_scales(
     for alpha in torch.linspace(0, 1, grid + 1).tolist():
         s = awq_scales(act_mean.to(x), alpha)
         err = sum(
-            float((x @ (rtn_weight(w.float() * s, spec) / s).T - ref).square().sum())
+            float((x @ (rtn_weight(w.float() * s, spec, float_zero=float_zero) / s).T - ref).square().sum())
             for w, spec, ref in zip(weights, specs, refs)
         )
         if alpha == 0:
@@ -102,29 +112,45 @@ def awq_search_scales(
 
 
 def awq_clip(
-    weight: torch.Tensor, x: torch.Tensor, spec: QuantSpec, *, grid: int = 20, max_shrink: float = 0.5
+    weight: torch.Tensor,
+    x: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    grid: int = 20,
+    max_shrink: float = 0.5,
+    float_zero: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group clipping of the quantization range that minimizes the group's output error.
 
     For each output row and group g, tries ranges (r lo, r hi), r from 1 down to 1 - max_shrink
     in steps of 1/grid, and keeps the one of least ``d^T (X_g^T X_g) d`` (d: the group's rounding
-    error, X_g: the group's input columns of ``x``). Returns (scale, zero point) shaped as
-    ``compute_qparams`` gives them for ``spec``, scales fp16-exact where possible.
+    error, X_g: the group's input columns of ``x``). A ragged last group is zero-padded in both W
+    and X (its padding adds no error). Returns (scale, zero point) shaped as ``compute_qparams``
+    gives them for ``spec``, scales fp16-exact where possible (fractional zeros, with
+    ``float_zero``, fp16-exact too).
     """
     w = weight.detach().float()
     rows, n_in = w.shape
     gs = spec.group_size if spec.granularity == "group" else n_in
-    wg = w.reshape(rows, n_in // gs, gs)  # (out, G, gs)
-    xg = x.float().reshape(-1, n_in // gs, gs)  # (n, G, gs)
+    groups = group_count(n_in, gs)
+    pad = groups * gs - n_in
+    wg = F.pad(w, (0, pad)).reshape(rows, groups, gs)  # (out, G, gs)
+    xg = F.pad(x.float(), (0, pad)).reshape(-1, groups, gs)  # (n, G, gs)
     gram = torch.einsum("ngk,ngl->gkl", xg, xg)  # (G, gs, gs): X_g^T X_g
-    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)  # (out, G, 1)
+    if pad and float_zero:  # the padding is no value: the last group's range is that of its real columns
+        real = torch.ones(groups, gs, dtype=torch.bool)
+        real[-1, gs - pad :] = False
+        lo = wg.masked_fill(~real, float("inf")).amin(-1, keepdim=True)
+        hi = wg.masked_fill(~real, float("-inf")).amax(-1, keepdim=True)
+    else:
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)  # (out, G, 1)
     row_spec = QuantSpec(bits=spec.bits, symmetric=spec.symmetric, granularity="channel")
     best_err = best_s = best_z = None
     for i in range(int(max_shrink * grid) + 1):
         r = 1.0 - i / grid
-        s, z = qparams_from_range(lo * r, hi * r, row_spec)
-        s = fp16_scales(s)
-        d = wg - dequantize(quantize(wg, s, z, row_spec), s, z, row_spec)  # (out, G, gs)
+        s, z = qparams_from_range(lo * r, hi * r, row_spec, float_zero=float_zero)
+        s, z = fp16_scales(s), (z.half().float() if float_zero else z)
+        d = wg - fake_quantize_column(wg, s, z, row_spec)  # (out, G, gs)
         err = torch.einsum("ogk,gkl,ogl->og", d, gram, d).unsqueeze(-1)  # (out, G, 1)
         if best_err is None:
             best_err, best_s, best_z = err, s, z
@@ -132,7 +158,7 @@ def awq_clip(
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
-    shape = (rows, 1) if spec.granularity == "channel" else (rows, n_in // gs, 1)
+    shape = (rows, 1) if spec.granularity == "channel" else (rows, groups, 1)
     return best_s.reshape(shape), best_z.reshape(shape)
 
 
@@ -193,7 +219,7 @@ class AWQQuantize(BlockCalibration, WeightOnlyQuantize):
                 specs = [self.spec_for(n, group.module(n), ctx) for n in group.selected]
                 weights = [group.module(n).weight.detach() for n in group.selected]
                 s, alpha, err, err_rtn = awq_search_scales(
-                    stats.samples, stats.absmean(), weights, specs, grid=self.grid
+                    stats.samples, stats.absmean(), weights, specs, grid=self.grid, float_zero=self.float_zero
                 )
                 producer = run.try_fold(group, s, reference) if alpha > 0 else None
                 where = "none" if alpha == 0 else producer or "explicit"
@@ -217,6 +243,9 @@ class AWQQuantize(BlockCalibration, WeightOnlyQuantize):
             log=ctx.log,
         )
         ctx.log += [f"{self.kind}: {n}" for n in notes]
+        ragged = self.ragged_note(targets)
+        if ragged:
+            ctx.log.append(ragged)
         self.round_rest(model, ctx)
         clip = ", clipped" if self.clip else ""
         ctx.log.append(
@@ -238,9 +267,17 @@ class AWQQuantize(BlockCalibration, WeightOnlyQuantize):
             with torch.no_grad():
                 layer.weight.mul_(explicit.to(layer.weight).reshape(1, -1))
         if self.clip:
-            scale, zero = awq_clip(layer.weight, x, spec, grid=self.grid, max_shrink=self.max_shrink)
+            scale, zero = awq_clip(
+                layer.weight, x, spec, grid=self.grid, max_shrink=self.max_shrink, float_zero=self.float_zero
+            )
         else:
-            scale, zero = compute_qparams(layer.weight, spec, "minmax")
-            scale = fp16_scales(scale)
-        packed = quantize_weight_module(layer, spec, scale=scale, zero_point=zero, scale_dtype=scale_dtype_for(scale))
+            scale, zero = group_qparams(layer.weight, spec, "minmax", self.float_zero)
+        packed = quantize_weight_module(
+            layer,
+            spec,
+            scale=scale,
+            zero_point=zero,
+            scale_dtype=scale_dtype_for(scale),
+            zero_dtype=torch.float16 if self.float_zero else None,
+        )
         replace_linear(model, name, packed if explicit is None else ScaledInputLinear(packed, 1.0 / explicit), layer)

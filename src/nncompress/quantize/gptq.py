@@ -49,8 +49,18 @@ from nncompress.core.sequential import (
 )
 from nncompress.core.step import Step, StepContext, register_step
 from nncompress.quantize.layers import FP16_MAX, FP16_TINY, quantize_weight_module
-from nncompress.quantize.primitives import QuantSpec, compute_qparams, dequantize, quantize
+from nncompress.quantize.primitives import (
+    QPARAM_METHODS,
+    QuantSpec,
+    compute_qparams,
+    dequantize,
+    group_count,
+    quantize,
+    quantize_float_zero,
+)
 from nncompress.quantize.ptq import REST_BITS, round_other_params
+
+ZERO_DTYPES = ("int", "fp16")
 
 # --- pure maths ----------------------------------------------------------------------------------------
 
@@ -108,46 +118,63 @@ def gptq_quantize(
     block_size: int = 128,
     act_order: bool = False,
     keep: torch.Tensor | None = None,
+    float_zero: bool = False,
+    clip: str = "minmax",
+    static_groups: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ: quantize ``weight`` (out, in) column by column with error feedback through H^-1.
 
     Args:
         weight: the float weight (out, in).
         hessian: H = 2 X^T X / rows of the layer's inputs (in, in).
-        spec: bits, symmetric, and ``"channel"`` or ``"group"`` granularity on axis 0.
+        spec: bits, symmetric, and ``"channel"`` or ``"group"`` granularity on axis 0 (a group size
+            that does not divide the inputs leaves a ragged last group).
         percdamp: dampening, as a fraction of mean diag H.
         block_size: columns per lazy batch update.
         act_order: quantize columns in decreasing diag H (groups stay contiguous, see module doc).
         keep: optional boolean mask (out, in); False entries are forced to 0 (pruned weights stay
             pruned, and the other weights absorb the change).
+        float_zero: fractional zero points, rounded to float16 values (stored so): each group's
+            grid spans exactly its [min, max] instead of a range widened to hold 0 on a code.
+        clip: ``"minmax"`` (each group's full range) or ``"mse"`` (the clipping of the range with
+            the least squared weight error, as GPTQ's reference quantizer's ``mse`` option).
+        static_groups: every group's scale from the weights before any error feedback (GPTQModel's
+            ``static_groups``); False: from the weights as updated when its first column comes up.
 
     Returns:
         (Ŵ, scale, zero_point): Ŵ (float32) holds exactly ``(q - zero) * scale`` for integer codes q; scale
-        (fp16-exact where possible) and zero point (int32) are shaped as ``compute_qparams``
-        returns them for ``spec``: (out, 1) per channel, (out, groups, 1) per group.
+        (fp16-exact where possible) and zero point (int32, or fp16-exact float32 with
+        ``float_zero``) are shaped as ``compute_qparams`` returns them for ``spec``: (out, 1) per
+        channel, (out, groups, 1) per group.
     """
     if spec.granularity not in ("channel", "group") or spec.axis != 0:
         raise ValueError(f"gptq needs per-channel or per-group scales on axis 0, got {spec}")
+    if clip not in QPARAM_METHODS:
+        raise ValueError(f"clip must be one of {QPARAM_METHODS}, got {clip!r}")
     w, h = prepare_hessian(weight, hessian)
     rows, cols = w.shape
     gs = spec.group_size if spec.granularity == "group" else cols
+    n_groups = group_count(cols, gs)
     col_spec = QuantSpec(bits=spec.bits, symmetric=spec.symmetric, granularity="channel")
-    scale = torch.ones(rows, cols // gs, device=w.device)
-    zero = torch.zeros(rows, cols // gs, dtype=torch.int32, device=w.device)
+    scale = torch.ones(rows, n_groups, device=w.device)
+    zero = torch.zeros(rows, n_groups, dtype=torch.float32 if float_zero else torch.int32, device=w.device)
 
-    def set_group(g: int, values: torch.Tensor) -> None:  # values: (rows, gs)
-        s, z = compute_qparams(values, col_spec, "minmax")  # (rows, 1)
-        scale[:, g], zero[:, g] = fp16_scales(s)[:, 0], z[:, 0]
+    def set_group(g: int, values: torch.Tensor) -> None:  # values: (rows, <= gs)
+        s, z = group_qparams(values, col_spec, clip, float_zero)
+        scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
 
     grouped = spec.granularity == "group"
     if not grouped:  # per channel: from the weight as it is
         set_group(0, w)
+    elif static_groups:
+        for g in range(n_groups):
+            set_group(g, w[:, g * gs : (g + 1) * gs])
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols, device=w.device)
     w, h = w[:, perm], h[perm][:, perm]
     keep_p = keep.to(w.device)[:, perm] if keep is not None else None
     col_group = perm // gs  # group of each (permuted) column, in the original order
     position = torch.argsort(perm)  # permuted position of each original column
-    started = torch.zeros(cols // gs, dtype=torch.bool)
+    started = torch.full((n_groups,), static_groups or not grouped, dtype=torch.bool)
     hinv = inverse_hessian_cholesky(h, percdamp)
     q_all = torch.zeros_like(w)
     for i1 in range(0, cols, block_size):
@@ -157,11 +184,11 @@ def gptq_quantize(
         for i in range(i2 - i1):
             c = i1 + i
             g = int(col_group[c])
-            if grouped and not started[g]:  # the group's first column: scales from its weights as updated so far
+            if not started[g]:  # the group's first column: scales from its weights as updated so far
                 started[g] = True
                 set_group(g, _current_columns(w, w1, err1, hinv, position[g * gs : (g + 1) * gs], i1, i))
             s, z = scale[:, g : g + 1], zero[:, g : g + 1]
-            q = dequantize(quantize(w1[:, i : i + 1], s, z, col_spec), s, z, col_spec)[:, 0]
+            q = fake_quantize_column(w1[:, i : i + 1], s, z, col_spec)[:, 0]
             if keep_p is not None:
                 q = q * keep_p[:, c]
             err = (w1[:, i] - q) / hinv1[i, i]
@@ -169,7 +196,7 @@ def gptq_quantize(
             q_all[:, c], err1[:, i] = q, err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # the lazy update of the columns after this block
     q_all = q_all[:, position]
-    shape = (rows, 1) if spec.granularity == "channel" else (rows, cols // gs, 1)
+    shape = (rows, 1) if spec.granularity == "channel" else (rows, n_groups, 1)
     return q_all, scale.reshape(shape), zero.reshape(shape)
 
 
@@ -186,8 +213,29 @@ def _current_columns(
     return later
 
 
-def rtn_weight(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Round-to-nearest weights with min-max scales: the baseline every method here is held against."""
+def group_qparams(
+    values: torch.Tensor, spec: QuantSpec, clip: str = "minmax", float_zero: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, 1) scale and zero point of each row of ``values`` as the packed layer stores them:
+    scales fp16-exact where possible, fractional zeros rounded to float16 values."""
+    s, z = compute_qparams(values, spec, clip, float_zero=float_zero)
+    return fp16_scales(s), (z.half().float() if float_zero else z)
+
+
+def fake_quantize_column(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``x`` on the grid of ``scale`` and ``zero`` (integer zeros as :func:`quantize`, float ones as
+    :func:`quantize_float_zero`)."""
+    if zero.is_floating_point():
+        return dequantize(quantize_float_zero(x, scale, zero, spec), scale, zero, spec)
+    return dequantize(quantize(x, scale, zero, spec), scale, zero, spec)
+
+
+def rtn_weight(weight: torch.Tensor, spec: QuantSpec, *, float_zero: bool = False) -> torch.Tensor:
+    """Round-to-nearest weights with min-max scales: the baseline every method here is held against
+    (``float_zero``: fractional zero points rounded to float16 values, scales fp16-exact)."""
+    if float_zero:
+        scale, zero = group_qparams(weight, spec, "minmax", float_zero=True)
+        return dequantize(quantize_float_zero(weight, scale, zero, spec), scale, zero, spec)
     scale, zero = compute_qparams(weight, spec, "minmax")
     return dequantize(quantize(weight, scale, zero, spec), scale, zero, spec)
 
@@ -213,10 +261,14 @@ class WeightOnlyQuantize(LinearSelection, Step):
     Args:
         bits: code width in [2, 8].
         group_size: inputs per scale along each output row (128 as in GPTQ/AWQ); -1 or None: one
-            scale per output channel. A layer whose input count it does not divide gets per-channel
-            scales (a log line says which).
+            scale per output channel. When it does not divide a layer's inputs, the last group of
+            each row is ragged (576 inputs in groups of 128: four of 128 and one of 64).
         symmetric: signed codes with zero point 0; False (default): unsigned codes with a zero
             point per group.
+        zero_dtype: ``"int"`` (default): integer zero points packed at ``bits``, the range widened
+            to hold 0 on a code; ``"fp16"``: fractional zero points stored as float16 (2 bytes per
+            group), each group's grid spanning exactly its [min, max], as GGUF's Q4_1 / Q4_K
+            minimums do. Needs ``symmetric=False``.
         layers: module names or full-match regexes to quantize (a parent selects its Linears);
             empty: every plain ``nn.Linear``.
         exclude: names or regexes left in float.
@@ -236,6 +288,7 @@ class WeightOnlyQuantize(LinearSelection, Step):
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = False
+    zero_dtype: str = "int"
     rest_bits: int = 32
 
     def __post_init__(self) -> None:
@@ -244,22 +297,36 @@ class WeightOnlyQuantize(LinearSelection, Step):
         check_rest_bits(self.rest_bits)
         object.__setattr__(self, "group_size", normalize_group_size(self.group_size))
         check_flag("symmetric", self.symmetric)
+        if self.zero_dtype not in ZERO_DTYPES:
+            raise ValueError(f"zero_dtype must be one of {', '.join(ZERO_DTYPES)}; got {self.zero_dtype!r}")
+        if self.zero_dtype != "int" and self.symmetric:
+            raise ValueError(f"zero_dtype={self.zero_dtype!r} stores a zero point per group: symmetric must be False")
+
+    @property
+    def float_zero(self) -> bool:
+        """True when zero points are stored as float16 (``zero_dtype="fp16"``)."""
+        return self.zero_dtype == "fp16"
 
     def targets(self, model: nn.Module) -> dict[str, nn.Linear]:
         """The plain Linears this step quantizes, by name (ValueError for unknown names)."""
         return select_linears(model, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier)
 
     def spec_for(self, name: str, layer: nn.Linear, ctx: StepContext | None = None) -> QuantSpec:
-        """The layer's ``QuantSpec``: per group when ``group_size`` divides its inputs, else per channel."""
+        """The layer's ``QuantSpec``: per group (a ragged last group when ``group_size`` does not
+        divide its inputs), or per channel without a group size."""
         group = self.group_size
-        if group is not None and layer.in_features % group:
-            if ctx is not None:
-                ctx.log.append(
-                    f"{name}: group_size {group} does not divide its {layer.in_features} inputs; per-channel"
-                )
-            group = None
         granularity = "channel" if group is None else "group"
         return QuantSpec(bits=self.bits, symmetric=self.symmetric, granularity=granularity, group_size=group)
+
+    def ragged_note(self, targets: dict[str, nn.Linear]) -> str | None:
+        """One line naming the input widths whose last group is ragged (None when every width divides)."""
+        if self.group_size is None:
+            return None
+        widths = sorted({m.in_features for m in targets.values() if m.in_features % self.group_size})
+        if not widths:
+            return None
+        parts = [f"{n} = {n // self.group_size} x {self.group_size} + {n % self.group_size}" for n in widths]
+        return f"{self.kind}: ragged last group on layers with {'; '.join(parts)} inputs"
 
     def round_rest(self, model: nn.Module, ctx: StepContext) -> None:
         """Round the float parameters left outside the packed layers to ``rest_bits`` (see class doc)."""
@@ -283,6 +350,8 @@ class WeightOnlyQuantize(LinearSelection, Step):
         and ``zero_point``); returns the new layer."""
         with torch.no_grad():
             layer.weight.copy_(weight)
+        if zero_dtype is None and zero_point.is_floating_point():
+            zero_dtype = torch.float16
         new = quantize_weight_module(
             layer, spec, scale=scale, zero_point=zero_point, scale_dtype=scale_dtype_for(scale), zero_dtype=zero_dtype
         )
@@ -309,9 +378,16 @@ class RTNQuantize(WeightOnlyQuantize):
         targets = self.targets(model)
         if no_targets(targets, self.kind, ctx):
             return model
+        note = self.ragged_note(targets)
+        if note:
+            ctx.log.append(note)
         for name, layer in targets.items():
             spec = self.spec_for(name, layer, ctx)
-            replace_linear(model, name, quantize_weight_module(layer, spec, method="minmax"), layer)
+            if self.float_zero:
+                scale, zero = group_qparams(layer.weight, spec, "minmax", float_zero=True)
+                self.pack(model, name, layer, layer.weight.detach(), scale, zero, spec)
+            else:
+                replace_linear(model, name, quantize_weight_module(layer, spec, method="minmax"), layer)
         self.round_rest(model, ctx)
         ctx.log.append(f"{self.kind}: {len(targets)} Linear layers packed, {self.describe()['settings']}")
         return model
@@ -330,6 +406,12 @@ class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
         bits, group_size, symmetric, layers, exclude, keep_classifier: see ``WeightOnlyQuantize``.
         act_order: quantize columns in decreasing Hessian diagonal (helps with outlier inputs;
             groups still span consecutive inputs, so packing is unchanged).
+        static_groups: every group's scale from the weights before any error feedback
+            (GPTQModel's ``static_groups``, usually paired with act-order); False: from the weights
+            as updated when the group's first column comes up.
+        clip: ``"minmax"`` (each group's full range) or ``"mse"`` (the shrink of the range with the
+            least squared weight error, the reference quantizer's ``mse`` option).
+        zero_dtype: see ``WeightOnlyQuantize``.
         percdamp: Hessian dampening as a fraction of its mean diagonal, in (0, 1].
         block_size: columns per lazy batch update (speed only; 128 as in the paper).
         calibration_batches: train batches whose inputs calibrate (>= 1).
@@ -341,12 +423,17 @@ class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
     """
 
     act_order: bool = False
+    static_groups: bool = False
+    clip: str = "minmax"
     percdamp: float = 0.01
     block_size: int = 128
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_flag("act_order", self.act_order)
+        check_flag("static_groups", self.static_groups)
+        if self.clip not in QPARAM_METHODS:
+            raise ValueError(f"clip must be one of {', '.join(QPARAM_METHODS)}; got {self.clip!r}")
         check_percdamp(self.percdamp)
         check_count("block_size", self.block_size)
         check_blocks_setting(self.blocks)
@@ -371,9 +458,15 @@ class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
                         block_size=self.block_size,
                         act_order=self.act_order,
                         keep=keep,
+                        float_zero=self.float_zero,
+                        clip=self.clip,
+                        static_groups=self.static_groups,
                     )
                     self.pack(run.model, name, layer, w, s, z, spec)
 
+        note = self.ragged_note(targets)
+        if note:
+            ctx.log.append(note)
         batches = calibration_batches(ctx, self.calibration_batches, self.kind)
         done = run_sequential(
             model, batches, process, select=targets, needs=("hessian",), blocks=self.blocks, log=ctx.log

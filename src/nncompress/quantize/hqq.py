@@ -82,6 +82,19 @@ def hqq_quantize(
     """
     if spec.symmetric or spec.granularity not in ("channel", "group") or spec.axis != 0:
         raise ValueError(f"hqq needs symmetric=False and per-channel or per-group scales on axis 0, got {spec}")
+    settings = {"iters": iters, "lp_norm": lp_norm, "beta": beta, "kappa": kappa, "optimize_scale": optimize_scale}
+    cols = weight.shape[1] if weight.dim() > 1 else 1
+    if spec.granularity == "group" and cols % spec.group_size:  # ragged last group: optimized on its own
+        main = cols - cols % spec.group_size
+        tail_spec = QuantSpec(bits=spec.bits, symmetric=False, granularity="channel")
+        parts = [hqq_quantize(weight[:, main:], tail_spec, **settings)]
+        if main:
+            parts.insert(0, hqq_quantize(weight[:, :main], spec, **settings))
+        rows = weight.shape[0]
+        w_hat = torch.cat([p[0] for p in parts], dim=1)
+        scale = torch.cat([p[1].reshape(rows, -1) for p in parts], dim=1).unsqueeze(-1)
+        zero = torch.cat([p[2].reshape(rows, -1) for p in parts], dim=1).unsqueeze(-1)
+        return w_hat, scale, zero
     w = _grouped(weight, spec)  # (R, n)
     qmin, qmax = spec.qmin, spec.qmax
 
@@ -138,6 +151,7 @@ class HQQQuantize(WeightOnlyQuantize):
     Args:
         bits, group_size, layers, exclude, keep_classifier: see ``WeightOnlyQuantize``.
         symmetric: must stay False (HQQ optimizes the zero point).
+        zero_dtype: must stay ``"fp16"`` (the optimized zero points are fractional).
         iters: at most this many iterations (>= 1; 20 as in the reference).
         lp_norm: p of the error norm, in (0, 1] (0.7 as in the reference).
         beta: initial weight of the half-quadratic penalty (> 0).
@@ -149,6 +163,7 @@ class HQQQuantize(WeightOnlyQuantize):
         HQQQuantize(bits=3, group_size=64, symmetric=False, ..., iters=20, lp_norm=0.7, ...)
     """
 
+    zero_dtype: str = "fp16"
     iters: int = 20
     lp_norm: float = 0.7
     beta: float = 10.0
@@ -159,6 +174,10 @@ class HQQQuantize(WeightOnlyQuantize):
         super().__post_init__()
         if self.symmetric:
             raise ValueError("hqq optimizes a zero point: symmetric must be False")
+        if self.zero_dtype != "fp16":
+            raise ValueError(
+                f"hqq optimizes fractional zero points: zero_dtype must be 'fp16'; got {self.zero_dtype!r}"
+            )
         check_count("iters", self.iters)
         _check_number("lp_norm", self.lp_norm, 0.0, 1.0, "in (0, 1]")
         _check_number("beta", self.beta, 0.0, float("inf"), "> 0")
@@ -169,6 +188,9 @@ class HQQQuantize(WeightOnlyQuantize):
         targets = self.targets(model)
         if no_targets(targets, self.kind, ctx):
             return model
+        note = self.ragged_note(targets)
+        if note:
+            ctx.log.append(note)
         for name, layer in targets.items():
             spec = self.spec_for(name, layer, ctx)
             w, s, z = hqq_quantize(

@@ -44,7 +44,9 @@ class QuantSpec:
             per ``group_size`` consecutive values of each slice ("group", e.g. a Linear weight's rows
             of inputs, or a conv filter's flattened in_channels * kh * kw values).
         axis: the channel axis for "channel" and "group" (0 = output channels of a weight).
-        group_size: values per group; must divide the number of values per channel.
+        group_size: values per group. When it does not divide the values per channel, the last
+            group of each channel is ragged: it holds the remainder (576 values in groups of 128:
+            four groups of 128 and one of 64).
 
     Example:
         >>> spec = QuantSpec(bits=4, symmetric=True, granularity="channel")
@@ -97,8 +99,27 @@ class QuantSpec:
 # --- granularity views: every scheme reduces over the last dim of a (rows, values) view ------------
 
 
+def group_count(values: int, group_size: int) -> int:
+    """Groups per channel of ``values`` values in groups of ``group_size``, a ragged last one included."""
+    return -(-values // group_size)
+
+
+def _padded_groups(per_channel: torch.Tensor, gs: int) -> torch.Tensor:
+    """(C, groups, gs) view of (C, n) values, the ragged last group zero-padded to ``gs``.
+
+    Zero padding changes no quantization parameter: every range is widened to contain 0 anyway, and
+    0 has an exact code (integer zero points), so it adds no error to the MSE search either.
+    """
+    c, n = per_channel.shape
+    pad = group_count(n, gs) * gs - n
+    if pad:
+        per_channel = torch.nn.functional.pad(per_channel, (0, pad))
+    return per_channel.reshape(c, -1, gs)
+
+
 def _rows(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """(rows, values): one row per scale (1 for tensor, C for channel, C * groups for group)."""
+    """(rows, values): one row per scale (1 for tensor, C for channel, C * groups for group; a ragged
+    last group is zero-padded)."""
     if spec.granularity == "tensor":
         return x.reshape(1, -1)
     if x.dim() == 0 or not -x.dim() <= spec.axis < x.dim():
@@ -106,12 +127,7 @@ def _rows(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     per_channel = x.movedim(spec.axis, 0).reshape(x.shape[spec.axis], -1)  # (C, values per channel)
     if spec.granularity == "channel":
         return per_channel
-    n, gs = per_channel.shape[1], spec.group_size
-    if n % gs:
-        raise ValueError(
-            f"group_size={gs} does not divide the {n} values per channel of a tensor of shape {tuple(x.shape)}"
-        )
-    return per_channel.reshape(-1, gs)  # (C * n / gs, gs)
+    return _padded_groups(per_channel, spec.group_size).reshape(-1, spec.group_size)  # (C * groups, gs)
 
 
 def _param_shape(x: torch.Tensor, spec: QuantSpec) -> tuple[int, ...]:
@@ -124,7 +140,7 @@ def _param_shape(x: torch.Tensor, spec: QuantSpec) -> tuple[int, ...]:
         shape = [1] * x.dim()
         shape[spec.axis] = c
         return tuple(shape)
-    return (c, x.numel() // (c * spec.group_size), 1)
+    return (c, group_count(x.numel() // c, spec.group_size), 1)
 
 
 def _apply(x: torch.Tensor, spec: QuantSpec, fn, *params: torch.Tensor) -> torch.Tensor:
@@ -133,8 +149,9 @@ def _apply(x: torch.Tensor, spec: QuantSpec, fn, *params: torch.Tensor) -> torch
         return fn(x, *params)
     moved = x.movedim(spec.axis, 0)
     c = moved.shape[0]
-    grouped = moved.reshape(c, -1, spec.group_size)  # (C, groups, group_size)
-    out = fn(grouped, *(p.reshape(c, -1, 1) for p in params))
+    per_channel = moved.reshape(c, -1)
+    grouped = _padded_groups(per_channel, spec.group_size)  # (C, groups, group_size)
+    out = fn(grouped, *(p.reshape(c, -1, 1) for p in params)).reshape(c, -1)[:, : per_channel.shape[1]]
     return out.reshape(moved.shape).movedim(0, spec.axis)
 
 
@@ -142,7 +159,7 @@ def _apply(x: torch.Tensor, spec: QuantSpec, fn, *params: torch.Tensor) -> torch
 
 
 def qparams_from_range(
-    lo: torch.Tensor | float, hi: torch.Tensor | float, spec: QuantSpec
+    lo: torch.Tensor | float, hi: torch.Tensor | float, spec: QuantSpec, *, float_zero: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float32) and zero point (int32) mapping [lo, hi] onto the spec's integer range.
 
@@ -150,42 +167,56 @@ def qparams_from_range(
     Asymmetric: ``scale = (hi - lo) / (qmax - qmin)``, zero point ``round(-lo / scale)``. A zero-width
     range gets scale 1 (any scale reproduces an all-zero tensor), so the scale is never 0.
 
+    ``float_zero`` (asymmetric only): the zero point is the unrounded ``qmin - lo / scale`` (float32)
+    and the range is not widened, so the grid's ends are exactly ``lo`` and ``hi`` (GGUF Q4_1's
+    ``w = d q + m``); codes come from :func:`quantize_float_zero`.
+
     Example:
         >>> qparams_from_range(-1.0, 3.0, QuantSpec(bits=8, symmetric=False))
         (tensor(0.0157), tensor(64, dtype=torch.int32))
     """
-    lo = torch.as_tensor(lo, dtype=torch.float32).clamp(max=0)
-    hi = torch.as_tensor(hi, dtype=torch.float32).clamp(min=0)
+    if float_zero and spec.symmetric:
+        raise ValueError("float_zero needs symmetric=False (symmetric codes have zero point 0)")
+    lo = torch.as_tensor(lo, dtype=torch.float32)
+    hi = torch.as_tensor(hi, dtype=torch.float32)
+    if not float_zero:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     scale = torch.maximum(-lo, hi) / spec.qmax if spec.symmetric else (hi - lo) / (spec.qmax - spec.qmin)
     scale = torch.where(scale > torch.finfo(torch.float32).tiny, scale, torch.ones_like(scale))
     if spec.symmetric:
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    elif float_zero:
+        zero_point = spec.qmin - lo / scale
     else:
         zero_point = (spec.qmin - torch.round(lo / scale)).clamp(spec.qmin, spec.qmax).to(torch.int32)
     return scale, zero_point
 
 
 def _sq_error(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """(R, 1) summed squared error of fake-quantizing each row (in-place temporaries: this is a hot loop)."""
-    q = torch.div(rows, scale).round_()
+    """(R, 1) summed squared error of fake-quantizing each row (in-place temporaries: this is a hot loop);
+    a floating ``zp`` is added before rounding (:func:`quantize_float_zero`)."""
+    q = torch.div(rows, scale)
     if spec.symmetric:  # zero point 0
-        q.clamp_(spec.qmin, spec.qmax)
+        q.round_().clamp_(spec.qmin, spec.qmax)
+    elif zp.is_floating_point():
+        q.add_(zp).round_().clamp_(spec.qmin, spec.qmax).sub_(zp)
     else:
-        q.add_(zp).clamp_(spec.qmin, spec.qmax).sub_(zp)
+        q.round_().add_(zp).clamp_(spec.qmin, spec.qmax).sub_(zp)
     return q.mul_(scale).sub_(rows).square_().sum(1, keepdim=True)
 
 
 def compute_qparams(
-    x: torch.Tensor, spec: QuantSpec, method: str = "minmax", *, grid: int = 100
+    x: torch.Tensor, spec: QuantSpec, method: str = "minmax", *, grid: int = 100, float_zero: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for ``x`` per ``spec.granularity``.
 
     ``method="minmax"`` covers each slice's [min, max]. ``method="mse"`` tries ``grid`` clipping
     ratios r in (0, 1] of that range, (r * min, r * max), and keeps, per channel / group, the one with
     the smallest reconstruction error; r = 1 is among them, so it is never worse than min-max.
+    ``float_zero``: unrounded float32 zero points (see :func:`qparams_from_range`).
 
-    Returns scale (float32) and zero point (int32), shaped () for "tensor", like x with 1 everywhere
-    but ``axis`` for "channel", and (C, groups, 1) for "group".
+    Returns scale (float32) and zero point (int32, or float32 with ``float_zero``), shaped () for
+    "tensor", like x with 1 everywhere but ``axis`` for "channel", and (C, groups, 1) for "group".
 
     Example:
         >>> w = torch.randn(16, 64)
@@ -199,19 +230,33 @@ def compute_qparams(
         raise ValueError(f"cannot compute quantization parameters of an empty tensor of shape {tuple(x.shape)}")
     rows = _rows(x.detach().float(), spec)  # (R, values)
     lo, hi = rows.amin(1, keepdim=True), rows.amax(1, keepdim=True)  # (R, 1)
-    scale, zp = qparams_from_range(lo, hi, spec)
+    if float_zero and spec.granularity == "group" and rows.shape[1] * rows.shape[0] != x.numel():
+        lo, hi = _unpadded_range(x.detach().float(), spec)  # the ragged group's zero padding is no value
+    scale, zp = qparams_from_range(lo, hi, spec, float_zero=float_zero)
     if method == "mse":
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
         best = _sq_error(rows, scale, zp, spec)
         for r in torch.linspace(1.0, 1.0 / grid, grid)[1:].tolist():  # r = 1 is the start
-            s, z = qparams_from_range(lo * r, hi * r, spec)
+            s, z = qparams_from_range(lo * r, hi * r, spec, float_zero=float_zero)
             err = _sq_error(rows, s, z, spec)
             better = err < best
             best = torch.where(better, err, best)
             scale, zp = torch.where(better, s, scale), torch.where(better, z, zp)
     shape = _param_shape(x, spec)
     return scale.reshape(shape), zp.reshape(shape)
+
+
+def _unpadded_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, 1) min and max of each group, a ragged last group's zero padding left out (padding with
+    +inf / -inf before taking the min / max)."""
+    per_channel = x.movedim(spec.axis, 0).reshape(x.shape[spec.axis], -1)
+    c, n = per_channel.shape
+    pad = group_count(n, spec.group_size) * spec.group_size - n
+    fill = torch.nn.functional.pad
+    lo = fill(per_channel, (0, pad), value=float("inf")).reshape(-1, spec.group_size).amin(1, keepdim=True)
+    hi = fill(per_channel, (0, pad), value=float("-inf")).reshape(-1, spec.group_size).amax(1, keepdim=True)
+    return lo, hi
 
 
 # --- quantize / dequantize -------------------------------------------------------------------------
@@ -230,6 +275,27 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spe
         return torch.clamp(torch.round(v / s) + z, spec.qmin, spec.qmax)
 
     return _apply(x.detach().float(), spec, fn, scale.float(), zero_point.float()).to(spec.storage_dtype)
+
+
+def quantize_float_zero(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Affine codes ``clamp(round(x / scale + zero), qmin, qmax)`` for fractional (float) zero points,
+    in ``spec.storage_dtype``; :func:`dequantize` inverts them as ``(q - zero) * scale``.
+
+    The zero point is added before rounding, so any real zero (HQQ's optimized ones, or
+    ``-min / scale`` kept unrounded) places the grid exactly.
+
+    Example:
+        >>> spec = QuantSpec(bits=4, symmetric=False)
+        >>> quantize_float_zero(torch.tensor([-1.0, 0.0, 1.0]), torch.tensor(0.25), torch.tensor(4.5), spec).tolist()
+        [0, 4, 8]
+    """
+    if spec.symmetric:
+        raise ValueError("fractional zero points need symmetric=False (symmetric codes have zero point 0)")
+
+    def fn(v: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(v / s + z), spec.qmin, spec.qmax)
+
+    return _apply(x.detach().float(), spec, fn, scale.float(), zero.float()).to(spec.storage_dtype)
 
 
 def dequantize(
