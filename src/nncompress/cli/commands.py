@@ -245,15 +245,36 @@ def search(args: argparse.Namespace) -> Any:
 
 
 def export(args: argparse.Namespace) -> Any:
-    """Export an artifact to ONNX on the task's example inputs; print where, how big, how exact."""
-    from nncompress.io.onnx_export import export_onnx, export_summary
+    """Export an artifact to a runtime (``--to``, ONNX by default) and check it there: metric on the
+    test split, max output error, size, latency beside ours and the runtime's fp32 export."""
+    from nncompress.deploy import CheckConfig, deploy, get_target, merge_into_report, report_beside, summary
     from nncompress.io.run import check_writable_path
 
+    target = get_target(args.to)  # unknown name, or runtime not installed: one line, before any work
     out = check_writable_path(args.out)
     if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; give the .onnx file to write")
+        raise IsADirectoryError(f"--out {out} is a folder; give the {target.suffix} file to write")
     if out.exists() and not args.overwrite:  # before any slow work
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.batch_size < 0:
+        raise ValueError(f"--batch-size must be an integer >= 0 (0: no timing), got {args.batch_size}")
+    check = args.check if args.check is not None else args.to != "onnx"  # plain ONNX export stays as it was
     task, model = _load_artifact_for(args)
-    result = export_onnx(model, out, task.inputs_example(), opset=args.opset, overwrite=args.overwrite)
-    return result.to_dict() if args.json else export_summary(result)
+    if args.to == "onnx" and not check:
+        from nncompress.io.onnx_export import export_onnx, export_summary
+
+        plain = export_onnx(model, out, task.inputs_example(), opset=args.opset, overwrite=args.overwrite)
+        return plain.to_dict() if args.json else export_summary(plain)
+    config = CheckConfig(
+        metric=check,
+        fp32=check and not args.no_fp32,
+        batch_large=args.batch_size if check else 0,
+        max_batches=args.max_batches,
+    )
+    result = deploy(model, target, out, task, config=config)
+    report = Path(args.report) if args.report else report_beside(args.artifact)
+    merged = merge_into_report(report, result) if report is not None and check else None
+    if args.json:
+        return result.to_dict()
+    text = summary(result)
+    return text + (f"\nadded export.{result.target} to {merged}" if merged else "")

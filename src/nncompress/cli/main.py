@@ -170,14 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "export",
         commands.export,
-        "Export an artifact to ONNX (int8 as QDQ, 4-bit Linears as MatMulNBits) and check it in ONNX Runtime.",
+        "Export an artifact to a runtime keeping its compression (--to onnx: int8 as QDQ, 4-bit Linears as "
+        "MatMulNBits; openvino: int8 kernels and u4/u8 weights; executorch: XNNPACK int8; litert; gguf for LLMs) "
+        "and check it there: test metric, max output error, size, latency beside ours and the runtime's fp32.",
     )
     p.add_argument("artifact", help="a .ncz file written by nncompress (loading runs no code from it)")
     task_arg(p)
     trust_arg(p)
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--to",
+        default="onnx",
+        choices=["onnx", "executorch", "litert", "openvino", "gguf"],
+        help="target runtime (default onnx); each needs its extra: pip install 'nncompress[openvino]'",
+    )
+    p.add_argument("--out", required=True, help="the file to write (.onnx, .xml, .pte, .tflite, .gguf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset for traced graphs, 13-20 (default 17)")
+    p.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the export on the test split and time it beside ours and the runtime's fp32 export "
+        "(default: on, except for a plain --to onnx export)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="larger batch timed besides batch 1 (0: no timing)")
+    p.add_argument("--max-batches", type=int, default=None, help="test batches evaluated (default: all)")
+    p.add_argument("--no-fp32", action="store_true", help="skip the runtime's own fp32 export of the baseline")
+    p.add_argument(
+        "--report",
+        default=None,
+        help="report.json to add the result to as export.<target> (default: the one beside ARTIFACT, if any)",
+    )
     p.add_argument("--json", action="store_true", help="print the export result as JSON")
 
     p = add(
