@@ -33,9 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nncompress.base.checks import check_bits, check_count, check_flag
+from nncompress.base.modules import replace_module
 from nncompress.base.settings import BlockCalibration, LinearSelection
 from nncompress.core.sequential import (
     BlockRun,
@@ -274,6 +276,12 @@ class WeightOnlyQuantize(LinearSelection, Step):
         exclude: names or regexes left in float.
         keep_classifier: leave the last Linear (the LM head / classifier) in float; it is small
             next to the blocks and the most sensitive.
+        head_bits: None (default): the LM head follows ``keep_classifier``. 2..8: the last Linear
+            (the LM head, kept out of the step's own method) is packed by round-to-nearest at
+            this width with the step's ``group_size`` and ``zero_dtype``, and an ``nn.Embedding``
+            tied to it (sharing its weight, as in SmolLM2, Llama-3.2 and Gemma) becomes a
+            ``PackedEmbedding`` that reads the same packed table, stored once. On a small LM the
+            tied table is a large share of the bytes (SmolLM2-135M: 28.3M of 134.5M parameters).
         rest_bits: the float parameters left after packing (embeddings, position tables, norms,
             biases, a kept LM head), outside ``exclude``: 32 as they are, 16 rounded to float16
             values, 8 rounded to an 8-bit grid with a power-of-two scale per tensor; the artifact
@@ -289,6 +297,7 @@ class WeightOnlyQuantize(LinearSelection, Step):
     group_size: int | None = 128
     symmetric: bool = False
     zero_dtype: str = "int"
+    head_bits: int | None = None
     rest_bits: int = 32
 
     def __post_init__(self) -> None:
@@ -299,6 +308,13 @@ class WeightOnlyQuantize(LinearSelection, Step):
         check_flag("symmetric", self.symmetric)
         if self.zero_dtype not in ZERO_DTYPES:
             raise ValueError(f"zero_dtype must be one of {', '.join(ZERO_DTYPES)}; got {self.zero_dtype!r}")
+        if self.head_bits is not None:
+            check_bits("head_bits", self.head_bits)
+            if not self.keep_classifier:
+                raise ValueError(
+                    "head_bits packs the LM head by round-to-nearest: it needs keep_classifier=True "
+                    "(with keep_classifier=False the step's own method quantizes the head at bits)"
+                )
         if self.zero_dtype != "int" and self.symmetric:
             raise ValueError(f"zero_dtype={self.zero_dtype!r} stores a zero point per group: symmetric must be False")
 
@@ -328,8 +344,40 @@ class WeightOnlyQuantize(LinearSelection, Step):
         parts = [f"{n} = {n // self.group_size} x {self.group_size} + {n % self.group_size}" for n in widths]
         return f"{self.kind}: ragged last group on layers with {'; '.join(parts)} inputs"
 
+    def pack_head(self, model: nn.Module, ctx: StepContext) -> None:
+        """Pack the LM head at ``head_bits`` (and point an embedding tied to it at the packed table)."""
+        if self.head_bits is None:
+            return
+        found = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+        if not found:
+            ctx.log.append(f"{self.kind}: head_bits={self.head_bits}: no float Linear is left to pack as the head")
+            return
+        name, head = found[-1]
+        tied = [
+            (n, m)
+            for n, m in model.named_modules()
+            if type(m) is nn.Embedding and m.weight is head.weight and m.max_norm is None
+        ]
+        spec = QuantSpec(
+            bits=self.head_bits,
+            symmetric=self.symmetric,
+            granularity="channel" if self.group_size is None else "group",
+            group_size=self.group_size,
+        )
+        if self.float_zero:
+            scale, zero = group_qparams(head.weight, spec, "minmax", float_zero=True)
+            packed = self.pack(model, name, head, head.weight.detach(), scale, zero, spec)
+        else:
+            packed = replace_linear(model, name, quantize_weight_module(head, spec, method="minmax"), head)
+        for emb_name, emb in tied:
+            replace_module(model, emb_name, PackedEmbedding(emb, packed))
+        where = f", tied to {', '.join(n for n, _ in tied)} (stored once)" if tied else ""
+        ctx.log.append(f"{self.kind}: LM head {name} packed at {self.head_bits} bits by round-to-nearest{where}")
+
     def round_rest(self, model: nn.Module, ctx: StepContext) -> None:
-        """Round the float parameters left outside the packed layers to ``rest_bits`` (see class doc)."""
+        """Pack the head (``head_bits``), then round the float parameters left outside the packed
+        layers to ``rest_bits`` (see class doc)."""
+        self.pack_head(model, ctx)
         if self.rest_bits < 32:
             rounded = round_other_params(model, self.rest_bits, self.exclude)
             ctx.log.append(f"{len(rounded)} float parameters left rounded to {self.rest_bits} bits")
@@ -356,6 +404,40 @@ class WeightOnlyQuantize(LinearSelection, Step):
             layer, spec, scale=scale, zero_point=zero_point, scale_dtype=scale_dtype_for(scale), zero_dtype=zero_dtype
         )
         return replace_linear(model, name, new, layer)
+
+
+class PackedEmbedding(nn.Module):
+    """An ``nn.Embedding`` whose table is a packed layer's decoded weight (vocabulary, dim): the LM
+    head it was tied to. Lookups read rows of that layer's cached decoded weight, so the codes are
+    stored once and the tie survives saving.
+
+    Example:
+        >>> head = quantize_weight_module(nn.Linear(8, 16, bias=False), QuantSpec(bits=8, granularity="channel"))
+        >>> PackedEmbedding(nn.Embedding(16, 8), head)(torch.tensor([[1, 2]])).shape
+        torch.Size([1, 2, 8])
+    """
+
+    def __init__(self, source: nn.Embedding, table: nn.Module) -> None:
+        super().__init__()
+        if tuple(table.weight.shape) != (source.num_embeddings, source.embedding_dim):
+            raise ValueError(
+                f"the packed table has shape {tuple(table.weight.shape)}, the embedding "
+                f"{(source.num_embeddings, source.embedding_dim)}"
+            )
+        self.table = table
+        self.num_embeddings, self.embedding_dim = source.num_embeddings, source.embedding_dim
+        self.padding_idx = source.padding_idx
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The decoded table (read-only, computed on access)."""
+        return self.table.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.table.dequantized_weight(), self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, packed table"
 
 
 @register_step("rtn", family="quantize")
