@@ -30,7 +30,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from nncompress.models.vit import MultiHeadSelfAttention
-from nncompress.prune.surgery import BATCHNORMS, CONVS
+from nncompress.prune.surgery import BATCHNORMS, CONVS, RECURRENT, rnn_gates
 
 
 class Segment(NamedTuple):
@@ -573,6 +573,7 @@ class _Walker(fx.Interpreter):
         self.shapes: dict[fx.Node, torch.Size] = {}
         self.consts: dict[fx.Node, Any] = {}
         self.calls: dict[str, tuple[Any, Any]] = {}
+        self.items: dict[fx.Node, list[Layout | None]] = {}  # tuple outputs (an RNN's): each item's layout
         self.followers: dict[str, str] = {}
         self.tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
@@ -606,6 +607,9 @@ class _Walker(fx.Interpreter):
         for arg in n.all_input_nodes:
             for segs in self.layout_of(arg).values():
                 self.block(segs)
+            for item in self.items.get(arg, ()):
+                for segs in (item or {}).values():
+                    self.block(segs)
         return {}
 
     def add_members(self, kind: str, name: str, segs: tuple[Segment, ...] | None) -> None:
@@ -658,6 +662,8 @@ class _Walker(fx.Interpreter):
         if n.op == "call_module":
             return self.visit_module(n, self.model.get_submodule(str(n.target)), value)
         name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        if name == "getitem" and n.args and n.args[0] in self.items:
+            return self.item(n)
         if not isinstance(value, torch.Tensor):
             return {} if name in SHAPE_ONLY else self.opaque(n)
         return self.visit_function(n, name, value)
@@ -666,6 +672,7 @@ class _Walker(fx.Interpreter):
         src = n.args[0] if n.args else None
         if name == "getitem" and self.is_tensor(src):
             return self.index(n)
+
         if name in BINARY:  # the tensor may be either operand (0.5 * x)
             operands = [a for a in (*n.args, *n.kwargs.values()) if self.is_tensor(a)]
             return self.broadcast(operands, value.shape) if operands else self.opaque(n)
@@ -686,6 +693,8 @@ class _Walker(fx.Interpreter):
 
     def visit_module(self, n: fx.Node, m: nn.Module, value: Any) -> Layout:
         name, x = str(n.target), (n.args[0] if n.args else None)
+        if isinstance(m, RECURRENT) and name not in self.opaque_names and self.is_tensor(x) and len(n.args) == 1:
+            return self.recurrent(n, name, m, x, value)
         if name in self.opaque_names or not self.is_tensor(x) or not isinstance(value, torch.Tensor):
             return self.opaque(n)
         if isinstance(m, CONVS):
@@ -712,6 +721,41 @@ class _Walker(fx.Interpreter):
         return self.opaque(n)
 
     # --- layers --------------------------------------------------------------------------
+    def recurrent(self, n: fx.Node, name: str, m: nn.Module, x: fx.Node, value: Any) -> Layout:
+        """An LSTM/GRU/RNN called on a sequence alone: it reads the input's features (last axis,
+        columns of ``weight_ih_l0``) and writes hidden units, one space shared by every layer and
+        direction (``hidden_size`` is one number), onto its output's last axis (both directions
+        side by side). The final states (item 1) carry the units per layer: using them blocks it."""
+        if getattr(m, "proj_size", 0) or not isinstance(value, tuple) or not isinstance(value[0], torch.Tensor):
+            return self.opaque(n)
+        layout = self.layout_of(x)
+        last = len(self.shapes[x]) - 1
+        for d, segs in layout.items():
+            if d != last:
+                self.block(segs)  # the recurrence mixes time steps (and the batch axis is not a channel)
+        ins = layout.get(last)
+        self.add_members("in", name, ins)
+        hidden = m.hidden_size
+        if name in self.calls:
+            out = self.once(name, ins, None)
+        else:
+            space = self.spaces.new(hidden)
+            for g in range(rnn_gates(m)):  # a unit's rows in each gate block
+                self.spaces.add(space, Member("out", name, g * hidden))
+            out = tuple(Segment(space, i * hidden, hidden, 1) for i in range(2 if m.bidirectional else 1))
+            self.once(name, ins, out)
+        self.items[n] = [{len(value[0].shape) - 1: out}, None]
+        return {}
+
+    def item(self, n: fx.Node) -> Layout:
+        """An item of a tuple output whose items' layouts are known; an untracked item that is used
+        (an RNN's final states) blocks the whole output."""
+        items, idx = self.items[n.args[0]], n.args[1]
+        item = items[idx] if isinstance(idx, int) and -len(items) <= idx < len(items) else None
+        if item is not None:
+            return item
+        return self.opaque(n) if n.users else {}
+
     def conv(self, name: str, m: nn.Module, x: fx.Node) -> Layout:
         layout = self.layout_of(x)
         for d, segs in layout.items():

@@ -37,11 +37,13 @@ from nncompress.prune.heads import attention_head_groups, refresh_head_counts
 from nncompress.prune.surgery import (
     BATCHNORMS,
     CONVS,
+    RECURRENT,
     Slicers,
     channel_counts,
     cut_heads,
     cut_module,
     cut_parameter,
+    rnn_gates,
 )
 from nncompress.tasks.task import Task, slice_batch
 
@@ -163,7 +165,9 @@ def cut_groups(model: nn.Module, groups: list[ChannelGroup], removed: list[torch
         out_keep = None if out_gone is None else _complement(out_gone, n_out)
         in_keep = None if "in" not in side else _complement(side["in"], n_in)
         slice_masks(ctx.masks, name, cut_module(module, out_keep, in_keep))
-        if "out" in side:
+        if "out" in side and isinstance(module, RECURRENT):
+            ctx.log.append(f"{name}: {n_out // rnn_gates(module)} -> {module.hidden_size} hidden units")
+        elif "out" in side:
             ctx.log.append(f"{name}: {n_out} -> {len(out_keep)} channels")
 
 

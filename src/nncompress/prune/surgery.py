@@ -23,6 +23,12 @@ Slicer = Callable[[torch.Tensor], torch.Tensor]
 Slicers = dict[str, Slicer]
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)  # hidden units cut as channels (without proj_size)
+
+
+def rnn_gates(m: nn.Module) -> int:
+    """Gate blocks stacked in a recurrent layer's weight rows: 4 (LSTM), 3 (GRU), 1 (RNN)."""
+    return m.weight_ih_l0.shape[0] // m.hidden_size
 
 
 def along(dim: int, keep: torch.Tensor) -> Slicer:
@@ -165,6 +171,41 @@ def cut_heads(m: MultiHeadSelfAttention, keep_heads: torch.Tensor) -> Slicers:
     return slicers
 
 
+def cut_rnn(m: nn.Module, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None) -> Slicers:
+    """Keep input features ``in_keep`` (columns of the first layer's ``weight_ih``) and the hidden
+    units whose gate rows ``out_keep`` holds (rows ``g * hidden + u`` of every gate ``g``: the same
+    units in every layer and direction, as ``hidden_size`` is one number): their rows in every gate
+    matrix and bias, their columns in ``weight_hh`` and in the next layer's ``weight_ih``."""
+    if getattr(m, "proj_size", 0):
+        raise ValueError(f"cannot cut hidden units of a {type(m).__name__} with proj_size={m.proj_size}")
+    slicers: Slicers = {}
+    dirs = ("", "_reverse") if m.bidirectional else ("",)
+    if in_keep is not None:
+        for d in dirs:
+            slicers[f"weight_ih_l0{d}"] = along(1, in_keep)
+        m.input_size = len(in_keep)
+    if out_keep is not None:
+        hidden, gates = m.hidden_size, rnn_gates(m)
+        units = out_keep[out_keep < hidden]
+        rows = torch.cat([units + g * hidden for g in range(gates)])
+        if not torch.equal(torch.sort(out_keep).values, torch.sort(rows).values):
+            raise ValueError(f"{type(m).__name__}: the kept gate rows must be whole hidden units in every gate")
+        cols = torch.cat([units + i * hidden for i in range(len(dirs))])  # the layer below's output features
+        for layer in range(m.num_layers):
+            for d in dirs:
+                ih = along(0, rows) if layer == 0 else _then(along(0, rows), along(1, cols))
+                first = slicers.get(f"weight_ih_l{layer}{d}")
+                slicers[f"weight_ih_l{layer}{d}"] = _then(first, ih) if first is not None else ih
+                slicers[f"weight_hh_l{layer}{d}"] = _then(along(0, rows), along(1, units))
+                for b in ("bias_ih", "bias_hh"):
+                    if m.bias:
+                        slicers[f"{b}_l{layer}{d}"] = along(0, rows)
+        m.hidden_size = len(units)
+    _apply(m, slicers)
+    m._init_flat_weights()  # the flat weight list still points at the old parameters
+    return slicers
+
+
 def cut_parameter(owner: nn.Module, name: str, dim: int, keep: torch.Tensor) -> Slicers:
     """Keep ``keep`` along ``dim`` of a free parameter or buffer (e.g. a ViT's ``pos_embed``)."""
     return _apply(owner, {name: along(dim, keep)})
@@ -184,6 +225,8 @@ def channel_counts(m: nn.Module) -> tuple[int, int]:
         return m.embedding_dim, m.num_embeddings
     if isinstance(m, MultiHeadSelfAttention):
         return m.proj.out_features, m.q.in_features
+    if isinstance(m, RECURRENT):
+        return rnn_gates(m) * m.hidden_size, m.input_size
     raise TypeError(f"no channel surgery for {type(m).__name__}")
 
 
@@ -195,6 +238,8 @@ def cut_module(m: nn.Module, out_keep: torch.Tensor | None = None, in_keep: torc
         return cut_conv(m, out_keep, in_keep)
     if isinstance(m, MultiHeadSelfAttention):
         return cut_attention(m, out_keep, in_keep)
+    if isinstance(m, RECURRENT):
+        return cut_rnn(m, out_keep, in_keep)
     if in_keep is not None:
         raise ValueError(f"{type(m).__name__} has no separate input channels to cut")
     if out_keep is None:

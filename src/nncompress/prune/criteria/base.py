@@ -129,6 +129,8 @@ def member_tensors(model: nn.Module, member: Any) -> list[tuple[str, torch.Tenso
         return []
     m = model.get_submodule(member.name)
     prefix, dim = member.name, 0
+    if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):  # every layer's and direction's gate rows and biases
+        return [(f"{prefix}.{k}", getattr(m, k), 0) for k in m._flat_weights_names if not k.startswith("weight_hr")]
     if isinstance(m, MultiHeadSelfAttention):
         m, prefix = m.proj, f"{member.name}.proj"
     if isinstance(m, nn.Embedding):
