@@ -344,3 +344,35 @@ def test_tucker_splits_a_one_by_one_conv_into_two_by_svd(conv):
     assert sum(p.numel() for p in half.parameters() if p.dim() > 1) == 8 * (16 + 24) < conv.weight.numel()
     io = LayerIO((8, 8), (4, 4))
     assert method.cost(conv, (12, 8), io).params == 8 * (16 + 24)
+
+
+def test_svd_splits_one_by_one_convs_when_asked_and_names_the_rest():
+    """With convs=True a conv net's 1x1 convolutions become two 1x1 convs; its 3x3 and depthwise
+    convs are named in the notes; without it the net has nothing for svd (NothingToDo)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.dw = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.pw, self.head = nn.Conv2d(16, 32, 1, stride=2), nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.head(self.pw(self.dw(self.a(x))).mean((2, 3)))
+
+    task = make_task(Net, n_train=64)
+    torch.manual_seed(0)
+    with pytest.raises(NothingToDo, match="svd: no Linear layer to factorize"):
+        nc.SVDFactorize(rank=0.25).apply(Net().eval(), StepContext(task=task))
+    model, ctx = Net().eval(), StepContext(task=task)
+    x = task.single_example()
+    from nncompress.lowrank.layers import LinearSVD
+
+    full, error = LinearSVD().build(model.pw, (16,))  # full rank: exact
+    with torch.no_grad():
+        h = model.dw(model.a(x))
+        assert error < 1e-5 and torch.allclose(full(h), model.pw(h), atol=1e-5)
+    out = nc.SVDFactorize(rank=0.25, convs=True).apply(model, ctx)
+    assert isinstance(out.pw, nn.Sequential) and [m.stride for m in out.pw] == [(2, 2), (1, 1)]
+    assert isinstance(out.a, nn.Conv2d) and isinstance(out.dw, nn.Conv2d) and isinstance(out.head, nn.Linear)
+    assert "svd: skipped a: a 3x3 convolution: svd splits 1x1 convolutions only (use tucker or spatial-svd)" in ctx.log
+    assert "svd: skipped dw: a 3x3 convolution: svd splits 1x1 convolutions only (use tucker or spatial-svd)" in ctx.log

@@ -175,32 +175,61 @@ def _spectrum(matrix: torch.Tensor) -> Spectrum:
     return Spectrum(decompose.singular_values(matrix), (matrix.shape[0], matrix.shape[1]))
 
 
+def _is_pointwise(module: nn.Module) -> bool:
+    """A 1x1 Conv2d: its kernel is a plain matrix."""
+    return isinstance(module, nn.Conv2d) and all(k == 1 for k in module.kernel_size)
+
+
 class LinearSVD(Method):
-    """Linear -> Linear(in, r) then Linear(r, out); activation-aware when given the inputs' Gram."""
+    """Linear -> Linear(in, r) then Linear(r, out); activation-aware when given the inputs' Gram.
+
+    A 1x1 Conv2d (a matrix over channels; the step's ``convs`` setting) becomes two 1x1 convs the
+    same way, the first with the layer's stride and padding; larger kernels are left to
+    ``tucker`` / ``spatial-svd`` and grouped ones skipped, each named.
+    """
 
     kind = "svd"
     layer_type = nn.Linear
     layer_types = (nn.Linear,)
 
+    def skip_reason(self, module: nn.Module) -> str | None:
+        if isinstance(module, nn.Conv2d) and not _is_pointwise(module):
+            size = "x".join(str(k) for k in module.kernel_size)
+            return f"a {size} convolution: svd splits 1x1 convolutions only (use tucker or spatial-svd)"
+        return super().skip_reason(module)
+
     def full_rank(self, module: nn.Module) -> Rank:
-        return (min(module.weight.shape),)
+        return (min(module.weight.shape[:2]),)
 
     def spectra(self, module: nn.Module, gram: torch.Tensor | None = None) -> list[Spectrum]:
-        w = module.weight
+        w = module.weight.flatten(1)
         if gram is None:
             return [_spectrum(w)]
         return [Spectrum(decompose.weighted_singular_values(w, gram), (w.shape[0], w.shape[1]))]
 
     def cost(self, module: nn.Module, rank: Rank, io: LayerIO) -> Cost:
-        out_features, in_features = module.weight.shape
+        out_features, in_features = module.weight.shape[:2]
         return Cost(rank[0] * (in_features + out_features), rank[0] * (in_features + out_features) * io.out_positions)
 
     def build(
         self, module: nn.Module, rank: Rank, *, gram: torch.Tensor | None = None, seed: int = 0
     ) -> tuple[nn.Module, float]:
+        if _is_pointwise(module):
+            return _pointwise_split(module, rank[0])
         w = module.weight
         f = decompose.svd_factors(w, rank[0]) if gram is None else decompose.activation_svd_factors(w, gram, rank[0])
         return factorized_linear(module, f.left, f.right), f.error
+
+
+def _pointwise_split(module: nn.Conv2d, rank: int) -> tuple[Factorized, float]:
+    """A 1x1 Conv2d as two 1x1 convs from its truncated SVD: the first (C_in -> rank) with the
+    layer's stride and padding, the second (rank -> C_out) with its bias; they recompose as a 1x1
+    spatial SVD does."""
+    c_out, c_in, *kernel = module.weight.shape
+    f = decompose.svd_factors(module.weight.reshape(c_out, c_in), rank)
+    first = _conv(module, f.right.reshape(-1, c_in, *kernel), **_spatial(module))  # (r, C_in, 1, 1)
+    second = _pointwise(module, f.left, module.bias)  # (C_out, r, 1, 1)
+    return Factorized(first, second, method="spatial-svd", like=module), f.error
 
 
 def factorized_linear(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor) -> Factorized:
@@ -220,11 +249,6 @@ def _pointwise_reason(module: nn.Module, kind: str) -> str | None:
     if isinstance(module, (nn.Conv1d, nn.Conv2d)) and all(k == 1 for k in module.kernel_size):
         return f"a 1x1 convolution: {kind} only adds layers to a low-rank matrix split; use spatial-svd"
     return None
-
-
-def _is_pointwise(module: nn.Module) -> bool:
-    """A 1x1 Conv2d: its kernel is a plain matrix."""
-    return isinstance(module, nn.Conv2d) and all(k == 1 for k in module.kernel_size)
 
 
 class Tucker2(Method):
@@ -266,11 +290,7 @@ class Tucker2(Method):
         self, module: nn.Module, rank: Rank, *, gram: torch.Tensor | None = None, seed: int = 0
     ) -> tuple[nn.Module, float]:
         if _is_pointwise(module):
-            c_out, c_in, *kernel = module.weight.shape
-            f = decompose.svd_factors(module.weight.reshape(c_out, c_in), min(rank[0], rank[1]))
-            first = _conv(module, f.right.reshape(-1, c_in, *kernel), **_spatial(module))  # (r, C_in, 1, 1)
-            second = _pointwise(module, f.left, module.bias)  # (C_out, r, 1, 1)
-            return Factorized(first, second, method="spatial-svd", like=module), f.error  # 1x1: same recomposition
+            return _pointwise_split(module, min(rank[0], rank[1]))
         one_d = module.weight.dim() == 3
         kernel = module.weight[..., None] if one_d else module.weight  # a Conv1d kernel as k x 1
         f = decompose.tucker2(kernel, (rank[0], rank[1]), seed=seed)

@@ -214,6 +214,10 @@ class SVDFactorize(KeepClassifier, CalibrationSettings, Factorize):
         activation_aware: minimize the layer's output error on ``calibration_batches`` train
             batches instead of the weight error (the Gram matrix of the inputs weights the SVD, as
             in ASVD / SVD-LLM); energy, error and VBMF ranks then read the weighted spectrum.
+        convs: also split 1x1 Conv2d layers (a matrix over channels) into two 1x1 convs, so
+            convolutional nets whose only Linear is the classifier have layers to factorize;
+            larger and grouped kernels are named in the notes (``tucker`` / ``spatial-svd`` take
+            them). Off by default.
         calibration_batches: train batches read when ``activation_aware`` (>= 1).
 
     Example:
@@ -223,20 +227,24 @@ class SVDFactorize(KeepClassifier, CalibrationSettings, Factorize):
 
     rank: int | float | str = 0.25
     activation_aware: bool = False
+    convs: bool = False
 
     method: ClassVar[Method] = LinearSVD()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_flag("activation_aware", self.activation_aware)
+        check_flag("convs", self.convs)
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
+        kinds = (nn.Linear, nn.Conv2d) if self.convs else nn.Linear
         return factorizable_layers(
-            model, nn.Linear, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier
+            model, kinds, layers=self.layers, exclude=self.exclude, keep_classifier=self.keep_classifier
         )
 
     def grams(self, model: nn.Module, names: list[str], ctx: StepContext) -> dict[str, torch.Tensor]:
-        if not self.activation_aware:
+        names = [n for n in names if isinstance(model.get_submodule(n), nn.Linear)]  # 1x1 convs: weight SVD
+        if not self.activation_aware or not names:
             return {}
         from nncompress.base.data import first_batches
 
