@@ -90,7 +90,7 @@ STEP_COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
     "awq": ("awq", {"group_size": 32, "grid": 5}),
     "hqq": ("hqq", {"group_size": 32, "iters": 5}),
     "w8a8": ("w8a8", {"calibration_batches": 2}),
-    "svd": ("svd", {"rank": 0.25}),
+    "svd": ("svd", {"rank": 0.25, "convs": True}),  # 1x1 convs too: conv nets' only Linear is the kept classifier
     "tucker": ("tucker", {"rank": 0.5}),
 }
 IO_COLUMNS = ("save-load", "onnx")
@@ -475,6 +475,7 @@ def merge(
             if key in row:
                 saved[key] = row[key]
     data["summary"] = summary(data["rows"])
+    data.setdefault("settings", {}).update({c: STEP_COLUMNS[c][1] for c in columns if c in STEP_COLUMNS})
     data.setdefault("reruns", []).append(
         {"models": [r["model"] for r in rerun], "columns": columns, "why": args.why, "versions": versions()}
     )
