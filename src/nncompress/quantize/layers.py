@@ -47,6 +47,7 @@ from nncompress.quantize.primitives import (
     dequantize,
     pack_bits,
     quantize,
+    quantize_float_zero,
     to_float16,
     to_signed,
     to_unsigned,
@@ -378,9 +379,7 @@ def _float_zero_codes(
     zero = zero_point.detach().reshape(shape).to(zero_dtype)
     if not bool(torch.isfinite(zero).all()):
         raise ValueError("fractional zero points must be finite (and fit zero_dtype)")
-    view = weight.reshape(weight.shape[0], -1, spec.group_size) if spec.granularity == "group" else weight
-    codes = torch.clamp(torch.round(view / scale + zero.float()), spec.qmin, spec.qmax)
-    return codes.reshape(weight.shape).to(spec.storage_dtype), zero
+    return quantize_float_zero(weight, scale, zero, spec), zero  # groups may be ragged (primitives handles them)
 
 
 class QuantizedLinear(_UniformCodes, _LinearOp):
