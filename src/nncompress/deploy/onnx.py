@@ -19,7 +19,7 @@ class OnnxTarget(Target):
     """ONNX graph for ONNX Runtime (the default target)."""
 
     name: ClassVar[str] = "onnx"
-    extra: ClassVar[str] = "onnx"
+    extra: ClassVar[str] = "dev"  # onnx and onnxruntime are core dependencies
     modules: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime")
     suffix: ClassVar[str] = ".onnx"
     description: ClassVar[str] = "ONNX Runtime: int8 as QDQ, 4-bit Linears as MatMulNBits"

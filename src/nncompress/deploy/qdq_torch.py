@@ -24,8 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 ACCEPTED_OPS = (
-    "QuantizeLinear, DequantizeLinear, Conv, Gemm, MatMul, Add, Mul, Relu, Clip, Sigmoid, MaxPool, AveragePool, "
-    "GlobalAveragePool, Flatten, Reshape, Transpose, Concat, Identity"
+    "QuantizeLinear, DequantizeLinear, Conv, Gemm, MatMul, Add, Sub, Mul, Relu, Clip, Sigmoid, Softmax, MaxPool, "
+    "AveragePool, GlobalAveragePool, ReduceMean, Flatten, Reshape, Transpose, Concat, Identity"
 )
 
 
@@ -274,6 +274,14 @@ def _reshape(m: QdqGraphModule, env: dict, ins: list[str], attrs: dict) -> torch
     return x.reshape(shape)
 
 
+def _reduce_mean(m: QdqGraphModule, env: dict, ins: list[str], attrs: dict) -> torch.Tensor:
+    axes = attrs.get("axes")
+    if axes is None and len(ins) > 1 and ins[1]:  # opset 18: axes as an input
+        axes = [int(a) for a in m.arrays[ins[1]]]
+    x = m.value(env, ins[0])
+    return x.mean(dim=list(axes) if axes else list(range(x.dim())), keepdim=bool(attrs.get("keepdims", 1)))
+
+
 OPS: dict[str, Callable[..., Any]] = {
     "QuantizeLinear": _quantize,
     "DequantizeLinear": _dequantize,
@@ -282,6 +290,9 @@ OPS: dict[str, Callable[..., Any]] = {
     "MatMul": _matmul,
     "Add": lambda m, env, ins, attrs: m.value(env, ins[0]) + m.value(env, ins[1]),
     "Mul": lambda m, env, ins, attrs: m.value(env, ins[0]) * m.value(env, ins[1]),
+    "Sub": lambda m, env, ins, attrs: m.value(env, ins[0]) - m.value(env, ins[1]),
+    "ReduceMean": _reduce_mean,
+    "Softmax": lambda m, env, ins, attrs: torch.softmax(m.value(env, ins[0]), dim=int(attrs.get("axis", -1))),
     "Relu": lambda m, env, ins, attrs: F.relu(m.value(env, ins[0])),
     "Sigmoid": lambda m, env, ins, attrs: torch.sigmoid(m.value(env, ins[0])),
     "Clip": _clip,

@@ -1,0 +1,68 @@
+"""`--to openvino`: int8-static runs as OpenVINO int8 kernels with our scales, 4-bit packed Linears
+as u4 weight constants, checked on a tiny model (skipped without the openvino extra)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nncompress as nc
+from nncompress.deploy import CheckConfig, deploy
+from nncompress.quantize.int8 import onnxruntime_static_int8
+from nncompress.quantize.layers import quantize_weight_module
+from nncompress.quantize.primitives import QuantSpec
+
+ov = pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'nncompress[openvino]'")
+
+pytestmark = pytest.mark.filterwarnings("ignore")  # OpenVINO's own deprecation notices
+
+
+def _task(model: nn.Module, shape: tuple[int, ...]) -> nc.Task:
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(16, *shape, generator=g) for _ in range(2)]
+    with torch.no_grad():
+        batches = [(x, model(x).argmax(1)) for x in xs]
+    return nc.Task("tiny", train=batches, val=batches, test=batches, baseline=lambda: model)
+
+
+def test_openvino_keeps_u4_weights_of_packed_linears(tmp_path) -> None:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+    model = nn.Sequential(
+        quantize_weight_module(base[0], QuantSpec(bits=4, symmetric=False, granularity="group", group_size=32)),
+        nn.ReLU(),
+        base[2],
+    ).eval()
+    result = deploy(model, "openvino", tmp_path / "m.xml", _task(base, (128,)), config=CheckConfig(batch_large=0))
+    core = ov.Core()
+    types = {
+        op.get_element_type().get_type_name()
+        for op in core.read_model(result.path).get_ordered_ops()
+        if op.get_type_name() == "Constant"
+    }
+    assert "u4" in types and result.layers["0"].startswith("u4 compressed weights")
+    assert result.bytes < result.fp32_bytes * 0.5  # 128x64 fp32 -> u4: the IR shrinks
+    assert result.max_abs_error < 1e-4 * max(1.0, result.max_abs_output)
+    assert result.metric["export"] == pytest.approx(result.metric["ours"])
+
+
+def test_openvino_runs_int8_static_as_int8_kernels(tmp_path) -> None:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 3)).eval()
+    int8, _ = onnxruntime_static_int8(base, [(torch.randn(8, 4, 6, 6),) for _ in range(2)])
+    task = _task(base, (4, 6, 6))
+    result = deploy(int8, "openvino", tmp_path / "m.xml", task, config=CheckConfig(batch_large=4, runs=2, rounds=1))
+    kernels = result_runner_precisions(result.path)
+    assert any(k.endswith(("u8", "i8")) for k in kernels), kernels  # int8, not fp32 with fake quantization
+    with torch.no_grad():
+        step = float((base(task.inputs_example()) - int8(task.inputs_example())).abs().max())
+    assert result.max_abs_error <= step + 1e-6  # within the int8 quantization error of ours
+    assert abs(result.metric["export"] - result.metric["ours"]) <= 0.1
+    assert set(result.latency_ms["batch_4"]) == {"ours", "export", "fp32_export"}
+
+
+def result_runner_precisions(path: str) -> dict[str, int]:
+    from nncompress.deploy.openvino import OpenVinoModule
+
+    return OpenVinoModule(path).runtime_precisions()
