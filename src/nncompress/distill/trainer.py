@@ -168,15 +168,7 @@ class DistillConfig:
 
     def run_settings(self) -> RunSettings:
         """How the engine runs this distillation: precision, checkpoints, sharding, logging."""
-        return RunSettings(
-            amp=self.amp,
-            checkpoint_dir=self.checkpoint_dir,
-            checkpoint_every=self.checkpoint_every,
-            checkpoint_keep=self.checkpoint_keep,
-            resume=self.resume,
-            shard_batches=self.shard_batches,
-            log_every=self.log_every,
-        )
+        return RunSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (as stored in checkpoints)."""
