@@ -515,7 +515,8 @@ class DynamicInt8Quantize(Exclusions, Step):
         if not targets:
             shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) or "none"
             raise NothingToDo(
-                f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; weight layers found: {shown}"
+                f"int8-dynamic: no Linear, LSTM or GRU layer to quantize outside exclude; weight layers found: {shown} "
+                "(int8-static quantizes convolutions)"
             )
         if left:
             shown = ", ".join(f"{n} ({t})" for n, t in left[:6]) + (", ..." if len(left) > 6 else "")
