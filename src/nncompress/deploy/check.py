@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class DeployResult:
             interleaved in one process.
         layers: weighted layer -> its form in the target; notes: layers kept in a nearer form, fallbacks.
         export_seconds: time the export took.
+        runner: the export as a module running in its runtime (left out of ``to_dict``).
     """
 
     target: str
@@ -75,9 +76,12 @@ class DeployResult:
     layers: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     export_seconds: float = 0.0
+    runner: nn.Module | None = field(default=None, repr=False, compare=False)  # the export, runnable; not saved
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(replace(self, runner=None))
+        out.pop("runner")
+        return out
 
 
 def _flat(out: Any) -> list[torch.Tensor]:
@@ -157,7 +161,7 @@ def deploy(
     seconds = time.perf_counter() - t0
     result = DeployResult(chosen.name, exported.path, exported.bytes, layers=exported.layers, notes=exported.notes)
     result.export_seconds = round(seconds, 2)
-    runner = exported.runner
+    runner = result.runner = exported.runner
     if runner is None:
         result.notes.append(f"{chosen.name}'s runtime is not installed here: the export was not run")
         return result

@@ -1,0 +1,311 @@
+"""Compressed models exported to on-device runtimes, checked and timed there, beside each runtime's own quantizer.
+
+Usage: python benchmarks/edge.py [--quick] [--targets onnx,openvino,executorch] [--tasks fmnist-mlp]
+       [--runs N] [--no-peers] [--gguf] [--out PATH]
+
+For fmnist-resnet (int8-static, channel-pruned) and fmnist-mlp (int8-static, 4-bit weight-only), every
+installed target (``nncompress export --to``): the test metric in the runtime, max |export - ours|, file
+size, and batch-1 / batch-64 latency interleaved with our model and with the runtime's own fp32 export of
+the baseline. Peers on the same baseline, in their own runtime, timed interleaved with our export there:
+NNCF ``nncf.quantize`` (int8 rows) and ``nncf.compress_weights`` INT4_ASYM / per-channel (4-bit row) on
+OpenVINO; ExecuTorch's ``XNNPACKQuantizer`` (PT2E, per-channel int8) on ExecuTorch. ``--gguf`` adds the
+SmolLM2-135M GGUF rows (benchmarks/edge_gguf.py's ``gguf_rows``) when llama-cpp-python is installed.
+
+Writes benchmarks/results/edge.json: DESIGN.md's row contract (``task``, ``method``, ``settings``,
+``baseline``, ``result``) plus ``target`` and ``export`` (the ``DeployResult``); peer rows carry ``tool``
+and ``versus_ours`` (latency interleaved with our export in the same runtime, sizes, metrics).
+Timings on a shared 2-core machine are preliminary: rerun on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, contract_fields, write_results  # noqa: E402
+
+import nncompress as nc  # noqa: E402
+from nncompress.deploy import CheckConfig, deploy, get_target  # noqa: E402
+from nncompress.measure.latency import interleaved_latency  # noqa: E402
+from nncompress.measure.metric import evaluate  # noqa: E402
+from nncompress.tasks.task import repeat_batch  # noqa: E402
+
+FAMILY = "edge"
+ARTIFACTS = RESULTS / "artifacts"
+LARGE = 64
+CALIBRATION_BATCHES = 8  # of the train split, for the peers' static int8 (int8-static's default too)
+TARGETS = ("onnx", "openvino", "executorch")
+
+
+def variants(task: str) -> list[tuple[str, str, list[nc.Step]]]:
+    """(method, artifact relative to results/artifacts, recipe to build it when missing)."""
+    table = {
+        "fmnist-resnet": [
+            ("int8-static", "quantization/fmnist-resnet--int8-static.ncz", [nc.STEPS["int8-static"]()]),
+            (
+                "channel-global-macs80-finetune",
+                "pruning/fmnist-resnet--channel-global-macs80-finetune.ncz",
+                [],
+            ),
+        ],
+        "fmnist-mlp": [
+            ("int8-static", "edge/fmnist-mlp--int8-static.ncz", [nc.STEPS["int8-static"]()]),
+            ("w4-channel", "edge/fmnist-mlp--w4-channel.ncz", [nc.STEPS["weight-quantize"](bits=4)]),
+        ],
+    }
+    return table[task]
+
+
+def load_variant(task: nc.Task, method: str, rel: str, recipe: list[nc.Step]) -> tuple[nn.Module, Path]:
+    path = ARTIFACTS / rel
+    if not path.exists():
+        if not recipe:
+            raise SystemExit(f"{path} is missing: run the benchmark that writes it first")
+        model = nc.compress(task.baseline(), recipe, task, seed=0).model
+        nc.save(model, path, metadata={"task": task.name, "method": method})
+    return nc.load(path), path
+
+
+def version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def calibration(task: nc.Task, batch: int = 32) -> list[torch.Tensor]:
+    """``CALIBRATION_BATCHES`` train batches of ``batch`` samples, the peers' calibration data."""
+    out = []
+    for x, _ in task.train:
+        out += list(x.split(batch))
+        if len(out) >= CALIBRATION_BATCHES:
+            break
+    return out[:CALIBRATION_BATCHES]
+
+
+# --- peers: each runtime's own quantizer on the fp32 baseline -----------------------------------
+
+
+def nncf_peer(baseline: nn.Module, task: nc.Task, method: str, tmp: Path) -> tuple[str, Path, nn.Module, int]:
+    """NNCF on the baseline's OpenVINO IR: ``nncf.quantize`` (int8 rows) or ``compress_weights`` (4-bit)."""
+    import nncf
+    import openvino as ov
+
+    from nncompress.deploy.openvino import OpenVinoModule
+    from nncompress.io.onnx_export import export_onnx
+
+    onnx_path = tmp / "peer-fp32.onnx"
+    export_onnx(baseline, onnx_path, task.inputs_example()[:8], overwrite=True)
+    model = ov.convert_model(str(onnx_path))
+    if method.startswith("w4"):
+        name = "nncf.compress_weights INT4_ASYM per-channel, ratio 1"
+        out = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=-1, ratio=1.0)
+    else:
+        name = f"nncf.quantize (int8, {CALIBRATION_BATCHES}x32 calibration samples)"
+        data = nncf.Dataset([x.numpy() for x in calibration(task)])
+        out = nncf.quantize(model, data, subset_size=CALIBRATION_BATCHES * 32)
+    xml = tmp / "peer.xml"
+    ov.save_model(out, str(xml), compress_to_fp16=False)
+    size = os.path.getsize(xml) + os.path.getsize(xml.with_suffix(".bin"))
+    return name, xml, OpenVinoModule(str(xml)), size
+
+
+def xnnpack_peer(baseline: nn.Module, task: nc.Task, method: str, tmp: Path) -> tuple[str, Path, nn.Module, int]:
+    """ExecuTorch's XNNPACKQuantizer (PT2E static int8, per-channel weights) on the baseline, lowered to XNNPACK."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from nncompress.deploy.executorch import ExecuTorchModule, Positional, lower_to_pte
+
+    example = task.inputs_example()
+    batch = torch.export.Dim("batch", min=1, max=2 * max(LARGE, example.shape[0]))
+    graph = torch.export.export(
+        Positional(baseline.eval()), (example[:2],), dynamic_shapes=(({0: batch},),), strict=False
+    ).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for x in calibration(task):
+            prepared(x)
+    converted = convert_pt2e(prepared)
+    data, _ = lower_to_pte(converted, (example,), max_batch=max(LARGE, example.shape[0]))
+    path = tmp / "peer.pte"
+    path.write_bytes(data)
+    name = f"executorch XNNPACKQuantizer (PT2E int8 per-channel, {CALIBRATION_BATCHES}x32 calibration samples)"
+    return name, path, ExecuTorchModule(path, max_batch=max(LARGE, example.shape[0])), len(data)
+
+
+PEERS = {"openvino": (nncf_peer, "nncf"), "executorch": (xnnpack_peer, "executorch")}
+
+
+def peer_row(
+    task: nc.Task, target: str, method: str, ours: Any, baseline: nn.Module, base_fields: dict, runs: int
+) -> dict[str, Any] | None:
+    """The runtime's own quantizer on the baseline: metric, size, latency interleaved with our export."""
+    make, package = PEERS[target]
+    if target == "executorch" and method.startswith("w4"):
+        return None  # XNNPACK has no weight-only 4-bit: its 4-bit path quantizes activations too
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        try:
+            name, _, runner, size = make(baseline, task, method, Path(d))
+        except Exception as e:  # noqa: BLE001 - a peer that fails is a row saying so, not a crash
+            return {"task": task.name, "method": f"{target}-peer-{method}", "tool": package, "error": str(e)[:300]}
+        seconds = time.perf_counter() - t0
+        metric = evaluate(runner, task.test, task.metric_fn)
+        latency = {}
+        for batch in (1, LARGE):
+            inputs = repeat_batch(task.single_example(), batch)
+            ms = interleaved_latency([ours.runner, runner], inputs, batch_size=batch, runs=runs, rounds=5, warmup=3)
+            latency[f"batch_{batch}"] = {"ours_export": round(ms[0].median_ms, 4), "peer": round(ms[1].median_ms, 4)}
+    result = {k: None for k in base_fields}
+    result.update(
+        metric={"name": task.metric_name, "value": metric},
+        size_bytes=size,
+        latency_ms=latency["batch_1"]["peer"],
+        compress_seconds=round(seconds, 2),
+    )
+    faster = all(t["ours_export"] <= t["peer"] for t in latency.values())
+    return {
+        "task": task.name,
+        "method": f"{target}-peer-{method}",
+        "tool": f"{package} {version(package)}",
+        "target": target,
+        "settings": {"peer": name, "same_runtime_as": f"{target}-{method}"},
+        "baseline": base_fields,
+        "result": result,
+        "versus_ours": {
+            "latency_ms": latency,
+            "bytes": {"ours_export": ours.bytes, "peer": size},
+            "metric": {"ours_export": ours.metric["export"], "peer": metric},
+            "ours_at_least_as_fast": faster,
+            "ours_at_least_as_small": ours.bytes <= size,
+        },
+    }
+
+
+def run_task(task_name: str, targets: list[str], peers: bool, runs: int, tmp: Path) -> list[dict[str, Any]]:
+    task = nc.tasks.get(task_name)
+    baseline = task.baseline().eval()
+    no_latency = nc.MeasureConfig(latency=False)
+    base_fields = contract_fields(nc.measure(baseline, task, config=no_latency))
+    config = CheckConfig(batch_large=LARGE, runs=runs, rounds=5)
+    rows = []
+    for method, rel, recipe in variants(task_name):
+        model, path = load_variant(task, method, rel, recipe)
+        report = nc.measure(model, task, config=no_latency, size_bytes=os.path.getsize(path))
+        fields = contract_fields(report)
+        fields["artifact"] = str(path.relative_to(RESULTS.parent.parent))
+        for target in targets:
+            out = tmp / f"{task_name}-{method}{get_target(target).suffix}"
+            try:
+                result = deploy(model, target, out, task, config=config, fp32_model=baseline)
+            except Exception as e:  # noqa: BLE001 - one failing export is a row saying why
+                rows.append(
+                    {"task": task_name, "method": f"{target}-{method}", "target": target, "error": str(e)[:300]}
+                )
+                print(f"{task_name} {method} -> {target}: FAILED {e}", flush=True)
+                continue
+            row_fields = dict(fields, latency_ms=result.latency_ms["batch_1"]["ours"])
+            drop = None if result.metric["export"] is None else result.metric["ours"] - result.metric["export"]
+            rows.append(
+                {
+                    "task": task_name,
+                    "method": f"{target}-{method}",
+                    "target": target,
+                    "settings": {"source_artifact": fields["artifact"], "batch_large": LARGE, "runs": runs},
+                    "baseline": base_fields,
+                    "result": row_fields,
+                    "export": result.to_dict(),
+                    "within_0_3_points": drop is not None and abs(drop) <= 0.003,
+                }
+            )
+            print(_line(rows[-1]), flush=True)
+            if (
+                peers
+                and target in PEERS
+                and "int8" in method
+                or peers
+                and target == "openvino"
+                and method.startswith("w4")
+            ):
+                row = peer_row(task, target, method, result, baseline, base_fields, runs)
+                if row:
+                    rows.append(row)
+                    print(_peer_line(row), flush=True)
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    e = row["export"]
+    m, t = e["metric"], e["latency_ms"]
+    return (
+        f"{row['task']:14} {row['method']:42} {e['bytes']:>10,} B (fp32 {e['fp32_bytes']:,})  "
+        f"metric {m['ours']:.4f} -> {m['export']:.4f} (fp32 export {m['fp32_export']:.4f})  "
+        f"err {e['max_abs_error']:.2g}  "
+        + "  ".join(
+            f"b{k.split('_')[1]} {v['ours']:.3f}/{v['export']:.3f}/{v['fp32_export']:.3f} ms" for k, v in t.items()
+        )
+    )
+
+
+def _peer_line(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"{row['task']:14} {row['method']:42} FAILED {row['error']}"
+    v = row["versus_ours"]
+    return (
+        f"{row['task']:14} {row['method']:42} {v['bytes']['peer']:>10,} B (ours {v['bytes']['ours_export']:,})  "
+        f"metric peer {v['metric']['peer']:.4f} ours {v['metric']['ours_export']:.4f}  "
+        + "  ".join(
+            f"b{k.split('_')[1]} ours {t['ours_export']:.3f} / peer {t['peer']:.3f} ms"
+            for k, t in v["latency_ms"].items()
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fmnist-mlp only, fewer timing runs, no peers")
+    parser.add_argument("--tasks", default="fmnist-resnet,fmnist-mlp")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated; missing runtimes are skipped")
+    parser.add_argument("--runs", type=int, default=30, help="timed passes per model and batch size")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--gguf", action="store_true", help="add SmolLM2-135M GGUF rows (needs llama-cpp-python)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    tasks = ["fmnist-mlp"] if args.quick else [t for t in args.tasks.split(",") if t]
+    runs = 6 if args.quick else args.runs
+    targets = []
+    for name in args.targets.split(","):
+        try:
+            get_target(name)
+            targets.append(name)
+        except ValueError as e:
+            print(f"skipping --to {name}: {e}")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        for task in tasks:
+            rows += run_task(task, targets, not (args.no_peers or args.quick), runs, Path(d))
+    if args.gguf:
+        from edge_gguf import gguf_rows
+
+        rows += gguf_rows(quick=args.quick)
+    path = write_results(FAMILY, rows, args.out)
+    print(f"wrote {path} ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    main()
