@@ -134,7 +134,15 @@ def _rewrite_manifest(path, edit):
             zf.writestr(name, data)
 
 
-def test_a_damaged_deflated_plane_list_is_an_artifact_error(tmp_path):
+def test_small_models_leave_compression_to_the_member(tmp_path):
+    path = nc.save(nn.Sequential(nn.Linear(128, 128)), tmp_path / "m.ncz")
+    assert "deflated" not in read_manifest(path)["tensors"]["0.weight"]["header"]
+
+
+def test_a_damaged_deflated_plane_list_is_an_artifact_error(tmp_path, monkeypatch):
+    from nncompress.io import artifact
+
+    monkeypatch.setattr(artifact, "PART_DEFLATE_ABOVE", 1024)  # as a large model's are
     model = nn.Sequential(nn.Linear(128, 128))
     path = nc.save(model, tmp_path / "m.ncz")
     entry = read_manifest(path)["tensors"]["0.weight"]
@@ -148,6 +156,7 @@ def test_large_members_are_not_trial_compressed_whole(tmp_path, monkeypatch):
     from nncompress.io import artifact
 
     monkeypatch.setattr(artifact, "SAMPLE_ABOVE", 1024)
+    monkeypatch.setattr(artifact, "PART_DEFLATE_ABOVE", 1024)
     model = nn.Sequential(nn.Linear(256, 256))
     path = nc.save(model, tmp_path / "m.ncz")
     with zipfile.ZipFile(path) as zf:  # the float planes are DEFLATE'd already: the member gains too little

@@ -3,9 +3,10 @@
 - ``manifest.json``: format version, library versions, per-tensor encoding, user metadata
   (the recipe that produced the model, seeds, reports).
 - ``tensors.safetensors``: every parameter and persistent buffer, each in the encoding that
-  stores it smallest (``io/encodings.py``); tied tensors are stored once. DEFLATE-compressed
-  when that saves 2% or more (codes, quantized weights and sparse indices compress; dense
-  float32 hardly does).
+  stores it smallest, priced by estimate rather than trial-encoded (``io/encodings.py``); in
+  models over 8 MB its larger parts DEFLATE'd as byte planes where that pays (``io/deflate.py``);
+  tied tensors are stored once. The member itself is compressed by whichever zip method stores it smallest (up to
+  8 MB; larger ones are priced on a sample, and compressed only when that saves 2% or more).
 - ``skeleton.pkl``: the module tree pickled (LZMA) with its tensors on the ``meta`` device (a few
   KB), so any architecture, including ones reshaped by structured pruning, loads back as a plain
   ``nn.Module``. Older artifacts hold ``skeleton.pt`` (``torch.save``'s format) instead; both load.
@@ -61,6 +62,10 @@ LEGACY_SKELETON = "skeleton.pt"  # torch.save's zip: written before the plain pi
 VERSION = 1
 LZMA_MAX_BYTES = 1 << 16  # small members, where metadata is a large share, also try LZMA (slow on big ones)
 SAMPLE_ABOVE = 8 << 20  # larger members are priced for DEFLATE on a sample
+# Models whose tensors take more than this store their larger parts as DEFLATE'd byte planes (a
+# whole-member trial would take tens of seconds); smaller ones leave it to the member's own
+# compression (LZMA or DEFLATE over everything, tried), so their files stay as they were.
+PART_DEFLATE_ABOVE = SAMPLE_ABOVE
 SAMPLE_SLICES, SAMPLE_BYTES = 64, 16 << 10
 SUFFIX = ".ncz"
 MANIFEST, TENSORS = "manifest.json", "tensors.safetensors"
@@ -156,6 +161,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] 
     tensors = _persistent_tensors(model)
     tensors.update({n: (t, qio.PACKED, False) for n, t in qio.packed_tensors(model).items()})
     layouts = code_layouts(model)  # packed low-bit codes: also tried Huffman-coded
+    large = sum(t.numel() * t.element_size() for t, _, _ in tensors.values()) > PART_DEFLATE_ABOVE
     stored: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, Any]] = {}
     first_name_of: dict[tuple[int, int, tuple[int, ...]], str] = {}
@@ -174,7 +180,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] 
                 qio.encode_quantized(t) if t.is_quantized else encode_smallest(t, layout=layouts.get(name))
             )
             parts, header = narrow_exact_floats(parts, header)
-            if not ENCODINGS[enc_name].entropy_coded:
+            if large and not ENCODINGS[enc_name].entropy_coded:
                 parts, header = deflate_parts(parts, header)
             entry.update(encoding=enc_name, header=header)
             for part, value in parts.items():

@@ -48,31 +48,44 @@ def tensor_nonzero(t: torch.Tensor) -> int:
         raise
 
 
-def _counts(model: nn.Module) -> tuple[int, int]:
-    """(elements, non-zeros) of every parameter, stored-weight modules included, each counted once."""
-    total = nonzero = 0
+def stored_weight_numel(module: nn.Module) -> int | None:
+    """Elements of the weights a module keeps outside ``nn.Parameter``s (``stored_weight_counts``'s
+    first figure), without decoding them where the module says its size: a packed layer's
+    ``_weight_numel()`` plus its bias. None for an ordinary module."""
+    numel = getattr(module, "_weight_numel", None)
+    if callable(getattr(module, "stored_weight_counts", None)) and callable(numel):
+        bias = getattr(module, "bias", None)
+        return int(numel()) + (bias.numel() if isinstance(bias, torch.Tensor) else 0)
+    counts = stored_weight_counts(module)
+    return None if counts is None else counts[0]
+
+
+def _counts(model: nn.Module, nonzero: bool = True) -> tuple[int, int]:
+    """(elements, non-zeros) of every parameter, stored-weight modules included, each counted once;
+    with ``nonzero=False`` the second figure is 0 and packed weights are not decoded to count it."""
+    total = nonzeros = 0
     seen: set[int] = set()
     skip: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in skip):
             continue
-        stored = stored_weight_counts(module)
-        if stored is not None:
-            total, nonzero = total + stored[0], nonzero + stored[1]
+        stored = stored_weight_counts(module) if nonzero else (stored_weight_numel(module), 0)
+        if stored is not None and stored[0] is not None:
+            total, nonzeros = total + stored[0], nonzeros + stored[1]
             skip.append(f"{name}." if name else "")
             continue
         for p in module.parameters(recurse=False):
             if id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel()
-                nonzero += tensor_nonzero(p)
-    return total, nonzero
+                nonzeros += tensor_nonzero(p) if nonzero else 0
+    return total, nonzeros
 
 
 def count_params(model: nn.Module) -> int:
     """Number of parameter elements (tied parameters counted once; packed/quantized weights
-    counted as the elements they hold)."""
-    return _counts(model)[0]
+    counted as the elements they hold, without decoding them)."""
+    return _counts(model, nonzero=False)[0]
 
 
 def count_nonzero(model: nn.Module) -> int:
