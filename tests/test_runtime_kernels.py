@@ -51,6 +51,8 @@ UNIFORM_CASES = [
     (QuantSpec(bits=8, symmetric=False, granularity="channel"), "int8pack-bf16"),
     (QuantSpec(bits=8, symmetric=True, granularity="channel"), "int8pack-bf16"),
     (QuantSpec(bits=6, symmetric=False, granularity="channel"), "int8pack-bf16"),
+    (QuantSpec(bits=8, symmetric=False, granularity="group", group_size=128), "int8pack-bf16"),  # ragged, 5 rows
+    (QuantSpec(bits=8, symmetric=True, granularity="group", group_size=64), "int8pack-bf16"),
 ]
 
 
@@ -71,6 +73,8 @@ def test_uniform_kernels_match_reference_within_the_format_error(spec: QuantSpec
         own_error = _rel(reference, source(x))  # what the format itself costs
     assert fast.dtype == torch.float32 and fast.shape == (3, 7, source.out_features)
     assert _rel(fast, reference) <= min(BF16_REL, own_error)
+    fast, reference = _outputs(layer, torch.randn(40, source.in_features))  # prefill-sized batches too
+    assert _rel(fast, reference) <= BF16_REL
 
 
 @needs_kernels
@@ -140,9 +144,9 @@ def test_exactness_check_sends_a_far_offset_codebook_to_the_int8_kernel():
 def test_unsupported_shapes_and_formats_run_the_reference_path_exactly():
     x = torch.randn(2, 576)
     cases = {
-        "grouped 8-bit": quantize_weight_module(_linear(), QuantSpec(bits=8, granularity="group", group_size=64)),
-        "520 outputs, groups": quantize_weight_module(
-            _linear(520), QuantSpec(bits=4, symmetric=False, granularity="group", group_size=64)
+        "18 groups of 8-bit": quantize_weight_module(_linear(), QuantSpec(bits=8, granularity="group", group_size=32)),
+        "520 outputs, 18 groups": quantize_weight_module(
+            _linear(520), QuantSpec(bits=4, symmetric=False, granularity="group", group_size=32)
         ),
         "small layer": quantize_weight_module(_linear(64), QuantSpec(bits=4, granularity="channel")),
         "fp16 storage": half_module(_linear()),
@@ -152,10 +156,13 @@ def test_unsupported_shapes_and_formats_run_the_reference_path_exactly():
         assert rt.kernel_reasons(layer), name
         fast, reference = _outputs(layer, x)
         assert torch.equal(fast, reference), name
-    assert any("multiple of 16" in why for why in rt.kernel_reasons(cases["520 outputs, groups"]))
-    # 520 outputs per channel: the 4-bit kernel declines the shape, the 8-bit one takes 4-bit codes exactly
-    per_channel = quantize_weight_module(_linear(520), QuantSpec(bits=4, granularity="channel"))
-    assert rt.kernel_choice(per_channel).name == "int8pack-bf16"
+    assert any("multiple of 16" in why for why in rt.kernel_reasons(cases["520 outputs, 18 groups"]))
+    # 520 outputs: the 4-bit kernel declines the shape, the 8-bit one takes 4-bit codes exactly
+    for spec in (QuantSpec(bits=4, granularity="channel"), QuantSpec(bits=4, granularity="group", group_size=64)):
+        layer = quantize_weight_module(_linear(520), spec)
+        assert rt.kernel_choice(layer).name == "int8pack-bf16"
+        fast, reference = _outputs(layer, x)
+        assert _rel(fast, reference) <= BF16_REL
 
 
 @needs_kernels

@@ -28,11 +28,12 @@ from nncompress.runtime.cpu import cpu_features
 from nncompress.runtime.registry import ACT_DTYPES, KernelChoice, PreparedKernel, Unsupported, kernels_by_priority
 from nncompress.runtime.switch import kernels_enabled
 
-# Layers with fewer weights stay on the reference path: their weights sit in cache and per-call
-# overhead decides. Measured here (one thread, batch 1, hot cache, interleaved medians): 256x256
-# fp32 6.3 us, int4 9.8 us, int8 11.1 us; 512x512 fp32 47.9 us, int4 40.7 us, int8 45.0 us;
-# 1024x1024 fp32 178 us, int4 126 us, int8 142 us (out of cache, in a model, the kernels gain more).
-MIN_KERNEL_WEIGHTS = 512 * 512
+# Layers with fewer weights stay on the reference path: per-call overhead decides there. Measured
+# here (one thread, batch 1, interleaved medians): hot in cache, 128x128 fp32 3.4 us, int4 7.1 us,
+# int8 8.2 us; 256x256 6.3 / 9.8 / 11.1 us; 512x512 47.9 / 40.7 / 45.0 us. Inside a model the
+# weights come from memory: SmolLM2's 192x576 k/v projections (110k weights) took 148 us in fp32
+# per decode step against 23 us for a 576x576 int4 layer, so the bar sits at 2^16 weights.
+MIN_KERNEL_WEIGHTS = 2**16
 
 # --- choosing and caching ---------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """8-bit kernel: aten's ``_weight_int8pack_mm`` (int8 weights, one scale per output row) with
 bfloat16 activations.
 
-Runs layers exact on a 256-level grid with one scale and zero per output row: 5- to 8-bit uniform
-codes per channel (or per tensor), and what the 4-bit kernel declined among lower widths (an
-output width not divisible by 16, inputs not divisible by 32). Codes minus an integer zero that
-fit in int8 are multiplied as they are; otherwise (8-bit affine codes) the codes are shifted by
-128 and the zeros' share is added back as ``scale * (128 - zero) * sum(x)``. The kernel gets unit
-scales and the float32 row scale multiplies its output, so the weights stay exact. Per-group
-scales are not supported (the kernel has one scale per row): such layers keep the reference path.
+Runs layers exact on a 256-level grid: 5- to 8-bit uniform codes per channel, per tensor or per
+group (an LM head packed at 8 bits in groups of 128), and what the 4-bit kernel declined among
+lower widths (an output width not divisible by 16, inputs not divisible by 32). Codes minus an
+integer zero that fit in int8 are multiplied as they are; otherwise (8-bit affine codes) they are
+shifted by 128 and the zeros' share is added back as ``scale * (128 - zero) * sum(x)`` per group.
+The kernel takes one bf16 scale per output row, which would round 8-bit weights by up to half a
+step, so it gets unit scales and the float32 scales multiply its output: with G groups per row,
+each input row becomes G kernel rows (the row masked to one group's inputs), whose outputs are
+scaled per group and summed. The weights it multiplies are exact; outputs round to bf16.
 
 Measured here (AMD EPYC AVX-512, one thread, batch 1, interleaved medians, noisy shared machine,
 preliminary): 1536x576 55-59 us vs fp32 ``F.linear`` 76-93 us, 576x1536 55-57 vs 65-73 us, the
@@ -29,7 +31,8 @@ from nncompress.runtime.grid import NotOnGrid, affine_grid
 from nncompress.runtime.registry import Kernel, RunFn, Unsupported, register_kernel
 
 SHIFT = 128  # codes in [0, 255] shifted into int8
-MAX_KERNEL_ROWS = 32  # more rows: int8 codes dequantized per call and F.linear (the kernel was 10-50% slower)
+MAX_GROUPS = 16  # scale groups per row run as that many kernel rows; more cost more than they save
+MAX_KERNEL_ROWS = 32  # more kernel rows: codes dequantized per call and F.linear (the kernel was 10-50% slower)
 
 
 def available(cpu: CpuFeatures) -> str | None:
@@ -43,7 +46,7 @@ def available(cpu: CpuFeatures) -> str | None:
 
 @register_kernel
 class Int8PackKernel(Kernel):
-    """Up to 256-level codes with one scale per output row, bfloat16 activations."""
+    """Up to 256-level codes, float32 scales per row or per group, bfloat16 activations."""
 
     name = "int8pack-bf16"
     weight_bits = 8
@@ -57,32 +60,47 @@ class Int8PackKernel(Kernel):
             grid = affine_grid(layer, 2**self.weight_bits)
         except NotOnGrid as why:
             raise Unsupported(str(why)) from None
-        if grid.groups != 1:
-            raise Unsupported(f"{grid.groups} scale groups per row (the kernel takes one scale per output row)")
+        groups = grid.groups
+        if groups > MAX_GROUPS:
+            raise Unsupported(f"{groups} scale groups per row (one kernel row per group: at most {MAX_GROUPS})")
         n, k = grid.shape
-        scale, zero = grid.scale[:, 0].contiguous(), grid.zero[:, 0]
-        centered = grid.codes.float() - zero.round()[:, None]  # exact: |values| < 2^24 or not integral anyway
+        column_group = torch.arange(k) // grid.group_size  # (K,): the group of every input, ragged last one too
+        scale, zero = grid.scale, grid.zero  # (N, G)
+        centered = grid.codes.float() - zero.round()[:, column_group]  # exact: |values| < 2^24
         if bool((zero == zero.round()).all()) and float(centered.min()) >= -128 and float(centered.max()) <= 127:
             codes, offset = centered.to(torch.int8), None
-        else:
+        else:  # 8-bit affine: shifted codes, the zeros' share added from (per-group) input sums
             codes, offset = (grid.codes.to(torch.int16) - SHIFT).to(torch.int8), (scale * (SHIFT - zero)).contiguous()
-        weight = codes.float().mul_(scale[:, None])
+        weight = codes.float().mul_(scale[:, column_group])
         if offset is not None:
-            weight += offset[:, None]
-        check_matches(layer, weight.reshape(n, 1, k), scale.reshape(n, 1, 1), self.name)
-        unit = torch.ones(n, dtype=torch.bfloat16)
+            weight += offset[:, column_group]
+        check_matches(layer, weight.reshape(n, k, 1), scale[:, column_group].reshape(n, k, 1), self.name)
+        return _runner(codes, scale.contiguous(), offset, column_group)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            if x.shape[0] > MAX_KERNEL_ROWS:  # dequantize per call: costs 1 / rows of the matmul
-                dense = codes.float().mul_(scale[:, None])
-                out = F.linear(x.float(), dense)
-                if offset is not None:
-                    out += x.float().sum(-1, keepdim=True) * offset
-                return out.to(x.dtype)
-            xb = x.to(torch.bfloat16)
-            out = torch.ops.aten._weight_int8pack_mm(xb, codes, unit).float() * scale
+
+def _runner(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, column_group: torch.Tensor) -> RunFn:
+    """``x @ W^T`` with ``W = codes * scale (+ offset)`` per group: one kernel row per (input row, group)."""
+    n, groups = scale.shape
+    unit = torch.ones(n, dtype=torch.bfloat16)
+    masks = (column_group[None, :] == torch.arange(groups)[:, None]).to(torch.bfloat16)  # (G, K)
+    scale_t = scale.t().contiguous()  # (G, N)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        if rows * groups > MAX_KERNEL_ROWS:  # dequantize per call: costs about 1 / rows of the matmul
+            dense = codes.float().mul_(scale[:, column_group])
             if offset is not None:
-                out += xb.float().sum(-1, keepdim=True) * offset
-            return out.to(x.dtype)
+                dense += offset[:, column_group]
+            return F.linear(x.float(), dense).to(x.dtype)
+        xb = x.to(torch.bfloat16)
+        if groups == 1:
+            out = torch.ops.aten._weight_int8pack_mm(xb, codes, unit).float() * scale_t
+        else:  # row (m, g) holds x[m] on group g's inputs only
+            split = (xb[:, None, :] * masks).reshape(rows * groups, -1)
+            part = torch.ops.aten._weight_int8pack_mm(split, codes, unit).float().reshape(rows, groups, n)
+            out = (part * scale_t).sum(1)
+        if offset is not None:
+            out += (xb.float() @ masks.float().t()) @ offset.t()
+        return out.to(x.dtype)
 
-        return run
+    return run
