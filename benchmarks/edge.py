@@ -126,6 +126,7 @@ def xnnpack_peer(baseline: nn.Module, task: nc.Task, method: str, tmp: Path) -> 
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from nncompress.deploy.executorch import ExecuTorchModule, Positional, lower_to_pte
@@ -141,6 +142,7 @@ def xnnpack_peer(baseline: nn.Module, task: nc.Task, method: str, tmp: Path) -> 
         for x in calibration(task):
             prepared(x)
     converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # lower_to_pte calls .eval() on the module it wraps
     data, _ = lower_to_pte(converted, (example,), max_batch=max(LARGE, example.shape[0]))
     path = tmp / "peer.pte"
     path.write_bytes(data)
