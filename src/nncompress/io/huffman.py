@@ -158,18 +158,39 @@ def decode_bits(bits: np.ndarray, lengths: np.ndarray, count: int, start: int = 
     window = np.zeros(tail.size, dtype=np.int64)  # the next ``width`` bits read at each position
     for j in range(width):
         window = (window << 1) | padded[j : j + tail.size]
-    step = len_of[window].tolist()
-    starts = [0] * count
-    pos = 0
-    for i in range(count):  # a chain through the precomputed code lengths
-        if pos >= len(step):
-            raise ValueError(f"the bit stream ends after {i} of {count} symbols")
-        starts[i] = pos
-        pos += step[pos]
-    out = sym_of[window[starts]]
-    if (out < 0).any() or pos > tail.size:
+    size = tail.size
+    step = len_of[window]
+    if not step[0]:
         raise ValueError("corrupt Huffman stream: a code that is in no table")
-    return out, start + pos
+    # the next code's start from every position (``size``: past the end, absorbing), then from every
+    # position the start CHAIN_STRIDE codes on, by doubling; only every CHAIN_STRIDE-th start of
+    # the chain is followed one by one, the starts in between are gathered for all strides at once
+    jump = np.append(np.minimum(np.arange(size) + np.maximum(step, 1), size), size)
+    far = jump
+    for _ in range(CHAIN_DOUBLINGS):
+        far = far[far]
+    coarse = np.empty(-(-count // CHAIN_STRIDE), dtype=np.int64)
+    pos = 0
+    for i in range(coarse.size):
+        coarse[i] = pos
+        pos = far[pos]
+    starts = np.empty((coarse.size, CHAIN_STRIDE), dtype=np.int64)
+    starts[:, 0] = coarse
+    for k in range(1, CHAIN_STRIDE):
+        starts[:, k] = jump[starts[:, k - 1]]
+    starts = starts.reshape(-1)[:count]
+    if starts[-1] >= size:
+        ended = int(np.argmax(starts >= size))
+        raise ValueError(f"the bit stream ends after {ended} of {count} symbols")
+    out = sym_of[window[starts]]
+    end = int(starts[-1] + step[starts[-1]])
+    if (out < 0).any() or (step[starts] == 0).any() or end > size:
+        raise ValueError("corrupt Huffman stream: a code that is in no table")
+    return out, start + end
+
+
+CHAIN_DOUBLINGS = 4
+CHAIN_STRIDE = 2**CHAIN_DOUBLINGS  # codes skipped per step of the decoding loop
 
 
 def table_bits(lengths: np.ndarray) -> np.ndarray:
