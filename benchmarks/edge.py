@@ -1,7 +1,7 @@
 """Compressed models exported to on-device runtimes, checked and timed there, beside each runtime's own quantizer.
 
 Usage: python benchmarks/edge.py [--quick] [--targets onnx,openvino,executorch] [--tasks fmnist-mlp]
-       [--runs N] [--no-peers] [--gguf] [--out PATH]
+       [--runs N] [--no-peers] [--gguf] [--merge] [--out PATH]
 
 For fmnist-resnet (int8-static, channel-pruned) and fmnist-mlp (int8-static, 4-bit weight-only), every
 installed target (``nncompress export --to``): the test metric in the runtime, max |export - ours|, file
@@ -9,7 +9,8 @@ size, and batch-1 / batch-64 latency interleaved with our model and with the run
 the baseline. Peers on the same baseline, in their own runtime, timed interleaved with our export there:
 NNCF ``nncf.quantize`` (int8 rows) and ``nncf.compress_weights`` INT4_ASYM / per-channel (4-bit row) on
 OpenVINO; ExecuTorch's ``XNNPACKQuantizer`` (PT2E, per-channel int8) on ExecuTorch. ``--gguf`` adds the
-SmolLM2-135M GGUF rows (benchmarks/edge_gguf.py's ``gguf_rows``) when llama-cpp-python is installed.
+SmolLM2-135M GGUF rows (``gguf_rows``: GPTQ 4-bit groups of 32 as Q4_1 beside llama.cpp's own Q4_0/Q8_0
+of the fp32 weights) when llama-cpp-python is installed.
 
 Writes benchmarks/results/edge.json: DESIGN.md's row contract (``task``, ``method``, ``settings``,
 ``baseline``, ``result``) plus ``target`` and ``export`` (the ``DeployResult``); peer rows carry ``tool``
@@ -278,14 +279,109 @@ def _peer_line(row: dict[str, Any]) -> str:
     )
 
 
+GGUF_ARTIFACT = "edge/smollm2-135m--gptq-w4-g32.ncz"
+
+
+def _decode_rates(runners: dict[str, Any], prompt: list[int], tokens: int, rounds: int = 3) -> dict[str, float]:
+    """Median decode tokens/s of each llama.cpp model, measured in alternating rounds."""
+    import statistics
+
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            rates[name].append(runner.decode_tokens_per_second(prompt, tokens))
+    return {name: round(statistics.median(r), 2) for name, r in rates.items()}
+
+
+def rtn_w4(model: nn.Module) -> nn.Module:
+    """Round-to-nearest 4-bit, asymmetric groups of 32, on every decoder Linear (``--quick``'s stand-in for GPTQ)."""
+    import copy
+
+    from nncompress.base.modules import replace_module
+    from nncompress.quantize.layers import quantize_weight_module
+    from nncompress.quantize.primitives import QuantSpec
+
+    out = copy.deepcopy(model)
+    spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=32)
+    for name, module in list(out.named_modules()):
+        if isinstance(module, nn.Linear) and ".layers." in name:
+            out = replace_module(out, name, quantize_weight_module(module, spec))
+    return out.eval()
+
+
+def gguf_rows(quick: bool = False) -> list[dict[str, Any]]:
+    """SmolLM2-135M GPTQ 4-bit (groups of 32) -> GGUF Q4_1 in llama.cpp, beside llama.cpp's own Q4_0 / Q8_0
+    of the fp32 weights: perplexity on the test split (llama.cpp's logits), size, decode tokens/s."""
+    from nncompress.deploy.gguf import GgufTarget, LlamaCppModule, llama_quantize, perplexity
+
+    task = nc.tasks.get("smollm2-135m")
+    baseline = task.baseline().eval()
+    method = "gptq-w4-g32"
+    if quick and not (ARTIFACTS / GGUF_ARTIFACT).exists():  # GPTQ takes many minutes: RTN, in process
+        model, path, method = rtn_w4(baseline), None, "rtn-w4-g32"
+    else:
+        model, path = load_variant(task, method, GGUF_ARTIFACT, [nc.STEPS["gptq"](bits=4, group_size=32)])
+    test = list(task.test)[:1] if quick else list(task.test)
+    context = int(test[0][0].shape[-1])
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ours = GgufTarget().export(model, tmp / "ours.gguf", test[0][0])
+        GgufTarget(f32=True).export(baseline, tmp / "f32.gguf", test[0][0])
+        files = {f"ours-{method}-q4_1": tmp / "ours.gguf", "llama.cpp-f32": tmp / "f32.gguf"}
+        for kind in ("Q4_0", "Q8_0"):
+            files[f"llama.cpp-{kind.lower()}"] = tmp / f"{kind}.gguf"
+            llama_quantize(tmp / "f32.gguf", files[f"llama.cpp-{kind.lower()}"], kind)
+        runners = {name: LlamaCppModule(f, context=context) for name, f in files.items()}
+        ppl = {name: perplexity(r, test) for name, r in runners.items()}
+        ppl_ours_torch = perplexity(model, test)
+        ppl_base_torch = perplexity(baseline, test)
+        prompt = test[0][0][0, :64].tolist()
+        rates = _decode_rates(runners, prompt, 16 if quick else 64)
+        sizes = {name: os.path.getsize(f) for name, f in files.items()}
+    for name in files:
+        row = {
+            "task": task.name,
+            "method": f"gguf-{name}",
+            "target": "gguf",
+            "settings": {"test_chunks": len(test) * test[0][0].shape[0], "context": context},
+            "result": {
+                "metric": {"name": "perplexity", "value": ppl[name], "higher_is_better": False},
+                "size_bytes": sizes[name],
+                "decode_tokens_per_s": rates[name],
+            },
+        }
+        if name.startswith("ours-"):
+            row["settings"]["source_artifact"] = str(path.relative_to(RESULTS.parent.parent)) if path else None
+            row["export"] = {"layers": ours.layers, "notes": ours.notes}
+            row["ours_torch_perplexity"] = ppl_ours_torch
+            row["relative_perplexity_gap"] = abs(ppl[name] - ppl_ours_torch) / ppl_ours_torch
+            row["versus_llama_cpp_q4_0"] = {
+                "perplexity": [ppl[name], ppl["llama.cpp-q4_0"]],
+                "bytes": [sizes[name], sizes["llama.cpp-q4_0"]],
+                "decode_tokens_per_s": [rates[name], rates["llama.cpp-q4_0"]],
+            }
+        else:
+            row["tool"] = f"llama-cpp-python {version('llama-cpp-python')}"
+            row["baseline_torch_perplexity"] = ppl_base_torch
+        rows.append(row)
+        print(
+            f"{task.name:14} {row['method']:24} ppl {ppl[name]:.3f} (torch ours {ppl_ours_torch:.3f}, fp32 "
+            f"{ppl_base_torch:.3f})  {sizes[name]:,} B  decode {rates[name]:.1f} tok/s",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fmnist-mlp only, fewer timing runs, no peers")
-    parser.add_argument("--tasks", default="fmnist-resnet,fmnist-mlp")
+    parser.add_argument("--tasks", default="fmnist-resnet,fmnist-mlp", help="comma-separated; empty: none")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated; missing runtimes are skipped")
     parser.add_argument("--runs", type=int, default=30, help="timed passes per model and batch size")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--gguf", action="store_true", help="add SmolLM2-135M GGUF rows (needs llama-cpp-python)")
+    parser.add_argument("--merge", action="store_true", help="keep rows of the existing JSON not rerun here")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     tasks = ["fmnist-mlp"] if args.quick else [t for t in args.tasks.split(",") if t]
@@ -302,9 +398,13 @@ def main(argv: list[str] | None = None) -> None:
         for task in tasks:
             rows += run_task(task, targets, not (args.no_peers or args.quick), runs, Path(d))
     if args.gguf:
-        from edge_gguf import gguf_rows
-
         rows += gguf_rows(quick=args.quick)
+    if args.merge and Path(args.out or RESULTS / f"{FAMILY}.json").exists():
+        import json
+
+        fresh = {(r["task"], r["method"]) for r in rows}
+        old = json.loads(Path(args.out or RESULTS / f"{FAMILY}.json").read_text())
+        rows = [r for r in old if (r["task"], r["method"]) not in fresh] + rows
     path = write_results(FAMILY, rows, args.out)
     print(f"wrote {path} ({len(rows)} rows)")
 
