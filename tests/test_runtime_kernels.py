@@ -188,7 +188,8 @@ def test_no_kernel_on_a_cpu_without_avx2(monkeypatch):
     monkeypatch.setattr(dispatch, "cpu_features", lambda: plain)
     layer = quantize_weight_module(_linear(), QuantSpec(bits=4, granularity="channel"))
     assert rt.kernel_choice(layer) is None
-    assert all("AVX2" in why for why in rt.kernel_reasons(layer))
+    reasons = dict(why.split(": ", 1) for why in rt.kernel_reasons(layer))
+    assert "AVX2" in reasons["int4pack-bf16"] and "AVX2" in reasons["int8pack-bf16"]
 
 
 @needs_kernels
@@ -253,3 +254,19 @@ def test_hugging_face_llama_logits_within_the_format_error():
         with rt.use_kernels(False):
             reference = model(ids).logits
     assert _rel(fast, reference) <= min(BF16_REL, _rel(reference, float_logits))
+
+
+def test_very_sparse_off_grid_codebook_runs_as_csr_and_a_denser_one_does_not():
+    torch.manual_seed(0)
+    source = _linear()
+    centroids = torch.randn(16) * 0.05
+    centroids[0] = 0  # k-means with a kept zero: off any grid
+    x = torch.randn(3, source.in_features)
+    for zeros, expected in ((0.97, rt.KernelChoice("csr-fp32", 32, True)), (0.8, None)):
+        codes = torch.randint(1, 16, tuple(source.weight.shape), dtype=torch.uint8)
+        codes[torch.rand(codes.shape) < zeros] = 0
+        layer = codebook_module(source, centroids, codes, 4)
+        assert rt.kernel_choice(layer) == expected
+        fast, reference = _outputs(layer, x)
+        assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-6)
+    assert any("non-zero" in why for why in rt.kernel_reasons(layer))

@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from nncompress.runtime import int4, int8  # noqa: F401  (register the built-in kernels, in priority order)
+from nncompress.runtime import csr, int4, int8  # noqa: F401  (register the built-in kernels, in priority order)
 from nncompress.runtime.cpu import CpuFeatures, cpu_features
 from nncompress.runtime.dispatch import kernel_choice, kernel_reasons, run_linear
 from nncompress.runtime.registry import KERNELS, Kernel, KernelChoice, Unsupported, register_kernel
