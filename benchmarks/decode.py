@@ -95,8 +95,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def recipes() -> dict[str, list[nc.Step]]:
-    """Packed forms through the public API; ``-head8`` also packs the tied LM head to 8 bits (groups
-    of 128), the largest single matrix of the model (28M of 134.5M weights)."""
+    """Packed forms through the public API; ``-head8`` / ``-head4`` also pack the tied LM head (groups
+    of 128 unless per channel), the largest single matrix of the model (28M of 134.5M weights)."""
     forms = {
         "rtn-w4-g128": {"bits": 4, "group_size": GROUP},
         "rtn-w3-g128": {"bits": 3, "group_size": GROUP},
@@ -104,6 +104,7 @@ def recipes() -> dict[str, list[nc.Step]]:
         "rtn-w4-g128-head8": {"bits": 4, "group_size": GROUP, "head_bits": 8},
         "rtn-w3-g128-head8": {"bits": 3, "group_size": GROUP, "head_bits": 8},
         "rtn-w8-head8": {"bits": 8, "group_size": None, "symmetric": True, "head_bits": 8},
+        "rtn-w4-g128-head4": {"bits": 4, "group_size": GROUP, "head_bits": 4},
     }
     out = {}
     for method, settings in forms.items():

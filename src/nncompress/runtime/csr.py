@@ -53,7 +53,10 @@ class CsrKernel(Kernel):
                 csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(), size=weight.shape
             )
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return (csr @ x.float().t()).t().to(x.dtype)
+        def run(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            out = (csr @ x.float().t()).t()
+            if bias is not None:
+                out = out + bias
+            return out.to(x.dtype)
 
         return run

@@ -49,14 +49,13 @@ _STATES: weakref.WeakKeyDictionary[nn.Module, _State] = weakref.WeakKeyDictionar
 
 
 def _buffer_keys(layer: nn.Module) -> tuple[Any, ...]:
-    """Identity and in-place version of the layer's buffers (inference tensors: identity only)."""
-    keys = []
-    for t in layer.buffers(recurse=False):
-        try:
-            keys.append((id(t), t._version))
-        except RuntimeError:  # inference tensors track no version
-            keys.append((id(t), None))
-    return tuple(keys)
+    """Identity and in-place version of the layer's buffers (inference tensors: identity only).
+
+    Read from ``_buffers`` directly: this runs on every forward, and ``buffers()`` costs a generator."""
+    try:
+        return tuple((id(t), t._version) for t in layer._buffers.values() if t is not None)
+    except RuntimeError:  # inference tensors track no version
+        return tuple((id(t), None) for t in layer._buffers.values() if t is not None)
 
 
 def _prepare(layer: nn.Module, keys: tuple[Any, ...]) -> _State:
@@ -114,8 +113,8 @@ def run_linear(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> 
     """``layer``'s output on its kernel, or None when the reference path must run it.
 
     The reference path runs when kernels are off, the input is not a CPU float32 / bfloat16 tensor,
-    autograd needs the input's gradient, or no kernel claims the layer. A bias that needs a gradient
-    is added outside the kernel, so it still gets one.
+    autograd needs the input's gradient, or no kernel claims the layer. The bias (already in x's
+    dtype) is added with a differentiable op, so a bias that needs a gradient still gets one.
     """
     if (
         x.device.type != "cpu"
@@ -128,8 +127,7 @@ def run_linear(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> 
     prepared = _state(layer).prepared
     if prepared is None:
         return None
-    out = prepared.run(x.reshape(-1, x.shape[-1]))
-    out = out.reshape(*x.shape[:-1], out.shape[-1])
-    if bias is not None:
-        out = out + bias.to(out.dtype)
-    return out
+    if x.dim() == 2:
+        return prepared.run(x, bias)
+    out = prepared.run(x.reshape(-1, x.shape[-1]), bias)
+    return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -77,10 +77,12 @@ class Int4PackKernel(Kernel):
         scales_zeros = scales_zeros.transpose(0, 1).contiguous()  # (K/g, N, 2), as the kernel takes them
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(grid.codes.to(torch.int32), 1)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def run(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, g, scales_zeros)
             if post is not None:
                 out = out.float() * post
+            if bias is not None:  # bf16 + float32 promotes to float32 in the one add
+                return torch.add(bias, out).to(x.dtype)
             return out.to(x.dtype)
 
         return run

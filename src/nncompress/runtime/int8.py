@@ -85,13 +85,13 @@ def _runner(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | Non
     masks = (column_group[None, :] == torch.arange(groups)[:, None]).to(torch.bfloat16)  # (G, K)
     scale_t = scale.t().contiguous()  # (G, N)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.shape[0]
         if rows * groups > MAX_KERNEL_ROWS:  # dequantize per call: costs about 1 / rows of the matmul
             dense = codes.float().mul_(scale[:, column_group])
             if offset is not None:
                 dense += offset[:, column_group]
-            return F.linear(x.float(), dense).to(x.dtype)
+            return F.linear(x.float(), dense, None if bias is None else bias.float()).to(x.dtype)
         xb = x.to(torch.bfloat16)
         if groups == 1:
             out = torch.ops.aten._weight_int8pack_mm(xb, codes, unit).float() * scale_t
@@ -101,6 +101,8 @@ def _runner(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | Non
             out = (part * scale_t).sum(1)
         if offset is not None:
             out += (xb.float() @ masks.float().t()) @ offset.t()
+        if bias is not None:
+            out = out + bias
         return out.to(x.dtype)
 
     return run

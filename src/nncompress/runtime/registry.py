@@ -27,7 +27,7 @@ from torch import nn
 
 from nncompress.runtime.cpu import CpuFeatures
 
-RunFn = Callable[[torch.Tensor], torch.Tensor]  # (M, K) activations -> (M, N) outputs, same dtype, no bias
+RunFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (M, K) x, bias -> (M, N), x's dtype
 ACT_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -52,7 +52,8 @@ class KernelChoice:
 
 @dataclass(frozen=True)
 class PreparedKernel:
-    """A kernel bound to one layer's prepared weights: ``run(x2d)`` computes ``x2d @ W^T``."""
+    """A kernel bound to one layer's prepared weights: ``run(x2d, bias)`` computes ``x2d @ W^T + bias``
+    in ``x2d``'s dtype (the bias added in the kernel's own epilogue, saving a pass)."""
 
     choice: KernelChoice
     run: RunFn

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from types import TracebackType
 
@@ -24,7 +25,12 @@ _override: list[bool | None] = [None]  # set by use_kernels; None: follow the en
 
 
 def _from_env() -> bool:
-    value = os.environ.get(ENV_VAR, "").strip().lower()
+    return _parse(os.environ.get(ENV_VAR, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(raw: str) -> bool:
+    value = raw.strip().lower()
     if value in ON_VALUES:
         return True
     if value in OFF_VALUES:
