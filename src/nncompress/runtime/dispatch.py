@@ -109,11 +109,18 @@ def kernel_reasons(module: nn.Module) -> tuple[str, ...]:
     return _state(module).reasons
 
 
+def _tracing() -> bool:
+    """True while a graph is captured (ONNX export, TorchScript tracing, torch.export / compile): the
+    exported graph must hold the layer's own ops, which exporters know, not aten's private kernels."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def run_linear(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """``layer``'s output on its kernel, or None when the reference path must run it.
 
     The reference path runs when kernels are off, the input is not a CPU float32 / bfloat16 tensor,
-    autograd needs the input's gradient, or no kernel claims the layer. The bias (already in x's
+    autograd needs the input's gradient, a graph is being exported or traced, or no kernel claims
+    the layer. The bias (already in x's
     dtype) is added with a differentiable op, so a bias that needs a gradient still gets one.
     """
     if (
@@ -122,6 +129,7 @@ def run_linear(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> 
         or x.numel() == 0
         or (x.requires_grad and torch.is_grad_enabled())
         or not kernels_enabled()
+        or _tracing()
     ):
         return None
     prepared = _state(layer).prepared
