@@ -46,6 +46,7 @@ ARTIFACTS = RESULTS / "artifacts"
 LARGE = 64
 CALIBRATION_BATCHES = 8  # of the train split, for the peers' static int8 (int8-static's default too)
 TARGETS = ("onnx", "openvino", "executorch")
+ALL = "fmnist-resnet,fmnist-mlp"
 
 
 def variants(task: str) -> list[tuple[str, str, list[nc.Step]]]:
@@ -376,7 +377,7 @@ def gguf_rows(quick: bool = False) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fmnist-mlp only, fewer timing runs, no peers")
-    parser.add_argument("--tasks", default="fmnist-resnet,fmnist-mlp", help="comma-separated; empty: none")
+    parser.add_argument("--tasks", default=None, help=f"comma-separated (default {ALL}; --quick: fmnist-mlp); '': none")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated; missing runtimes are skipped")
     parser.add_argument("--runs", type=int, default=30, help="timed passes per model and batch size")
     parser.add_argument("--no-peers", action="store_true")
@@ -384,7 +385,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", action="store_true", help="keep rows of the existing JSON not rerun here")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    tasks = ["fmnist-mlp"] if args.quick else [t for t in args.tasks.split(",") if t]
+    tasks = (
+        ["fmnist-mlp"]
+        if args.quick and args.tasks is None
+        else [t for t in (ALL if args.tasks is None else args.tasks).split(",") if t]
+    )
     runs = 6 if args.quick else args.runs
     targets = []
     for name in args.targets.split(","):
