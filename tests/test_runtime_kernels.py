@@ -17,7 +17,8 @@ from nncompress.runtime import dispatch
 
 CPU = rt.cpu_features()
 needs_kernels = pytest.mark.skipif(
-    not (CPU.x86 and CPU.avx2), reason=f"the int4/int8 CPU kernels need x86 AVX2 or AVX-512; this is {CPU.describe()}"
+    not (CPU.x86 and CPU.avx512),
+    reason=f"the int4/int8 CPU kernels run here only with AVX-512; this is {CPU.describe()}",
 )
 # bf16 activations and outputs: each rounds to 2^-9 relative, so outputs move by well under 2^-7.
 BF16_REL = 2.0**-7
@@ -190,6 +191,17 @@ def test_no_kernel_on_a_cpu_without_avx2(monkeypatch):
     assert rt.kernel_choice(layer) is None
     reasons = dict(why.split(": ", 1) for why in rt.kernel_reasons(layer))
     assert "AVX2" in reasons["int4pack-bf16"] and "AVX2" in reasons["int8pack-bf16"]
+
+
+@needs_kernels
+def test_an_avx2_only_cpu_runs_4_bit_codes_on_the_int8_kernel(monkeypatch):
+    avx2 = dataclasses.replace(CPU, capability="AVX2")
+    monkeypatch.setattr(dispatch, "cpu_features", lambda: avx2)
+    layer = quantize_weight_module(_linear(), QuantSpec(bits=4, symmetric=False, granularity="group", group_size=128))
+    assert rt.kernel_choice(layer) == rt.KernelChoice("int8pack-bf16", 8, False)
+    assert "AVX-512" in dict(why.split(": ", 1) for why in rt.kernel_reasons(layer))["int4pack-bf16"]
+    fast, reference = _outputs(layer, torch.randn(2, 576))
+    assert _rel(fast, reference) <= BF16_REL
 
 
 @needs_kernels
