@@ -274,6 +274,10 @@ def export(args: argparse.Namespace) -> Any:
     result = deploy(model, target, out, task, config=config)
     report = Path(args.report) if args.report else report_beside(args.artifact)
     merged = merge_into_report(report, result) if report is not None and check else None
+    if merged is not None and (merged.parent / "report.html").exists():  # the page shows report.json's export
+        from nncompress.report.html import render_html
+
+        render_html(merged.parent)
     if args.json:
         return result.to_dict()
     text = summary(result)
