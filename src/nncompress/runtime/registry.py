@@ -8,11 +8,12 @@ step (``checks.py``), so a kernel changes what the model computes only by bfloat
 
 Kernels are tried in ``priority`` order, lowest first (``dispatch.py``): the order follows the
 measurements in each kernel module's docstring (batch 1, SmolLM2-135M layer shapes): the 4-bit
-kernel reads the fewest bytes and was the fastest wherever it applies, then the 8-bit one.
+kernel reads the fewest bytes and was the fastest wherever it applies (AVX-512), then the 8-bit
+one, then CSR for very sparse layers no integer kernel runs exactly.
 
 Example:
     >>> [k.name for k in kernels_by_priority()]  # doctest: +SKIP
-    ['int4pack-bf16', 'int8pack-bf16']
+    ['int4pack-bf16', 'int8pack-bf16', 'csr-fp32']
 """
 
 from __future__ import annotations
