@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import foreign_zoo as fz  # noqa: E402
 
 import nncompress as nc  # noqa: E402
+from nncompress.base.conv_as_linear import apply_step  # noqa: E402
 from nncompress.core.step import StepContext  # noqa: E402
 from nncompress.io.atomic import atomic_write_text  # noqa: E402
 from nncompress.tasks.task import call_model  # noqa: E402
@@ -208,7 +209,7 @@ def step_cell(
         step = nc.STEPS[kind](**settings)
         with time_limit(CELL_SECONDS), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            work = step.apply(work, ctx)
+            work = apply_step(step, work, ctx)
             out = outputs(work, inputs)
     except Exception as e:
         cell.update(

@@ -51,7 +51,7 @@ NOT_APPLICABLE = {
     ("vit", "cp"),
     ("vit", "spatial-svd"),
     ("vit", "tucker"),
-    *(("resnet", kind) for kind in ("svd", "rtn", "gptq", "awq", "hqq", "smoothquant", "w8a8", "wanda", "sparsegpt")),
+    ("resnet", "svd"),  # svd splits Linears (and 1x1 convs with convs=True); the one-shot LLM steps see convs as matrices
 }
 
 

@@ -139,7 +139,14 @@ class LayerPatterns(Exclusions):
 @dataclass(frozen=True, kw_only=True)
 class LinearSelection(KeepClassifier, LayerPatterns):
     """The Linear layers of a one-shot (LLM) step: ``layers`` minus ``exclude``, and the last Linear
-    (the LM head) kept unless ``keep_classifier`` is False."""
+    (the LM head) kept unless ``keep_classifier`` is False. ``convs``: Conv1d/Conv2d layers (groups 1)
+    are compressed too, as the matrices they multiply (``base.conv_as_linear``)."""
+
+    convs: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_flag("convs", self.convs)
 
 
 @dataclass(frozen=True, kw_only=True)

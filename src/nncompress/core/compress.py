@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from nncompress.base.canonical import canonicalize
+from nncompress.base.conv_as_linear import apply_step
 from nncompress.core.recipe import check_order, describe_recipe
 from nncompress.core.step import Step, StepContext
 from nncompress.measure.metric import ModelCallError, evaluate
@@ -197,7 +198,7 @@ def compress(
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         log_start = len(ctx.log) if index else 0
-        work = step.apply(work, ctx)
+        work = apply_step(step, work, ctx)  # a Linear-only step sees convs as the matrices they multiply
         seconds = time.perf_counter() - t0
         if index == len(recipe) - 1:  # the final measurement below is this state's: not evaluated twice
             last = (step, seconds, ctx.log[log_start:])

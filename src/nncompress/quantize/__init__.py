@@ -3,6 +3,7 @@
 observers, k-means weight sharing with Huffman pricing), and steps in their own modules: importing
 ``nncompress.quantize.int8`` registers ``int8-static`` and ``int8-dynamic``."""
 
+from nncompress.quantize import conv_twins  # noqa: F401  (registers packed Linears' conv twins)
 from nncompress.quantize.codebook import huffman_bits, huffman_code_lengths, kmeans_codebook
 from nncompress.quantize.observers import (
     OBSERVERS,
