@@ -114,3 +114,15 @@ def test_packed_layers_count_the_bits_their_kernel_reads():
     fast = estimate_model_energy(model, x)
     assert fast.weight_bytes_read == 256 * 512 * choice.weight_bits // 8 + 4 * 512  # codes + float32 bias
     assert fast.total_uj < reference.total_uj
+
+
+def test_report_json_carries_the_warnings(task):
+    import nncompress as nc
+    from nncompress.core.compress import CompressionReport
+
+    base = nc.measure(task.baseline(), task, config=nc.MeasureConfig(latency=False))
+    slow = nc.Report.from_dict({**base.to_dict(), "latency_ms": 2.0, "latency": _report(2.0, 20.0)["latency"]})
+    fast = nc.Report.from_dict({**base.to_dict(), "latency_ms": 1.0, "latency": _report(1.0, 10.0)["latency"]})
+    rep = CompressionReport(task.name, fast, slow, [], [], 0, {}, 0.0)
+    assert len(rep.to_dict()["warnings"]) == 2 and rep.to_dict()["warnings"] == rep.warnings
+    assert CompressionReport(task.name, slow, fast, [], [], 0, {}, 0.0).to_dict()["warnings"] == []

@@ -28,6 +28,7 @@ from nncompress.core.step import Step, StepContext
 from nncompress.measure.metric import ModelCallError, evaluate
 from nncompress.measure.report import MeasureConfig, Report, add_latency, measure
 from nncompress.measure.size import artifact_bytes, count_nonzero, count_params
+from nncompress.measure.warnings import speed_warnings
 from nncompress.tasks.task import Task, call_model
 
 
@@ -58,11 +59,18 @@ class CompressionReport:
     versions: dict[str, str]
     seconds: float
 
+    @property
+    def warnings(self) -> list[str]:
+        """Speed warnings: the compressed model timed slower than its baseline (``measure.warnings``)."""
+        return speed_warnings(self.baseline.to_dict(), self.final.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
+        baseline, final = self.baseline.to_dict(), self.final.to_dict()
         return {
             "task": self.task,
-            "baseline": self.baseline.to_dict(),
-            "final": self.final.to_dict(),
+            "baseline": baseline,
+            "final": final,
+            "warnings": speed_warnings(baseline, final),
             "steps": [asdict(s) for s in self.steps],
             "recipe": self.recipe,
             "seed": self.seed,
