@@ -7,7 +7,7 @@ Rows (method names are stable; see shared DESIGN.md):
   and learning rate three ways, over several seeds (mean in ``result.metric``, per-seed values
   and spread in ``settings``):
   ``kd-<student>``: initialized from the teacher's most important channels, then KD (soft labels,
-  T=4, alpha=0.9); ``kd-random-init-<student>``: random init, KD; ``scratch-<student>``: random
+  T=4, kd_alpha=0.9); ``kd-random-init-<student>``: random init, KD; ``scratch-<student>``: random
   init, hard labels only (the same student trained from scratch)
 - fmnist-vit ``kd-half-depth``: every other block of the teacher (DistilBERT-style init), KD;
   ``kd-half-depth-mlp64``: the same with each kept block's MLP hidden layer halved first
@@ -96,7 +96,7 @@ def student_rows(task_name: str, seeds: tuple[int, ...], quick: bool) -> list[di
     example = task.single_example()
     epochs, lr = RECIPES[task_name]
     epochs = 0.2 if quick else epochs
-    kd = nc.Distill(epochs=epochs, lr=lr, alpha=0.9, temperature=4.0)
+    kd = nc.Distill(epochs=epochs, lr=lr, kd_alpha=0.9, kd_temperature=4.0)
     ce = nc.FineTune(epochs=epochs, lr=lr)
     arms: dict[str, dict[str, Any]] = {
         name: {"models": [], "metrics": [], "seconds": 0.0} for name in ("kd", "kd-random-init", "scratch")
@@ -155,7 +155,7 @@ def half_depth_rows(quick: bool) -> list[dict]:
     task = nc.tasks.get("fmnist-vit")
     teacher = task.baseline().eval()
     teacher_report = nc.measure(teacher, task, config=nc.MeasureConfig(latency=False))
-    step = nc.Distill(epochs=0.2 if quick else 6, lr=1e-3, alpha=0.9, temperature=4.0)
+    step = nc.Distill(epochs=0.2 if quick else 6, lr=1e-3, kd_alpha=0.9, kd_temperature=4.0)
     rows = []
     for method, halve_mlp in (("kd-half-depth", False), ("kd-half-depth-mlp64", True)):
         t0 = time.perf_counter()

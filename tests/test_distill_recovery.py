@@ -49,7 +49,7 @@ def test_distill_moves_the_student_toward_the_teacher_and_only_the_student():
             return float(soft_kl(call_model(m.eval(), x), call_model(teacher, x), 4.0))
 
     start = gap(student)
-    Distill(max_steps=30, lr=2e-3, alpha=1.0).apply(student, nc.StepContext(task=task, teacher=teacher))
+    Distill(max_steps=30, lr=2e-3, kd_alpha=1.0).apply(student, nc.StepContext(task=task, teacher=teacher))
     assert gap(student) < 0.5 * start
     assert all(torch.equal(a, b) for a, b in zip(before_teacher, teacher.parameters()))
 
@@ -64,9 +64,9 @@ def test_distill_keeps_masks_and_rejects_bad_settings():
     )
     assert result.report.steps[-1].nonzero_params == result.report.steps[0].nonzero_params
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\].*got 1.5"):
-        Distill(alpha=1.5)
+        Distill(kd_alpha=1.5)
     with pytest.raises(ValueError, match="temperature must be > 0, got -1"):
-        Distill(temperature=-1)
+        Distill(kd_temperature=-1)
     with pytest.raises(ValueError, match="distill needs a teacher"):
         Distill(max_steps=1).apply(task.baseline(), nc.StepContext(task=task))
 
@@ -96,3 +96,8 @@ def test_pruning_and_codebook_steps_recover_by_distillation(step):
         dataclasses.replace(step, kd_alpha=2)
     with pytest.raises(ValueError, match="kd_temperature must be > 0"):
         dataclasses.replace(step, kd_temperature=0)
+
+
+def test_recipes_with_the_old_setting_names_still_load():
+    step = nc.core.recipe.parse_recipe({"steps": [{"kind": "distill", "alpha": 0.7, "temperature": 2.0}]})[0]
+    assert (step.kd_alpha, step.kd_temperature) == (0.7, 2.0)

@@ -264,7 +264,7 @@ def test_distill_student_settings_errors_and_recipe():
         ({"assistants": -1}, "assistants"),
         ({"assistants": 1.5}, "assistants"),
         ({"init": "zeros"}, "init"),
-        ({"alpha": 2.0}, "alpha"),
+        ({"kd_alpha": 2.0}, "kd_alpha"),
         ({"lr": 0}, "lr"),
     ]:
         with pytest.raises(ValueError, match=match):

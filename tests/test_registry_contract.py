@@ -51,7 +51,10 @@ NOT_APPLICABLE = {
     ("vit", "cp"),
     ("vit", "spatial-svd"),
     ("vit", "tucker"),
-    ("resnet", "svd"),  # svd splits Linears (and 1x1 convs with convs=True); the one-shot LLM steps see convs as matrices
+    (
+        "resnet",
+        "svd",
+    ),  # svd splits Linears (and 1x1 convs with convs=True); the one-shot LLM steps see convs as matrices
 }
 
 

@@ -75,6 +75,8 @@ class Step:
     produces: ClassVar[str | None] = None
     # Pairs of settings that contradict each other when both are given (not None).
     exclusive: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Old setting name -> new one: recipe files written before a rename still load (``step_from_dict``).
+    renamed_settings: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         """Run the checks of the settings blocks the step is composed of (``base.settings``); a
@@ -190,6 +192,9 @@ def step_from_dict(data: dict[str, Any]) -> Step:
     if kind not in STEPS:
         raise ValueError(f"unknown step kind {kind!r}; known: {', '.join(sorted(STEPS))}")
     cls = STEPS[kind]
+    for old, new in cls.renamed_settings.items():  # recipe files written before a rename
+        if old in data and new not in data:
+            data[new] = data.pop(old)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:

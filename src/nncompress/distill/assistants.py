@@ -95,7 +95,7 @@ class DistillStudent(Distill):
     from fresh ones. ``assistants`` intermediate models, sized geometrically in parameters, come
     between: the model teaches TA_1, TA_1 (trained) teaches TA_2, ..., the last teaches the student.
     Every stage trains with ``distill``'s loss and settings (epochs, lr, optimizer, weight_decay,
-    max_steps, alpha, temperature), each for the full length. Earlier pruning masks are dropped:
+    max_steps, kd_alpha, kd_temperature), each for the full length. Earlier pruning masks are dropped:
     the student has new shapes.
 
     Args:
@@ -105,7 +105,7 @@ class DistillStudent(Distill):
 
     Example:
         >>> DistillStudent(max_param_ratio=0.25, assistants=1, max_steps=100)  # doctest: +ELLIPSIS
-        DistillStudent(alpha=0.9, temperature=4.0, max_param_ratio=0.25, assistants=1, init='teacher', epochs=1.0, ...)
+        DistillStudent(kd_alpha=0.9, kd_temperature=4.0, max_param_ratio=0.25, assistants=1, init='teacher', ...)
     """
 
     max_param_ratio: float = 0.25

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -19,20 +19,23 @@ from nncompress.train.objective import check_distill_settings, training_loss
 class Distill(FineTune):
     """Fine-tune on soft labels from the model as it was before compression; masks stay fixed.
 
-    Loss: ``alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * task loss`` (Hinton et al.
-    2015). The teacher is ``ctx.teacher``: the model ``compress`` started from, frozen, in eval mode.
+    Loss: ``kd_alpha * T^2 * KL(teacher/T || student/T) + (1 - kd_alpha) * task loss`` with T =
+    ``kd_temperature`` (Hinton et al. 2015), named as every step's soft-label settings are. The
+    teacher is ``ctx.teacher``: the model ``compress`` started from, frozen, in eval mode. Recipe
+    files written with the old names ``alpha`` / ``temperature`` still load.
 
     Example:
-        >>> Distill(epochs=4, lr=1e-3, alpha=0.9, temperature=4.0)  # doctest: +ELLIPSIS
-        Distill(alpha=0.9, temperature=4.0, epochs=4.0, lr=0.001, ...)
+        >>> Distill(epochs=4, lr=1e-3, kd_alpha=0.9, kd_temperature=4.0)  # doctest: +ELLIPSIS
+        Distill(kd_alpha=0.9, kd_temperature=4.0, epochs=4.0, lr=0.001, ...)
     """
 
-    alpha: float = 0.9
-    temperature: float = 4.0
+    renamed_settings: ClassVar[dict[str, str]] = {"alpha": "kd_alpha", "temperature": "kd_temperature"}
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_distill_settings(self.alpha, self.temperature)
+        check_distill_settings(self.kd_alpha, self.kd_temperature, name="kd_alpha", temperature_name="kd_temperature")
 
     def loss_fn(self, ctx: StepContext) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
-        return training_loss(ctx, alpha=self.alpha, temperature=self.temperature, who="distill")
+        return training_loss(ctx, alpha=self.kd_alpha, temperature=self.kd_temperature, who="distill")
