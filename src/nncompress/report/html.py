@@ -355,6 +355,15 @@ def _warnings(report: dict[str, Any]) -> str:
     return f'<div class="warn"><strong>Warnings</strong><ul>{items}</ul></div>'
 
 
+def _export_section(report: dict[str, Any]) -> str:
+    """The exports checked in their runtimes (report.json ``export``, written by ``nncompress export``)."""
+    if not report.get("export"):
+        return ""
+    from nncompress.deploy.report import export_section  # lazy: deploy sits above report
+
+    return export_section(report["export"])
+
+
 def build_html(files: RunFiles) -> str:
     """The report page of a run folder's parsed files."""
     rep = files.report
@@ -381,6 +390,7 @@ def build_html(files: RunFiles) -> str:
             _steps_table(rep),
             "<h2>Per layer</h2>" + layers if layers else "",
             _search_section(files),
+            _export_section(rep),
             _reproduce(rep),
             "</main></body></html>",
             "",
