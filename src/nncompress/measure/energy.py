@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nncompress.measure.flops import REFERENCE_MACS_ATTR, count_macs, macs_by_module
+from nncompress.measure.flops import REFERENCE_MACS_ATTR, count_macs, count_macs_by_module
 from nncompress.measure.size import stored_weight_counts
 
 # picojoules per operation (Horowitz 2014, 45 nm, 0.9 V)
@@ -173,10 +173,20 @@ def layer_costs(
     return costs
 
 
-def estimate_model_energy(model: nn.Module, example: Any, *, total_macs: int | None = None) -> EnergyEstimate:
-    """Energy of one forward pass of ``model`` on ``example`` (batch 1), following each layer's kernel."""
-    per_module = macs_by_module(model, example)
-    total = count_macs(model, example) if total_macs is None else total_macs
+def estimate_model_energy(
+    model: nn.Module,
+    example: Any,
+    *,
+    total_macs: int | None = None,
+    per_module_macs: dict[str, int] | None = None,
+) -> EnergyEstimate:
+    """Energy of one forward pass of ``model`` on ``example`` (batch 1), following each layer's kernel;
+    MACs already counted (``flops.count_macs_by_module``) may be given to skip the counting pass."""
+    if per_module_macs is None:
+        total, per_module = count_macs_by_module(model, example)
+    else:
+        total, per_module = (count_macs(model, example) if total_macs is None else total_macs), per_module_macs
+    total = total if total_macs is None else total_macs
     # int8 kernels hide their MACs from the counter: a model carrying its float graph's MACs runs the rest in int8
     rest = "int8" if getattr(model, REFERENCE_MACS_ATTR, None) else "fp32"
     return _estimate(layer_costs(model, per_module, total, rest=rest))

@@ -65,6 +65,11 @@ def macs_by_module(model: nn.Module, inputs: Any) -> dict[str, int]:
     The counter names modules by their path prefixed with the root's class name (or "Global"
     on older torch); the prefix is stripped so keys match ``named_modules()``.
     """
+    return count_macs_by_module(model, inputs)[1]
+
+
+def count_macs_by_module(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
+    """``count_macs`` and ``macs_by_module`` from one counted forward pass (a large model's pass is slow)."""
     was_training = model.training
     model.eval()
     try:
@@ -78,4 +83,6 @@ def macs_by_module(model: nn.Module, inputs: Any) -> dict[str, int]:
         _, _, path = key.partition(".")
         if path in leaves:
             out[path] = int(sum(counts.values())) // 2
-    return out
+    reference = getattr(model, REFERENCE_MACS_ATTR, None)
+    total = int(reference) * _batch_size(inputs) if reference else int(counter.get_total_flops()) // 2
+    return total, out

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nncompress.measure.energy import estimate_model_energy
-from nncompress.measure.flops import count_macs
+from nncompress.measure.flops import count_macs_by_module
 from nncompress.measure.latency import LatencyStats, interleaved_latency
 from nncompress.measure.metric import evaluate
 from nncompress.measure.size import artifact_bytes, count_nonzero, count_params, layer_stats
@@ -93,12 +93,12 @@ def measure(
     config = config or MeasureConfig()
     metric_value = evaluate(model, task.test, task.metric_fn)
     one = task.single_example()
-    macs = count_macs(model, one)
+    macs, per_module = count_macs_by_module(model, one)  # one counted pass for MACs and the energy estimate
     params, size = (
         count_params(model),
         size_bytes if size_bytes is not None else artifact_bytes(model),
     )
-    energy = estimate_model_energy(model, one, total_macs=macs).to_dict()
+    energy = estimate_model_energy(model, one, total_macs=macs, per_module_macs=per_module).to_dict()
     report = Report(
         task=task.name,
         metric={"name": task.metric_name, "value": metric_value, "higher_is_better": task.higher_is_better},
