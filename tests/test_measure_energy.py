@@ -126,3 +126,21 @@ def test_report_json_carries_the_warnings(task):
     rep = CompressionReport(task.name, fast, slow, [], [], 0, {}, 0.0)
     assert len(rep.to_dict()["warnings"]) == 2 and rep.to_dict()["warnings"] == rep.warnings
     assert CompressionReport(task.name, slow, fast, [], [], 0, {}, 0.0).to_dict()["warnings"] == []
+
+
+def test_slow_models_time_fewer_passes():
+    import time as _time
+
+    from nncompress.measure.latency import interleaved_latency
+
+    class Slow(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _time.sleep(0.05)
+            return x
+
+    t0 = _time.perf_counter()
+    (stats,) = interleaved_latency(
+        [Slow()], torch.randn(1, 4), batch_size=1, rounds=2, warmup=5, runs=30, max_seconds=0.3
+    )
+    assert 2 <= stats.runs <= 2 * 3  # 0.15 s a round at 0.05 s a pass: up to three timed, the probe the only warm-up
+    assert _time.perf_counter() - t0 < 1.0

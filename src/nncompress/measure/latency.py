@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -58,31 +59,47 @@ def interleaved_latency(
     warmup: int = 5,
     runs: int = 30,
     min_seconds: float = 0.0,
+    max_seconds: float = math.inf,
 ) -> list[LatencyStats]:
     """Latency of several models timed in alternating rounds, pooled per model.
 
     Machine speed drifts over seconds (frequency, other tenants); timing models one after the
     other turns that drift into a false speed-up. Alternating ``rounds`` times spreads it evenly,
     so ratios between the returned figures are fair. Each round times ``runs / rounds`` passes
-    (at least one) and ``min_seconds / rounds`` seconds per model.
+    (at least one) and ``min_seconds / rounds`` seconds per model; a model whose passes are so
+    slow that a round would take over ``max_seconds / rounds`` times fewer (at least one), its
+    first warm-up pass saying how slow (a large language model at a long context).
     """
     if runs < 1 or rounds < 1:
         raise ValueError(f"runs and rounds must be >= 1, got runs={runs}, rounds={rounds}")
     times: list[list[float]] = [[] for _ in models]
     for _ in range(rounds):
         for i, model in enumerate(models):
-            times[i] += _timed_runs(model, inputs, warmup, max(1, runs // rounds), min_seconds / rounds)
+            times[i] += _timed_runs(
+                model, inputs, warmup, max(1, runs // rounds), min_seconds / rounds, max_seconds / rounds
+            )
     return [_stats(t, batch_size) for t in times]
 
 
-def _timed_runs(model: nn.Module, inputs: Any, warmup: int, runs: int, min_seconds: float) -> list[float]:
+def _timed_runs(
+    model: nn.Module, inputs: Any, warmup: int, runs: int, min_seconds: float, max_seconds: float = math.inf
+) -> list[float]:
     """Milliseconds of each timed pass: ``warmup`` untimed, then at least ``runs`` and
-    ``min_seconds`` (capped at ``100 * runs`` passes)."""
+    ``min_seconds`` (capped at ``100 * runs`` passes). When the first warm-up pass shows that
+    ``warmup + runs`` passes would take over ``max_seconds``, it is the only warm-up and the
+    timed passes are cut to what fits (at least one)."""
     was_training = model.training
     model.eval()
     times: list[float] = []
     try:
         with torch.inference_mode():
+            if warmup:
+                t0 = time.perf_counter()
+                call_model(model, inputs)
+                first = time.perf_counter() - t0
+                warmup -= 1
+                if first * (warmup + runs) > max_seconds:
+                    warmup, runs = 0, max(1, int(max_seconds / first))
             for _ in range(warmup):
                 call_model(model, inputs)
             start = time.perf_counter()

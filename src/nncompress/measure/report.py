@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nncompress.base.checks import check_count
 from nncompress.measure.energy import estimate_model_energy
 from nncompress.measure.flops import count_macs_by_module
 from nncompress.measure.latency import LatencyStats, interleaved_latency
@@ -30,12 +31,17 @@ class MeasureConfig:
     runs: int = 30
     min_seconds: float = 0.5
     rounds: int = 5  # alternating timing rounds (see measure.latency.interleaved_latency)
+    max_seconds: float = 8.0  # per model, batch size and thread count: slow models time fewer passes
+    max_tokens_large: int = 4096  # sequence models: the larger batch holds at most this many tokens
     thread_counts: tuple[int, ...] = ()  # () = 1 and torch's current count; each model keeps its fastest
 
     def __post_init__(self) -> None:
         bad = [t for t in self.thread_counts if isinstance(t, bool) or not isinstance(t, int) or t < 1]
         if bad:
             raise ValueError(f"thread_counts must be integers >= 1, got {list(self.thread_counts)}")
+        if not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds!r}")
+        check_count("max_tokens_large", self.max_tokens_large)
 
 
 @dataclass
@@ -138,16 +144,19 @@ def add_latency(reports: list[Report], models: list[nn.Module], task: Task, conf
     """
     one = task.single_example()
     tokens = tokens_per_example(one)
-    timing = {"rounds": config.rounds, "warmup": config.warmup, "min_seconds": config.min_seconds}
-    counts = config.thread_counts or sorted({1, torch.get_num_threads()})
-    sizes = {
-        "batch_1": (one, 1, config.runs),
-        f"batch_{config.batch_size_large}": (
-            repeat_batch(one, config.batch_size_large),
-            config.batch_size_large,
-            max(5, config.runs // 3),
-        ),
+    timing = {
+        "rounds": config.rounds,
+        "warmup": config.warmup,
+        "min_seconds": config.min_seconds,
+        "max_seconds": config.max_seconds,
     }
+    counts = config.thread_counts or sorted({1, torch.get_num_threads()})
+    large = config.batch_size_large
+    if tokens is not None:  # a long context: the larger batch keeps to a token budget
+        large = max(1, min(large, config.max_tokens_large // tokens))
+    sizes = {"batch_1": (one, 1, config.runs)}
+    if large > 1:
+        sizes[f"batch_{large}"] = (repeat_batch(one, large), large, max(5, config.runs // 3))
     for report in reports:
         report.latency = {"models_interleaved": len(models), "thread_counts": list(counts)}
     previous = torch.get_num_threads()
