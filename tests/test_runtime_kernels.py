@@ -282,3 +282,17 @@ def test_very_sparse_off_grid_codebook_runs_as_csr_and_a_denser_one_does_not():
         fast, reference = _outputs(layer, x)
         assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-6)
     assert any("non-zero" in why for why in rt.kernel_reasons(layer))
+
+
+def test_int8_kernel_declines_input_widths_its_aten_op_cannot_run():
+    """aten._weight_int8pack_mm segfaults at 2+ rows when K is not a multiple of 16 (torch 2.13)."""
+    from nncompress.quantize.layers import quantize_weight_module
+    from nncompress.quantize.primitives import QuantSpec
+    from nncompress.runtime import kernel_choice
+
+    torch.manual_seed(0)
+    layer = quantize_weight_module(nn.Linear(2312, 64), QuantSpec(bits=8, granularity="channel"))  # K = 8 * 289
+    choice = kernel_choice(layer)
+    assert choice is None or choice.name != "int8pack-bf16"
+    x = torch.randn(3, 2312)
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)

@@ -44,6 +44,9 @@ def available(cpu: CpuFeatures) -> str | None:
     return None
 
 
+K_MULTIPLE = 16  # input widths _weight_int8pack_mm handles (measured: 8, 24, 40, 72, 136 crash at 2+ rows)
+
+
 @register_kernel
 class Int8PackKernel(Kernel):
     """Up to 256-level codes, float32 scales per row or per group, bfloat16 activations."""
@@ -64,6 +67,8 @@ class Int8PackKernel(Kernel):
         if groups > MAX_GROUPS:
             raise Unsupported(f"{groups} scale groups per row (one kernel row per group: at most {MAX_GROUPS})")
         n, k = grid.shape
+        if k % K_MULTIPLE:  # aten's kernel reads past the row otherwise (segfaults from 2 input rows, torch 2.13)
+            raise Unsupported(f"{k} inputs: _weight_int8pack_mm needs a multiple of {K_MULTIPLE}")
         column_group = torch.arange(k) // grid.group_size  # (K,): the group of every input, ragged last one too
         scale, zero = grid.scale, grid.zero  # (N, G)
         centered = grid.codes.float() - zero.round()[:, column_group]  # exact: |values| < 2^24
