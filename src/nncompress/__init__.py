@@ -23,7 +23,7 @@ from nncompress.core.compress import CompressionReport, Result, compress  # noqa
 from nncompress.core.recipe import load_recipe  # noqa: E402
 from nncompress.core.step import Step, StepContext, register_step  # noqa: E402
 from nncompress.io.artifact import ArtifactError, load, save  # noqa: E402
-from nncompress.io.onnx_export import OnnxExport, export_onnx  # noqa: E402
+from nncompress.io.onnx_export import OnnxExport, OnnxExportResult, export_onnx  # noqa: E402
 from nncompress.measure.report import MeasureConfig, Report, measure  # noqa: E402
 from nncompress.tasks.task import Task  # noqa: E402
 
@@ -34,6 +34,7 @@ __all__ = [
     "CompressionReport",
     "MeasureConfig",
     "OnnxExport",
+    "OnnxExportResult",
     "Report",
     "Result",
     "Step",

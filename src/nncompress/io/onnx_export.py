@@ -60,7 +60,7 @@ WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.E
 
 
 @dataclass
-class OnnxExport:
+class OnnxExportResult:
     """What ``export_onnx`` wrote and how close ONNX Runtime's outputs are to PyTorch's.
 
     Attributes:
@@ -481,7 +481,7 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
-) -> OnnxExport:
+) -> OnnxExportResult:
     """Write ``model`` to ``path`` as ONNX (batch axis dynamic), run it in ONNX Runtime on
     ``example_inputs`` and report the largest difference from PyTorch's outputs.
 
@@ -538,7 +538,7 @@ def export_onnx(
     finally:
         model.train(was_training)
     atomic_write_bytes(target, data)
-    return OnnxExport(
+    return OnnxExportResult(
         path=str(target),
         bytes=len(data),
         opset=_opset_of(data),
@@ -551,7 +551,7 @@ def export_onnx(
     )
 
 
-def export_summary(result: OnnxExport) -> str:
+def export_summary(result: OnnxExportResult) -> str:
     """A few lines for the CLI: file, size, error, the count of each layer form, the notes."""
     counts: dict[str, int] = {}
     for label in result.layers.values():
@@ -562,3 +562,6 @@ def export_summary(result: OnnxExport) -> str:
         "layers: " + "; ".join(f"{n} x {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1])),
     ]
     return "\n".join(lines + [f"note: {n}" for n in result.notes])
+
+
+OnnxExport = OnnxExportResult  # the name before 0.1.0's rename (a result record, not a step); kept for callers
