@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from nncompress.runtime.grid import AffineGrid, NotOnGrid, affine_grid
 from nncompress.runtime.registry import Unsupported
 
 MAX_STEP_FRACTION = 1 / 8  # twice the proven bound of bf16 scales and zeros on <= 4-bit codes
@@ -30,3 +31,14 @@ def check_matches(layer: Any, kernel_weight: torch.Tensor, step: torch.Tensor, k
     if not bool((error <= allowed).all()):
         worst = float((error / step.abs().clamp_min(torch.finfo(torch.float32).tiny)).max())
         raise Unsupported(f"{kernel}'s weights differ from the decoded weights by up to {worst:.3g} of a grid step")
+
+
+def claim_grid(layer: Any, levels: int, unavailable: str | None) -> AffineGrid:
+    """The layer's codes on a grid of ``levels`` levels, or ``Unsupported`` (the kernel is unavailable
+    here, or the layer's format is not on such a grid)."""
+    if unavailable:
+        raise Unsupported(unavailable)
+    try:
+        return affine_grid(layer, levels)
+    except NotOnGrid as why:
+        raise Unsupported(str(why)) from None

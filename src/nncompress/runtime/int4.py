@@ -24,9 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nncompress.runtime.checks import check_matches
+from nncompress.runtime.checks import check_matches, claim_grid
 from nncompress.runtime.cpu import CpuFeatures
-from nncompress.runtime.grid import NotOnGrid, affine_grid
 from nncompress.runtime.registry import Kernel, RunFn, Unsupported, register_kernel
 
 KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes the kernel accepts, largest (fewest scales) first
@@ -52,13 +51,7 @@ class Int4PackKernel(Kernel):
     priority = 10
 
     def prepare(self, layer: nn.Module, cpu: CpuFeatures) -> RunFn:
-        reason = available(cpu)
-        if reason:
-            raise Unsupported(reason)
-        try:
-            grid = affine_grid(layer, 2**self.weight_bits)
-        except NotOnGrid as why:
-            raise Unsupported(str(why)) from None
+        grid = claim_grid(layer, 2**self.weight_bits, available(cpu))
         n, k = grid.shape
         if n % N_MULTIPLE:
             raise Unsupported(f"{n} outputs (the kernel needs a multiple of {N_MULTIPLE})")

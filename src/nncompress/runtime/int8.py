@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nncompress.runtime.checks import check_matches
+from nncompress.runtime.checks import check_matches, claim_grid
 from nncompress.runtime.cpu import CpuFeatures
-from nncompress.runtime.grid import NotOnGrid, affine_grid
 from nncompress.runtime.registry import Kernel, RunFn, Unsupported, register_kernel
 
 SHIFT = 128  # codes in [0, 255] shifted into int8
@@ -56,13 +55,7 @@ class Int8PackKernel(Kernel):
     priority = 20
 
     def prepare(self, layer: nn.Module, cpu: CpuFeatures) -> RunFn:
-        reason = available(cpu)
-        if reason:
-            raise Unsupported(reason)
-        try:
-            grid = affine_grid(layer, 2**self.weight_bits)
-        except NotOnGrid as why:
-            raise Unsupported(str(why)) from None
+        grid = claim_grid(layer, 2**self.weight_bits, available(cpu))
         groups = grid.groups
         if groups > MAX_GROUPS:
             raise Unsupported(f"{groups} scale groups per row (one kernel row per group: at most {MAX_GROUPS})")
