@@ -29,25 +29,12 @@ import torch
 from torch import nn
 
 from nncompress.deploy.targets import Exported, Target, register_target
+from nncompress.tasks.smollm2 import GGUF_BLOCK_NAMES, GGUF_TOP_NAMES
 
 QK = 32  # llama.cpp's Q4_1 / Q8_0 block size
 # Hugging Face name inside a decoder layer -> GGUF name inside ``blk.N`` (tasks/smollm2.py reads the reverse)
-BLOCK_NAMES = {
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-}
-TOP_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
+BLOCK_NAMES = {hf: gguf for gguf, hf in GGUF_BLOCK_NAMES.items()}  # Hugging Face -> llama.cpp, per block
+TOP_NAMES = {hf: gguf for gguf, hf in GGUF_TOP_NAMES.items()}
 
 
 def gguf_name(hf_name: str) -> str:

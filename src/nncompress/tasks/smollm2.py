@@ -92,7 +92,9 @@ def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 # GGUF tensor name (after ``blk.N.``) -> Hugging Face name (after ``model.layers.N.``)
-_BLOCK_NAMES = {
+# llama.cpp's Llama tensor names -> Hugging Face's (per block, then the top-level ones); deploy/gguf.py
+# writes them back with the inverse maps
+GGUF_BLOCK_NAMES = {
     "attn_q.weight": "self_attn.q_proj.weight",
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
@@ -103,7 +105,7 @@ _BLOCK_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
-_TOP_NAMES = {
+GGUF_TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
@@ -111,12 +113,12 @@ _TOP_NAMES = {
 
 
 def _hf_name(name: str) -> str:
-    if name in _TOP_NAMES:
-        return _TOP_NAMES[name]
+    if name in GGUF_TOP_NAMES:
+        return GGUF_TOP_NAMES[name]
     blk, index, rest = name.split(".", 2)
-    if blk != "blk" or rest not in _BLOCK_NAMES:
+    if blk != "blk" or rest not in GGUF_BLOCK_NAMES:
         raise ValueError(f"unexpected tensor {name!r} in {GGUF_FILE} (a Llama GGUF was expected)")
-    return f"model.layers.{index}.{_BLOCK_NAMES[rest]}"
+    return f"model.layers.{index}.{GGUF_BLOCK_NAMES[rest]}"
 
 
 def _dequantize(data: Any, kind: str, shape: tuple[int, ...]) -> torch.Tensor | None:
