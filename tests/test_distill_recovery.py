@@ -65,7 +65,7 @@ def test_distill_keeps_masks_and_rejects_bad_settings():
     assert result.report.steps[-1].nonzero_params == result.report.steps[0].nonzero_params
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\].*got 1.5"):
         Distill(kd_alpha=1.5)
-    with pytest.raises(ValueError, match="temperature must be > 0, got -1"):
+    with pytest.raises(ValueError, match="kd_temperature must be > 0 .*got -1"):
         Distill(kd_temperature=-1)
     with pytest.raises(ValueError, match="distill needs a teacher"):
         Distill(max_steps=1).apply(task.baseline(), nc.StepContext(task=task))

@@ -119,7 +119,7 @@ def test_build_applies_lowrank_then_prune_then_quantize_and_sizes_are_real():
     model = task.baseline()
     layers = search_layers(model)
     assert "stem.0" not in layers and "fc" not in layers  # kept float, as every technique does by default
-    assert layers["stages.1.0.conv2"] == "tucker" and layers["stages.1.0.shortcut.0"] == "spatial-svd"
+    assert layers["stages.1.0.conv2"] == "tucker" and layers["stages.1.0.shortcut.0"] == "tucker"  # 1x1: an SVD split
     params = {"stages.1.0.conv2": {"lowrank": 0.5, "prune": 0.5, "quantize": 4}, "stages.2.0.conv1": {"prune": 0.9}}
     built, recipe = build(model, params, task, layers, SPACE)
     assert [s.kind for s in recipe] == ["tucker", "magnitude-prune", "weight-quantize"]

@@ -68,23 +68,32 @@ class TrainSettings(SettingsBlock):
 
 
 @dataclass(frozen=True, kw_only=True)
-class KDSettings(SettingsBlock):
-    """Knowledge distillation while training: ``kd_alpha * T^2 KL + (1 - kd_alpha) * task loss``, T =
-    ``kd_temperature``, with the model before compression as teacher when ``distill`` is set."""
+class SoftLabels(SettingsBlock):
+    """Soft labels from a teacher: ``kd_alpha * T^2 KL + (1 - kd_alpha) * task loss``, T = ``kd_temperature``."""
 
-    distill: bool = False
     kd_alpha: float = 0.9
     kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_flag("distill", self.distill)
         alpha = self.kd_alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ValueError(f"kd_alpha must be in [0, 1] (the soft-label weight; 0 = task loss only), got {alpha!r}")
         t = self.kd_temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
             raise ValueError(f"kd_temperature must be > 0 (and finite), got {t!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KDSettings(SoftLabels):
+    """Knowledge distillation while training (``SoftLabels``), with the model before compression as
+    teacher when ``distill`` is set."""
+
+    distill: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_flag("distill", self.distill)
 
 
 @dataclass(frozen=True, kw_only=True)

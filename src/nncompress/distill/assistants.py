@@ -105,7 +105,7 @@ class DistillStudent(Distill):
 
     Example:
         >>> DistillStudent(max_param_ratio=0.25, assistants=1, max_steps=100)  # doctest: +ELLIPSIS
-        DistillStudent(kd_alpha=0.9, kd_temperature=4.0, max_param_ratio=0.25, assistants=1, init='teacher', ...)
+        DistillStudent(max_param_ratio=0.25, assistants=1, init='teacher', epochs=1.0, ...)
     """
 
     max_param_ratio: float = 0.25

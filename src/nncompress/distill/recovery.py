@@ -9,14 +9,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from nncompress.base.settings import SoftLabels
 from nncompress.core.step import StepContext, register_step
 from nncompress.train.finetune import FineTune
-from nncompress.train.objective import check_distill_settings, training_loss
+from nncompress.train.objective import training_loss
 
 
 @register_step("distill", family="distill")
 @dataclass(frozen=True)
-class Distill(FineTune):
+class Distill(SoftLabels, FineTune):
     """Fine-tune on soft labels from the model as it was before compression; masks stay fixed.
 
     Loss: ``kd_alpha * T^2 * KL(teacher/T || student/T) + (1 - kd_alpha) * task loss`` with T =
@@ -26,16 +27,10 @@ class Distill(FineTune):
 
     Example:
         >>> Distill(epochs=4, lr=1e-3, kd_alpha=0.9, kd_temperature=4.0)  # doctest: +ELLIPSIS
-        Distill(kd_alpha=0.9, kd_temperature=4.0, epochs=4.0, lr=0.001, ...)
+        Distill(epochs=4.0, lr=0.001, ..., kd_alpha=0.9, kd_temperature=4.0)
     """
 
     renamed_settings: ClassVar[dict[str, str]] = {"alpha": "kd_alpha", "temperature": "kd_temperature"}
-    kd_alpha: float = 0.9
-    kd_temperature: float = 4.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_distill_settings(self.kd_alpha, self.kd_temperature, name="kd_alpha", temperature_name="kd_temperature")
 
     def loss_fn(self, ctx: StepContext) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
         return training_loss(ctx, alpha=self.kd_alpha, temperature=self.kd_temperature, who="distill")

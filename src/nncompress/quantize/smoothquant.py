@@ -168,7 +168,7 @@ class W8A8Quantize(LinearSelection, BlockCalibration, Step):
 
     Example:
         >>> W8A8Quantize(act_mode="tensor")  # doctest: +ELLIPSIS
-        W8A8Quantize(act_mode='tensor', ..., exclude=(), layers=(), keep_classifier=True)
+        W8A8Quantize(act_mode='tensor', ..., exclude=(), layers=(), keep_classifier=True, convs=True)
     """
 
     act_mode: str = "token"
