@@ -183,10 +183,10 @@ def estimate_model_energy(
     """Energy of one forward pass of ``model`` on ``example`` (batch 1), following each layer's kernel;
     MACs already counted (``flops.count_macs_by_module``) may be given to skip the counting pass."""
     if per_module_macs is None:
-        total, per_module = count_macs_by_module(model, example)
-    else:
-        total, per_module = (count_macs(model, example) if total_macs is None else total_macs), per_module_macs
-    total = total if total_macs is None else total_macs
+        counted, per_module_macs = count_macs_by_module(model, example)
+        total_macs = counted if total_macs is None else total_macs
+    elif total_macs is None:
+        total_macs = count_macs(model, example)
     # int8 kernels hide their MACs from the counter: a model carrying its float graph's MACs runs the rest in int8
     rest = "int8" if getattr(model, REFERENCE_MACS_ATTR, None) else "fp32"
-    return _estimate(layer_costs(model, per_module, total, rest=rest))
+    return _estimate(layer_costs(model, per_module_macs, total_macs, rest=rest))
