@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_task
 from torch import nn
 
-import nncompress as nc
 from nncompress.deploy import CheckConfig, deploy
 from nncompress.quantize.int8 import onnxruntime_static_int8
 from nncompress.quantize.layers import quantize_weight_module
@@ -18,21 +18,13 @@ pytest.importorskip("executorch", reason="the executorch extra is not installed:
 pytestmark = pytest.mark.filterwarnings("ignore")  # torch.export / ExecuTorch deprecation notices
 
 
-def _task(model: nn.Module, shape: tuple[int, ...]) -> nc.Task:
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(16, *shape, generator=g) for _ in range(2)]
-    with torch.no_grad():
-        batches = [(x, model(x).argmax(1)) for x in xs]
-    return nc.Task("tiny", train=batches, val=batches, test=batches, baseline=lambda: model)
-
-
 def test_executorch_int8_static_delegates_to_xnnpack_with_our_scales(tmp_path) -> None:
     torch.manual_seed(0)
     base = nn.Sequential(
         nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 64), nn.ReLU(), nn.Linear(64, 3)
     ).eval()
     int8, _ = onnxruntime_static_int8(base, [(torch.randn(8, 4, 6, 6),) for _ in range(2)])
-    task = _task(base, (4, 6, 6))
+    task = tiny_task(base, (4, 6, 6), batches=2)
     config = CheckConfig(fp32=False, batch_large=0)
     result = deploy(int8, "executorch", tmp_path / "m.pte", task, config=config)
     assert not [n for n in result.notes if "outside XNNPACK" in n]  # every conv / linear delegated
@@ -51,7 +43,7 @@ def test_executorch_dequantizes_packed_layers_and_names_them(tmp_path) -> None:
         model.eval(),
         "executorch",
         tmp_path / "m.pte",
-        _task(base, (64,)),
+        tiny_task(base, (64,), batches=2),
         config=CheckConfig(fp32=False, batch_large=4, runs=2, rounds=1),
     )
     assert result.layers["0"] == "fp32 (dequantized)" and any(

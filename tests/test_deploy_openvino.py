@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_task
 from torch import nn
 
-import nncompress as nc
 from nncompress.deploy import CheckConfig, deploy
 from nncompress.quantize.int8 import onnxruntime_static_int8
 from nncompress.quantize.layers import quantize_weight_module
@@ -18,14 +18,6 @@ ov = pytest.importorskip("openvino", reason="the openvino extra is not installed
 pytestmark = pytest.mark.filterwarnings("ignore")  # OpenVINO's own deprecation notices
 
 
-def _task(model: nn.Module, shape: tuple[int, ...]) -> nc.Task:
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(16, *shape, generator=g) for _ in range(2)]
-    with torch.no_grad():
-        batches = [(x, model(x).argmax(1)) for x in xs]
-    return nc.Task("tiny", train=batches, val=batches, test=batches, baseline=lambda: model)
-
-
 def test_openvino_keeps_u4_weights_of_packed_linears(tmp_path) -> None:
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
@@ -34,7 +26,9 @@ def test_openvino_keeps_u4_weights_of_packed_linears(tmp_path) -> None:
         nn.ReLU(),
         base[2],
     ).eval()
-    result = deploy(model, "openvino", tmp_path / "m.xml", _task(base, (128,)), config=CheckConfig(batch_large=0))
+    result = deploy(
+        model, "openvino", tmp_path / "m.xml", tiny_task(base, (128,), batches=2), config=CheckConfig(batch_large=0)
+    )
     core = ov.Core()
     types = {
         op.get_element_type().get_type_name()
@@ -51,7 +45,7 @@ def test_openvino_runs_int8_static_as_int8_kernels(tmp_path) -> None:
     torch.manual_seed(0)
     base = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 3)).eval()
     int8, _ = onnxruntime_static_int8(base, [(torch.randn(8, 4, 6, 6),) for _ in range(2)])
-    task = _task(base, (4, 6, 6))
+    task = tiny_task(base, (4, 6, 6), batches=2)
     result = deploy(int8, "openvino", tmp_path / "m.xml", task, config=CheckConfig(batch_large=4, runs=2, rounds=1))
     kernels = result_runner_precisions(result.path)
     assert any(k.endswith(("u8", "i8")) for k in kernels), kernels  # int8, not fp32 with fake quantization

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_task
 from torch import nn
 
 import nncompress as nc
@@ -32,15 +33,6 @@ class TinyCNN(nn.Module):
         y = torch.relu(self.conv1(x))
         y = torch.relu(self.conv2(y) + y)
         return self.fc(y.mean(dim=(2, 3)))
-
-
-def tiny_task(model: nn.Module, shape: tuple[int, ...]) -> nc.Task:
-    """Random inputs labelled by the model itself: accuracy 1.0 for the model, so any change shows."""
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(16, *shape, generator=g) for _ in range(3)]
-    with torch.no_grad():
-        batches = [(x, model(x).argmax(1)) for x in xs]
-    return nc.Task("tiny", train=batches, val=batches, test=batches, baseline=lambda: model)
 
 
 def test_registry_names_every_target_and_refuses_unknown() -> None:
