@@ -1,14 +1,24 @@
 """``--to gguf``: a Llama-architecture causal LM as a GGUF file that llama.cpp runs, our codes kept.
 
-Our uniform 4-bit weight codes with integer zero points, in groups of 32·k along the input (``rtn``,
-``gptq``, ``weight-quantize``), are exactly llama.cpp's Q4_1 blocks of 32: ``w = s (q - z) = d q + m``
-with ``d = s`` and ``m = -s z`` (both stored fp16 in the block, as our scales mostly are; ``m``'s
-fp16 rounding is the only change, at most 2^-11 of ``|s z|``). Symmetric codes map the same way
-(``q + 2^(b-1)`` unsigned, ``z = 2^(b-1)``). Symmetric 8-bit codes in groups of 32·k are exactly Q8_0
-(``w = d q``). Other packed codes (2/3 bits, asymmetric 8-bit, codebooks, groups not a multiple of
-32) have no GGUF block equal to them: they are written as F16 of the decoded weight, each named in a
-note. Float weights that Q8_0 holds exactly (SmolLM2's embedding, read from a Q8_0 GGUF) are written
-as Q8_0, others as F16; norms stay F32.
+Our packed uniform codes in groups of 32·k along the input (``rtn``, ``gptq``, ``weight-quantize``;
+per-channel scales count when the width is a multiple of 32) are written as the llama.cpp block whose
+decoding equals ours, one block per 32 codes of a row, the codes unchanged:
+
+- symmetric 2-4 bits (signed codes ``c`` in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, ``w = s c``): Q4_0,
+  ``w = d (q - 8)`` with ``d = s`` and ``q = c + 8``;
+- asymmetric 2-4 bits with integer zero points (``w = s (q - z)``): Q4_1, ``w = d q + m`` with
+  ``d = s`` and ``m = -s z``;
+- symmetric 5-8 bits, and asymmetric 5-7 bits with integer zero points: Q8_0, ``w = d q`` with
+  ``d = s`` and ``q = c`` (``q - z``, inside int8's range, for asymmetric codes).
+
+Blocks store ``d`` (and ``m``) as fp16, so they decode to exactly our weights when the scales are fp16
+values (as ``rtn``/``gptq``/``weight-quantize`` store them) and, for Q4_1, so is ``s z``; otherwise
+that rounding (at most 2^-11 relative) is the only change and a note names the layers. Other packed
+codes (8-bit asymmetric, fractional zero points, codebooks, groups not a multiple of 32) have no GGUF
+block equal to them: they are written as F16 of the decoded weight, named in a note. A packed LM head
+tied to the embedding (``head_bits``'s ``PackedEmbedding``) is written once, as ``token_embd``
+(llama.cpp's tied output). Float weights that Q8_0 holds exactly (SmolLM2's embedding, read from a
+Q8_0 GGUF) are written as Q8_0, others as F16; norms stay F32.
 
 llama.cpp needs the tokenizer and hyper-parameters as GGUF metadata, so the export copies them from a
 template GGUF: the file the model was read from (``tasks/smollm2.py``'s packaged SmolLM2-135M by
@@ -22,7 +32,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -31,10 +41,20 @@ from torch import nn
 from nncompress.deploy.targets import Exported, Target, register_target
 from nncompress.tasks.smollm2 import GGUF_BLOCK_NAMES, GGUF_TOP_NAMES
 
-QK = 32  # llama.cpp's Q4_1 / Q8_0 block size
+QK = 32  # llama.cpp's Q4_0 / Q4_1 / Q8_0 block size
 # Hugging Face name inside a decoder layer -> GGUF name inside ``blk.N`` (tasks/smollm2.py reads the reverse)
 BLOCK_NAMES = {hf: gguf for gguf, hf in GGUF_BLOCK_NAMES.items()}  # Hugging Face -> llama.cpp, per block
 TOP_NAMES = {hf: gguf for gguf, hf in GGUF_TOP_NAMES.items()}
+
+
+class Blocks(NamedTuple):
+    """A packed layer as GGUF blocks: bytes ``(rows, row bytes)``, block type name, label, and what the
+    blocks round (None: they decode to exactly our weights)."""
+
+    data: np.ndarray
+    kind: str
+    label: str
+    rounded: str | None = None
 
 
 def gguf_name(hf_name: str) -> str:
@@ -58,25 +78,39 @@ def permute(rows: np.ndarray | torch.Tensor, heads: int) -> Any:
     return swapped.reshape(rows.shape)
 
 
-def q4_1_blocks(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> np.ndarray:
-    """Q4_1 bytes ``(rows, in / 32 * 20)`` of unsigned 4-bit ``codes`` (rows, in) with one scale and
-    integer zero per block of 32: ``d = scale``, ``m = -scale * zero``; byte j of a block holds
+def _fp16_bytes(t: torch.Tensor, rows: int, cols: int) -> np.ndarray:
+    """One fp16 value per block as bytes ``(rows, blocks, 2)``."""
+    return t.float().reshape(rows, cols // QK, 1).to(torch.float16).numpy().view(np.uint8)
+
+
+def _nibbles(codes: torch.Tensor) -> np.ndarray:
+    """Unsigned 4-bit ``codes`` (rows, in) as ``(rows, blocks, 16)`` bytes: byte j of a block holds
     weights j (low nibble) and j + 16 (high nibble)."""
     rows, cols = codes.shape
     q = codes.to(torch.uint8).reshape(rows, cols // QK, QK)
-    packed = (q[..., :16] | (q[..., 16:] << 4)).numpy()
-    d = scale.float().reshape(rows, cols // QK, 1).to(torch.float16)
-    m = (-scale.float() * zero.float()).reshape(rows, cols // QK, 1).to(torch.float16)
-    head = np.concatenate([d.numpy().view(np.uint8), m.numpy().view(np.uint8)], axis=-1)  # (rows, blocks, 4)
-    return np.concatenate([head, packed], axis=-1).reshape(rows, -1)
+    return (q[..., :16] | (q[..., 16:] << 4)).numpy()
+
+
+def q4_0_blocks(codes: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
+    """Q4_0 bytes ``(rows, in / 32 * 18)`` of unsigned 4-bit ``codes`` (rows, in) with one scale per
+    block of 32: ``w = d (q - 8)``, ``d = scale``."""
+    rows, cols = codes.shape
+    return np.concatenate([_fp16_bytes(scale, rows, cols), _nibbles(codes)], axis=-1).reshape(rows, -1)
+
+
+def q4_1_blocks(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> np.ndarray:
+    """Q4_1 bytes ``(rows, in / 32 * 20)`` of unsigned 4-bit ``codes`` (rows, in) with one scale and
+    integer zero per block of 32: ``d = scale``, ``m = -scale * zero``."""
+    rows, cols = codes.shape
+    d, m = _fp16_bytes(scale, rows, cols), _fp16_bytes(-scale.float() * zero.float(), rows, cols)
+    return np.concatenate([d, m, _nibbles(codes)], axis=-1).reshape(rows, -1)
 
 
 def q8_0_blocks(codes: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
     """Q8_0 bytes ``(rows, in / 32 * 34)`` of signed 8-bit ``codes`` with one scale per block of 32."""
     rows, cols = codes.shape
     q = codes.to(torch.int8).reshape(rows, cols // QK, QK).numpy().view(np.uint8)
-    d = scale.float().reshape(rows, cols // QK, 1).to(torch.float16).numpy().view(np.uint8)
-    return np.concatenate([d, q], axis=-1).reshape(rows, -1)
+    return np.concatenate([_fp16_bytes(scale, rows, cols), q], axis=-1).reshape(rows, -1)
 
 
 def exact_q8_0(weight: torch.Tensor) -> np.ndarray | None:
@@ -97,10 +131,13 @@ def _per_block(t: torch.Tensor, rows: int, cols: int, group: int) -> torch.Tenso
     return t.reshape(rows, cols // group).repeat_interleave(group // QK, dim=1)
 
 
-def packed_blocks(module: nn.Module) -> tuple[np.ndarray, Any, str] | None:
-    """GGUF blocks equal to a packed layer's codes: (bytes, type, label), or None when no block type is."""
-    from gguf import GGMLQuantizationType
+def _not_fp16(t: torch.Tensor) -> bool:
+    """True when some value of ``t`` changes when stored as fp16."""
+    return not torch.equal(t.float().to(torch.float16).float(), t.float())
 
+
+def packed_blocks(module: nn.Module) -> Blocks | None:
+    """GGUF blocks holding a packed layer's codes unchanged, or None when no block type can."""
     spec = getattr(module, "spec", None)
     if getattr(module, "code_format", "") != "uniform" or spec is None or module.op != "linear":
         return None
@@ -109,25 +146,55 @@ def packed_blocks(module: nn.Module) -> tuple[np.ndarray, Any, str] | None:
     zero = module.zero_points()
     if group is None or group % QK or cols % group or zero.is_floating_point():
         return None
-    codes, scale = module.codes().cpu(), module.scale.float().cpu()
-    if spec.bits == 4:
-        if spec.symmetric:  # signed q -> unsigned q + 8, zero 8
-            codes, zero = codes + 8, torch.full_like(scale, 8.0)
-        z = _per_block(zero, rows, cols, group)
-        return q4_1_blocks(codes, _per_block(scale, rows, cols, group), z), GGMLQuantizationType.Q4_1, "Q4_1"
-    if spec.bits == 8 and spec.symmetric:
-        return q8_0_blocks(codes, _per_block(scale, rows, cols, group)), GGMLQuantizationType.Q8_0, "Q8_0"
+    codes, scale = module.codes().cpu().to(torch.int32), module.scale.float().cpu()
+    d, z = _per_block(scale, rows, cols, group), _per_block(zero.float(), rows, cols, group)
+    bits = f"{spec.bits}-bit " if spec.bits not in (4, 8) else ""
+    rounded = "d = s rounded to fp16" if _not_fp16(scale) else None
+    if spec.bits <= 4 and spec.symmetric:  # signed c -> unsigned c + 8
+        return Blocks(q4_0_blocks(codes + 8, d), "Q4_0", f"Q4_0 (our {bits}codes)", rounded)
+    if spec.bits <= 4:
+        if rounded is None and _not_fp16(d * z):
+            rounded = "m = -s z rounded to fp16"
+        return Blocks(q4_1_blocks(codes, d, z), "Q4_1", f"Q4_1 (our {bits}codes)", rounded)
+    if spec.symmetric or spec.bits <= 7:  # asymmetric: q - z lies in [-127, 127] below 8 bits
+        q = codes if spec.symmetric else codes - z.repeat_interleave(QK, dim=1).to(torch.int32)
+        return Blocks(q8_0_blocks(q, d), "Q8_0", f"Q8_0 (our {bits}codes)", rounded)
     return None
+
+
+def packed_weights(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], tuple[str, ...]]:
+    """Every packed layer once, with the Hugging Face weight name it is written as, and the module
+    prefixes whose state-dict entries it covers. A table shared by a ``PackedEmbedding`` and a tied
+    LM head is the embedding (llama.cpp's tied ``token_embd``; no ``output.weight``)."""
+    from nncompress.quantize.gptq import PackedEmbedding
+    from nncompress.quantize.layers import PackedWeightLayer
+
+    modules = dict(model.named_modules(remove_duplicate=False))
+    names: dict[int, list[str]] = {}
+    for name, module in modules.items():
+        if isinstance(module, PackedWeightLayer):
+            names.setdefault(id(module), []).append(name)
+    out, prefixes = [], []
+    for ids in names.values():
+        tables = [n for n in ids if isinstance(modules.get(n.rpartition(".")[0]), PackedEmbedding)]
+        written = [t.rpartition(".")[0] for t in tables] or ids
+        out += [(f"{n}.weight", modules[ids[0]]) for n in written]
+        prefixes += [f"{n}." for n in ids]
+    return out, tuple(prefixes)
+
+
+def _listed(names: list[str]) -> str:
+    """Up to three names, then a count."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def model_tensors(model: nn.Module, heads: int, kv_heads: int) -> tuple[list[tuple[str, np.ndarray, Any]], dict, list]:
     """Every GGUF tensor of a Llama model: (name, data, type), the form of each, and notes."""
     from gguf import GGMLQuantizationType
 
-    from nncompress.quantize.layers import PackedWeightLayer
-
-    tensors, layers, notes, packed = [], {}, [], []
-    fallback = []
+    tensors, layers = [], {}
+    fallback: list[str] = []
+    rounded: dict[str, list[str]] = {}
 
     def add(hf: str, data: np.ndarray, kind: Any, label: str) -> None:
         name = gguf_name(hf)
@@ -138,19 +205,20 @@ def model_tensors(model: nn.Module, heads: int, kv_heads: int) -> tuple[list[tup
         tensors.append((name, np.ascontiguousarray(data), kind))
         layers[hf.removesuffix(".weight")] = label
 
-    for name, module in model.named_modules():
-        if isinstance(module, PackedWeightLayer):
-            blocks = packed_blocks(module)
-            if blocks is None:
-                fallback.append(name)
-                w = module.dequantized_weight().detach().float()
-                add(f"{name}.weight", w.to(torch.float16).numpy(), GGMLQuantizationType.F16, "F16 (dequantized)")
-            else:
-                add(f"{name}.weight", blocks[0], blocks[1], f"{blocks[2]} (our codes)")
-            packed.append(f"{name}.")
+    packed, prefixes = packed_weights(model)
+    for hf, module in packed:
+        blocks = packed_blocks(module)
+        if blocks is None:
+            fallback.append(hf.removesuffix(".weight"))
+            w = module.dequantized_weight().detach().float().cpu()
+            add(hf, w.to(torch.float16).numpy(), GGMLQuantizationType.F16, "F16 (dequantized)")
+            continue
+        add(hf, blocks.data, GGMLQuantizationType[blocks.kind], blocks.label)
+        if blocks.rounded:
+            rounded.setdefault(f"{blocks.kind} with {blocks.rounded}", []).append(hf.removesuffix(".weight"))
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     for hf, p in model.state_dict().items():
-        if hf.startswith(tuple(packed)) or "rotary" in hf or (tied and hf == "lm_head.weight"):
+        if hf.startswith(prefixes) or "rotary" in hf or (tied and hf == "lm_head.weight"):
             continue
         if hf.endswith(".bias"):
             raise ValueError(f"{hf}: llama GGUF has no bias tensors; accepted: bias-free Llama models")
@@ -163,9 +231,14 @@ def model_tensors(model: nn.Module, heads: int, kv_heads: int) -> tuple[list[tup
             add(hf, q8, GGMLQuantizationType.Q8_0, "Q8_0 (exact)")
         else:
             add(hf, w.to(torch.float16).numpy(), GGMLQuantizationType.F16, "F16")
+    notes = [
+        f"{_listed(names)}: scales not fp16 values, written as {form} (<= 2^-11 relative)"
+        for form, names in rounded.items()
+    ]
     if fallback:
-        shown = ", ".join(fallback[:3]) + (f" and {len(fallback) - 3} more" if len(fallback) > 3 else "")
-        notes.append(f"{shown}: no GGUF block type equals their codes; written as F16 of the decoded weights")
+        notes.append(
+            f"{_listed(fallback)}: no GGUF block type equals their codes; written as F16 of the decoded weights"
+        )
     return tensors, layers, notes
 
 
@@ -211,14 +284,10 @@ def write_gguf(
 def _f32_tensors(model: nn.Module, heads: int, kv_heads: int) -> tuple[list, dict, list]:
     from gguf import GGMLQuantizationType
 
-    from nncompress.quantize.layers import PackedWeightLayer
-
+    packed, prefixes = packed_weights(model)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    weights.update({hf: module.dequantized_weight() for hf, module in packed})
     tensors, layers = [], {}
-    weights = dict(model.state_dict())
-    for name, module in model.named_modules():
-        if isinstance(module, PackedWeightLayer):
-            weights = {k: v for k, v in weights.items() if not k.startswith(f"{name}.")}
-            weights[f"{name}.weight"] = module.dequantized_weight()
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     for hf, w in weights.items():
         if "rotary" in hf or (tied and hf == "lm_head.weight"):
@@ -322,7 +391,9 @@ class GgufTarget(Target):
     extra: ClassVar[str] = "gguf"
     modules: ClassVar[tuple[str, ...]] = ("gguf", "llama_cpp")
     suffix: ClassVar[str] = ".gguf"
-    description: ClassVar[str] = "llama.cpp: 4-bit integer-zero groups of 32k as Q4_1, symmetric 8-bit as Q8_0"
+    description: ClassVar[str] = (
+        "llama.cpp: groups of 32k as blocks, codes kept: symmetric 4-bit Q4_0, integer-zero 4-bit Q4_1, 8-bit Q8_0"
+    )
 
     def __init__(self, template: str | os.PathLike | None = None, *, f32: bool = False) -> None:
         self.template = template
