@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-STATS = ("hessian", "sq_sum", "absmax", "abs_sum", "samples")
+STATS = ("hessian", "sq_sum", "absmax", "abs_sum", "samples", "float_gap")
 MAX_SAMPLE_ROWS = 2048  # rows of a layer's inputs kept for searches that need X itself (AWQ)
 FOLD_RTOL = 1e-5  # a fold is exact when block outputs move less than this (relative; exact: <1e-6)
 
@@ -64,12 +64,20 @@ class LayerStats:
     absmax: torch.Tensor | None = None  # (in,) max |x_j|
     abs_sum: torch.Tensor | None = None  # (in,) sum |x_j|
     samples: torch.Tensor | None = None  # (<= max rows, in) evenly strided rows of X
+    gap_x: torch.Tensor | None = None  # (in, in) (X_float - X)^T X: X_float the float model's inputs
 
-    def add(self, x: torch.Tensor, needs: Collection[str], sample_rows: int) -> None:
-        """Accumulate one call's input ``x`` (..., in)."""
+    def add(
+        self, x: torch.Tensor, needs: Collection[str], sample_rows: int, x_float: torch.Tensor | None = None
+    ) -> None:
+        """Accumulate one call's input ``x`` (..., in); ``x_float``: the same layer's input in the
+        float model on the same tokens (needed for ``"float_gap"``)."""
         x = x.detach().reshape(-1, x.shape[-1]).float()  # (rows, in)
         if "hessian" in needs:
             self.xtx = _plus(self.xtx, x.T @ x)
+        if "float_gap" in needs and x_float is not None:
+            if x_float.numel() != x.numel():
+                raise ValueError(f"the float model's input has {x_float.numel()} values, the layer's {x.numel()}")
+            self.gap_x = _plus(self.gap_x, (x_float.detach().reshape(x.shape).float() - x).T @ x)
         if "sq_sum" in needs:
             self.sq_sum = _plus(self.sq_sum, x.square().sum(0))
         if "abs_sum" in needs:
@@ -87,6 +95,12 @@ class LayerStats:
         if self.xtx is None:
             raise ValueError("the Hessian was not collected (add 'hessian' to needs)")
         return self.xtx * (2.0 / max(1, self.count))
+
+    def float_gap(self) -> torch.Tensor | None:
+        """2 (X_float - X)^T X / rows, scaled as :meth:`hessian`: how far the inputs the compressed
+        model gives this layer are from the float model's (GPTAQ's asymmetric calibration); None
+        where the float model's inputs were not recorded (a layer outside the blocks)."""
+        return None if self.gap_x is None else self.gap_x * (2.0 / max(1, self.count))
 
     def norms(self) -> torch.Tensor:
         """||X_j||_2 per input feature (Wanda)."""
@@ -375,8 +389,16 @@ class BlockRun:
     step can replace modules by name.
     """
 
-    def __init__(self, model: nn.Module, prefix: str, module: nn.Module, calls: list[Call]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        prefix: str,
+        module: nn.Module,
+        calls: list[Call],
+        float_inputs: dict[str, list[torch.Tensor]] | None = None,
+    ) -> None:
         self.model, self.prefix, self.module, self.calls = model, prefix, module, calls
+        self.float_inputs = float_inputs  # model-level Linear name -> its inputs in the float model, per call
 
     def full_name(self, local: str) -> str:
         """``q`` in block ``blocks.0`` -> ``blocks.0.q``."""
@@ -462,11 +484,15 @@ class BlockRun:
             stats = LayerStats()
             group.stats.update({name: stats for name in group.selected})
 
-            def hook(_m: nn.Module, args: tuple, _out: Any, stats: LayerStats = stats) -> None:
-                if args:
-                    stats.add(args[0], needs, per_call)
+            first = group.selected[0]
+            recorded = (self.float_inputs or {}).get(first) if "float_gap" in needs else None
+            float_inputs = iter(recorded) if recorded else None
 
-            handles.append(group.module(group.selected[0]).register_forward_hook(hook))
+            def hook(_m: nn.Module, args: tuple, _out: Any, stats: LayerStats = stats, ref: Any = float_inputs) -> None:
+                if args:
+                    stats.add(args[0], needs, per_call, next(ref, None) if ref is not None else None)
+
+            handles.append(group.module(first).register_forward_hook(hook))
         try:
             self.forward()
         finally:
@@ -613,7 +639,10 @@ def run_sequential(
             if rest:
                 if visited:
                     notes.append(f"sequential: {len(rest)} layer(s) outside the blocks handled on the whole model")
-                run = BlockRun(model, "", model, calls)
+                float_inputs = None  # the float model's inputs exist only while nothing is compressed yet
+                if "float_gap" in needs and not visited:
+                    float_inputs = _float_pass(model, "", calls)[0]
+                run = BlockRun(model, "", model, calls, float_inputs)
                 visited += _process_block(run, rest, process, needs, true_sequential, max_rows)
     finally:
         for module, training in modes:
@@ -640,16 +669,49 @@ def _run_blocks(
     (compressed) outputs with its own recorded arguments; stops after the last block with work."""
     visited: list[str] = []
     calls = block_calls[0]
+    float_calls = calls if "float_gap" in needs else None  # the float model's path, beside the compressed one
     for i, (name, block) in enumerate(block_list):
-        run = BlockRun(model, name, block, calls)
+        float_inputs: dict[str, list[torch.Tensor]] | None = None
+        if float_calls is not None:  # before the block is compressed: its float inputs and outputs
+            float_inputs, float_out = _float_pass(block, name, float_calls)
+            float_hidden = [_hidden_out(out) for out in float_out]
+        run = BlockRun(model, name, block, calls, float_inputs)
         if todo[i]:
             visited += _process_block(run, set(todo[i]), process, needs, true_sequential, max_rows)
         if not any(todo[i + 1 :]):
             break
         hidden = [_hidden_out(out) for out in run.forward()]
         calls = [_with_hidden(c, h) for c, h in zip(block_calls[i + 1], hidden)]
+        if float_calls is not None:
+            float_calls = [_with_hidden(c, h) for c, h in zip(block_calls[i + 1], float_hidden)]
         block_calls[i] = []  # this block's arguments (block 0: its inputs) are no longer needed
     return visited
+
+
+def _float_pass(block: nn.Module, prefix: str, calls: list[Call]) -> tuple[dict[str, list[torch.Tensor]], list]:
+    """Run the (still float) ``block`` on the float path's ``calls``: every plain Linear's input per
+    call (model-level names, in call order) and the block's outputs."""
+    inputs: dict[str, list[torch.Tensor]] = {}
+
+    def record(name: str) -> Callable:
+        def hook(_m: nn.Module, args: tuple, _out: Any) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                inputs.setdefault(name, []).append(args[0].detach())
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(record(f"{prefix}.{n}" if prefix and n else prefix or n))
+        for n, m in block.named_modules()
+        if type(m) is nn.Linear
+    ]
+    try:
+        with torch.no_grad():
+            outputs = [block(*args, **kwargs) for args, kwargs in calls]
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs, outputs
 
 
 def _process_block(

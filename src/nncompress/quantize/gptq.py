@@ -111,6 +111,23 @@ def prepare_hessian(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.
     return w, h
 
 
+def float_target_weight(
+    weight: torch.Tensor, hessian: torch.Tensor, gap: torch.Tensor, *, percdamp: float = 0.01, strength: float = 1.0
+) -> torch.Tensor:
+    """The weight whose outputs on the compressed model's inputs X best match the float layer's
+    outputs on the float model's inputs X_f (GPTAQ's asymmetric calibration, Li et al. 2025):
+    argmin_V ||W X_f - V X|| = W + W G H^-1 with G = (X_f - X)^T X and H = X^T X (both as
+    ``LayerStats`` scales them; H damped as GPTQ damps it). ``strength`` in [0, 1] moves only that
+    far toward it. GPTQ on this weight with the same H minimizes the asymmetric objective, since
+    the two objectives differ by a constant.
+    """
+    w, h = prepare_hessian(weight, hessian)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    lower = torch.linalg.cholesky(h + percdamp * h.diagonal().mean().clamp(min=1e-8) * eye)
+    shift = torch.cholesky_solve((w @ gap.float().to(w.device)).T, lower).T  # W G H^-1 (H symmetric)
+    return w + strength * shift
+
+
 def gptq_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -496,6 +513,11 @@ class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
         zero_dtype: see ``WeightOnlyQuantize``.
         percdamp: Hessian dampening as a fraction of its mean diagonal, in (0, 1].
         block_size: columns per lazy batch update (speed only; 128 as in the paper).
+        float_target: 0 (default): each layer matches its own float output on the inputs the
+            already-quantized layers give it (GPTQ). In (0, 1]: it matches, that far, the float
+            model's output on the float model's inputs instead (GPTAQ's asymmetric calibration,
+            Li et al. 2025), so later layers also undo the error earlier ones left; the engine
+            then runs the float model beside the quantized one (one more pass per block).
         calibration_batches: train batches whose inputs calibrate (>= 1).
         blocks: the block list (None: found automatically; "" the whole model is one block).
 
@@ -509,10 +531,17 @@ class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
     clip: str = "minmax"
     percdamp: float = 0.01
     block_size: int = 128
+    float_target: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_flag("act_order", self.act_order)
+        if isinstance(self.float_target, bool) or not isinstance(self.float_target, (int, float)):
+            raise ValueError(f"float_target must be a number in [0, 1]; got {self.float_target!r}")
+        if not 0 <= self.float_target <= 1:
+            raise ValueError(
+                f"float_target must be in [0, 1] (0: GPTQ, 1: full asymmetric calibration); got {self.float_target}"
+            )
         check_flag("static_groups", self.static_groups)
         if self.clip not in QPARAM_METHODS:
             raise ValueError(f"clip must be one of {', '.join(QPARAM_METHODS)}; got {self.clip!r}")
@@ -532,9 +561,15 @@ class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
                     spec = self.spec_for(name, layer, ctx)
                     mask = ctx.masks.get(f"{name}.weight")
                     keep = mask if mask is not None and mask.shape == layer.weight.shape else None
+                    hessian, gap = group.stats[name].hessian(), group.stats[name].float_gap()
+                    weight = layer.weight
+                    if self.float_target and gap is not None:
+                        weight = float_target_weight(
+                            weight, hessian, gap, percdamp=self.percdamp, strength=self.float_target
+                        )
                     w, s, z = gptq_quantize(
-                        layer.weight,
-                        group.stats[name].hessian(),
+                        weight,
+                        hessian,
                         spec,
                         percdamp=self.percdamp,
                         block_size=self.block_size,
@@ -550,11 +585,11 @@ class GPTQQuantize(BlockCalibration, WeightOnlyQuantize):
         if note:
             ctx.log.append(note)
         batches = calibration_batches(ctx, self.calibration_batches, self.kind)
-        done = run_sequential(
-            model, batches, process, select=targets, needs=("hessian",), blocks=self.blocks, log=ctx.log
-        )
+        needs = ("hessian", "float_gap") if self.float_target else ("hessian",)
+        done = run_sequential(model, batches, process, select=targets, needs=needs, blocks=self.blocks, log=ctx.log)
         self.round_rest(model, ctx)
         order = ", act-order" if self.act_order else ""
+        order += f", float target {self.float_target:g}" if self.float_target else ""
         ctx.log.append(
             f"{self.kind}: {len(done)} Linear layers packed ({self.bits}-bit{order}) from {len(batches)} batch(es)"
         )
