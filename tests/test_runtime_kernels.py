@@ -296,3 +296,32 @@ def test_int8_kernel_declines_input_widths_its_aten_op_cannot_run():
     assert choice is None or choice.name != "int8pack-bf16"
     x = torch.randn(3, 2312)
     torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("out_features", "spec", "ranges"),
+    [
+        (
+            512,
+            QuantSpec(bits=8, granularity="group", group_size=128),
+            [(0, 128), (128, 256), (256, 384), (384, 512), (512, 576)],
+        ),
+        (512, QuantSpec(bits=8, symmetric=False, granularity="group", group_size=40), None),  # 40: masked kernel rows
+        (4096, QuantSpec(bits=8, granularity="channel"), [(0, 288), (288, 576)]),  # a wide layer in two calls
+        (512, QuantSpec(bits=8, granularity="channel"), [(0, 576)]),
+    ],
+    ids=["group128-five-calls", "group40-masked", "wide-channel-two-calls", "channel-one-call"],
+)
+def test_int8_kernel_calls_per_group_or_input_range_match_the_reference(out_features, spec, ranges):
+    """Each scale group (and each piece of a wide per-channel row) runs as its own kernel call on its
+    own inputs; groups of widths the op cannot take alone run as masked rows: both exact."""
+    from nncompress.runtime import int8
+    from nncompress.runtime.grid import affine_grid
+
+    layer = quantize_weight_module(_linear(out_features), spec)
+    assert int8.column_ranges(affine_grid(layer, 256)) == ranges
+    assert rt.kernel_choice(layer).name == "int8pack-bf16"
+    for rows in (1, 3, 40):  # 40 rows: dequantized once per call, F.linear
+        fast, reference = _outputs(layer, torch.randn(rows, 576))
+        assert _rel(fast, reference) <= BF16_REL, rows
