@@ -325,3 +325,25 @@ def test_int8_kernel_calls_per_group_or_input_range_match_the_reference(out_feat
     for rows in (1, 3, 40):  # 40 rows: dequantized once per call, F.linear
         fast, reference = _outputs(layer, torch.randn(rows, 576))
         assert _rel(fast, reference) <= BF16_REL, rows
+
+
+@needs_kernels
+def test_layers_run_their_own_ops_while_either_onnx_exporter_is_active(monkeypatch):
+    """The dispatch reads the ONNX exporters' flags directly (cheaper than ``is_in_onnx_export``);
+    it must agree with torch's own answer whichever exporter sets them."""
+    flags = dispatch._onnx_flags()
+    if flags is None:
+        pytest.skip("this torch keeps its ONNX export flags elsewhere (torch.onnx.is_in_onnx_export is asked)")
+    exporter, globals_ = flags
+    layer = quantize_weight_module(_linear(), QuantSpec(bits=4, granularity="channel"))
+    x = torch.randn(2, 576)
+    assert rt.run_linear(layer, x, None) is not None and not torch.onnx.is_in_onnx_export()
+    for name, owner, attribute in (
+        ("dynamo", exporter, "_is_onnx_exporting"),
+        ("torchscript", globals_, "in_onnx_export"),
+    ):
+        monkeypatch.setattr(owner, attribute, True)
+        assert torch.onnx.is_in_onnx_export(), name
+        assert dispatch._tracing() and rt.run_linear(layer, x, None) is None, name
+        monkeypatch.setattr(owner, attribute, False)
+    assert rt.run_linear(layer, x, None) is not None
