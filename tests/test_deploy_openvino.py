@@ -54,6 +54,13 @@ def test_openvino_runs_int8_static_as_int8_kernels(tmp_path) -> None:
     assert result.max_abs_error <= step + 1e-6  # within the int8 quantization error of ours
     assert abs(result.metric["export"] - result.metric["ours"]) <= 0.1
     assert set(result.latency_ms["batch_4"]) == {"ours", "export", "fp32_export"}
+    constants = [op for op in ov.Core().read_model(result.path).get_ordered_ops() if op.get_type_name() == "Constant"]
+    # biases as fp32 (no int32 codes + scale), FakeQuantize bounds as shared scalars (no [1,1,1,1] copies)
+    assert not [c for c in constants if c.get_element_type().get_type_name() == "i32"]
+    bounds = [c for c in constants if list(c.get_output_shape(0)) in ([], [1], [1, 1], [1, 1, 1, 1])]
+    assert all(list(c.get_output_shape(0)) == [] for c in bounds)
+    assert len({c.get_data().item() for c in bounds}) == len(bounds)  # one node per distinct value
+    assert any("int32 bias(es) stored as fp32" in n for n in result.notes)
 
 
 def result_runner_precisions(path: str) -> dict[str, int]:

@@ -57,6 +57,35 @@ def test_qdq_replay_matches_onnxruntime_int8() -> None:
     assert "quantize_per_tensor" in graph and "dequantize_per_channel" in graph
 
 
+def test_qdq_replay_exports_only_the_constants_it_reads() -> None:
+    torch.manual_seed(0)
+    int8, _ = onnxruntime_static_int8(TinyCNN().eval(), [(torch.randn(8, 4, 6, 6),) for _ in range(2)])
+    x = torch.randn(2, 4, 6, 6)
+    for fold in (True, False):
+        replay = QdqGraphModule(int8.model_proto(), fold_weights=fold).eval()
+        program = torch.export.export(replay, (x,))
+        dtypes = sorted(str(t.dtype) for t in program.constants.values())
+        # per conv/fc: weight (int8 codes, or fp32 re-quantized in the graph), scales, zero points, fp32 bias;
+        # no int32 bias codes, bias scales or bias zero points left unread beside them (they were 8 KB of .pte)
+        assert "torch.int64" not in dtypes and "torch.int32" not in dtypes
+        assert len(program.constants) == 3 * 4
+        assert dtypes.count("torch.int8") == (6 if fold else 3)
+        with torch.no_grad():
+            assert torch.allclose(replay(x), int8(x), atol=1e-5)
+    assert "quantize_per_channel" in torch.export.export(replay, (x,)).graph_module.code  # unfolded form
+
+
+def test_dequantized_layer_exports_the_decoded_weight_alone() -> None:
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    model[0] = quantize_weight_module(model[0], QuantSpec(bits=4, symmetric=True, granularity="channel"))
+    graph, _, _ = torch_graph(model, "executorch")
+    program = torch.export.export(graph, (torch.randn(2, 64),))
+    shapes = sorted(tuple(v.shape) for v in program.state_dict.values()) + sorted(
+        tuple(v.shape) for v in program.constants.values()
+    )
+    assert shapes == [(4,), (4, 16), (16,), (16, 64)]  # no packed codes or scales beside the fp32 weight
+
+
 def test_torch_graph_dequantizes_packed_layers_and_names_them() -> None:
     model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     model[0] = quantize_weight_module(model[0], QuantSpec(bits=4, symmetric=False, granularity="group", group_size=32))

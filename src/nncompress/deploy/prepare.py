@@ -23,7 +23,9 @@ class DequantizedLayer(nn.Module):
 
     def __init__(self, packed: nn.Module) -> None:
         super().__init__()
-        self.packed_op = packed  # geometry and ``_run`` of the original layer
+        # geometry and ``_run`` of the original layer, held outside the module tree: as a submodule its
+        # packed codes would be exported too, beside the decoded weight (a 4-bit MLP's .pte outgrew fp32)
+        self.__dict__["packed_op"] = packed
         self.weight = nn.Parameter(packed.dequantized_weight().detach().float().clone(), requires_grad=False)
         bias = packed.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
@@ -68,11 +70,14 @@ def dense_layers(model: nn.Module) -> dict[str, str]:
     return layers
 
 
-def torch_graph(model: nn.Module, target: str) -> tuple[nn.Module, dict[str, str], list[str]]:
+def torch_graph(
+    model: nn.Module, target: str, *, fold_weights: bool = True
+) -> tuple[nn.Module, dict[str, str], list[str]]:
     """``model`` as a module ``torch.export`` traces for ``target``; plus each layer's form and notes.
 
     Packed weight layers are decoded to fp32 (named in one note each: ``target`` has no such
-    weight-only format); an int8-static QDQ graph replays as PT2E int8 with our scales.
+    weight-only format); an int8-static QDQ graph replays as PT2E int8 with our scales, its int8
+    weights as codes (``fold_weights``) or as fp32 values quantized in the graph (see ``QdqGraphModule``).
     """
     from nncompress.base.modules import replace_module
     from nncompress.deploy.qdq_torch import QdqGraphModule
@@ -84,7 +89,7 @@ def torch_graph(model: nn.Module, target: str) -> tuple[nn.Module, dict[str, str
         from nncompress.quantize.onnx_layers import onnx_layer_rows
 
         proto = model.model_proto()
-        graph = QdqGraphModule(proto).eval()
+        graph = QdqGraphModule(proto, fold_weights=fold_weights).eval()
         layers = {row["name"]: f"{row['format']} {row['type']}" for row in onnx_layer_rows(proto)}
         notes = [
             f"int8 QDQ graph replayed as PT2E quantize/dequantize with its own scales "

@@ -11,6 +11,10 @@ uint8 activations become int8 with the zero point moved by -128 (``q_i8 = q_u8 -
 value: the same real numbers), as XNNPACK's PT2E path takes signed activations. The int32 biases
 are dequantized to fp32 (input scale x weight scale x integer), which XNNPACK re-quantizes to the
 same integers.
+
+``fold_weights=False`` writes each int8 weight as its exact fp32 value followed by a quantize and a
+dequantize (``convert_pt2e(fold_quantize=False)``'s form, which LiteRT's converter takes: it folds
+the pair back into the same int8 constant); the default keeps the int8 codes (XNNPACK's form).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def _qd() -> Any:
     return torch.ops.quantized_decomposed
 
 
-def _attrs(node: Any) -> dict[str, Any]:
+def node_attrs(node: Any) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -60,6 +64,7 @@ class QdqGraphModule(nn.Module):
 
     Args:
         proto: the ``onnx.ModelProto`` (e.g. ``OnnxRuntimeModule.model_proto()``).
+        fold_weights: int8 weights as their codes (True) or as fp32 values re-quantized in the graph.
 
     Raises:
         ValueError: an operator outside ``ACCEPTED_OPS`` (named with its node).
@@ -69,18 +74,19 @@ class QdqGraphModule(nn.Module):
         >>> torch.export.export(module, (x,))  # doctest: +SKIP
     """
 
-    def __init__(self, proto: Any) -> None:
+    def __init__(self, proto: Any, *, fold_weights: bool = True) -> None:
         super().__init__()
+        self.fold_weights = fold_weights
         from onnx import numpy_helper
 
         graph = proto.graph
         self.arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         for node in graph.node:
             if node.op_type == "Constant":
-                self.arrays[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
+                self.arrays[node.output[0]] = numpy_helper.to_array(node_attrs(node)["value"])
         self.input_names = [i.name for i in graph.input if i.name not in self.arrays]
         self.output_names = [o.name for o in graph.output]
-        self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name) for n in graph.node]
+        self.nodes = [(n.op_type, list(n.input), list(n.output), node_attrs(n), n.name) for n in graph.node]
         unknown = [f"{n.name or n.output[0]} ({n.op_type})" for n in graph.node if n.op_type not in OPS]
         if unknown:
             raise ValueError(
@@ -94,11 +100,13 @@ class QdqGraphModule(nn.Module):
             and n.input[0] in self.arrays
             and self.arrays[n.input[0]].dtype.itemsize == 1
         )
-        for node in graph.node:  # int32 biases: fp32 buffers (a tensor made in forward is not a constant)
-            if node.op_type == "DequantizeLinear" and self.arrays.get(node.input[0], np.empty(0)).dtype == np.int32:
-                self.arrays[node.input[0] + ".fp32"] = _bias_fp32(self.arrays, list(node.input), _attrs(node))
+        for node in graph.node:  # int32 biases (and unfolded weights): fp32 buffers, not tensors made in forward
+            codes = self.arrays.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+            if codes is not None and (codes.dtype == np.int32 or not fold_weights):
+                self.arrays[node.input[0] + ".fp32"] = bias_fp32(self.arrays, list(node.input), node_attrs(node))
+        used = _tensor_inputs(self.nodes, self.arrays, fold_weights)
         for name, array in self.arrays.items():
-            if array.ndim >= 1:
+            if array.ndim >= 1 and name in used:  # an unread buffer would still be exported as a constant
                 if array.dtype.kind in "iu" and array.dtype.itemsize > 1:
                     array = array.astype(np.int64)  # zero points: PT2E keeps them int64
                 elif array.dtype.kind == "f":
@@ -135,8 +143,30 @@ class QdqGraphModule(nn.Module):
         return torch.tensor(self.arrays[name])
 
 
-def _bias_fp32(arrays: dict[str, np.ndarray], ins: list[str], attrs: dict[str, Any]) -> np.ndarray:
-    """An int32 bias as fp32: (integer - zero) x input scale x weight scale."""
+SHAPE_INPUTS = {"QuantizeLinear": 1, "Reshape": 1, "Clip": 1, "ReduceMean": 1}  # later inputs: read as numbers
+
+
+def _tensor_inputs(nodes: list[tuple], arrays: dict[str, np.ndarray], fold_weights: bool) -> set[str]:
+    """The initializers ``forward`` reads as tensors: an int32 bias as its fp32 copy (not its codes,
+    scale or zero point), a weight's codes (its fp32 copy without ``fold_weights``) and per-channel
+    scales and zero points; numbers read as literals, Reshape shapes and Clip bounds are left out."""
+    used = set()
+    for op, ins, _, _, _ in nodes:
+        if op == "DequantizeLinear" and ins[0] in arrays:
+            if arrays[ins[0]].dtype == np.int32:
+                used.add(ins[0] + ".fp32")
+                continue
+            used.add(ins[0] if fold_weights else ins[0] + ".fp32")
+            if arrays[ins[1]].size > 1:
+                used.update(ins[1:])
+        elif op != "DequantizeLinear":
+            used.update(ins[: SHAPE_INPUTS.get(op, len(ins))])
+    return used
+
+
+def bias_fp32(arrays: dict[str, np.ndarray], ins: list[str], attrs: dict[str, Any]) -> np.ndarray:
+    """A constant DequantizeLinear's value in fp32: (integer - zero) x scale (for an int32 bias, the
+    scale is input scale x weight scale)."""
     codes = arrays[ins[0]]
     scale = arrays[ins[1]].astype(np.float64)
     zero = arrays[ins[2]].astype(np.float64) if len(ins) > 2 else np.zeros_like(scale)
@@ -186,8 +216,7 @@ def _dequantize(m: QdqGraphModule, env: dict, ins: list[str], attrs: dict) -> to
         lo, hi = (-128, 127) if codes.dtype == np.int8 else (0, 255)
         tdtype = torch.int8 if codes.dtype == np.int8 else torch.uint8
         if scale.size > 1:
-            return qd.dequantize_per_channel.default(
-                m.const(ins[0]),
+            qparams = (
                 m.const(ins[1]),
                 m.const(ins[2]) if len(ins) > 2 else torch.zeros(scale.size, dtype=torch.long),
                 int(attrs.get("axis", 1)),
@@ -195,7 +224,17 @@ def _dequantize(m: QdqGraphModule, env: dict, ins: list[str], attrs: dict) -> to
                 hi,
                 tdtype,
             )
-        return qd.dequantize_per_tensor.default(m.const(ins[0]), float(scale.item()), int(zero.item()), lo, hi, tdtype)
+            if m.fold_weights:
+                return qd.dequantize_per_channel.default(m.const(ins[0]), *qparams)
+            return qd.dequantize_per_channel.default(
+                qd.quantize_per_channel.default(m.const(ins[0] + ".fp32"), *qparams), *qparams
+            )
+        qparams = (float(scale.item()), int(zero.item()), lo, hi, tdtype)
+        if m.fold_weights:
+            return qd.dequantize_per_tensor.default(m.const(ins[0]), *qparams)
+        return qd.dequantize_per_tensor.default(
+            qd.quantize_per_tensor.default(m.const(ins[0] + ".fp32"), *qparams), *qparams
+        )
     zero_name = ins[2] if len(ins) > 2 else None
     dtype = m.arrays[zero_name].dtype if zero_name else np.dtype(np.uint8)
     zero, lo, hi, tdtype = _signed(int(m.scalar(zero_name)) if zero_name else 0, dtype)
