@@ -112,7 +112,10 @@ def test_gguf_keeps_our_codes_and_llama_cpp_matches_our_logits(tmp_path) -> None
     assert exported.layers["model.layers.1.mlp.up_proj"] == "F16 (dequantized)"
     assert exported.layers["model.norm"] == "F32"
     rounded, fallback = exported.notes  # Q4_1's m = -s z needs more bits than fp16 holds in some groups
-    assert rounded.startswith("model.layers.0.self_attn.q_proj, ") and "Q4_1 with m = -s z rounded to fp16" in rounded
+    assert (
+        rounded.startswith("model.layers.0.self_attn.q_proj, ")
+        and "Q4_1 with m = -s z rounded to fp16 (s z is not" in rounded
+    )
     assert fallback.startswith("model.layers.1.mlp.up_proj: no GGUF block")
     with torch.no_grad():
         ours = model(ids).logits
@@ -179,7 +182,8 @@ def test_scales_that_are_not_fp16_values_are_named(tmp_path) -> None:
     )
     assert exported.layers[name] == "Q4_0 (our codes)"
     assert exported.notes == [
-        f"{name}: scales not fp16 values, written as Q4_0 with d = s rounded to fp16 (<= 2^-11 relative)"
+        f"{name}: written as Q4_0 with d = s rounded to fp16 (the scales are not fp16 values), each within 2^-11 "
+        "(relative), the nearest GGUF form of their codes"
     ]
     w = gguf_weights(tmp_path / "m.gguf")["blk.0.ffn_up.weight"][1]
     ours = layer.dequantized_weight().float()

@@ -149,12 +149,12 @@ def packed_blocks(module: nn.Module) -> Blocks | None:
     codes, scale = module.codes().cpu().to(torch.int32), module.scale.float().cpu()
     d, z = _per_block(scale, rows, cols, group), _per_block(zero.float(), rows, cols, group)
     bits = f"{spec.bits}-bit " if spec.bits not in (4, 8) else ""
-    rounded = "d = s rounded to fp16" if _not_fp16(scale) else None
+    rounded = "d = s rounded to fp16 (the scales are not fp16 values)" if _not_fp16(scale) else None
     if spec.bits <= 4 and spec.symmetric:  # signed c -> unsigned c + 8
         return Blocks(q4_0_blocks(codes + 8, d), "Q4_0", f"Q4_0 (our {bits}codes)", rounded)
     if spec.bits <= 4:
         if rounded is None and _not_fp16(d * z):
-            rounded = "m = -s z rounded to fp16"
+            rounded = "m = -s z rounded to fp16 (s z is not an fp16 value)"
         return Blocks(q4_1_blocks(codes, d, z), "Q4_1", f"Q4_1 (our {bits}codes)", rounded)
     if spec.symmetric or spec.bits <= 7:  # asymmetric: q - z lies in [-127, 127] below 8 bits
         q = codes if spec.symmetric else codes - z.repeat_interleave(QK, dim=1).to(torch.int32)
@@ -232,7 +232,7 @@ def model_tensors(model: nn.Module, heads: int, kv_heads: int) -> tuple[list[tup
         else:
             add(hf, w.to(torch.float16).numpy(), GGMLQuantizationType.F16, "F16")
     notes = [
-        f"{_listed(names)}: scales not fp16 values, written as {form} (<= 2^-11 relative)"
+        f"{_listed(names)}: written as {form}, each within 2^-11 (relative), the nearest GGUF form of their codes"
         for form, names in rounded.items()
     ]
     if fallback:
