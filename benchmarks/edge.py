@@ -8,7 +8,8 @@ installed target (``nncompress export --to``): the test metric in the runtime, m
 size, and batch-1 / batch-64 latency interleaved with our model and with the runtime's own fp32 export of
 the baseline. Peers on the same baseline, in their own runtime, timed interleaved with our export there:
 NNCF ``nncf.quantize`` (int8 rows) and ``nncf.compress_weights`` INT4_ASYM / per-channel (4-bit row) on
-OpenVINO; ExecuTorch's ``XNNPACKQuantizer`` (PT2E, per-channel int8) on ExecuTorch. ``--gguf`` adds the
+OpenVINO; ExecuTorch's ``XNNPACKQuantizer`` (PT2E, per-channel int8) on ExecuTorch; litert-torch's
+``PT2EQuantizer`` (PT2E static int8, per-channel) on LiteRT (the ``litert`` extra). ``--gguf`` adds the
 SmolLM2-135M GGUF rows (``gguf_rows``: GPTQ 4-bit groups of 32 as Q4_1 beside llama.cpp's own Q4_0/Q8_0
 of the fp32 weights) when llama-cpp-python is installed.
 
@@ -45,7 +46,7 @@ FAMILY = "edge"
 ARTIFACTS = RESULTS / "artifacts"
 LARGE = 64
 CALIBRATION_BATCHES = 8  # of the train split, for the peers' static int8 (int8-static's default too)
-TARGETS = ("onnx", "openvino", "executorch")
+TARGETS = ("onnx", "openvino", "executorch", "litert")
 ALL = "fmnist-resnet,fmnist-mlp"
 
 
@@ -152,7 +153,38 @@ def xnnpack_peer(baseline: nn.Module, task: nc.Task, method: str, tmp: Path) -> 
     return name, path, ExecuTorchModule(path, max_batch=max(LARGE, example.shape[0])), len(data)
 
 
-PEERS = {"openvino": (nncf_peer, "nncf"), "executorch": (xnnpack_peer, "executorch")}
+def litert_peer(baseline: nn.Module, task: nc.Task, method: str, tmp: Path) -> tuple[str, Path, nn.Module, int]:
+    """litert-torch's own ``PT2EQuantizer`` (static int8, per-channel weights) on the baseline, converted at batch 1
+    as our LiteRT export is (its dynamic batch axis did not lower through the Flatten)."""
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from nncompress.deploy.executorch import Positional
+    from nncompress.deploy.litert import LiteRtModule
+
+    example = task.inputs_example()[:1]
+    graph = torch.export.export(Positional(baseline.eval()), (example,), strict=False).module()
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for x in calibration(task):
+            for sample in x.split(1):  # the graph is specialized to batch 1
+                prepared(sample)
+    converted = convert_pt2e(prepared, fold_quantize=False)  # the form the converter folds into int8 kernels
+    edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    path = tmp / "peer.tflite"
+    edge.export(str(path))
+    name = f"litert-torch PT2EQuantizer (static int8 per-channel, {CALIBRATION_BATCHES}x32 calibration samples)"
+    return name, path, LiteRtModule(path), os.path.getsize(path)
+
+
+PEERS = {
+    "openvino": (nncf_peer, "nncf"),
+    "executorch": (xnnpack_peer, "executorch"),
+    "litert": (litert_peer, "litert-torch"),
+}
 
 
 def peer_row(
