@@ -41,6 +41,27 @@ def test_openvino_keeps_u4_weights_of_packed_linears(tmp_path) -> None:
     assert result.metric["export"] == pytest.approx(result.metric["ours"])
 
 
+def test_openvino_stores_per_channel_4bit_unpadded_with_one_scale_per_row(tmp_path) -> None:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(100, 48), nn.ReLU(), nn.Linear(48, 4)).eval()  # 100 inputs: 2 blocks of 64
+    model = nn.Sequential(
+        quantize_weight_module(base[0], QuantSpec(bits=4, symmetric=True, granularity="channel")), nn.ReLU(), base[2]
+    ).eval()
+    result = deploy(
+        model, "openvino", tmp_path / "m.xml", tiny_task(base, (100,), batches=2), config=CheckConfig(batch_large=0)
+    )
+    shapes = [
+        (op.get_element_type().get_type_name(), list(op.get_output_shape(0)))
+        for op in ov.Core().read_model(result.path).get_ordered_ops()
+        if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) >= 2
+    ]
+    assert ("u4", [48, 100]) in shapes and ("f32", [48, 1]) in shapes  # not [48, 2, 64] with [48, 2, 1] scales
+    assert not [s for kind, s in shapes if len(s) == 3]
+    assert result.max_abs_error < 1e-4 * max(1.0, result.max_abs_output)
+    assert any("stored [out, in] with one scale per row" in n for n in result.notes)
+    assert any("u4" in k or "u8" in k or "i8" in k for k in result_runner_precisions(result.path)), "not compressed"
+
+
 def test_openvino_runs_int8_static_as_int8_kernels(tmp_path) -> None:
     torch.manual_seed(0)
     base = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 3)).eval()

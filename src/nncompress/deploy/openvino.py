@@ -93,12 +93,18 @@ class OpenVinoTarget(Target):
             folded = fold_int32_biases(onnx_result.path)
             ov_model = ov.convert_model(onnx_result.path)
         shared = share_fake_quantize_bounds(ov_model)
+        unblocked = unblock_per_channel_weights(ov_model)
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
         forms = weight_forms(ov_model)
         layers = {name: _ov_form(label) for name, label in onnx_result.layers.items()}
         notes = [n for n in onnx_result.notes if "ONNX Runtime" not in n]
         if folded:
             notes.append(f"{folded} int32 bias(es) stored as fp32, as OpenVINO's int8 kernels take them")
+        if unblocked:
+            notes.append(
+                f"{unblocked} per-channel low-bit weight(s) stored [out, in] with one scale per row, not in the "
+                "ONNX export's padded blocks with the scale repeated per block"
+            )
         if shared:
             notes.append(f"{shared} FakeQuantize bounds as shared scalars (per-tensor activation ranges)")
         notes.append("weight constants in the IR: " + ", ".join(f"{n} x {k}" for k, n in sorted(forms.items())))
@@ -168,6 +174,80 @@ def share_fake_quantize_bounds(model: Any) -> int:
     if replaced:
         model.validate_nodes_and_infer_types()
     return replaced
+
+
+def unblock_per_channel_weights(model: Any) -> int:
+    """Store each blocked low-bit weight whose blocks share one scale per row as ``[out, in]`` codes
+    with one scale per row (``nncf.compress_weights``' per-channel form). Returns how many.
+
+    ``MatMulNBits`` (the ONNX export of a packed Linear) holds blocks of 16..256 columns, so a
+    per-channel 4-bit weight arrives as ``Const[u4, out x blocks x B] -> Convert -> Subtract(zero)
+    -> Multiply(scale[out x blocks x 1]) -> Reshape -> Slice(:in)``: ``in`` padded to whole blocks
+    (784 -> 832 columns) and the row's scale repeated per block (13x for 784 inputs).
+    """
+    rewritten = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() == "Slice" and _unblock(node):
+            rewritten += 1
+    if rewritten:
+        model.validate_nodes_and_infer_types()
+    return rewritten
+
+
+def _source(node: Any, index: int) -> Any:
+    return node.input(index).get_source_output().get_node()
+
+
+def _unblock(slice_node: Any) -> bool:
+    """Rewrite one ``Slice(Reshape(Multiply(Subtract(Convert(u4/u8 codes), zero), scale)))``; False if not that."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    reshape = _source(slice_node, 0)
+    multiply = _source(reshape, 0) if reshape.get_type_name() == "Reshape" else None
+    if multiply is None or multiply.get_type_name() != "Multiply":
+        return False
+    subtract, scale = _source(multiply, 0), _source(multiply, 1)
+    if subtract.get_type_name() != "Subtract" or scale.get_type_name() != "Constant":
+        return False
+    convert = _source(subtract, 0)
+    codes = _source(convert, 0) if convert.get_type_name() == "Convert" else None
+    kind = codes.get_element_type().get_type_name() if codes is not None and codes.get_type_name() == "Constant" else ""
+    shape, out_shape = list(scale.get_output_shape(0)), slice_node.get_output_partial_shape(0)
+    if kind not in ("u4", "u8") or len(shape) != 3 or shape[2] != 1 or out_shape.is_dynamic or len(out_shape) != 2:
+        return False
+    scales = scale.get_data()
+    if not np.array_equal(scales, np.broadcast_to(scales[:, :1], scales.shape)):
+        return False  # real groups: keep them
+    rows, cols = (int(d.get_length()) for d in out_shape)
+    values = _unpack(codes.get_data(), kind).reshape(rows, -1)[:, :cols]
+    weight = ops.convert(_pack(values, kind), "f32")
+    dequantized = ops.multiply(ops.subtract(weight, subtract.input(1).get_source_output()), ops.constant(scales[:, 0]))
+    slice_node.output(0).replace(dequantized.output(0))
+    return True
+
+
+def _unpack(data: Any, kind: str) -> Any:
+    """OpenVINO's packed u4 bytes (low nibble first) or u8 bytes as one value per element."""
+    import numpy as np
+
+    if kind == "u8":
+        return data.reshape(-1)
+    data = data.reshape(-1)
+    return np.stack([data & 0x0F, data >> 4], axis=1).reshape(-1)
+
+
+def _pack(values: Any, kind: str) -> Any:
+    """``values`` (2-d) as an OpenVINO u4/u8 constant, copied (a ``Tensor`` over numpy memory is shared
+    by default, and read garbage once the array was freed)."""
+    import numpy as np
+    import openvino as ov
+    from openvino import op
+
+    codes = np.ascontiguousarray(values, dtype=np.uint8)
+    if kind == "u8":
+        return op.Constant(codes)
+    return op.Constant(ov.Type.u4, ov.Shape(list(codes.shape)), codes.reshape(-1).tolist())
 
 
 def _ov_form(onnx_label: str) -> str:
