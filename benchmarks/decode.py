@@ -7,11 +7,14 @@ counts the steps after the prefill. All models are loaded at once and timed in i
 rounds (fp32, then each form, round after round), so every ratio to fp32 compares runs taken
 moments apart; a row's ratio is the median over rounds of (its tokens/s / fp32's in that round).
 
-Our forms are made through the public API (``nc.compress`` with ``RTNQuantize``: GPTQ leaves the
-same packed layout, so the same kernels and speed), saved with ``nc.save``, loaded with
-``nc.load`` and timed from the loaded file. ``kernels`` in a row counts the layers per kernel
-(``nncompress.runtime.kernel_choice``); ``metric_reference_path`` is the same perplexity with the
-kernels switched off (the dequantized float32 path), showing what the kernels change.
+Our forms are made through the public API (``nc.compress`` with ``RTNQuantize``, and one
+``GPTQQuantize`` 4-bit form with an 8-bit head, the issue's practical form: GPTQ leaves the same
+packed layout, so the same kernels, and its row shows it), saved with ``nc.save``, loaded with
+``nc.load`` and timed from the loaded file. With ``--reuse`` the GPTQ form may come from
+``benchmarks/llm.py``'s artifact of the same recipe (``SHARED_ARTIFACTS``; GPTQ takes minutes).
+``kernels`` in a row counts the layers per kernel (``nncompress.runtime.kernel_choice``);
+``metric_reference_path`` is the same perplexity with the kernels switched off (the dequantized
+float32 path), showing what the kernels change.
 
 Perplexity (lower is better) is on the first ``EVAL_CHUNKS`` test chunks of 512 tokens only (the
 full test split is ``benchmarks/llm.py``'s job; ``nc.compress`` here checks on one 128-token
@@ -22,8 +25,13 @@ Peers: torchao 0.18 (on CPU, ``Int8WeightOnlyConfig`` and ``IntxWeightOnlyConfig
 int4 packing formats need CUDA or the mslk package) and optimum-quanto 0.2.7 (qint8 / qint4
 weights, frozen; run under ``torch.no_grad``, as its int4 path fails under inference mode). Peers
 slower than fp32 decode ``PEER_TOKENS`` tokens (tokens/s barely depends on it at this length).
+llama.cpp (llama-cpp-python, ``nncompress.deploy.gguf`` as ``benchmarks/edge.py`` uses it): the same
+fp32 weights written as an F32 GGUF and quantized by llama.cpp's own ``llama_model_quantize`` to Q4_0
+and Q8_0, decoded greedily at the same thread count, prompt and token counts, in the same rounds (its
+ratio is to our torch fp32 of the round; its prefill computes every position's logits, ours the last).
 
-Usage: ``python benchmarks/decode.py [--quick] [--only rtn-w4-g128,quanto-w4] [--threads N] [--reuse] [--out PATH]``
+Usage: ``python benchmarks/decode.py [--quick] [--only rtn-w4-g128,quanto-w4] [--threads N] [--reuse]
+[--rounds N] [--out PATH]``
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import statistics
@@ -51,6 +60,7 @@ from torch import nn
 import nncompress as nc
 import nncompress.runtime as rt
 from nncompress.cli.generate import greedy_generate
+from nncompress.io.artifact import read_manifest
 from nncompress.measure.report import CONTRACT_FIELDS
 
 FAMILY = "decode"
@@ -62,11 +72,15 @@ ROUNDS = 3
 EVAL_CHUNKS = 2  # of 512 tokens, from the first test batch
 GROUP = 128  # 576 inputs: four groups of 128 and a ragged one of 64
 TRUST = ("transformers", "kernels")
+GPTQ = {"bits": 4, "group_size": GROUP, "act_order": True, "rest_bits": 16, "head_bits": 8, "calibration_batches": 4}
+SHARED_ARTIFACTS = {"gptq-w4-g128-head8": "llm/smollm2-135m--gptq-w4.ncz"}  # benchmarks/llm.py's, same recipe
+LLAMA_CPP = {"llama.cpp-f32": None, "llama.cpp-q4_0": "Q4_0", "llama.cpp-q8_0": "Q8_0"}  # its own quantizer's kinds
+LLAMA_CPP_CONTEXT = 512  # the perplexity chunks' length (>= prompt + new tokens)
 
 
 @dataclass
 class Entry:
-    """One model to time: ours (an artifact) or a peer's (``tool``)."""
+    """One model to time: ours (an artifact) or a peer's (``tool``; llama.cpp's ``model`` is a ``LlamaCppModule``)."""
 
     method: str
     model: nn.Module
@@ -88,6 +102,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/decode.json)")
     parser.add_argument("--reuse", action="store_true", help="load existing artifacts instead of compressing again")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--rounds", type=int, default=0, help=f"timing rounds (default {ROUNDS}, 1 with --quick)")
     return parser.parse_args()
 
 
@@ -112,7 +127,35 @@ def recipes() -> dict[str, list[nc.Step]]:
             out[method] = [nc.RTNQuantize(**settings)]
         except (TypeError, ValueError) as why:  # head_bits is newer than some checkouts
             print(f"{method} skipped: {why}")
+    out["gptq-w4-g128-head8"] = [nc.GPTQQuantize(**GPTQ)]
     return out
+
+
+def _same_recipe(path: Path, recipe: list[nc.Step]) -> bool:
+    """True when the artifact at ``path`` was made by ``recipe``: the same steps, every setting its
+    manifest states equal to ours, and ours that it predates at their defaults."""
+    written = read_manifest(path).get("metadata", {}).get("recipe") or []
+    ours = json.loads(json.dumps([s.describe() for s in recipe]))
+    if [w.get("kind") for w in written] != [o["kind"] for o in ours]:
+        return False
+    for step, old, new in zip(recipe, written, ours):
+        defaults = json.loads(json.dumps(type(step)().settings()))
+        stated = old.get("settings", {})
+        if any(stated.get(key, defaults.get(key)) != value for key, value in new["settings"].items()):
+            return False
+    return True
+
+
+def artifact_for(method: str, recipe: list[nc.Step], task: nc.Task, reuse: bool) -> tuple[Path, bool]:
+    """(where the form's artifact is or goes, whether it is there to reuse): this benchmark's own, else
+    (``--reuse``) another benchmark's artifact of the same recipe."""
+    own = RESULTS / "artifacts" / FAMILY / f"{task.name}--{method}.ncz"
+    if reuse and own.exists():
+        return own, True
+    shared = RESULTS / "artifacts" / SHARED_ARTIFACTS.get(method, "-")
+    if reuse and shared.is_file() and _same_recipe(shared, recipe):
+        return shared, True
+    return own, False
 
 
 def kernel_counts(model: nn.Module) -> dict[str, int]:
@@ -127,9 +170,9 @@ def kernel_counts(model: nn.Module) -> dict[str, int]:
 
 def our_entry(method: str, recipe: list[nc.Step], task: nc.Task, small: nc.Task, reuse: bool) -> Entry:
     """Compress (checks on one test piece), save, load back: the timed model is the loaded file."""
-    artifact = RESULTS / "artifacts" / FAMILY / f"{task.name}--{method}.ncz"
+    artifact, found = artifact_for(method, recipe, task, reuse)
     settings: dict[str, Any] = {"recipe": [repr(s) for s in recipe]}
-    if not (reuse and artifact.exists()):
+    if not found:
         t0 = time.perf_counter()
         result = nc.compress(task.baseline(), recipe, small, measure_config=nc.MeasureConfig(latency=False))
         settings["compress_seconds"] = round(time.perf_counter() - t0, 1)
@@ -206,7 +249,60 @@ def quanto_entries(task: nc.Task) -> list[Entry]:
     return out
 
 
+def llama_cpp_entries(fp32: nn.Module, prompt: torch.Tensor, folder: Path, wanted: set[str]) -> list[Entry]:
+    """llama.cpp on the same fp32 weights: an F32 GGUF and llama.cpp's own Q4_0 / Q8_0 of it."""
+    try:
+        import llama_cpp
+
+        from nncompress.deploy.gguf import GgufTarget, LlamaCppModule, llama_quantize
+    except ImportError as why:
+        print(f"llama.cpp skipped: {why}")
+        return []
+    f32 = folder / "f32.gguf"
+    GgufTarget(f32=True).export(fp32, f32, prompt).runner = None
+    out = []
+    for method, kind in LLAMA_CPP.items():
+        if method not in wanted:
+            continue
+        path = f32 if kind is None else folder / f"{kind}.gguf"
+        t0 = time.perf_counter()
+        if kind is not None:
+            llama_quantize(f32, path, kind)
+        settings = {"quantization": kind or "F32", "tensor_types": gguf_tensor_types(path)}
+        settings["compress_seconds"] = round(time.perf_counter() - t0, 1)
+        runner = LlamaCppModule(path, context=LLAMA_CPP_CONTEXT, threads=torch.get_num_threads())
+        tool = f"llama-cpp-python {llama_cpp.__version__}"
+        out.append(Entry(method, runner, settings, tool=tool, size_bytes=os.path.getsize(path)))
+    return out
+
+
+def gguf_tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each GGUF type a file holds (``{"Q4_0": 181, "Q8_0": 1, "F32": 61}``)."""
+    from gguf import GGUFReader
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(path).tensors))
+
+
+def is_llama_cpp(entry: Entry) -> bool:
+    return entry.method in LLAMA_CPP
+
+
 # --- timing and rows --------------------------------------------------------------------------------
+
+
+def llama_cpp_greedy(runner: Any, prompt: torch.Tensor, new_tokens: int) -> dict[str, float]:
+    """``greedy_generate``'s steps in llama.cpp: the prompt in one call, then one token per call."""
+    import numpy as np
+
+    llm = runner.llm
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prompt[0].tolist())
+    prefill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    return {"prefill_s": prefill, "decode_s": time.perf_counter() - t0, "decode_steps": new_tokens - 1}
 
 
 def greedy(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> dict[str, float]:
@@ -222,6 +318,8 @@ def greedy(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> dict[str,
 
 
 def decode(entry: Entry, prompt: torch.Tensor, new_tokens: int) -> dict[str, Any]:
+    if is_llama_cpp(entry):
+        return llama_cpp_greedy(entry.model, prompt, new_tokens)
     t0 = time.perf_counter()
     with entry.grad_context():
         if entry.tool == "optimum-quanto":
@@ -264,6 +362,8 @@ def own_perplexity(entry: Entry, small: nc.Task) -> float:
 def measured(entry: Entry, small: nc.Task) -> tuple[dict[str, Any], float | None]:
     """Contract fields on the eval chunks, and (ours only) the metric on the reference path."""
     config = nc.MeasureConfig(latency=False)
+    if is_llama_cpp(entry):
+        return llama_cpp_fields(entry, small), None
     try:
         fields = contract_fields(nc.measure(entry.model, small, config=config, size_bytes=entry.size_bytes))
     except RuntimeError as why:  # optimum-quanto int4 under inference mode
@@ -277,6 +377,16 @@ def measured(entry: Entry, small: nc.Task) -> tuple[dict[str, Any], float | None
         with rt.use_kernels(False):
             reference = nc.measure(entry.model, small, config=config, size_bytes=0).metric["value"]
     return fields, reference
+
+
+def llama_cpp_fields(entry: Entry, small: nc.Task) -> dict[str, Any]:
+    """Perplexity from llama.cpp's logits on the same chunks, and the GGUF's size."""
+    from nncompress.deploy.gguf import perplexity
+
+    fields: dict[str, Any] = {key: None for key in CONTRACT_FIELDS}
+    fields["metric"] = {"name": "perplexity", "value": perplexity(entry.model, small.test), "higher_is_better": False}
+    fields["size_bytes"] = entry.size_bytes
+    return fields
 
 
 def fill(fields: dict[str, Any], entry: Entry) -> dict[str, Any]:
@@ -316,17 +426,18 @@ def rows_for(entries: list[Entry], small: nc.Task, settings: dict[str, Any]) -> 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'method':<22}{'tool':<16}{'tok/s':>8}{'x fp32':>8}{'ppl':>9}{'ref ppl':>9}{'MB':>8}  kernels")
+    print(f"\n{'method':<22}{'tool':<24}{'tok/s':>8}{'x fp32':>8}{'ppl':>9}{'ref ppl':>9}{'MB':>8}  kernels")
     if rows:
         b = rows[0]["baseline"]
-        print(f"{'fp32':<22}{'':<16}{b['decode_tokens_per_s']:>8}{1.0:>8}{b['metric']['value']:>9.3f}{'':>9}", end="")
+        print(f"{'fp32':<22}{'':<24}{b['decode_tokens_per_s']:>8}{1.0:>8}{b['metric']['value']:>9.3f}{'':>9}", end="")
         print(f"{b['size_bytes'] / 1e6:>8.1f}")
     for r in rows:
         res, ref = r["result"], r["settings"].get("metric_reference_path")
         print(
-            f"{r['method']:<22}{r.get('tool', 'nncompress'):<16}{res['decode_tokens_per_s']:>8}"
+            f"{r['method']:<22}{r.get('tool', 'nncompress'):<24}{res['decode_tokens_per_s']:>8}"
             f"{res['decode_speedup_vs_fp32']:>8}{res['metric']['value']:>9.3f}"
-            f"{'' if ref is None else f'{ref:.3f}':>9}{res['size_bytes'] / 1e6:>8.1f}  {r['settings']['kernels']}"
+            f"{'' if ref is None else f'{ref:.3f}':>9}{res['size_bytes'] / 1e6:>8.1f}"
+            f"  {r['settings'].get('tensor_types') or r['settings']['kernels']}"
         )
 
 
@@ -348,17 +459,18 @@ def main() -> None:
         raise SystemExit(f"{TASK} decode benchmark skipped: {reason}")
     only = {m for m in args.only.split(",") if m}
     new_tokens, rounds = (32, 1) if args.quick else (NEW_TOKENS, ROUNDS)
+    rounds = args.rounds or rounds
     task = nc.tasks.get(TASK)
     test = list(task.test)
     inputs, targets = test[0]
     small = dataclasses.replace(task, test=[(inputs[:EVAL_CHUNKS], targets[:EVAL_CHUNKS])], val=test[:1])
     piece = dataclasses.replace(task, test=[(inputs[:1, :PROMPT_TOKENS], targets[:1, :PROMPT_TOKENS])], val=test[:1])
     prompt = test[0][0][:1, :PROMPT_TOKENS]
-    known = [*recipes(), "torchao-int8wo", "torchao-intx4wo-g64", "quanto-w8", "quanto-w4"]
+    known = [*recipes(), "torchao-int8wo", "torchao-intx4wo-g64", "quanto-w8", "quanto-w4", *LLAMA_CPP]
     if only - set(known):
         raise SystemExit(f"--only {args.only}: accepted method names are {', '.join(known)}")
     wanted = only or set(known)
-    with quiet():
+    with quiet(), tempfile.TemporaryDirectory() as folder:  # the GGUF files live while llama.cpp maps them
         fp32 = task.baseline().eval()
         entries = [Entry("fp32", fp32, {}, size_bytes=_saved_size(fp32))]
         for method, recipe in recipes().items():
@@ -369,6 +481,8 @@ def main() -> None:
             entries += [e for e in torchao_entries(task) if e.method in wanted]
         if wanted & {"quanto-w8", "quanto-w4"}:
             entries += [e for e in quanto_entries(task) if e.method in wanted]
+        if wanted & set(LLAMA_CPP):
+            entries += llama_cpp_entries(fp32, prompt, Path(folder), wanted)
         time_rounds(entries, prompt, rounds, new_tokens)
         settings = {
             "prompt_tokens": PROMPT_TOKENS,
