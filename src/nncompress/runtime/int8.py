@@ -117,6 +117,8 @@ class _GroupWeights:
         self.scale, self.offset, self.column_group = scale, offset, column_group
         groups = scale.shape[1]
         self.masks = (column_group[None, :] == torch.arange(groups)[:, None]).to(torch.bfloat16)  # (G, K)
+        self.group_inputs = self.masks.float().t().contiguous()  # (K, G): x @ it sums each group's inputs
+        self.offset_t = None if offset is None else offset.t().contiguous()  # (G, N)
         self.unit = torch.ones(scale.shape[0], dtype=torch.bfloat16)
 
     def dense(self, x: torch.Tensor, bias: torch.Tensor | None, codes: torch.Tensor) -> torch.Tensor:
@@ -130,8 +132,8 @@ class _GroupWeights:
         self, out: torch.Tensor, xb: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor:
         """The zeros' share (shifted codes), the bias, and ``dtype``."""
-        if self.offset is not None:
-            out += (xb.float() @ self.masks.float().t()) @ self.offset.t()
+        if self.offset_t is not None:
+            out.addmm_(xb.float() @ self.group_inputs, self.offset_t)
         if bias is not None:
             out = out + bias
         return out.to(dtype)
