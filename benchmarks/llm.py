@@ -195,6 +195,7 @@ def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_CALIBRATION = 4  # batches of 4 chunks x 512 tokens: 8k calibration tokens
+SMOLLM2_KD_STEPS = 32  # logit-distillation steps (batches of 4 x 512 tokens) after structured pruning
 TRUST = ("transformers", "kernels")  # HF Llama layers reference `kernels` when that package is installed
 SMOLLM2_ZERO = "int"  # integer zero points: fp16 ones measured worse at group 128 (see rtn-w4-g128-fp16zero)
 
@@ -203,18 +204,21 @@ def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
     """Every method on SmolLM2, most telling rows first (``NNCOMPRESS_BENCH_METHODS`` picks some).
 
     Weight-only rows pack the tied embedding / LM head at 8 bits (``head_bits``) and round the
-    norms to float16; ``-head4`` rows pack it at 4 bits, ``-head32`` keep it float (fp16).
+    norms to float16; ``-head4`` rows pack it at 4 bits, ``-head32`` keep it float (fp16). Group
+    128 unless the name says ``-g32`` / ``-g64``; ``-w8`` rows are per output channel. ``gptaq``
+    rows are GPTQ with ``float_target=1`` (GPTAQ's asymmetric calibration).
     """
     calib = {"calibration_batches": 1 if quick else SMOLLM2_CALIBRATION}
     half = nc.Float16Weights()
     recipes: dict[str, list[nc.Step]] = {}
 
-    def weight_only(bits: int, group: int, suffix: str = "", **extra) -> None:
+    def weight_only(bits: int, group: int | None, suffix: str = "", **extra) -> None:
         common = {"bits": bits, "group_size": group, "zero_dtype": SMOLLM2_ZERO, "rest_bits": 16, "head_bits": 8}
         common.update(extra)
-        tag = f"-w{bits}" + ("" if group == 128 else f"-g{group}") + suffix
+        tag = f"-w{bits}" + ("" if group in (128, None) else f"-g{group}") + suffix
         recipes["rtn" + tag] = [nc.RTNQuantize(**common)]
         recipes["gptq" + tag] = [nc.GPTQQuantize(act_order=True, **common, **calib)]
+        recipes["gptaq" + tag] = [nc.GPTQQuantize(act_order=True, float_target=1.0, **common, **calib)]
         recipes["awq" + tag] = [nc.AWQQuantize(**common, **calib)]
         recipes["hqq" + tag] = [nc.HQQQuantize(**{**common, "zero_dtype": "fp16"})]
 
@@ -231,10 +235,23 @@ def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
     recipes["gptq-w4-head32"] = [nc.GPTQQuantize(act_order=True, **head, **calib)]
     recipes["w8a8"] = [nc.W8A8Quantize(**calib)]
     recipes["smoothquant-w8a8"] = [nc.SmoothQuant(alpha=0.5, **calib)]
+    weight_only(8, None)
+    weight_only(4, 64)
+    weight_only(3, 64)
     weight_only(2, 128)
     weight_only(4, 32)
     weight_only(3, 32)
     weight_only(2, 32)
+    structured = [
+        nc.HeadPrune(sparsity=1 / 3, criterion="l2"),  # 3 -> 2 key/value heads (9 -> 6 query heads) per layer
+        nc.ChannelPrune(sparsity=0.25, criterion="l2", round_to=64, exclude=(r".*self_attn.*", r".*embed.*")),
+    ]
+    recipes["heads-mlp"] = [*structured, half]
+    recipes["heads-mlp-kd"] = [
+        *structured,
+        nc.Distill(max_steps=SMOLLM2_KD_STEPS, lr=1e-4, kd_alpha=1.0, kd_temperature=1.0),
+        half,
+    ]
     fp16_zero = {"bits": 4, "zero_dtype": "fp16", "rest_bits": 16, "head_bits": 8}
     recipes["rtn-w4-g32-fp16zero"] = [nc.RTNQuantize(group_size=32, **fp16_zero)]
     recipes["rtn-w4-fp16zero"] = [nc.RTNQuantize(group_size=128, **fp16_zero)]
@@ -255,7 +272,9 @@ def decode_tokens_per_s(model, task: nc.Task, new_tokens: int = 32) -> float:
 def smollm2_row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.Report, base_speed: float) -> dict:
     """Compress, save, load back; the metric and size come from the saved file."""
     first = next(iter(task.test))  # compress's own before/after checks on one test batch; the row's figure
-    quick = dataclasses.replace(task, val=[first], test=[first])  # is the whole test split, from the file
+    quick = dataclasses.replace(
+        task, val=[next(iter(task.val))], test=[first]
+    )  # is the whole test split, from the file
     t0 = time.perf_counter()
     result = nc.compress(task.baseline(), recipe, quick, measure_config=nc.MeasureConfig(latency=False))
     compress_s = time.perf_counter() - t0
