@@ -53,6 +53,15 @@ class ExecuTorchModule(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def batch_trace(example: tuple[torch.Tensor, ...], max_batch: int) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """Example inputs of batch 2 (batch 1 would be specialized by ``torch.export``) and the
+    ``dynamic_shapes`` that leave their batch axis free in [1, 2 * max_batch]."""
+    trace = tuple(t[:2] if t.shape[0] >= 2 else torch.cat([t, t]) for t in example)
+    # bound with headroom: memory planning came out one sample short of the bound (16 -> 15) in a test
+    batch = torch.export.Dim("batch", min=1, max=2 * max_batch)
+    return trace, (tuple({0: batch} for _ in trace),)
+
+
 class Positional(nn.Module):
     """``forward(*tensors)``: one dynamic-shape spec shape fits every model (``torch.export`` matches
     ``dynamic_shapes`` to the signature)."""
@@ -72,15 +81,11 @@ def lower_to_pte(module: nn.Module, example: tuple[torch.Tensor, ...], *, max_ba
 
     notes = []
     module = Positional(module).eval()
-    trace = tuple(t[:2] if t.shape[0] >= 2 else torch.cat([t, t]) for t in example)  # batch 1 would be specialized
-    # bound with headroom: memory planning came out one sample short of the bound (16 -> 15) in a test
-    batch = torch.export.Dim("batch", min=1, max=2 * max_batch)
+    trace, dynamic = batch_trace(example, max_batch)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            program = torch.export.export(
-                module, trace, dynamic_shapes=(tuple({0: batch} for _ in trace),), strict=False
-            )
+            program = torch.export.export(module, trace, dynamic_shapes=dynamic, strict=False)
         except Exception as e:  # noqa: BLE001 - a data-dependent batch: fix it at the example's size
             program = torch.export.export(module, example, strict=False)
             notes.append(f"batch axis fixed at {example[0].shape[0]} (torch.export: {str(e).splitlines()[0][:120]})")

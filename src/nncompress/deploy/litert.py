@@ -121,18 +121,17 @@ def convert(module: nn.Module, example: tuple[torch.Tensor, ...], *, max_batch: 
 
     import litert_torch
 
-    from nncompress.deploy.executorch import Positional
+    from nncompress.deploy.executorch import Positional, batch_trace
     from nncompress.deploy.qdq_torch import QdqGraphModule
 
     quant = static_int8_config() if isinstance(module, QdqGraphModule) else None
     run = functools.partial(litert_torch.convert, quant_config=quant)
     module = Positional(module).eval()
-    trace = tuple(t[:2] if t.shape[0] >= 2 else torch.cat([t, t]) for t in example)  # batch 1 would be specialized
-    batch = torch.export.Dim("batch", min=1, max=2 * max_batch)
+    trace, dynamic = batch_trace(example, max_batch)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            return run(module, trace, dynamic_shapes=(tuple({0: batch} for _ in trace),)), []
+            return run(module, trace, dynamic_shapes=dynamic), []
         except Exception as e:  # noqa: BLE001 - a data-dependent batch: fix it at 1
             edge = run(module, tuple(t[:1] for t in example))
             return edge, [f"batch axis fixed at 1, larger batches run in chunks ({str(e).splitlines()[0][:120]})"]
