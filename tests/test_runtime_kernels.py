@@ -347,3 +347,23 @@ def test_layers_run_their_own_ops_while_either_onnx_exporter_is_active(monkeypat
         assert dispatch._tracing() and rt.run_linear(layer, x, None) is None, name
         monkeypatch.setattr(owner, attribute, False)
     assert rt.run_linear(layer, x, None) is not None
+
+
+@needs_kernels
+def test_prepared_kernels_leave_with_their_layer_and_copies_prepare_their_own():
+    import copy
+    import gc
+
+    layer = quantize_weight_module(_linear(), QuantSpec(bits=4, granularity="channel"))
+    x = torch.randn(2, 576)
+    expected, _ = _outputs(layer, x)
+    key = id(layer)
+    assert dispatch._STATES[key].prepared is not None
+    twin = copy.deepcopy(layer)
+    assert id(twin) not in dispatch._STATES
+    with torch.no_grad():
+        assert torch.equal(twin(x), expected)
+    assert id(twin) in dispatch._STATES
+    del layer
+    gc.collect()
+    assert key not in dispatch._STATES and id(twin) in dispatch._STATES

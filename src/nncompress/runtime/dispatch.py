@@ -3,11 +3,12 @@
 The choice is **a rule, not a timing**: a layer with fewer than ``MIN_KERNEL_WEIGHTS`` weights
 keeps the reference path (measured below); otherwise kernels are tried in their registered
 ``priority`` order (lowest first) and the first that claims the layer runs it (see ``registry``);
-a kernel may still hand large batches to a dequantize-and-``F.linear`` path of its own (int8). Prepared kernels
-live in a ``WeakKeyDictionary`` keyed by the layer, together with the identity and in-place version
-of the layer's buffers: a replaced or modified buffer (``load_state_dict``, ``.to()``, an in-place
-edit) rebuilds them on the next call, as the layer's own float32 cache does. Nothing of it is a
-buffer or an attribute of the layer, so artifacts, pickles and deep copies never carry it.
+a kernel may still hand large batches to a dequantize-and-``F.linear`` path of its own (int8).
+Prepared kernels live in a module dictionary keyed by the layer's ``id`` (the entry leaves when the
+layer is collected), together with the identity and in-place version of the layer's buffers: a
+replaced or modified buffer (``load_state_dict``, ``.to()``, an in-place edit) rebuilds them on the
+next call, as the layer's own float32 cache does. Nothing of it is a buffer or an attribute of the
+layer, so artifacts, pickles and deep copies never carry it.
 
 Example:
     >>> kernel_choice(nn.Linear(4, 4)) is None
@@ -46,7 +47,9 @@ class _State:
     reasons: tuple[str, ...]
 
 
-_STATES: weakref.WeakKeyDictionary[nn.Module, _State] = weakref.WeakKeyDictionary()
+# Keyed by id(layer), not a WeakKeyDictionary (whose lookups build a weak reference on every call);
+# an entry leaves with its layer (weakref.finalize runs before the id can be reused).
+_STATES: dict[int, _State] = {}
 
 
 def _buffer_keys(layer: nn.Module) -> tuple[Any, ...]:
@@ -78,11 +81,13 @@ def _prepare(layer: nn.Module, keys: tuple[Any, ...]) -> _State:
 
 
 def _state(layer: nn.Module) -> _State:
-    keys = _buffer_keys(layer)
-    state = _STATES.get(layer)
+    keys, key = _buffer_keys(layer), id(layer)
+    state = _STATES.get(key)
     if state is None or state.keys != keys:
+        if state is None:
+            weakref.finalize(layer, _STATES.pop, key, None)
         state = _prepare(layer, keys)
-        _STATES[layer] = state
+        _STATES[key] = state
     return state
 
 
