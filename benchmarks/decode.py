@@ -270,7 +270,9 @@ def llama_cpp_entries(fp32: nn.Module, prompt: torch.Tensor, folder: Path, wante
             llama_quantize(f32, path, kind)
         settings = {"quantization": kind or "F32", "tensor_types": gguf_tensor_types(path)}
         settings["compress_seconds"] = round(time.perf_counter() - t0, 1)
-        runner = LlamaCppModule(path, context=LLAMA_CPP_CONTEXT, threads=torch.get_num_threads())
+        threads = torch.get_num_threads()
+        runner = LlamaCppModule(path, context=LLAMA_CPP_CONTEXT, threads=threads)
+        llama_cpp.llama_set_n_threads(runner.llm.ctx, threads, threads)  # prompts too (its default: every core)
         tool = f"llama-cpp-python {llama_cpp.__version__}"
         out.append(Entry(method, runner, settings, tool=tool, size_bytes=os.path.getsize(path)))
     return out
