@@ -102,18 +102,15 @@ class Int8PackKernel(Kernel):
         if offset is not None:
             weight += offset[:, column_group]
         check_matches(layer, weight.reshape(n, k, 1), scale[:, column_group].reshape(n, k, 1), self.name)
-        weights = _GroupWeights(codes, scale.contiguous(), offset, column_group)
+        weights = _GroupWeights(scale.contiguous(), offset, column_group)
         ranges = column_ranges(grid)
-        return _masked_runner(weights) if ranges is None else _split_runner(weights, ranges)
+        return _masked_runner(weights, codes) if ranges is None else _split_runner(weights, codes, ranges)
 
 
 class _GroupWeights:
-    """An 8-bit layer's kernel weights: ``W = codes * scale (+ offset)`` per group of inputs."""
+    """An 8-bit layer's float32 side of ``W = codes * scale (+ offset)`` per group of inputs."""
 
-    def __init__(
-        self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, column_group: torch.Tensor
-    ) -> None:
-        self.codes: torch.Tensor | None = codes
+    def __init__(self, scale: torch.Tensor, offset: torch.Tensor | None, column_group: torch.Tensor) -> None:
         self.scale, self.offset, self.column_group = scale, offset, column_group
         groups = scale.shape[1]
         self.masks = (column_group[None, :] == torch.arange(groups)[:, None]).to(torch.bfloat16)  # (G, K)
@@ -139,14 +136,13 @@ class _GroupWeights:
         return out.to(dtype)
 
 
-def _split_runner(w: _GroupWeights, ranges: list[tuple[int, int]]) -> RunFn:
+def _split_runner(w: _GroupWeights, codes: torch.Tensor, ranges: list[tuple[int, int]]) -> RunFn:
     """One kernel call per input range (each inside one group), scaled by its group's float32 scales and summed."""
-    calls = [(start, stop, w.codes[:, start:stop].contiguous()) for start, stop in ranges]
+    calls = [(start, stop, codes[:, start:stop].contiguous()) for start, stop in ranges]  # the only copy kept
     call_scale = w.scale.t()[w.column_group[[start for start, _ in ranges]]][:, None, :].contiguous()  # (C, 1, N)
-    w.codes = None  # the calls' copies are all that is kept
 
     def all_codes() -> torch.Tensor:
-        return torch.cat([codes for _, _, codes in calls], dim=1)
+        return torch.cat([part for _, _, part in calls], dim=1)
 
     def run(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if x.shape[0] > MAX_KERNEL_ROWS:  # dequantize per call: costs about 1 / rows of the matmul
@@ -162,7 +158,7 @@ def _split_runner(w: _GroupWeights, ranges: list[tuple[int, int]]) -> RunFn:
     return run
 
 
-def _masked_runner(w: _GroupWeights) -> RunFn:
+def _masked_runner(w: _GroupWeights, codes: torch.Tensor) -> RunFn:
     """One kernel row per (input row, group): the row masked to the group's inputs."""
     n, groups = w.scale.shape
     scale_t = w.scale.t().contiguous()  # (G, N)
@@ -170,10 +166,10 @@ def _masked_runner(w: _GroupWeights) -> RunFn:
     def run(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.shape[0]
         if rows * groups > MAX_KERNEL_ROWS:
-            return w.dense(x, bias, w.codes)
+            return w.dense(x, bias, codes)
         xb = x.to(torch.bfloat16)
         split = (xb[:, None, :] * w.masks).reshape(rows * groups, -1)
-        part = torch.ops.aten._weight_int8pack_mm(split, w.codes, w.unit).float().reshape(rows, groups, n)
+        part = torch.ops.aten._weight_int8pack_mm(split, codes, w.unit).float().reshape(rows, groups, n)
         return w.finish((part * scale_t).sum(1), xb, bias, x.dtype)
 
     return run
