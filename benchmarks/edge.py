@@ -10,8 +10,9 @@ the baseline. Peers on the same baseline, in their own runtime, timed interleave
 NNCF ``nncf.quantize`` (int8 rows) and ``nncf.compress_weights`` INT4_ASYM / per-channel (4-bit row) on
 OpenVINO; ExecuTorch's ``XNNPACKQuantizer`` (PT2E, per-channel int8) on ExecuTorch; litert-torch's
 ``PT2EQuantizer`` (PT2E static int8, per-channel) on LiteRT (the ``litert`` extra). ``--gguf`` adds the
-SmolLM2-135M GGUF rows (``gguf_rows``: GPTQ 4-bit groups of 32 as Q4_1 beside llama.cpp's own Q4_0/Q8_0
-of the fp32 weights) when llama-cpp-python is installed.
+SmolLM2-135M GGUF rows (``gguf_rows``: GPTQ and RTN symmetric 4-bit groups of 32 as Q4_0, the tied head
+as Q8_0, and RTN with integer zeros as Q4_1, beside llama.cpp's own Q4_0/Q8_0 of the fp32 weights) when
+llama-cpp-python is installed.
 
 Writes benchmarks/results/edge.json: DESIGN.md's row contract (``task``, ``method``, ``settings``,
 ``baseline``, ``result``) plus ``target`` and ``export`` (the ``DeployResult``); peer rows carry ``tool``
@@ -312,7 +313,11 @@ def _peer_line(row: dict[str, Any]) -> str:
     )
 
 
-GGUF_ARTIFACT = "edge/smollm2-135m--gptq-w4-g32.ncz"
+GGUF_ARTIFACT = "edge/smollm2-135m--gptq-w4-g32-sym.ncz"
+# llama.cpp's Q4_0 keeps the tied token_embd at Q8_0 (Q6_K, its pick for the output, needs widths of 256k:
+# 576 falls back to Q8_0), so ours packs the tied LM head at 8 bits, symmetric groups of 32 (Q8_0 exactly)
+GGUF_SYMMETRIC = {"bits": 4, "group_size": 32, "symmetric": True, "head_bits": 8, "rest_bits": 16}
+GGUF_GPTQ = {**GGUF_SYMMETRIC, "act_order": True, "calibration_batches": 4}
 
 
 def _decode_rates(runners: dict[str, Any], prompt: list[int], tokens: int, rounds: int = 3) -> dict[str, float]:
@@ -326,84 +331,137 @@ def _decode_rates(runners: dict[str, Any], prompt: list[int], tokens: int, round
     return {name: round(statistics.median(r), 2) for name, r in rates.items()}
 
 
-def rtn_w4(model: nn.Module) -> nn.Module:
-    """Round-to-nearest 4-bit, asymmetric groups of 32, on every decoder Linear (``--quick``'s stand-in for GPTQ)."""
+def rtn_w4(model: nn.Module, task: nc.Task, symmetric: bool = True) -> nn.Module:
+    """Round-to-nearest 4-bit groups of 32 on every decoder Linear: symmetric with the GPTQ row's head and
+    float handling (``GGUF_SYMMETRIC``), or asymmetric (integer zeros, Q4_1) with the float head kept."""
     import copy
 
-    from nncompress.base.modules import replace_module
-    from nncompress.quantize.layers import quantize_weight_module
-    from nncompress.quantize.primitives import QuantSpec
+    from nncompress.core.step import StepContext
 
-    out = copy.deepcopy(model)
-    spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=32)
-    for name, module in list(out.named_modules()):
-        if isinstance(module, nn.Linear) and ".layers." in name:
-            out = replace_module(out, name, quantize_weight_module(module, spec))
-    return out.eval()
+    settings = GGUF_SYMMETRIC if symmetric else {"bits": 4, "group_size": 32, "symmetric": False}
+    step = nc.RTNQuantize(**settings)
+    return step.apply(copy.deepcopy(model), StepContext(task=task, seed=0)).eval()
+
+
+def _gptq_w4(task: nc.Task, baseline: nn.Module, path: Path) -> nn.Module:
+    """The GPTQ row's model (``GGUF_GPTQ``), loaded from ``path`` or compressed (minutes) and saved there."""
+    import copy
+
+    from nncompress.core.step import StepContext
+
+    if not path.exists():
+        step = nc.GPTQQuantize(**GGUF_GPTQ)
+        model = step.apply(copy.deepcopy(baseline), StepContext(task=task, seed=0))
+        nc.save(model, path, metadata={"task": task.name, "method": "gptq-w4-g32-sym", "settings": GGUF_GPTQ})
+    return nc.load(path, trust=("transformers",)).eval()  # written by this function: a Hugging Face Llama
+
+
+def _tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each GGUF type a file holds (``{"Q4_0": 210, "Q8_0": 1, "F32": 61}``)."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(path).tensors))
+
+
+def _gguf_models(task: nc.Task, baseline: nn.Module, quick: bool) -> list[tuple[str, nn.Module, Path | None, dict]]:
+    """Our models for the GGUF rows: (method, model, artifact or None, settings)."""
+    models = []
+    path = ARTIFACTS / GGUF_ARTIFACT
+    if not quick or path.exists():  # GPTQ takes minutes: --quick only reuses its artifact
+        models.append(("gptq-w4-g32-sym", _gptq_w4(task, baseline, path), path, {"step": "gptq", **GGUF_GPTQ}))
+    models.append(("rtn-w4-g32-sym", rtn_w4(baseline, task), None, {"step": "rtn", **GGUF_SYMMETRIC}))
+    asym = {"bits": 4, "group_size": 32, "symmetric": False}
+    models.append(("rtn-w4-g32", rtn_w4(baseline, task, symmetric=False), None, {"step": "rtn", **asym}))
+    return models
 
 
 def gguf_rows(quick: bool = False) -> list[dict[str, Any]]:
-    """SmolLM2-135M GPTQ 4-bit (groups of 32) -> GGUF Q4_1 in llama.cpp, beside llama.cpp's own Q4_0 / Q8_0
-    of the fp32 weights: perplexity on the test split (llama.cpp's logits), size, decode tokens/s."""
+    """SmolLM2-135M GPTQ / RTN 4-bit (groups of 32) -> GGUF (symmetric: Q4_0; integer zeros: Q4_1) in
+    llama.cpp, beside llama.cpp's own Q4_0 / Q8_0 of the fp32 weights: perplexity on the test split
+    (llama.cpp's logits), size, tensor types, decode tokens/s."""
     from nncompress.deploy.gguf import GgufTarget, LlamaCppModule, llama_quantize, perplexity
 
     task = nc.tasks.get("smollm2-135m")
     baseline = task.baseline().eval()
-    method = "gptq-w4-g32"
-    if quick and not (ARTIFACTS / GGUF_ARTIFACT).exists():  # GPTQ takes many minutes: RTN, in process
-        model, path, method = rtn_w4(baseline), None, "rtn-w4-g32"
-    else:
-        model, path = load_variant(task, method, GGUF_ARTIFACT, [nc.STEPS["gptq"](bits=4, group_size=32)])
     test = list(task.test)[:1] if quick else list(task.test)
     context = int(test[0][0].shape[-1])
+    ours: dict[str, tuple[Any, Path | None, dict, float]] = {}
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        ours = GgufTarget().export(model, tmp / "ours.gguf", test[0][0])
+        files: dict[str, Path] = {}
+        for method, model, path, settings in _gguf_models(task, baseline, quick):
+            exported = GgufTarget().export(model, tmp / f"{method}.gguf", test[0][0])
+            exported.runner = None  # llama.cpp runs it below, beside the others
+            kind = "q4_0" if settings["symmetric"] else "q4_1"
+            files[f"ours-{method}-{kind}"] = tmp / f"{method}.gguf"
+            ours[f"ours-{method}-{kind}"] = (exported, path, settings, perplexity(model, test))
         GgufTarget(f32=True).export(baseline, tmp / "f32.gguf", test[0][0])
-        files = {f"ours-{method}-q4_1": tmp / "ours.gguf", "llama.cpp-f32": tmp / "f32.gguf"}
+        files["llama.cpp-f32"] = tmp / "f32.gguf"
         for kind in ("Q4_0", "Q8_0"):
             files[f"llama.cpp-{kind.lower()}"] = tmp / f"{kind}.gguf"
             llama_quantize(tmp / "f32.gguf", files[f"llama.cpp-{kind.lower()}"], kind)
         runners = {name: LlamaCppModule(f, context=context) for name, f in files.items()}
         ppl = {name: perplexity(r, test) for name, r in runners.items()}
-        ppl_ours_torch = perplexity(model, test)
         ppl_base_torch = perplexity(baseline, test)
         prompt = test[0][0][0, :64].tolist()
         rates = _decode_rates(runners, prompt, 16 if quick else 64)
         sizes = {name: os.path.getsize(f) for name, f in files.items()}
+        types = {name: _tensor_types(f) for name, f in files.items()}
     for name in files:
-        row = {
-            "task": task.name,
-            "method": f"gguf-{name}",
-            "target": "gguf",
-            "settings": {"test_chunks": len(test) * test[0][0].shape[0], "context": context},
-            "result": {
-                "metric": {"name": "perplexity", "value": ppl[name], "higher_is_better": False},
-                "size_bytes": sizes[name],
-                "decode_tokens_per_s": rates[name],
-            },
-        }
-        if name.startswith("ours-"):
-            row["settings"]["source_artifact"] = str(path.relative_to(RESULTS.parent.parent)) if path else None
-            row["export"] = {"layers": ours.layers, "notes": ours.notes}
-            row["ours_torch_perplexity"] = ppl_ours_torch
-            row["relative_perplexity_gap"] = abs(ppl[name] - ppl_ours_torch) / ppl_ours_torch
-            row["versus_llama_cpp_q4_0"] = {
-                "perplexity": [ppl[name], ppl["llama.cpp-q4_0"]],
-                "bytes": [sizes[name], sizes["llama.cpp-q4_0"]],
-                "decode_tokens_per_s": [rates[name], rates["llama.cpp-q4_0"]],
-            }
-        else:
-            row["tool"] = f"llama-cpp-python {version('llama-cpp-python')}"
-            row["baseline_torch_perplexity"] = ppl_base_torch
-        rows.append(row)
+        common = {"test_tokens": sum(t.numel() for _, t in test), "context": context}
+        rows.append(_gguf_row(task.name, name, common, ppl, sizes, rates, types, ours.get(name), ppl_base_torch))
+        torch_ppl = ours[name][3] if name in ours else ppl_base_torch
         print(
-            f"{task.name:14} {row['method']:24} ppl {ppl[name]:.3f} (torch ours {ppl_ours_torch:.3f}, fp32 "
-            f"{ppl_base_torch:.3f})  {sizes[name]:,} B  decode {rates[name]:.1f} tok/s",
+            f"{task.name:14} {rows[-1]['method']:34} ppl {ppl[name]:.3f} (torch {torch_ppl:.3f}, fp32 "
+            f"{ppl_base_torch:.3f})  {sizes[name]:,} B {types[name]}  decode {rates[name]:.1f} tok/s",
             flush=True,
         )
     return rows
+
+
+def _gguf_row(
+    task: str,
+    name: str,
+    common: dict[str, int],
+    ppl: dict[str, float],
+    sizes: dict[str, int],
+    rates: dict[str, float],
+    types: dict[str, dict[str, int]],
+    ours: tuple[Any, Path | None, dict, float] | None,
+    ppl_base_torch: float,
+) -> dict[str, Any]:
+    """One GGUF row: ours (export layers and notes, torch perplexity, versus llama.cpp's Q4_0) or a llama.cpp file."""
+    row: dict[str, Any] = {
+        "task": task,
+        "method": f"gguf-{name}",
+        "target": "gguf",
+        "settings": dict(common),
+        "result": {
+            "metric": {"name": "perplexity", "value": ppl[name], "higher_is_better": False},
+            "size_bytes": sizes[name],
+            "tensor_types": types[name],
+            "decode_tokens_per_s": rates[name],
+        },
+    }
+    if ours is None:
+        row["tool"] = f"llama-cpp-python {version('llama-cpp-python')}"
+        row["baseline_torch_perplexity"] = ppl_base_torch
+        return row
+    exported, path, settings, ppl_torch = ours
+    row["settings"]["compress"] = settings
+    row["settings"]["source_artifact"] = str(path.relative_to(RESULTS.parent.parent)) if path else None
+    row["export"] = {"layers": exported.layers, "notes": exported.notes}
+    row["ours_torch_perplexity"] = ppl_torch
+    row["relative_perplexity_gap"] = abs(ppl[name] - ppl_torch) / ppl_torch
+    row["versus_llama_cpp_q4_0"] = {
+        "perplexity": [ppl[name], ppl["llama.cpp-q4_0"]],
+        "bytes": [sizes[name], sizes["llama.cpp-q4_0"]],
+        "decode_tokens_per_s": [rates[name], rates["llama.cpp-q4_0"]],
+    }
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
