@@ -171,8 +171,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"{b['size_bytes'] / res['size_bytes']:.2f}",
                 f"{res['nonzero_params']}",
                 f"{res['macs']}",
-                f"{res['latency_ms']:.3f}",
-                f"{b['latency_ms'] / res['latency_ms']:.2f}",
+                f"{res['latency_ms']:.3f}" if res.get("latency_ms") else "-",  # untimed rows (decode speed instead)
+                f"{b['latency_ms'] / res['latency_ms']:.2f}" if res.get("latency_ms") and b.get("latency_ms") else "-",
             ]
         )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
