@@ -9,9 +9,9 @@ from llm_archs import lm_task, outlier_inputs, output_error, tiny_lm
 from torch import nn
 
 import nncompress as nc
+from nncompress.core.sequential import LayerStats
 from nncompress.core.step import StepContext
 from nncompress.io.encodings import pow2_int8_exponent
-from nncompress.core.sequential import LayerStats
 from nncompress.quantize.gptq import GPTQQuantize, RTNQuantize, float_target_weight, gptq_quantize, rtn_weight
 from nncompress.quantize.layers import QuantizedLinear
 from nncompress.quantize.primitives import QuantSpec

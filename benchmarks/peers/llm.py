@@ -129,9 +129,9 @@ PEERS: dict[str, tuple[str, dict[str, Any], Callable[[nn.Module], nn.Module], st
     "quanto-w4-g128": ("optimum-quanto", {"bits": 4, "group_size": 128}, quanto(4), "gptq-w4"),
     "torchao-w8": ("torchao", {"bits": 8, "group_size": None}, torchao(8, None), "rtn-w8"),
     "torchao-w4-g128": ("torchao", {"bits": 4, "group_size": 128}, torchao(4, 128), "gptq-w4"),
-    "torchao-w4-g64": ("torchao", {"bits": 4, "group_size": 64}, torchao(4, 64), "gptq-w4-g64"),
+    "torchao-w4-g64": ("torchao", {"bits": 4, "group_size": 64}, torchao(4, 64), "gptaq-w4-g64"),
     "torchao-w3-g64": ("torchao", {"bits": 3, "group_size": 64}, torchao(3, 64), "gptq-w3-g64"),
-    "hqq-w4-g64": ("hqq", {"bits": 4, "group_size": 64}, hqq(4, 64), "gptq-w4-g64"),
+    "hqq-w4-g64": ("hqq", {"bits": 4, "group_size": 64}, hqq(4, 64), "gptaq-w4-g64"),
     "hqq-w3-g64": ("hqq", {"bits": 3, "group_size": 64}, hqq(3, 64), "gptq-w3-g64"),
 }
 
