@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nncompress.measure.energy import PJ_PER_DRAM_BYTE, estimate_model_energy, layer_costs
+from nncompress.measure.size import layer_stats
 from nncompress.measure.table import run_tables
 from nncompress.measure.warnings import speed_warnings
 
@@ -83,6 +84,21 @@ def test_speed_warnings_name_batch_ratio_and_reason():
     sparse = _report(1.1, 11.0, [{"format": "float32", "weight_sparsity": 0.9}])
     assert len(speed_warnings(base, sparse)) == 2
     assert all("zeros are still multiplied" in w for w in speed_warnings(base, sparse))
+    on_kernel = [{"format": "uint-affine", "kernel": "int8pack-bf16", "params": 235_200, "weight_sparsity": 0.0}]
+    (line,) = speed_warnings(base, _report(1.1, 9.0, on_kernel))
+    assert "int8pack-bf16" in line and "235,200 weights" in line and "decoded to float32" not in line
+
+
+def test_packed_layers_name_the_kernel_that_runs_them():
+    from nncompress.quantize.layers import quantize_weight_module
+    from nncompress.quantize.primitives import QuantSpec
+    from nncompress.runtime import kernel_choice
+
+    small = quantize_weight_module(nn.Linear(64, 32), QuantSpec(bits=4, granularity="channel"))
+    (row,) = layer_stats(small)
+    choice = kernel_choice(small)
+    assert row["kernel"] == (choice.name if choice is not None else None)
+    assert layer_stats(nn.Linear(4, 3))[0].get("kernel") is None  # float layers: no such key
 
 
 def test_cli_table_prints_the_warning(task):

@@ -140,6 +140,14 @@ def _prefixed(path: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**LAYER_DEFAULTS, **row, "name": f"{path}.{row['name']}" if path else row["name"]} for row in rows]
 
 
+def _kernel_name(module: nn.Module) -> str | None:
+    """The fast kernel that runs a packed layer on this machine (None: decoded to float32)."""
+    from nncompress.runtime import kernel_choice  # lazy: the runtime layer sits above measure
+
+    choice = kernel_choice(module)
+    return choice.name if choice is not None else None
+
+
 def _stored_rows(name: str, module: nn.Module) -> list[dict[str, Any]] | None:
     """Rows of a module whose weights are not ``nn.Parameter``s, or None for an ordinary module.
 
@@ -153,7 +161,8 @@ def _stored_rows(name: str, module: nn.Module) -> list[dict[str, Any]] | None:
     if callable(getattr(module, "describe", None)) and callable(getattr(module, "dequantized_weight", None)):
         counts = stored_weight_counts(module)
         assert counts is not None, f"{type(module).__name__} has describe() but no stored_weight_counts()"
-        return [_row(name, module, module.dequantized_weight(), counts, **module.describe())]
+        fmt = {**module.describe(), "kernel": _kernel_name(module)}
+        return [_row(name, module, module.dequantized_weight(), counts, **fmt)]
     from nncompress.io.quantized import is_torch_ao_packed
 
     if is_torch_ao_packed(module):

@@ -19,6 +19,7 @@ DECODED_FORMATS = {
     "uint-affine": "low-bit weights are decoded to float32 where no low-bit kernel fits the layer",
     "float16": "float16 weights run decoded to float32 (no float16 speed-up on this path)",
 }
+SMALL_KERNEL_LAYER = 2**20  # weights: a float32 copy of a layer up to this size (4 MiB) stays in L2/L3 cache
 SPARSE_NOTE = "zeros are still multiplied: dense kernels run unstructured sparsity at full cost"
 
 
@@ -34,10 +35,22 @@ def _batch_label(key: str) -> str:
 def slowdown_reasons(layers: list[Mapping[str, Any]]) -> list[str]:
     """What in the compressed model's per-layer table usually costs time (formats, unstructured zeros)."""
     reasons = []
-    formats = {row.get("format") for row in layers}
+    formats = {row.get("format") for row in layers if not row.get("kernel")}
     for fmt, why in DECODED_FORMATS.items():
         if fmt in formats and why not in reasons:
             reasons.append(why)
+    kernels = sorted({row["kernel"] for row in layers if row.get("kernel")})
+    if kernels:
+        largest = max(row.get("params") or 0 for row in layers if row.get("kernel"))
+        where = (
+            f"on layers this small (at most {largest:,} weights), whose float32 weights stay in cache,"
+            if largest <= SMALL_KERNEL_LAYER
+            else "here"
+        )
+        reasons.append(
+            f"low-bit kernels ({', '.join(kernels)}) convert activations to bfloat16 and unpack codes on every "
+            f"call; {where} that costs more than the smaller weight reads save"
+        )
     if any((row.get("weight_sparsity") or 0.0) >= 0.3 and row.get("format") == "float32" for row in layers):
         reasons.append(SPARSE_NOTE)
     return reasons
