@@ -288,13 +288,29 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
         return model
 
 
+def share_tied_embeddings(model: nn.Module, old: nn.Module, new: nn.Module) -> int:
+    """Point every ``nn.Embedding`` that shared ``old``'s weight (a tied LM head) at ``new``'s stored
+    table, so the tie survives and the table is stored once; returns how many were re-pointed."""
+    from nncompress.quantize.gptq import PackedEmbedding  # lazy: gptq imports this module
+
+    tied = [
+        (n, m)
+        for n, m in model.named_modules()
+        if type(m) is nn.Embedding and m.weight is getattr(old, "weight", None) and m.max_norm is None
+    ]
+    for emb_name, emb in tied:
+        replace_module(model, emb_name, PackedEmbedding(emb, new))
+    return len(tied)
+
+
 @register_step("fp16", family="quantize", produces="float16")
 @dataclass(frozen=True)
 class Float16Weights(Exclusions, Step):
     """Store Linear/Conv1d/Conv2d weights and biases as float16; compute stays float32.
 
     The artifact shrinks to about half; inputs and outputs stay float32 (weights are upcast once
-    and cached). Other parameters (norms, embeddings) stay float32.
+    and cached). Other parameters (norms, embeddings) stay float32, except an embedding tied to a
+    converted layer (an LM head), which reads that layer's float16 table, stored once.
 
     Args:
         exclude: module names or regexes (full match) left in float32.
@@ -314,7 +330,14 @@ class Float16Weights(Exclusions, Step):
             raise NothingToDo(f"fp16: no Linear, Conv1d or Conv2d layer left to convert after exclusions ({other})")
         if skipped:
             ctx.log.append(skipped_note(self.kind, skipped))
+        tied = 0
         for name, module in layers:
-            model = replace_module(model, name, half_module(module))
+            half = half_module(module)
+            model = replace_module(model, name, half)
+            tied += share_tied_embeddings(model, module, half)
         ctx.log.append(f"{self.kind}: {len(layers)} layers store float16 weights")
+        if tied:
+            ctx.log.append(
+                f"{self.kind}: {tied} embedding(s) tied to a converted layer read its float16 table (stored once)"
+            )
         return model
