@@ -402,7 +402,7 @@ class BlockRun:
 
     def full_name(self, local: str) -> str:
         """``q`` in block ``blocks.0`` -> ``blocks.0.q``."""
-        return f"{self.prefix}.{local}" if self.prefix and local else self.prefix or local
+        return _full_name(self.prefix, local)
 
     def forward(self, limit: int | None = None) -> list[Any]:
         """The block's outputs for the first ``limit`` calls (all by default)."""
@@ -485,12 +485,11 @@ class BlockRun:
             group.stats.update({name: stats for name in group.selected})
 
             first = group.selected[0]
-            recorded = (self.float_inputs or {}).get(first) if "float_gap" in needs else None
-            float_inputs = iter(recorded) if recorded else None
+            float_inputs = iter((self.float_inputs or {}).get(first, []) if "float_gap" in needs else [])
 
             def hook(_m: nn.Module, args: tuple, _out: Any, stats: LayerStats = stats, ref: Any = float_inputs) -> None:
                 if args:
-                    stats.add(args[0], needs, per_call, next(ref, None) if ref is not None else None)
+                    stats.add(args[0], needs, per_call, next(ref, None))
 
             handles.append(group.module(first).register_forward_hook(hook))
         try:
@@ -688,6 +687,11 @@ def _run_blocks(
     return visited
 
 
+def _full_name(prefix: str, local: str) -> str:
+    """A block's module name from the model's root (``blocks.0`` + ``q`` -> ``blocks.0.q``)."""
+    return f"{prefix}.{local}" if prefix and local else prefix or local
+
+
 def _float_pass(block: nn.Module, prefix: str, calls: list[Call]) -> tuple[dict[str, list[torch.Tensor]], list]:
     """Run the (still float) ``block`` on the float path's ``calls``: every plain Linear's input per
     call (model-level names, in call order) and the block's outputs."""
@@ -701,9 +705,7 @@ def _float_pass(block: nn.Module, prefix: str, calls: list[Call]) -> tuple[dict[
         return hook
 
     handles = [
-        m.register_forward_hook(record(f"{prefix}.{n}" if prefix and n else prefix or n))
-        for n, m in block.named_modules()
-        if type(m) is nn.Linear
+        m.register_forward_hook(record(_full_name(prefix, n))) for n, m in block.named_modules() if type(m) is nn.Linear
     ]
     try:
         with torch.no_grad():

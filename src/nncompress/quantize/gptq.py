@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncompress.base.checks import check_bits, check_count, check_flag
-from nncompress.base.modules import replace_module
 from nncompress.base.settings import BlockCalibration, LinearSelection
 from nncompress.core.sequential import (
     BlockRun,
@@ -60,7 +59,7 @@ from nncompress.quantize.primitives import (
     quantize,
     quantize_float_zero,
 )
-from nncompress.quantize.ptq import REST_BITS, round_other_params
+from nncompress.quantize.ptq import REST_BITS, embeddings_by_weight, read_table_from, round_other_params
 
 ZERO_DTYPES = ("int", "fp16")
 
@@ -370,11 +369,7 @@ class WeightOnlyQuantize(LinearSelection, Step):
             ctx.log.append(f"{self.kind}: head_bits={self.head_bits}: no float Linear is left to pack as the head")
             return
         name, head = found[-1]
-        tied = [
-            (n, m)
-            for n, m in model.named_modules()
-            if type(m) is nn.Embedding and m.weight is head.weight and m.max_norm is None
-        ]
+        tied = embeddings_by_weight(model).get(id(head.weight), [])
         spec = QuantSpec(
             bits=self.head_bits,
             symmetric=self.symmetric,
@@ -386,9 +381,8 @@ class WeightOnlyQuantize(LinearSelection, Step):
             packed = self.pack(model, name, head, head.weight.detach(), scale, zero, spec)
         else:
             packed = replace_linear(model, name, quantize_weight_module(head, spec, method="minmax"), head)
-        for emb_name, emb in tied:
-            replace_module(model, emb_name, PackedEmbedding(emb, packed))
-        where = f", tied to {', '.join(n for n, _ in tied)} (stored once)" if tied else ""
+        names = read_table_from(model, tied, packed)
+        where = f", tied to {', '.join(names)} (stored once)" if names else ""
         ctx.log.append(f"{self.kind}: LM head {name} packed at {self.head_bits} bits by round-to-nearest{where}")
 
     def round_rest(self, model: nn.Module, ctx: StepContext) -> None:

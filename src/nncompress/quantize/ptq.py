@@ -288,19 +288,24 @@ class WeightQuantize(PackingSettings, CalibrationSettings, Step):
         return model
 
 
-def share_tied_embeddings(model: nn.Module, old: nn.Module, new: nn.Module) -> int:
-    """Point every ``nn.Embedding`` that shared ``old``'s weight (a tied LM head) at ``new``'s stored
-    table, so the tie survives and the table is stored once; returns how many were re-pointed."""
+def embeddings_by_weight(model: nn.Module) -> dict[int, list[tuple[str, nn.Embedding]]]:
+    """The model's plain embeddings (no ``max_norm``: their table is only read) by ``id`` of their
+    weight, so a layer sharing that weight (a tied LM head) finds them."""
+    found: dict[int, list[tuple[str, nn.Embedding]]] = {}
+    for name, module in model.named_modules():
+        if type(module) is nn.Embedding and module.max_norm is None:
+            found.setdefault(id(module.weight), []).append((name, module))
+    return found
+
+
+def read_table_from(model: nn.Module, embeddings: list[tuple[str, nn.Embedding]], table: nn.Module) -> list[str]:
+    """Replace ``embeddings`` (tied to the layer ``table`` replaced) by ``PackedEmbedding``s reading
+    ``table``'s stored weight, so the tie survives and the table is stored once; their names."""
     from nncompress.quantize.gptq import PackedEmbedding  # lazy: gptq imports this module
 
-    tied = [
-        (n, m)
-        for n, m in model.named_modules()
-        if type(m) is nn.Embedding and m.weight is getattr(old, "weight", None) and m.max_norm is None
-    ]
-    for emb_name, emb in tied:
-        replace_module(model, emb_name, PackedEmbedding(emb, new))
-    return len(tied)
+    for name, embedding in embeddings:
+        replace_module(model, name, PackedEmbedding(embedding, table))
+    return [name for name, _ in embeddings]
 
 
 @register_step("fp16", family="quantize", produces="float16")
@@ -330,14 +335,16 @@ class Float16Weights(Exclusions, Step):
             raise NothingToDo(f"fp16: no Linear, Conv1d or Conv2d layer left to convert after exclusions ({other})")
         if skipped:
             ctx.log.append(skipped_note(self.kind, skipped))
-        tied = 0
+        tied: list[str] = []
+        embeddings = embeddings_by_weight(model)
         for name, module in layers:
             half = half_module(module)
             model = replace_module(model, name, half)
-            tied += share_tied_embeddings(model, module, half)
+            tied += read_table_from(model, embeddings.get(id(module.weight), []), half)
         ctx.log.append(f"{self.kind}: {len(layers)} layers store float16 weights")
         if tied:
             ctx.log.append(
-                f"{self.kind}: {tied} embedding(s) tied to a converted layer read its float16 table (stored once)"
+                f"{self.kind}: {len(tied)} embedding(s) tied to a converted layer read its float16 table "
+                f"(stored once): {', '.join(tied)}"
             )
         return model
