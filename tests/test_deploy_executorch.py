@@ -51,3 +51,49 @@ def test_executorch_dequantizes_packed_layers_and_names_them(tmp_path) -> None:
     )
     assert result.max_abs_error < 1e-4 * max(1.0, result.max_abs_output)
     assert set(result.latency_ms) == {"batch_1", "batch_4"}
+
+
+def test_executorch_int8_mlp_lowers_like_xnnpack_quantizer(tmp_path) -> None:
+    """Our int8 graph quantizes the same tensors as ExecuTorch's own XNNPACKQuantizer (input, each hidden
+    layer, logits) and XNNPACK takes all of it in one partition, beside the same Flatten view."""
+    pytest.importorskip("torchao.quantization.pt2e", reason="torchao's PT2E quantizer is not installed")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from nncompress.deploy.executorch import ExecuTorchModule, delegated_ops, lower_to_edge
+    from nncompress.deploy.prepare import torch_graph
+
+    torch.manual_seed(0)
+    base = nn.Sequential(
+        nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3)
+    ).eval()
+    calibration = [torch.randn(8, 1, 6, 6) for _ in range(2)]
+    int8, _ = onnxruntime_static_int8(base, [(x,) for x in calibration])
+    ours, notes = lower_to_edge(torch_graph(int8, "executorch")[0], (calibration[0],), max_batch=8)
+    batch = torch.export.Dim("batch", min=1, max=16)
+    graph = torch.export.export(base, (calibration[0][:2],), dynamic_shapes=({0: batch},), strict=False).module()
+    prepared = prepare_pt2e(
+        graph, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    )
+    for x in calibration:
+        prepared(x)
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)
+    peer, _ = lower_to_edge(converted, (calibration[0],), max_batch=8)
+    (our_parts, our_inside, our_outside), (peer_parts, peer_inside, peer_outside) = map(delegated_ops, (ours, peer))
+    assert our_parts == peer_parts == 1 and not notes
+    assert our_outside == peer_outside  # the Flatten's view (dynamic batch) only, in both
+    # XNNPACK fuses the peer's ReLU into its FC's output clamp; ours holds it in the int8 range (zero point -128)
+    assert our_inside == {k: n for k, n in peer_inside.items() if k != "aten_relu_default"}
+    assert our_inside["quantized_decomposed_quantize_per_tensor_default"] == 4  # input, 2 hidden, logits: as peer
+    path = tmp_path / "m.pte"
+    path.write_bytes(ours.to_executorch().buffer)
+    x = torch.randn(5, 1, 6, 6)
+    with torch.no_grad():
+        error = float((ExecuTorchModule(path, max_batch=8)(x) - int8(x)).abs().max())
+        step = float((base(x) - int8(x)).abs().max())
+    assert error <= 0.5 * step + 1e-6

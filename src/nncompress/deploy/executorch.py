@@ -76,6 +76,14 @@ class Positional(nn.Module):
 
 def lower_to_pte(module: nn.Module, example: tuple[torch.Tensor, ...], *, max_batch: int) -> tuple[bytes, list[str]]:
     """``torch.export`` (batch axis dynamic in [1, max_batch], else fixed) -> XNNPACK-delegated ``.pte`` bytes."""
+    edge, notes = lower_to_edge(module, example, max_batch=max_batch)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return edge.to_executorch().buffer, notes
+
+
+def lower_to_edge(module: nn.Module, example: tuple[torch.Tensor, ...], *, max_batch: int) -> tuple[Any, list[str]]:
+    """``module`` exported and lowered with the XNNPACK partitioner: the ``EdgeProgramManager`` and notes."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -90,10 +98,21 @@ def lower_to_pte(module: nn.Module, example: tuple[torch.Tensor, ...], *, max_ba
             program = torch.export.export(module, example, strict=False)
             notes.append(f"batch axis fixed at {example[0].shape[0]} (torch.export: {str(e).splitlines()[0][:120]})")
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        left = _left_out(edge)
-        if left:
-            notes.append(f"{len(left)} op(s) left outside XNNPACK on portable kernels: {', '.join(left[:4])}")
-        return edge.to_executorch().buffer, notes
+    left = _left_out(edge)
+    if left:
+        notes.append(f"{len(left)} op(s) left outside XNNPACK on portable kernels: {', '.join(left[:4])}")
+    return edge, notes
+
+
+def delegated_ops(edge: Any) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(XNNPACK subgraphs, ``{op: n}`` inside them, ``{op: n}`` outside) of a lowered program."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(edge.exported_program().graph_module)
+    ops = info.delegation_by_operator.values()
+    inside = {op.op_type: op.delegated for op in ops if op.delegated}
+    outside = {op.op_type: op.non_delegated for op in ops if op.non_delegated}
+    return info.num_delegated_subgraphs, inside, outside
 
 
 def _left_out(edge: Any) -> list[str]:
