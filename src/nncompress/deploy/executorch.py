@@ -35,6 +35,14 @@ class ExecuTorchModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         n = inputs[0].shape[0]
+        if n <= self.max_batch:  # one call, no slicing or concatenation: ~6 of a 16 us batch-1 MLP call
+            try:
+                outs = self.method.execute([x.contiguous() for x in inputs])  # fresh tensors, not the arena's
+                return outs[0] if len(outs) == 1 else tuple(outs)
+            except RuntimeError:
+                if n == 1:
+                    raise
+                self.max_batch = max(1, n // 2)
         chunks = []
         start = 0
         while start < n:
