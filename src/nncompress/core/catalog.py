@@ -34,6 +34,7 @@ BUILTIN_STEPS: dict[str, tuple[str, str]] = {
     "GPTQQuantize": ("gptq", "nncompress.quantize.gptq"),
     "AWQQuantize": ("awq", "nncompress.quantize.awq"),
     "HQQQuantize": ("hqq", "nncompress.quantize.hqq"),
+    "TuneScales": ("scale-tune", "nncompress.quantize.scale_tune"),
     "W8A8Quantize": ("w8a8", "nncompress.quantize.smoothquant"),
     "SmoothQuant": ("smoothquant", "nncompress.quantize.smoothquant"),
     "SVDFactorize": ("svd", "nncompress.lowrank.steps"),
