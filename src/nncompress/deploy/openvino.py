@@ -9,6 +9,10 @@ becomes i8 constants. The IR is saved without fp16 compression, and compiled wit
 ``DYNAMIC_QUANTIZATION_GROUP_SIZE=0``: by default OpenVINO also quantizes the activations of
 compressed-weight matmuls to int8 on the fly, which turned a weight-only 4-bit Linear's 1e-5 error
 into 3e-3 (tests/test_deploy_openvino.py); weight-only stays weight-only.
+
+Two rewrites place ONNX Runtime's Q/DQ where ``nncf.quantize`` puts them, same codes and outputs:
+a quantized input goes before a Flatten (``hoist_fake_quantize_above_flatten``), and a uint8
+activation's zero point moves into the biases of the matmuls it feeds (``zero_points_into_biases``).
 """
 
 from __future__ import annotations
