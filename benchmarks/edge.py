@@ -230,6 +230,8 @@ def peer_row(
         "result": result,
         "versus_ours": {
             "latency_ms": latency,
+            # ours / peer median per batch: 1.01 is inside what loading order alone moved an identical IR by
+            "latency_ratio": {k: round(t["ours_export"] / t["peer"], 3) for k, t in latency.items()},
             "bytes": {"ours_export": ours.bytes, "peer": size},
             "metric": {"ours_export": ours.metric["export"], "peer": metric},
             "ours_at_least_as_fast": faster,
