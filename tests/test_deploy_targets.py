@@ -157,3 +157,24 @@ def test_cli_export_to_onnx_checks_and_merges_report(tmp_path, capsys) -> None:
     assert json.loads((run / "report.json").read_text())["export"]["onnx"]["metric"]["export"] == 1.0
     assert main([*argv, "--to", "tflite"]) == 2  # argparse choices: one line
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("axis", [1, 2, 3, -1, 0])
+def test_qdq_replay_flattens_to_two_dimensions_as_onnx_does(axis: int) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Flatten", ["x"], ["y"], axis=axis)
+    graph = helper.make_graph(
+        [node],
+        "flatten",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(proto)
+    x = torch.randn(2, 3, 4, 5)
+    expected = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x.numpy()})[0]
+    got = QdqGraphModule(proto)(x)
+    assert got.dim() == 2 and tuple(got.shape) == expected.shape and torch.equal(got, torch.from_numpy(expected))

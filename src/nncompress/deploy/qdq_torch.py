@@ -19,6 +19,7 @@ the pair back into the same int8 constant); the default keeps the int8 codes (XN
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -303,7 +304,11 @@ def _clip(m: QdqGraphModule, env: dict, ins: list[str], attrs: dict) -> torch.Te
 
 
 def _flatten(m: QdqGraphModule, env: dict, ins: list[str], attrs: dict) -> torch.Tensor:
-    return torch.flatten(m.value(env, ins[0]), int(attrs.get("axis", 1)))
+    """ONNX Flatten: always 2-D, the dimensions before ``axis`` into rows, the rest into columns."""
+    x = m.value(env, ins[0])
+    axis = int(attrs.get("axis", 1))
+    axis = axis + x.dim() if axis < 0 else axis
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 def _reshape(m: QdqGraphModule, env: dict, ins: list[str], attrs: dict) -> torch.Tensor:
