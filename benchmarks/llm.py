@@ -21,7 +21,9 @@ All methods side by side in one run, each from the same baseline and the same ca
   groups of 128 and 32 (``-g32``), integer zero points (``-fp16zero`` rows: fractional ones; HQQ's
   are always fractional), the tied embedding / LM head packed at 8 bits
   (``head_bits``; ``gptq-w4-head4`` at 4 bits, ``gptq-w4-head32`` left float) and the norms as
-  float16; 50% and 2:4 sparsity (``magnitude`` / ``wanda`` / ``sparsegpt``); ``w8a8`` and
+  float16; ``-st`` / ``-st4`` rows (``gptq-w4-st``...) follow the quantizer with ``scale-tune`` (2 / 4
+  passes of logit distillation from the fp32 model into the step sizes and norms, codes frozen);
+  50% and 2:4 sparsity (``magnitude`` / ``wanda`` / ``sparsegpt``); ``w8a8`` and
   ``smoothquant-w8a8``. Its packaged weights are already Q4_1 (4-bit, group 32, float minimums),
   so 4-bit group-32 settings with fp16 zero points are nearly lossless by construction
   (``rtn-w4-g32-fp16zero``; integer zero points round them a second time). At group 128, fp16
@@ -195,8 +197,11 @@ def task_rows(name: str, recipes: dict[str, list[nc.Step]]) -> list[dict]:
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_CALIBRATION = 4  # batches of 4 chunks x 512 tokens: 8k calibration tokens
+SMOLLM2_TUNE_EPOCHS, SMOLLM2_TUNE_LR = 2, 2e-3  # scale-tune: 2 passes over the 16 calibration batches
 SMOLLM2_KD_STEPS = 32  # logit-distillation steps (batches of 4 x 512 tokens) after structured pruning
 TRUST = ("transformers", "kernels")  # HF Llama layers reference `kernels` when that package is installed
+SCALE_TUNE = nc.TuneScales(epochs=SMOLLM2_TUNE_EPOCHS, lr=SMOLLM2_TUNE_LR)  # the ``-st`` rows: KD into scales and norms
+SCALE_TUNE_LONG = dataclasses.replace(SCALE_TUNE, epochs=2 * SMOLLM2_TUNE_EPOCHS)  # ``-st4``: twice as long
 SMOLLM2_ZERO = "int"  # integer zero points: fp16 ones measured worse at group 128 (see rtn-w4-g128-fp16zero)
 
 
@@ -206,7 +211,9 @@ def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
     Weight-only rows pack the tied embedding / LM head at 8 bits (``head_bits``) and round the
     norms to float16; ``-head4`` rows pack it at 4 bits, ``-head32`` keep it float (fp16). Group
     128 unless the name says ``-g32`` / ``-g64``; ``-w8`` rows are per output channel. ``gptaq``
-    rows are GPTQ with ``float_target=1`` (GPTAQ's asymmetric calibration).
+    rows are GPTQ with ``float_target=1`` (GPTAQ's asymmetric calibration). ``-st`` rows follow the
+    quantizer with ``scale-tune``: logit distillation from the fp32 model into the step sizes and the
+    norms' gains, codes frozen (same bytes); ``-st4`` rows train twice as long (4 passes).
     """
     calib = {"calibration_batches": 1 if quick else SMOLLM2_CALIBRATION}
     half = nc.Float16Weights()
@@ -221,6 +228,10 @@ def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
         recipes["gptaq" + tag] = [nc.GPTQQuantize(act_order=True, float_target=1.0, **common, **calib)]
         recipes["awq" + tag] = [nc.AWQQuantize(**common, **calib)]
         recipes["hqq" + tag] = [nc.HQQQuantize(**{**common, "zero_dtype": "fp16"})]
+        for method in ("gptq", "gptaq", "awq") if group == 128 and bits < 8 else ():  # then distilled into
+            # the step sizes, codes frozen
+            recipes[method + tag + "-st"] = [*recipes[method + tag], SCALE_TUNE]
+            recipes[method + tag + "-st4"] = [*recipes[method + tag], SCALE_TUNE_LONG]
 
     weight_only(3, 128)
     weight_only(4, 128)
@@ -300,7 +311,7 @@ def smollm2_row(task: nc.Task, method: str, recipe: list[nc.Step], baseline: nc.
         compress_seconds=round(compress_s, 2),
         save_seconds=round(save_s, 2),
         load_seconds=round(load_s, 2),
-        notes=step_notes(result)[:4],
+        notes=step_notes(result)[:8],
     )
 
 
