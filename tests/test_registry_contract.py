@@ -38,6 +38,7 @@ EXAMPLES: dict[str, dict] = {
     "smoothquant": {"calibration_batches": 1},
     "wanda": {"calibration_batches": 1},
     "sparsegpt": {"calibration_batches": 1},
+    "scale-tune": {"max_steps": 2},
 }
 
 
@@ -45,6 +46,7 @@ EXAMPLES: dict[str, dict] = {
 # silent success: no Conv2d for the conv factorizations, and on the ResNet only the kept classifier
 # Linear for the Linear-only steps.
 NOT_APPLICABLE = {
+    *((name, "scale-tune") for name in SMALL_MODELS),  # tunes packed codes' step sizes: none in a float model
     ("mlp", "cp"),
     ("mlp", "spatial-svd"),
     ("mlp", "tucker"),

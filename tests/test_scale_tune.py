@@ -12,6 +12,7 @@ import foreign_zoo as fz
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_MODELS, init_model, make_task
 from torch import nn
 
 import nncompress as nc
@@ -155,3 +156,15 @@ def test_needs_a_teacher_outside_compress():
     quantized = nc.RTNQuantize(bits=4, group_size=16).apply(model, ctx)
     with pytest.raises(ValueError, match="needs a teacher"):
         TuneScales(max_steps=1).apply(quantized, ctx)
+
+
+@pytest.mark.parametrize("model_name", list(SMALL_MODELS))
+def test_after_rtn_on_every_small_model_it_runs_saves_and_loads(model_name, tmp_path):
+    task = make_task(SMALL_MODELS[model_name], n_train=64)
+    recipe = [nc.RTNQuantize(bits=3, group_size=16), TuneScales(max_steps=2)]
+    result = nc.compress(init_model(model_name), recipe, task, measure_config=nc.MeasureConfig(latency=False))
+    assert any("scale-tune:" in line for line in result.report.steps[-1].notes)
+    x = task.single_example()
+    loaded = nc.load(nc.save(result.model, tmp_path / "m.ncz"))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), result.model(x), rtol=0, atol=0)

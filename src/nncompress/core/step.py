@@ -49,7 +49,7 @@ WEIGHT_FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
         WeightFormat(FLOAT, "float nn.Linear/nn.Conv2d weights that can be trained, pruned and factorized"),
-        WeightFormat(INT_CODES, "low-bit integer codes packed in buffers, not trainable"),
+        WeightFormat(INT_CODES, "low-bit integer codes packed in buffers; only their step sizes train (scale-tune)"),
         WeightFormat("codebook", "k-means cluster codes packed in buffers, not trainable"),
         WeightFormat("binary", "1-bit signs packed in buffers, not trainable"),
         WeightFormat("float16", "float16 weights in buffers, not trainable"),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nncompress.base.checks import NothingToDo
 from nncompress.base.settings import SoftLabels, TrainSettings
 from nncompress.core.step import INT_CODES, Step, StepContext, register_step
 from nncompress.quantize.gptq import PackedEmbedding
@@ -156,7 +157,7 @@ class TuneScales(SoftLabels, TrainSettings, Step):
 
     def apply(self, model: nn.Module, ctx: StepContext) -> nn.Module:
         if not any(isinstance(m, _UniformCodes) for m in model.modules()):
-            raise ValueError(
+            raise NothingToDo(
                 "scale-tune found no packed uniform layer to tune: run it after a weight quantization "
                 "step (rtn, gptq, awq, hqq, weight-quantize)"
             )
