@@ -86,6 +86,14 @@ def test_batch_norm_statistics_stay_as_deployed():
     assert stats and all(torch.equal(b, tuned_buffers[n]) for n, b in stats)
 
 
+def test_timm_layer_norm_2d_weights_get_gains_too():
+    teacher, quantized, tuned, _, log = quantize_then_tune("timm-convnext_atto", steps=2)
+    norms = {n: m.weight for n, m in quantized.named_modules() if type(m).__name__ == "LayerNorm2d"}
+    trained = dict(tuned.named_modules())
+    assert norms and all(not torch.equal(w, trained[n].weight) for n, w in norms.items())
+    assert f"and {len(norms)} norms trained" in log[-1]
+
+
 def test_norm_gains_train_only_when_asked():
     entry = fz.get("hf-llama")
     teacher = entry.build()
@@ -102,26 +110,20 @@ def test_norm_gains_train_only_when_asked():
 
 
 def test_a_tied_embedding_reads_the_trained_head_scales():
-    teacher = fz.get("hf-llama").build()
+    entry = fz.get("hf-llama")
+    teacher = entry.build()
     teacher.config.tie_word_embeddings = True
     teacher.tie_weights()
-    entry = fz.get("hf-llama")
-    task = entry.task(batches=1, batch_size=4, model=teacher)
-    ctx = StepContext(task=task, teacher=teacher)
+    ctx = StepContext(task=entry.task(batches=1, batch_size=4, model=teacher), teacher=teacher)
     quantized = nc.RTNQuantize(bits=4, group_size=16, head_bits=4).apply(copy.deepcopy(teacher), ctx)
     assert isinstance(quantized.get_input_embeddings(), PackedEmbedding)
+    head_scale = quantized.get_output_embeddings().scale.clone()
     tuned = TuneScales(max_steps=3, lr=1e-3).apply(quantized, ctx)
     embedding, head = tuned.get_input_embeddings(), tuned.get_output_embeddings()
     assert isinstance(head, QuantizedLinear) and embedding.table is head
     ids = torch.arange(8)
     assert torch.equal(embedding(ids), head.dequantized_weight()[ids])
-    assert not torch.equal(head.scale, quantized_head_scale(teacher, task))
-
-
-def quantized_head_scale(teacher: nn.Module, task: nc.Task) -> torch.Tensor:
-    ctx = StepContext(task=task, teacher=teacher)
-    model = nc.RTNQuantize(bits=4, group_size=16, head_bits=4).apply(copy.deepcopy(teacher), ctx)
-    return model.get_output_embeddings().scale
+    assert not torch.equal(head.scale, head_scale)
 
 
 def test_through_compress_on_our_gpt_the_saved_file_keeps_its_size_and_gains(tmp_path):
@@ -168,3 +170,28 @@ def test_after_rtn_on_every_small_model_it_runs_saves_and_loads(model_name, tmp_
     loaded = nc.load(nc.save(result.model, tmp_path / "m.ncz"))
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), result.model(x), rtol=0, atol=0)
+
+
+def test_a_failed_run_leaves_the_model_as_it_was(monkeypatch):
+    import nncompress.quantize.scale_tune as scale_tune
+
+    entry = fz.get("hf-llama")
+    teacher = entry.build()
+    ctx = StepContext(task=entry.task(batches=1, batch_size=4, model=teacher), teacher=teacher)
+    quantized = nc.RTNQuantize(bits=3, group_size=16).apply(copy.deepcopy(teacher), ctx)
+    before = {n: t.clone() for n, t in quantized.state_dict().items()}
+
+    def fails_midway(model, *args, **kwargs):
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.5)  # as if training had moved every gain
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(scale_tune, "fit", fails_midway)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        TuneScales(max_steps=1).apply(quantized, ctx)
+    after = quantized.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[n], t) for n, t in before.items())
+    assert not any(isinstance(m, TrainableScales) for m in quantized.modules())
+    assert all(p.requires_grad for n, p in quantized.named_parameters() if "norm" in n)

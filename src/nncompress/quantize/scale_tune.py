@@ -28,7 +28,9 @@ from nncompress.quantize.primitives import _apply
 from nncompress.train.loop import fit, train_config
 from nncompress.train.objective import training_loss
 
-NORM_CLASS_SUFFIXES = ("LayerNorm", "RMSNorm", "GroupNorm")  # trained in eval mode: no running statistics
+# class names holding one of these are norms whose weight gets a gain (LayerNorm2d, T5LayerNorm, LlamaRMSNorm...);
+# BatchNorm is left out, as the docstring says, and all run in eval mode: no running statistics move
+NORM_CLASS_PARTS = ("LayerNorm", "RMSNorm", "GroupNorm")
 
 
 class TrainableScales(nn.Module):
@@ -60,13 +62,14 @@ class TrainableScales(nn.Module):
         return self.layer._run(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
     @torch.no_grad()
-    def fold(self) -> float:
-        """Write the trained step sizes into the layer's ``scale`` buffer; returns the largest relative change."""
+    def fold(self) -> None:
+        """Write the trained step sizes into the layer's ``scale`` buffer (a new buffer: caches see it)."""
         old = self.layer.scale.dtype  # float16 stays float16 where every scale still fits it
-        self.layer.scale = _scale_storage(
-            self.scale(), None if old == torch.float16 else old
-        )  # new buffer: caches see it
-        return float((torch.exp(self.gain) - 1).abs().max())
+        self.layer.scale = _scale_storage(self.scale(), None if old == torch.float16 else old)
+
+    def largest_change(self) -> float:
+        """The largest relative change of a step size so far."""
+        return float((torch.exp(self.gain.detach()) - 1).abs().max())
 
 
 class _Gain(nn.Module):
@@ -98,40 +101,45 @@ class _EvalMode(nn.Module):
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return type(module).__name__.endswith(NORM_CLASS_SUFFIXES) and isinstance(
-        getattr(module, "weight", None), nn.Parameter
-    )
+    name = type(module).__name__
+    return any(part in name for part in NORM_CLASS_PARTS) and isinstance(getattr(module, "weight", None), nn.Parameter)
 
 
 @contextlib.contextmanager
-def trainable_scales(model: nn.Module, norms: bool) -> Iterator[tuple[list[TrainableScales], list[str]]]:
-    """Swap every packed uniform layer for a :class:`TrainableScales` (and give norm weights a gain)
-    for the block; on exit fold what was trained into the layers and restore the model's structure."""
+def trainable_scales(model: nn.Module, norms: bool) -> Iterator[tuple[list[TrainableScales], list[nn.Parameter]]]:
+    """Swap every packed uniform layer for a :class:`TrainableScales` and give norm weights a gain,
+    yielding both sets of trainable gains. On a normal exit what was trained is folded into the
+    layers and norms; on an error the model gets back exactly what it had. Either way its structure
+    is restored."""
     swapped: list[tuple[nn.Module, str, TrainableScales]] = []
     by_layer: dict[int, TrainableScales] = {}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, _UniformCodes):
-                tuned = by_layer.get(id(child)) or TrainableScales(child)
-                by_layer[id(child)] = tuned
-                setattr(parent, name, tuned)
-                swapped.append((parent, name, tuned))
+                if id(child) not in by_layer:
+                    by_layer[id(child)] = TrainableScales(child)
+                setattr(parent, name, by_layer[id(child)])
+                swapped.append((parent, name, by_layer[id(child)]))
     tables = [m for m in model.modules() if isinstance(m, PackedEmbedding) and id(m.table) in by_layer]
     for emb in tables:  # a tied embedding reads the head's trained scales too
         emb.table = by_layer[id(emb.table)]
-    norm_names = [n for n, m in model.named_modules() if norms and _is_norm(m)]
-    modules = dict(model.named_modules())
-    for name in norm_names:
-        parametrize.register_parametrization(modules[name], "weight", _Gain(modules[name].weight))
+    normed = [m for m in model.modules() if norms and _is_norm(m)]
+    gains = [_Gain(m.weight) for m in normed]
+    for module, gain in zip(normed, gains, strict=True):
+        parametrize.register_parametrization(module, "weight", gain)
+    trained = False
     try:
-        yield list(by_layer.values()), norm_names
+        yield list(by_layer.values()), [g.gain for g in gains]
+        for tuned in by_layer.values():
+            tuned.fold()
+        trained = True
     finally:
         for parent, name, tuned in swapped:
             setattr(parent, name, tuned.layer)
         for emb in tables:
             emb.table = emb.table.layer
-        for name in norm_names:
-            parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
+        for module in normed:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=trained)
 
 
 @register_step("scale-tune", family="quantize", accepts=(INT_CODES,))
@@ -163,22 +171,21 @@ class TuneScales(SoftLabels, TrainSettings, Step):
             )
         loss = training_loss(ctx, alpha=self.kd_alpha, temperature=self.kd_temperature, who=self.kind)
         flags = {id(p): p.requires_grad for p in model.parameters()}
-        with trainable_scales(model, self.norms) as (tuned, norm_names):
-            for p in model.parameters():
-                p.requires_grad_(False)
-            params = [t.gain for t in tuned]
-            params += [p for n, p in model.named_parameters() if n.endswith("parametrizations.weight.0.gain")]
-            for p in params:
-                p.requires_grad_(True)
-            history = fit(
-                _EvalMode(model), ctx.task.train, train_config(self, ctx.seed), loss_fn=loss, description=self.kind
-            )
-            changes = [t.fold() for t in tuned]
-        for p in model.parameters():  # the norms' weights are new parameters: trainable, as they were
-            p.requires_grad_(flags.get(id(p), True))
+        try:
+            with trainable_scales(model, self.norms) as (tuned, norm_gains):
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                for p in [t.gain for t in tuned] + norm_gains:
+                    p.requires_grad_(True)
+                history = fit(
+                    _EvalMode(model), ctx.task.train, train_config(self, ctx.seed), loss_fn=loss, description=self.kind
+                )
+        finally:
+            for p in model.parameters():  # the norms' weights are new parameters: trainable, as they were
+                p.requires_grad_(flags.get(id(p), True))
+        change = max(t.largest_change() for t in tuned)
         ctx.log.append(
-            f"{self.kind}: {len(tuned)} layers' scales and {len(norm_names)} norms trained, {history.steps} steps "
-            f"in {history.seconds:.1f}s, last loss {history.losses[-1]:.4f}, largest scale change "
-            f"{100 * max(changes):.1f}%"
+            f"{self.kind}: {len(tuned)} layers' scales and {len(norm_gains)} norms trained, {history.steps} steps "
+            f"in {history.seconds:.1f}s, last loss {history.losses[-1]:.4f}, largest scale change {100 * change:.1f}%"
         )
         return model
