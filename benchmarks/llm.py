@@ -228,8 +228,9 @@ def smollm2_recipes(quick: bool) -> dict[str, list[nc.Step]]:
         recipes["gptaq" + tag] = [nc.GPTQQuantize(act_order=True, float_target=1.0, **common, **calib)]
         recipes["awq" + tag] = [nc.AWQQuantize(**common, **calib)]
         recipes["hqq" + tag] = [nc.HQQQuantize(**{**common, "zero_dtype": "fp16"})]
-        for method in ("gptq", "gptaq", "awq") if group == 128 and bits < 8 else ():  # then distilled into
-            # the step sizes, codes frozen
+        if group != 128 or bits == 8:
+            return
+        for method in ("gptq", "gptaq", "awq"):  # then distilled into the step sizes, codes frozen
             recipes[method + tag + "-st"] = [*recipes[method + tag], SCALE_TUNE]
             recipes[method + tag + "-st4"] = [*recipes[method + tag], SCALE_TUNE_LONG]
 
